@@ -1,0 +1,27 @@
+"""ilsim: interleukin transport and immune-cell response on Cartesian grids, in JAX."""
+
+from engine import regions
+from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
+from engine.grid import Grid
+from engine.model import Model, Population, Source, Species, point_source, region_source
+from engine.simulation import Simulation, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Boundary",
+    "Dirichlet",
+    "Grid",
+    "Model",
+    "Neumann",
+    "Periodic",
+    "Population",
+    "Robin",
+    "Simulation",
+    "Source",
+    "Species",
+    "State",
+    "point_source",
+    "region_source",
+    "regions",
+]

@@ -1,0 +1,113 @@
+"""`Simulation`: a model, a stepper and a time step, advanced by one jitted device loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.model import Fields, Model
+from engine.steppers import advance_fields, make_stepper
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class State:
+    """Fields at time `t` (s) after `step` steps."""
+
+    t: float
+    fields: Fields
+    step: int = 0
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(value) for name, value in self.fields.items()}
+
+
+def enable_dtype(dtype: str) -> jnp.dtype:
+    """The JAX dtype for "float32" or "float64" (switching on 64-bit mode for the latter)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"time.dtype: unknown dtype {dtype!r}; use float32 or float64")
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    return jnp.dtype(dtype)
+
+
+class Simulation:
+    """Builds the stepper for a model and advances states with it.
+
+    Arguments:
+        model: the `Model` to simulate.
+        stepper: "explicit".
+        scheme: explicit scheme, "euler" | "ssprk2" | "ssprk3".
+        dt: time step (s), or "auto" for `safety` times the stepper's stable step, re-evaluated
+            at the start of every `advance` (chemotactic drift changes with the fields).
+        dtype: "float32" (default) or "float64".
+        safety: fraction of the stable step used by dt = "auto".
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        stepper: str = "explicit",
+        scheme: str = "ssprk3",
+        dt: float | str = "auto",
+        dtype: str = "float32",
+        safety: float = 0.9,
+    ):
+        if not (dt == "auto" or (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0)):
+            raise ValueError(f'time.dt: must be "auto" or a positive number of seconds, got {dt!r}')
+        if not 0 < safety <= 1:
+            raise ValueError(f"time.safety: must be in (0, 1], got {safety}")
+        self.dtype = enable_dtype(dtype)
+        self.model = model.cast(self.dtype)
+        self.stepper = make_stepper(stepper, scheme)
+        self.dt = dt
+        self.safety = safety
+        self.trace_count = 0
+        self._advance = jax.jit(self._advance_traced, donate_argnums=1)
+        self._stable_dt = jax.jit(self.stepper.stable_dt)
+
+    def _advance_traced(self, model, fields, t0, dt, n_steps):
+        self.trace_count += 1  # runs only while tracing: counts compilations
+        return advance_fields(self.stepper, model, fields, t0, dt, n_steps)
+
+    def initial_state(self) -> State:
+        return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+
+    def stable_dt(self, state: State) -> float:
+        """The stepper's largest stable step (s) for `state`, before the safety factor."""
+        return float(self._stable_dt(self.model, state.fields))
+
+    def time_step(self, state: State) -> float:
+        """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
+        return self.dt if self.dt != "auto" else self.safety * self.stable_dt(state)
+
+    def advance(self, state: State, t_end: float) -> State:
+        """The state at `t_end` (s), in equal steps no longer than `time_step`.
+
+        The input state's buffers are donated to the computation: use the returned state.
+        """
+        span = float(t_end) - state.t
+        if span < 0:
+            raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
+        if span == 0:
+            return state
+        dt_max = self.time_step(state)
+        n_steps = max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
+        fields = self.advance_steps(state.fields, state.t, span / n_steps, n_steps)
+        return State(t=float(t_end), fields=fields, step=state.step + n_steps)
+
+    def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
+        """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`)."""
+        return self._advance(
+            self.model,
+            fields,
+            jnp.asarray(t0, self.dtype),
+            jnp.asarray(dt, self.dtype),
+            jnp.asarray(n_steps, jnp.int32),
+        )
