@@ -128,6 +128,10 @@ class Model:
     def diffusivity(self, f: Species | Population):
         return f.diffusion if isinstance(f, Species) else f.motility
 
+    def decay(self, f: Species | Population):
+        """First-order decay rate (1/s); populations die through reaction terms instead."""
+        return f.decay if isinstance(f, Species) else 0.0
+
     def cast(self, dtype) -> Model:
         """The model with every numeric leaf a device array of `dtype`."""
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), self)
@@ -174,12 +178,14 @@ def chemotaxis_terms(model: Model, fields: Mapping) -> Fields:
     }
 
 
-def reaction_terms(model: Model, fields: Mapping, t) -> tuple[Fields, Fields]:
-    """(production, loss_rate) of every field at time t, decay included, sources excluded."""
+def reaction_terms(model: Model, fields: Mapping, t, decay: bool = True) -> tuple[Fields, Fields]:
+    """(production, loss_rate) of every field at time t, sources excluded; species decay is
+    included unless `decay` is False (steppers that solve it with diffusion)."""
     production, loss = ({}, {}) if model.reactions is None else model.reactions(fields, t)
     loss = dict(loss)
-    for s in model.species:
-        loss[s.name] = loss.get(s.name, 0.0) + s.decay
+    if decay:
+        for s in model.species:
+            loss[s.name] = loss.get(s.name, 0.0) + s.decay
     return dict(production), loss
 
 

@@ -51,6 +51,13 @@ def face_diffusivity(D, grid: Grid, boundary: Boundary) -> tuple:
     return tuple(faces)
 
 
+def _robin_conductance(face: Robin, D_edge, dx: float):
+    """h D / (D + h dx / 2) (um/s): the transfer coefficient in series with half a voxel."""
+    denominator = D_edge + face.h * dx / 2
+    safe = jnp.where(denominator > 0, denominator, 1)
+    return jnp.where(denominator > 0, face.h * D_edge / safe, 0)
+
+
 def _boundary_gradient_flux(face, c_edge, D_edge, dx: float, side: int):
     """D dc/dx on a boundary face (positive: increasing along the axis; None: zero flux);
     side -1 low, +1 high.
@@ -63,11 +70,7 @@ def _boundary_gradient_flux(face, c_edge, D_edge, dx: float, side: int):
     if isinstance(face, Dirichlet):
         return side * 2 * D_edge * (face.value - c_edge) / dx
     if isinstance(face, Robin):
-        denominator = D_edge + face.h * dx / 2
-        conductance = jnp.where(
-            denominator > 0, face.h * D_edge / jnp.where(denominator > 0, denominator, 1), 0
-        )
-        return side * conductance * (face.outside - c_edge)
+        return side * _robin_conductance(face, D_edge, dx) * (face.outside - c_edge)
     raise TypeError(f"unsupported boundary face {face!r}")
 
 
@@ -145,3 +148,39 @@ def chemotaxis_rate(c, chi, grid: Grid, boundary: Boundary):
         if steps:
             rate = rate + 2 * jnp.abs(chi) * jnp.max(jnp.stack(steps)) / dx**2
     return rate
+
+
+def diffusion_diagonal(D_faces: tuple, grid: Grid, boundary: Boundary, dtype):
+    """Diagonal of the linear part of `diffusion` (1/s, <= 0): the Jacobi preconditioner."""
+    total = jnp.zeros(grid.shape, dtype)
+    for axis, (dx, n) in enumerate(zip(grid.spacing, grid.shape)):
+        D_int, D_low, D_high = D_faces[axis]
+        faces_shape = list(grid.shape)
+        faces_shape[axis] = n - 1
+        padded = _pad_axis(jnp.broadcast_to(D_int, faces_shape).astype(dtype), axis)
+        diag = -(_slab(padded, 0, n, axis) + _slab(padded, 1, n + 1, axis)) / dx**2
+        low_face, high_face = boundary.faces[axis]
+        if isinstance(low_face, Periodic):
+            low = high = -jnp.broadcast_to(D_low, _slab(diag, 0, 1, axis).shape) / dx**2
+        else:
+            low = _boundary_self_coupling(low_face, D_low, dx)
+            high = _boundary_self_coupling(high_face, D_high, dx)
+        if low is not None:
+            diag = lax.dynamic_update_slice_in_dim(diag, _slab(diag, 0, 1, axis) + low, 0, axis)
+        if high is not None:
+            diag = lax.dynamic_update_slice_in_dim(
+                diag, _slab(diag, n - 1, n, axis) + high, n - 1, axis
+            )
+        total = total + diag
+    return total
+
+
+def _boundary_self_coupling(face, D_edge, dx: float):
+    """d(boundary flux divergence)/d(c_edge) (1/s) for one face, None when zero."""
+    if isinstance(face, Neumann):
+        return None
+    if isinstance(face, Dirichlet):
+        return -2 * D_edge / dx**2
+    if isinstance(face, Robin):
+        return -_robin_conductance(face, D_edge, dx) / dx
+    raise TypeError(f"unsupported boundary face {face!r}")

@@ -41,12 +41,14 @@ class Simulation:
 
     Arguments:
         model: the `Model` to simulate.
-        stepper: "explicit".
+        stepper: "explicit" | "imex" | "quasi_steady".
         scheme: explicit scheme, "euler" | "ssprk2" | "ssprk3".
-        dt: time step (s), or "auto" for `safety` times the stepper's stable step, re-evaluated
-            at the start of every `advance` (chemotactic drift changes with the fields).
+        dt: time step (s), or "auto" for `safety` times the stepper's largest step (stability
+            for explicit, the accuracy target `tolerance` for the implicit steppers),
+            re-evaluated at the start of every `advance` (rates change with the fields).
         dtype: "float32" (default) or "float64".
         safety: fraction of the stable step used by dt = "auto".
+        tolerance: accuracy target of the implicit steppers' dt = "auto".
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Simulation:
         dt: float | str = "auto",
         dtype: str = "float32",
         safety: float = 0.9,
+        tolerance: float = 1e-3,
     ):
         if not (dt == "auto" or (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0)):
             raise ValueError(f'time.dt: must be "auto" or a positive number of seconds, got {dt!r}')
@@ -65,7 +68,9 @@ class Simulation:
             raise ValueError(f"time.safety: must be in (0, 1], got {safety}")
         self.dtype = enable_dtype(dtype)
         self.model = model.cast(self.dtype)
-        self.stepper = make_stepper(stepper, scheme)
+        if not 0 < tolerance < 1:
+            raise ValueError(f"time.tolerance: must be in (0, 1), got {tolerance}")
+        self.stepper = make_stepper(stepper, scheme, tolerance)
         self.dt = dt
         self.safety = safety
         self.trace_count = 0

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import jax.numpy as jnp
 from jax import lax
 
+from engine import operators, solvers, spectral
 from engine.model import (
     Fields,
     Model,
@@ -104,15 +106,269 @@ class Explicit:
         return 1.0 / (transport_rate(model, fields) + model.reaction_rate)
 
 
-STEPPERS = {"explicit": Explicit}
+# --- implicit-diffusion steppers -----------------------------------------------------------
+
+TR_BDF2_GAMMA = 2 - 2**0.5
+"""TR-BDF2 with this stage fraction solves the same matrix in both stages."""
 
 
-def make_stepper(name: str, scheme: str = "ssprk3") -> Stepper:
+def _phi1(x):
+    """(1 - exp(-x)) / x, continuous at 0."""
+    small = x < 1e-4
+    return jnp.where(small, 1 - x / 2, -jnp.expm1(-x) / jnp.where(small, 1, x))
+
+
+def _exponential_update(value, production, loss, h):
+    """Exact solution after h of df/dt = production - loss f with both frozen: non-negative."""
+    if loss is None:
+        return value + h * production
+    return value * jnp.exp(-loss * h) + h * production * _phi1(loss * h)
+
+
+def reaction_substep(model: Model, fields: Fields, t, h, names) -> Fields:
+    """The reaction terms alone over h for the fields in `names` (decay and sources go with
+    diffusion): exponential midpoint rule, second order, exact for frozen linear sinks and
+    never negative."""
+
+    def advance(point, t_eval, span):
+        production, loss = reaction_terms(model, point, t_eval, decay=False)
+        out = dict(fields)
+        for name in names:
+            gain = production.get(name, 0.0)
+            out[name] = _exponential_update(fields[name], gain, loss.get(name), span)
+        return out
+
+    midpoint = advance(fields, t, h / 2)
+    return advance(midpoint, t + h / 2, h)
+
+
+def drift_substep(model: Model, fields: Fields, h) -> Fields:
+    """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL limit."""
+    drifting = [p for p in model.populations if p.chemotaxis_species is not None]
+    if not drifting:
+        return fields
+    rates = [
+        operators.chemotaxis_rate(
+            fields[p.chemotaxis_species], p.chemotaxis_sensitivity, model.grid, model.boundary(p)
+        )
+        for p in drifting
+    ]
+    cycles = jnp.maximum(1, jnp.ceil(h * jnp.max(jnp.stack(rates)) / 0.9)).astype(jnp.int32)
+    dh = h / cycles
+
+    def body(_, u):
+        drift = chemotaxis_terms(model, u)
+        return {k: u[k] + dh * drift[k] if k in drift else u[k] for k in u}
+
+    return lax.fori_loop(0, cycles, body, fields)
+
+
+@dataclass(frozen=True)
+class ImplicitDiffusion:
+    """Loop-invariant data of one field's implicit diffusion-decay-supply solve."""
+
+    spectral: Any  # (multiplier of c, multiplier of the supply), or None: TR-BDF2 with CG
+    faces: Any  # face coefficients for the CG solves
+
+
+def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
+    """Implicit diffusion data of each field in `names`."""
+    faces = face_diffusivities(model)
+    prepared = {}
+    for f in model.fields:
+        if f.name in names:
+            D, decay, boundary = model.diffusivity(f), model.decay(f), model.boundary(f)
+            multipliers = None
+            if spectral.eligible(D, decay, boundary):
+                dtype = jnp.result_type(D)
+                multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
+            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name])
+    return prepared
+
+
+def diffuse(model: Model, prepared: dict, fields: Fields, t, dt) -> Fields:
+    """dc/dt = div(D grad c) - decay c + supply over dt for each prepared field: exact in
+    spectral space or TR-BDF2. Rounding below 0 (FFT, CG tolerance) is clipped."""
+    supply = source_terms(model, t, dt)
+    out = dict(fields)
+    for f in model.fields:
+        if f.name in prepared:
+            p, boundary, c = prepared[f.name], model.boundary(f), fields[f.name]
+            forcing = supply.get(f.name)
+            if p.spectral is not None:
+                propagator, integrator = p.spectral
+                new = spectral.apply(c, propagator, boundary)
+                if forcing is not None:
+                    forcing = jnp.broadcast_to(jnp.asarray(forcing, c.dtype), c.shape)
+                    new = new + spectral.apply(forcing, integrator, boundary)
+            else:
+                decay = model.decay(f)
+                new = _tr_bdf2(c, decay, forcing, dt, p.faces, model.grid, boundary)
+            out[f.name] = jnp.maximum(new, 0)
+    return out
+
+
+def _tr_bdf2(c, decay, supply, dt, faces, grid, boundary):
+    """One L-stable, second-order TR-BDF2 step of dc/dt = div(D grad c) - decay c + supply."""
+    gamma = TR_BDF2_GAMMA
+    h = gamma * dt / 2  # both stages solve (1 + h decay) x - h div(D grad x) = rhs
+    shift = 1 + h * decay
+    supply = 0.0 if supply is None else supply
+    rate = operators.diffusion(c, faces, grid, boundary) - decay * c
+    explicit = c + h * rate + 2 * h * supply
+    stage = solvers.solve_shifted(shift, h, explicit, faces, grid, boundary, x0=c)
+    rhs = (stage - (1 - gamma) ** 2 * c) / (gamma * (2 - gamma)) + h * supply
+    return solvers.solve_shifted(shift, h, rhs, faces, grid, boundary, x0=stage)
+
+
+def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
+    """Largest step (s) for which the fastest reaction rate r of the fields in `names` keeps
+    the splitting error (r dt)^2 <= tolerance (decay is solved with diffusion, not split)."""
+    _, loss = reaction_terms(model, fields, 0.0, decay=False)
+    rate = model.reaction_rate
+    for name in names:
+        if name in loss:
+            rate = jnp.maximum(rate, jnp.max(loss[name]))
+    return jnp.sqrt(tolerance) / rate
+
+
+def diffusion_accuracy_dt(model: Model, names, tolerance: float):
+    """Largest step (s) for which TR-BDF2 integrates a mode of 8-voxel wavelength, the finest
+    feature worth resolving, to `tolerance` (its error per step is about (dt lambda)^3 / 12);
+    unlimited when every field in `names` is diffused exactly in spectral space."""
+    dt = jnp.inf
+    for f in model.fields:
+        D, boundary = model.diffusivity(f), model.boundary(f)
+        if f.name in names and not spectral.eligible(D, model.decay(f), boundary):
+            mode_rate = jnp.max(D) * (2 * jnp.pi / (8 * min(model.grid.spacing))) ** 2
+            dt = jnp.minimum(dt, (12 * tolerance) ** (1 / 3) / mode_rate)
+    return dt
+
+
+@dataclass(frozen=True)
+class Imex:
+    """Strang splitting, second order: reactions(dt/2), drift(dt/2), linear part(dt),
+    drift(dt/2), reactions(dt/2). The linear part (diffusion, decay, sources) is exact in
+    spectral space for constant D and decay on neumann/periodic faces, and TR-BDF2 with
+    preconditioned CG otherwise; reactions use the exponential midpoint rule. Stable and
+    non-negative at any dt."""
+
+    tolerance: float = 1e-3
+    name: str = "imex"
+    order: int = 2
+
+    def prepare(self, model: Model, dt):
+        return prepare_diffusion(model, dt, model.names)
+
+    def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        fields = reaction_substep(model, fields, t, dt / 2, model.names)
+        fields = drift_substep(model, fields, dt / 2)
+        fields = diffuse(model, prepared, fields, t, dt)
+        fields = drift_substep(model, fields, dt / 2)
+        return reaction_substep(model, fields, t + dt / 2, dt / 2, model.names)
+
+    def stable_dt(self, model: Model, fields: Fields):
+        """No stability limit: the accuracy target (reactions and diffusion) sets the step."""
+        return jnp.minimum(
+            accuracy_dt(model, fields, model.names, self.tolerance),
+            diffusion_accuracy_dt(model, model.names, self.tolerance),
+        )
+
+
+@dataclass(frozen=True)
+class QuasiSteady:
+    """Species relax to their steady state at every step (cytokines equilibrate in seconds,
+    cells respond over hours); populations then advance by the IMEX splitting with the species
+    frozen, and the species relax again to the new populations.
+
+    The steady state is found by Picard iteration on the nonlinear reactions, each iteration a
+    converged CG solve of  (loss - div D grad) c = production + supply. Every species needs a
+    sink (decay, uptake) or an absorbing face for that problem to have a unique solution."""
+
+    tolerance: float = 1e-3
+    name: str = "quasi_steady"
+    order: int = 1
+    max_iterations: int = 50
+
+    def prepare(self, model: Model, dt):
+        populations = tuple(p.name for p in model.populations)
+        return face_diffusivities(model), prepare_diffusion(model, dt, populations)
+
+    def relax(self, model: Model, faces, fields: Fields, t) -> Fields:
+        """The species' steady state for the current populations (Picard fixed point)."""
+        supply = source_terms(model, t, 1.0)
+        floor = 10 * solvers.tolerance(next(iter(fields.values())).dtype)
+
+        def picard(u):
+            production, loss = reaction_terms(model, u, t)
+            out = dict(u)
+            for s in model.species:
+                rhs = production.get(s.name, 0.0) + supply.get(s.name, 0.0)
+                rhs = jnp.broadcast_to(jnp.asarray(rhs, u[s.name].dtype), model.grid.shape)
+                solution = solvers.solve_shifted(
+                    loss[s.name], 1.0, rhs, faces[s.name], model.grid, model.boundary(s), u[s.name]
+                )
+                out[s.name] = jnp.maximum(solution, 0)
+            return out
+
+        def change(old, new):
+            return jnp.max(
+                jnp.stack(
+                    [
+                        jnp.max(jnp.abs(new[s.name] - old[s.name]))
+                        / (jnp.max(jnp.abs(new[s.name])) + 1e-30)
+                        for s in model.species
+                    ]
+                )
+            )
+
+        def body(carry):
+            i, u, _ = carry
+            new = picard(u)
+            return i + 1, new, change(u, new)
+
+        first = picard(fields)
+        _, relaxed, _ = lax.while_loop(
+            lambda carry: (carry[0] < self.max_iterations) & (carry[2] > floor),
+            body,
+            (1, first, change(fields, first)),
+        )
+        return relaxed
+
+    def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        faces, diffusion = prepared
+        populations = tuple(p.name for p in model.populations)
+        fields = self.relax(model, faces, fields, t)
+        fields = reaction_substep(model, fields, t, dt / 2, populations)
+        fields = drift_substep(model, fields, dt / 2)
+        fields = diffuse(model, diffusion, fields, t, dt)
+        fields = drift_substep(model, fields, dt / 2)
+        fields = reaction_substep(model, fields, t + dt / 2, dt / 2, populations)
+        return self.relax(model, faces, fields, t + dt)
+
+    def stable_dt(self, model: Model, fields: Fields):
+        """The populations' accuracy target sets the step (species are always at steady state)."""
+        populations = tuple(p.name for p in model.populations)
+        return jnp.minimum(
+            accuracy_dt(model, fields, populations, self.tolerance),
+            diffusion_accuracy_dt(model, populations, self.tolerance),
+        )
+
+
+STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
+
+
+def make_stepper(name: str, scheme: str = "ssprk3", tolerance: float = 1e-3) -> Stepper:
+    """A stepper by name. `scheme` picks the explicit scheme; `tolerance` is the accuracy
+    target that sets dt = "auto" for the implicit steppers (the explicit one is bound by
+    stability well before accuracy)."""
     if name not in STEPPERS:
         raise ValueError(
             f"time.stepper: unknown stepper {name!r}; use one of {', '.join(STEPPERS)}"
         )
-    return STEPPERS[name](scheme=scheme)
+    if name == "explicit":
+        return Explicit(scheme=scheme)
+    return STEPPERS[name](tolerance=tolerance)
 
 
 def advance_fields(stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps) -> Fields:
