@@ -10,18 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.model import Fields, Model
-from engine.steppers import advance_fields, make_stepper
+from engine.steppers import advance_adaptive, advance_fields, make_stepper
 
 DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
 class State:
-    """Fields at time `t` (s) after `step` steps."""
+    """Fields at time `t` (s) after `step` steps; `dt` (s) is the step an adaptive run
+    proposes next (None until one has run)."""
 
     t: float
     fields: Fields
     step: int = 0
+    dt: float | None = None
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.fields.items()}
@@ -48,7 +50,11 @@ class Simulation:
             re-evaluated at the start of every `advance` (rates change with the fields).
         dtype: "float32" (default) or "float64".
         safety: fraction of the stable step used by dt = "auto".
-        tolerance: accuracy target of the implicit steppers' dt = "auto".
+        tolerance: accuracy target of the implicit steppers' dt = "auto", and the local error
+            target (relative to each field's maximum) of adaptive stepping.
+        adaptive: control the step size by the local error (step doubling) instead of a fixed
+            or "auto" dt (which then only sets the first step).
+        max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class Simulation:
         dtype: str = "float32",
         safety: float = 0.9,
         tolerance: float = 1e-3,
+        adaptive: bool = False,
+        max_steps: int = 10_000_000,
     ):
         if not (dt == "auto" or (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0)):
             raise ValueError(f'time.dt: must be "auto" or a positive number of seconds, got {dt!r}')
@@ -71,15 +79,26 @@ class Simulation:
         if not 0 < tolerance < 1:
             raise ValueError(f"time.tolerance: must be in (0, 1), got {tolerance}")
         self.stepper = make_stepper(stepper, scheme, tolerance)
+        self.adaptive = adaptive
+        self.tolerance = tolerance
+        self.max_steps = max_steps
+        self.rejected_steps = 0  # by adaptive stepping, over the simulation's life
         self.dt = dt
         self.safety = safety
         self.trace_count = 0
         self._advance = jax.jit(self._advance_traced, donate_argnums=1)
         self._stable_dt = jax.jit(self.stepper.stable_dt)
+        self._advance_adaptive = jax.jit(self._adaptive_traced, donate_argnums=1)
 
     def _advance_traced(self, model, fields, t0, dt, n_steps):
         self.trace_count += 1  # runs only while tracing: counts compilations
         return advance_fields(self.stepper, model, fields, t0, dt, n_steps)
+
+    def _adaptive_traced(self, model, fields, t0, t_end, dt):
+        self.trace_count += 1
+        return advance_adaptive(
+            self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps
+        )
 
     def initial_state(self) -> State:
         return State(t=0.0, fields=self.model.initial_fields(self.dtype))
@@ -102,10 +121,31 @@ class Simulation:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
         if span == 0:
             return state
+        if self.adaptive:
+            return self._advance_adaptively(state, float(t_end))
         dt_max = self.time_step(state)
         n_steps = max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
         fields = self.advance_steps(state.fields, state.t, span / n_steps, n_steps)
         return State(t=float(t_end), fields=fields, step=state.step + n_steps)
+
+    def _advance_adaptively(self, state: State, t_end: float) -> State:
+        dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
+        dt = min(dt, t_end - state.t)
+        fields, dt, accepted, rejected = self._advance_adaptive(
+            self.model,
+            state.fields,
+            jnp.asarray(state.t, self.dtype),
+            jnp.asarray(t_end, self.dtype),
+            jnp.asarray(dt, self.dtype),
+        )
+        accepted, rejected = int(accepted), int(rejected)
+        if accepted + rejected >= self.max_steps:
+            raise RuntimeError(
+                f"adaptive stepping took {self.max_steps} steps before t = {t_end} s; "
+                "raise time.tolerance or max_steps"
+            )
+        self.rejected_steps += rejected
+        return State(t=t_end, fields=fields, step=state.step + accepted, dt=float(dt))
 
     def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
         """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`)."""

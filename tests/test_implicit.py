@@ -202,3 +202,18 @@ def test_face_coefficients_are_shared_by_explicit_and_implicit_paths():
     x = solve_shifted(1.0, 30.0, rhs, faces, grid, boundary, x0=rhs)
     residual = x - 30.0 * operators.diffusion(x, faces, grid, boundary) - rhs
     assert np.max(np.abs(residual)) < 1e-8
+
+
+def test_adaptive_stepping_keeps_the_error_near_the_tolerance(v5_reference):
+    model, _, reference = v5_reference
+    errors = []
+    for tolerance in (1e-2, 1e-3):
+        sim = engine.Simulation(
+            model, stepper="imex", adaptive=True, tolerance=tolerance, dtype="float64"
+        )
+        state = sim.advance(sim.initial_state(), 900.0)
+        state = sim.advance(state, 1800.0)  # continues from the proposed step
+        assert state.t == 1800.0 and state.dt > 0 and sim.trace_count == 1
+        errors.append(relative_error(state.numpy(), reference))
+        assert errors[-1] < tolerance
+    assert errors[1] < errors[0] / 3
