@@ -47,15 +47,21 @@ def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     return jnp.exp(-x), dt * phi1
 
 
-def apply(c, multiplier, boundary: Boundary):
-    """Multiply c by `multiplier` in the eigenbasis (DCT on neumann axes, FFT on periodic)."""
-    axes = range(c.ndim)
-    cosine = [a for a in axes if not boundary.is_periodic(a)]
-    fourier = [a for a in axes if boundary.is_periodic(a)]
-    x = jfft.dctn(c, type=2, axes=cosine, norm="ortho") if cosine else c
-    if fourier:
-        x = jnp.fft.ifftn(jnp.fft.fftn(x, axes=fourier) * multiplier, axes=fourier).real
-        x = x.astype(c.dtype)
-    else:
-        x = x * multiplier
+def _forward(x, cosine, fourier):
+    x = jfft.dctn(x, type=2, axes=cosine, norm="ortho") if cosine else x
+    return jnp.fft.fftn(x, axes=fourier) if fourier else x
+
+
+def _inverse(x, cosine, fourier, dtype):
+    x = jnp.fft.ifftn(x, axes=fourier).real.astype(dtype) if fourier else x
     return jfft.idctn(x, type=2, axes=cosine, norm="ortho") if cosine else x
+
+
+def propagate(c, forcing, propagator, integrator, boundary: Boundary):
+    """propagator * c + integrator * forcing, the multipliers applied in the eigenbasis (DCT
+    on neumann axes, FFT on periodic ones): two forward transforms and one inverse."""
+    cosine = [a for a in range(c.ndim) if not boundary.is_periodic(a)]
+    fourier = [a for a in range(c.ndim) if boundary.is_periodic(a)]
+    mixed = propagator * _forward(c, cosine, fourier)
+    mixed = mixed + integrator * _forward(forcing, cosine, fourier)
+    return _inverse(mixed, cosine, fourier, c.dtype)

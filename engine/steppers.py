@@ -209,9 +209,7 @@ def linear_step(model: Model, prepared: dict, fields: Fields, forcing: Fields, d
             p, boundary, c = prepared[f.name], model.boundary(f), fields[f.name]
             supply = jnp.broadcast_to(jnp.asarray(forcing[f.name], c.dtype), c.shape)
             if p.spectral is not None:
-                propagator, integrator = p.spectral
-                new = spectral.apply(c, propagator, boundary)
-                new = new + spectral.apply(supply, integrator, boundary)
+                new = spectral.propagate(c, supply, *p.spectral, boundary)
             else:
                 new = _tr_bdf2(c, model.decay(f), supply, dt, p.faces, model.grid, boundary)
             out[f.name] = jnp.maximum(new, 0)
