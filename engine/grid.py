@@ -10,9 +10,10 @@ AXIS_NAMES = {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x")}
 
 
 def _per_axis(value, ndim: int, name: str) -> tuple[float, ...]:
-    values = np.broadcast_to(np.asarray(value, dtype=float), (ndim,))
-    if values.ndim != 1 or values.shape[0] != ndim:
-        raise ValueError(f"grid.{name}: expected a number or {ndim} numbers")
+    values = np.asarray(value, dtype=float)
+    if values.ndim > 1 or values.size not in (1, ndim):
+        raise ValueError(f"grid.{name}: expected a number or {ndim} numbers, got {value!r}")
+    values = np.broadcast_to(values.reshape(-1), (ndim,))
     return tuple(float(v) for v in values)
 
 

@@ -138,8 +138,10 @@ class Model:
 
     def initial_fields(self, dtype) -> Fields:
         """Initial fields as device arrays of the grid's shape."""
-        return {
-            f.name: jnp.broadcast_to(jnp.asarray(f.initial, dtype=dtype), self.grid.shape)
+        return {  # fresh buffers: `advance` donates them, the model keeps its own
+            f.name: jnp.array(
+                jnp.broadcast_to(jnp.asarray(f.initial, dtype=dtype), self.grid.shape)
+            )
             for f in self.fields
         }
 

@@ -161,7 +161,10 @@ def diffusion_diagonal(D_faces: tuple, grid: Grid, boundary: Boundary, dtype):
         diag = -(_slab(padded, 0, n, axis) + _slab(padded, 1, n + 1, axis)) / dx**2
         low_face, high_face = boundary.faces[axis]
         if isinstance(low_face, Periodic):
-            low = high = -jnp.broadcast_to(D_low, _slab(diag, 0, 1, axis).shape) / dx**2
+            # a one-voxel periodic axis couples the voxel to itself: no diagonal term
+            low = high = (
+                None if n == 1 else -jnp.broadcast_to(D_low, _slab(diag, 0, 1, axis).shape) / dx**2
+            )
         else:
             low = _boundary_self_coupling(low_face, D_low, dx)
             high = _boundary_self_coupling(high_face, D_high, dx)
