@@ -200,17 +200,23 @@ def source_terms(model: Model, t, dt) -> Fields:
 
 
 def transport_rate(model: Model, fields: Mapping):
-    """Largest explicit transport rate (1/s): diffusion, motility and chemotactic drift."""
+    """Largest explicit transport rate (1/s) of any voxel: its diffusive self-coupling (the
+    operator's diagonal, which includes dirichlet and robin faces) plus, for chemotactic
+    populations, the drift outflow."""
+    faces = face_diffusivities(model)
     rate = 0.0
     for f in model.fields:
-        rate = jnp.maximum(rate, operators.diffusion_rate(model.diffusivity(f), model.grid))
-    for p in model.populations:
-        if p.chemotaxis_species is not None:
+        dtype = fields[f.name].dtype
+        coupling = -operators.diffusion_diagonal(
+            faces[f.name], model.grid, model.boundary(f), dtype
+        )
+        if isinstance(f, Population) and f.chemotaxis_species is not None:
             drift = operators.chemotaxis_rate(
-                fields[p.chemotaxis_species],
-                p.chemotaxis_sensitivity,
+                fields[f.chemotaxis_species],
+                f.chemotaxis_sensitivity,
                 model.grid,
-                model.boundary(p),
+                model.boundary(f),
             )
-            rate = jnp.maximum(rate, operators.diffusion_rate(p.motility, model.grid) + drift)
+            coupling = coupling + drift
+        rate = jnp.maximum(rate, jnp.max(coupling))
     return rate

@@ -132,11 +132,6 @@ def chemotaxis(n, c, chi, grid: Grid, boundary: Boundary):
     return total
 
 
-def diffusion_rate(D, grid: Grid):
-    """Largest decay rate (1/s) of explicit diffusion: sum over axes of 2 max(D) / dx^2."""
-    return 2 * jnp.max(D) * sum(1 / dx**2 for dx in grid.spacing)
-
-
 def chemotaxis_rate(c, chi, grid: Grid, boundary: Boundary):
     """Largest outflow rate (1/s) of the upwind drift: sum over axes of 2 |chi| max|dc/dx| / dx."""
     rate = 0.0

@@ -70,7 +70,8 @@ class Simulation:
         adaptive: bool = False,
         max_steps: int = 10_000_000,
     ):
-        if not (dt == "auto" or (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0)):
+        number = isinstance(dt, int | float) and not isinstance(dt, bool)
+        if not (dt == "auto" or (number and math.isfinite(dt) and dt > 0)):
             raise ValueError(f'time.dt: must be "auto" or a positive number of seconds, got {dt!r}')
         if not 0 < safety <= 1:
             raise ValueError(f"time.safety: must be in (0, 1], got {safety}")
