@@ -1,0 +1,84 @@
+"""Cost of one implicit step in units of one explicit step, on one field in 3D.
+
+    python benchmarks/implicit_step_cost.py [--sizes 128 256] [--repeats 3]
+
+Cases: explicit ssprk3 (the unit), imex with the exact spectral linear step (constant D,
+neumann faces: DCT), imex with TR-BDF2 + conjugate gradients (a dirichlet face), each imex run
+at 50x the explicit limit. Prints medians after warm-up and writes a JSON under
+benchmarks/results/ named after the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+import engine
+
+
+def model(size: int, boundary: engine.Boundary) -> engine.Model:
+    grid = engine.Grid((size,) * 3, spacing=10.0)
+    centre = (size * 5.0,) * 3
+    il2 = engine.Species("IL2", diffusion=100.0, decay=1e-3, boundary=boundary)
+    return engine.Model(
+        grid, species=(il2,), sources=(engine.point_source(grid, "IL2", centre, 1e3),)
+    )
+
+
+def time_per_step(sim: engine.Simulation, dt: float, steps: int, repeats: int) -> float:
+    """Median seconds per step over `repeats` runs of `steps` steps, after a warm-up run."""
+    fields = sim.initial_state().fields
+    fields = jax.block_until_ready(sim.advance_steps(fields, 0.0, dt, 1))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fields = jax.block_until_ready(sim.advance_steps(fields, 0.0, dt, steps))
+        samples.append((time.perf_counter() - start) / steps)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    device_name = f"{device.platform}-{device.device_kind}".replace(" ", "_")
+    rows = []
+    neumann = engine.Boundary.uniform(3)
+    dirichlet = engine.Boundary.from_faces(3, x_min=engine.Dirichlet(0.0))
+    for size in args.sizes:
+        explicit = engine.Simulation(model(size, neumann))
+        dt_explicit = explicit.time_step(explicit.initial_state())
+        unit = time_per_step(explicit, dt_explicit, 10, args.repeats)
+        rows.append(dict(size=size, case="explicit ssprk3", solve="-", seconds=unit, ratio=1.0))
+        for label, boundary, solve in [
+            ("imex, neumann", neumann, "spectral (DCT)"),
+            ("imex, dirichlet face", dirichlet, "TR-BDF2 + CG"),
+        ]:
+            sim = engine.Simulation(model(size, boundary), stepper="imex")
+            seconds = time_per_step(sim, 50 * dt_explicit, 2, args.repeats)
+            rows.append(
+                dict(size=size, case=label, solve=solve, seconds=seconds, ratio=seconds / unit)
+            )
+    print(f"device: {device_name}; imex at 50x the explicit limit; float32, one field")
+    header = ("size", "case", "solve", "ms/step", "explicit steps", "per sim. s")
+    print("{:>6} {:<22} {:<16} {:>10} {:>15} {:>11}".format(*header))
+    for r in rows:
+        per_time = r["ratio"] / (50 if r["case"].startswith("imex") else 1)
+        print(
+            f"{r['size']:>5}^3 {r['case']:<22} {r['solve']:<16} {1e3 * r['seconds']:>10.1f} "
+            f"{r['ratio']:>15.1f} {per_time:>11.2f}"
+        )
+    out = Path(__file__).parent / "results" / f"implicit_step_cost-{device_name}.json"
+    out.write_text(json.dumps(dict(device=device_name, jax=jax.__version__, rows=rows), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
