@@ -3,8 +3,10 @@
 from engine import regions
 from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.grid import Grid
-from engine.model import Model, Population, Source, Species, point_source, region_source
+from engine.model import Model, Population, Species
 from engine.simulation import Simulation, State
+from engine.sources import Schedule, Source, point_source, region_source
+from engine.terms import register_term
 
 __version__ = "0.1.0"
 
@@ -17,11 +19,13 @@ __all__ = [
     "Periodic",
     "Population",
     "Robin",
+    "Schedule",
     "Simulation",
     "Source",
     "Species",
     "State",
     "point_source",
     "region_source",
+    "register_term",
     "regions",
 ]

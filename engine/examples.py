@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.grid import Grid
-from engine.model import Model, Species, point_source
+from engine.model import Model, Species
 from engine.simulation import Simulation
+from engine.sources import point_source
 from engine.validation import point_source_steady_state
 
 

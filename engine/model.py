@@ -18,12 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import operators
+from engine import operators, terms
 from engine.boundary import Boundary
 from engine.grid import Grid
-
-MOLECULES_PER_UM3_PER_NM = 0.602214076
-"""1 nM = 0.6022 molecules / um^3."""
+from engine.sources import Source
 
 Fields = dict[str, jax.Array]
 Reactions = Callable[[Mapping[str, jax.Array], jax.Array], tuple[Fields, Fields]]
@@ -59,32 +57,13 @@ class Population:
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True, eq=False)
-class Source:
-    """A constant supply `rate` (nM/s, scalar or per voxel) of `species`."""
-
-    species: str = field(metadata=dict(static=True))
-    rate: float | np.ndarray = 0.0
-
-
-def point_source(grid: Grid, species: str, position, rate: float) -> Source:
-    """`rate` molecules/s released at `position` (um), spread over the voxel containing it."""
-    field_rate = np.zeros(grid.shape)
-    field_rate[grid.index_of(position)] = rate / (grid.voxel_volume * MOLECULES_PER_UM3_PER_NM)
-    return Source(species, field_rate)
-
-
-def region_source(species: str, mask: np.ndarray, rate: float) -> Source:
-    """`rate` nM/s inside a region mask."""
-    return Source(species, np.where(mask, rate, 0.0))
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True, eq=False)
 class Model:
     """Species, populations, reactions and sources on a grid.
 
-    `reaction_rate` (1/s) bounds the rates of the explicit (production) part of `reactions`;
-    the explicit stability limit uses it. Linear sinks need no bound: they are implicit.
+    Reactions come from `terms` (the term library, rates traced) and from an optional Python
+    function `reactions` (static). `reaction_rate` (1/s) bounds the rates of the explicit
+    (production) part of both; the explicit stability limit uses it. Linear sinks need no
+    bound: they are implicit.
     """
 
     grid: Grid = field(metadata=dict(static=True))
@@ -93,6 +72,7 @@ class Model:
     sources: tuple[Source, ...] = ()
     reactions: Reactions | None = field(default=None, metadata=dict(static=True))
     reaction_rate: float = 0.0
+    terms: tuple = ()
 
     def __post_init__(self):
         names = [f.name for f in self.fields]
@@ -183,8 +163,12 @@ def chemotaxis_terms(model: Model, fields: Mapping) -> Fields:
 def reaction_terms(model: Model, fields: Mapping, t, decay: bool = True) -> tuple[Fields, Fields]:
     """(production, loss_rate) of every field at time t, sources excluded; species decay is
     included unless `decay` is False (steppers that solve it with diffusion)."""
-    production, loss = ({}, {}) if model.reactions is None else model.reactions(fields, t)
-    loss = dict(loss)
+    production, loss = terms.evaluate(model.terms, fields)
+    if model.reactions is not None:
+        extra_production, extra_loss = model.reactions(fields, t)
+        for table, extra in ((production, extra_production), (loss, extra_loss)):
+            for name, value in extra.items():
+                table[name] = table[name] + value if name in table else value
     if decay:
         for s in model.species:
             loss[s.name] = loss.get(s.name, 0.0) + s.decay
@@ -195,7 +179,8 @@ def source_terms(model: Model, t, dt) -> Fields:
     """Mean supply rate of each species over [t, t + dt] (nM/s)."""
     supply: Fields = {}
     for s in model.sources:
-        supply[s.species] = supply.get(s.species, 0.0) + s.rate
+        rate = s.mean_rate(t, dt)
+        supply[s.species] = supply[s.species] + rate if s.species in supply else rate
     return supply
 
 

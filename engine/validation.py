@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from engine.terms import MOLECULES_PER_UM3_PER_NM
+
 
 def heat_kernel(r2, t: float, D: float, ndim: int, mass: float = 1.0, t0: float = 0.0):
     """Gaussian of total `mass` spread from a point at time -t0 (r2: squared distance, um^2)."""
@@ -17,8 +19,6 @@ def point_source_steady_state(r, q: float, D: float, k: float, ndim: int, depth:
 
     3D: q / (4 pi D r) exp(-r / lambda); 2D: q / (2 pi D depth) K0(r / lambda), lambda = sqrt(D/k).
     """
-    from engine.model import MOLECULES_PER_UM3_PER_NM
-
     screening = np.sqrt(D / k)
     if ndim == 3:
         amount = q / (4 * np.pi * D * r) * np.exp(-r / screening)

@@ -7,7 +7,8 @@ from scipy.linalg import expm
 
 import engine
 from engine import operators, regions
-from engine.model import MOLECULES_PER_UM3_PER_NM, face_diffusivities
+from engine.model import face_diffusivities
+from engine.terms import MOLECULES_PER_UM3_PER_NM
 
 jax.config.update("jax_enable_x64", True)
 

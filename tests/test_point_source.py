@@ -11,7 +11,7 @@ import pytest
 from engine import Simulation
 from engine.cli import main
 from engine.examples import point_source_model
-from engine.model import MOLECULES_PER_UM3_PER_NM
+from engine.terms import MOLECULES_PER_UM3_PER_NM
 from engine.validation import point_source_steady_state
 
 
