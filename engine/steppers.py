@@ -315,9 +315,8 @@ class QuasiSteady:
         populations = tuple(p.name for p in model.populations)
         return face_diffusivities(model), prepare_diffusion(model, dt, populations)
 
-    def relax(self, model: Model, faces, fields: Fields, t) -> Fields:
-        """The species' steady state for the current populations (Picard fixed point)."""
-        supply = source_terms(model, t, 1.0)
+    def relax(self, model: Model, faces, fields: Fields, t, supply: Fields) -> Fields:
+        """The species' steady state for the current populations and a supply (nM/s)."""
         floor = 10 * solvers.tolerance(next(iter(fields.values())).dtype)
 
         def picard(u):
@@ -359,13 +358,14 @@ class QuasiSteady:
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         faces, diffusion = prepared
         populations = tuple(p.name for p in model.populations)
-        fields = self.relax(model, faces, fields, t)
+        supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
+        fields = self.relax(model, faces, fields, t, supply)
         fields = sink_substep(model, fields, t, dt / 2, populations)
         fields = drift_substep(model, fields, dt / 2)
         fields = production_step(model, diffusion, fields, t, dt, populations)
         fields = drift_substep(model, fields, dt / 2)
         fields = sink_substep(model, fields, t + dt / 2, dt / 2, populations)
-        return self.relax(model, faces, fields, t + dt)
+        return self.relax(model, faces, fields, t + dt, supply)
 
     def stable_dt(self, model: Model, fields: Fields):
         """The populations' accuracy target sets the step (species are always at steady state)."""
