@@ -2,6 +2,8 @@
 
 from engine import regions
 from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
+from engine.build import build_model
+from engine.config import Config, ConfigError, load_config
 from engine.grid import Grid
 from engine.model import Model, Population, Species
 from engine.simulation import Simulation, State
@@ -11,6 +13,10 @@ from engine.terms import register_term
 __version__ = "0.1.0"
 
 __all__ = [
+    "Config",
+    "ConfigError",
+    "build_model",
+    "load_config",
     "Boundary",
     "Dirichlet",
     "Grid",

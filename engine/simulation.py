@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.model import Fields, Model
-from engine.steppers import advance_adaptive, advance_fields, make_stepper
+from engine.build import build_model
+from engine.config import Config
+from engine.model import Fields, Model, reaction_terms
+from engine.steppers import Explicit, advance_adaptive, advance_fields, make_stepper
 
 DTYPES = ("float32", "float64")
 
@@ -38,11 +40,26 @@ def enable_dtype(dtype: str) -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
+def time_options(cfg: Config) -> dict:
+    """The `Simulation` options a config's [time] table sets."""
+    t = cfg.time
+    return dict(
+        stepper=t.stepper,
+        scheme=t.scheme,
+        dt=t.dt,
+        dtype=t.dtype,
+        safety=t.safety,
+        tolerance=t.tolerance,
+        adaptive=t.adaptive,
+    )
+
+
 class Simulation:
     """Builds the stepper for a model and advances states with it.
 
     Arguments:
-        model: the `Model` to simulate.
+        model: the `Model` to simulate, or a `Config` (from `load_config`), whose [time]
+            table then gives the options below (keywords override it).
         stepper: "explicit" | "imex" | "quasi_steady".
         scheme: explicit scheme, "euler" | "ssprk2" | "ssprk3".
         dt: time step (s), or "auto" for `safety` times the stepper's largest step (stability
@@ -57,7 +74,14 @@ class Simulation:
         max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
     """
 
-    def __init__(
+    def __init__(self, model: Model | Config, **options):
+        self.config = model if isinstance(model, Config) else None
+        if self.config is not None:
+            options = {**time_options(self.config), **options}
+            model = build_model(self.config)
+        self._setup(model, **options)
+
+    def _setup(
         self,
         model: Model,
         *,
@@ -103,6 +127,27 @@ class Simulation:
 
     def initial_state(self) -> State:
         return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+
+    def validate(self, state: State | None = None) -> dict:
+        """What a run would do, computing nothing but rates: the stiffest reaction (field and
+        rate, 1/s), the explicit stability limit (s), the step this stepper takes (s), and,
+        for a config, the number of steps to time.end and the memory estimate (bytes)."""
+        state = self.initial_state() if state is None else state
+        _, loss = reaction_terms(self.model, state.fields, state.t)
+        rates = {name: float(jnp.max(rate)) for name, rate in loss.items()}
+        stiffest = max(rates, key=rates.get, default=None)
+        report = dict(
+            stiffest_field=stiffest,
+            stiffest_rate=max(rates.get(stiffest, 0.0), float(self.model.reaction_rate)),
+            explicit_limit=float(Explicit().stable_dt(self.model, state.fields)),
+            dt=self.time_step(state),
+            stepper=self.stepper.name,
+        )
+        if self.config is not None:
+            end = self.config.time.end
+            report["steps"] = max(1, math.ceil(end / report["dt"])) if report["dt"] < end else 1
+            report["memory_bytes"] = self.config.memory_bytes()
+        return report
 
     def stable_dt(self, state: State) -> float:
         """The stepper's largest stable step (s) for `state`, before the safety factor."""
