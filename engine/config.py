@@ -111,7 +111,8 @@ def _join(parts) -> str:
 def _fix_for(kind: str) -> str:
     if kind == "dimensionless":
         return "give a plain finite number, e.g. 2"
-    return f"give a finite number in {ENGINE_UNITS[kind]} or a string with a unit, e.g. {_EXAMPLES[kind]}"
+    unit = ENGINE_UNITS[kind]
+    return f"give a finite number in {unit} or a string with a unit, e.g. {_EXAMPLES[kind]}"
 
 
 def _bounds(number: float, shown: str, ge=None, gt=None, le=None, lt=None) -> None:
@@ -236,9 +237,8 @@ def _field_value(value: Any, kind: str | None) -> float | None:
     if kind is None:
         if isinstance(value, str):
             raise _fail(
-                f"{value!r}: a default for every species and population takes a plain number "
-                "(nM for species, cells/um^3 for populations); give a number, or set the face "
-                "per species or population"
+                f"a unit is ambiguous in the default face of every species (nM) and population "
+                f"(cells/um^3), got {value!r}; give a plain number, or set the face per field"
             )
         kind = "dimensionless"
     return _number(value, kind, ge=0)
@@ -281,7 +281,7 @@ class Face(_Model):
         if kind == "robin":
             if not isinstance(arg, dict):
                 raise _fail(
-                    f"expected a table, got {_show(arg)}; use {{ robin = {{ h = 1, outside = 0 }} }}",
+                    f"expected a table, got {_show(arg)}; use {forms}",
                     at="robin",
                 )
             for key in arg:
@@ -298,6 +298,14 @@ class Face(_Model):
     @classmethod
     def _field_units(cls, value):
         return _field_value(value, cls.unit_kind)
+
+    def __eq__(self, other):
+        # species and population faces equal the plain face with the same values
+        if isinstance(other, Face):
+            return self.model_dump() == other.model_dump()
+        return NotImplemented
+
+    __hash__ = None
 
 
 class SpeciesFace(Face):
@@ -397,6 +405,13 @@ class Initial(_Model):
             if key not in _INITIAL_NEEDS[self.kind] and getattr(self, key) is not None:
                 raise _fail(f"does not apply to a {self.kind} initial condition; remove it", at=key)
         return self
+
+    def __eq__(self, other):
+        if isinstance(other, Initial):
+            return self.model_dump() == other.model_dump()
+        return NotImplemented
+
+    __hash__ = None
 
 
 class SpeciesInitial(Initial):
@@ -981,6 +996,7 @@ class _Checker:
 
     def run(self) -> None:
         self.names()
+        self.memory()
         self.faces()
         self.regions()
         self.fields()
@@ -988,7 +1004,6 @@ class _Checker:
         self.sources()
         for i, name in enumerate(self.cfg.output.fields or ()):
             self.ref(name, "field", f"output.fields[{i}]")
-        self.memory()
 
     # names --------------------------------------------------------------------------------
     def names(self) -> None:
@@ -1028,8 +1043,10 @@ class _Checker:
         if name in own:
             return
         if name in other:
+            plural = "species" if want == "species" else "populations"
             raise _fail(
-                f'"{name}" is a {other_kind}, not a {want}; {want} defined: {_listing(own)}', at=at
+                f'"{name}" is a {other_kind}, not a {want}; {plural} defined: {_listing(own)}',
+                at=at,
             )
         raise _fail(f'unknown {want} "{name}"; defined: {_listing(own)}', at=at)
 
@@ -1063,7 +1080,8 @@ class _Checker:
     def coordinates(self, values, at: str) -> None:
         if len(values) != self.grid.ndim:
             raise _fail(
-                f"has {len(values)} coordinates, the grid has {self.grid.ndim} axes "
+                f"has {len(values)} coordinate{'s' * (len(values) != 1)}, the grid has "
+                f"{self.grid.ndim} axes "
                 f"({', '.join(self.grid.axes)}); give one per axis",
                 at=at,
             )
@@ -1214,9 +1232,10 @@ class _Checker:
                 lower, upper = self.grid.lower, self.grid.upper
                 if not all(lo <= p < up for p, lo, up in zip(source.position, lower, upper)):
                     where = ", ".join(f"{p:g}" for p in source.position)
+                    extent = " x ".join(f"[{lo:g}, {up:g})" for lo, up in zip(lower, upper))
                     raise _fail(
-                        f"({where}) um lies outside the grid {self.grid.extent()}; "
-                        "give a position inside it",
+                        f"({where}) um lies outside the grid {extent} um (upper faces "
+                        "excluded); give a position inside it",
                         at=f"{here}.position",
                     )
 
@@ -1251,14 +1270,7 @@ def _clean_loc(loc) -> list:
     """Pydantic's location without discriminator tags and union member names."""
     parts = []
     for i, part in enumerate(loc):
-        if (
-            i >= 2
-            and isinstance(part, str)
-            and loc[i - 2] in _TAGGED_LISTS
-            and isinstance(loc[i - 1], int)
-            and part in _TAGGED_LISTS[loc[i - 2]]
-            and i == 2
-        ):
+        if i == 2 and loc[0] in _TAGGED_LISTS and part in _TAGGED_LISTS[loc[0]]:
             continue
         if isinstance(part, str) and (part.startswith("function-") or "[" in part):
             continue
@@ -1289,7 +1301,9 @@ def _describe(error: dict) -> tuple[str, str]:
         expected = ", ".join(re.findall(r"'([^']+)'", str(ctx.get("expected_tags", ""))))
         return f"unknown type {_show(ctx.get('tag', value))}; use one of: {expected}", "type"
     if kind == "union_tag_not_found":
-        return "missing; add type = one of the term or source types", "type"
+        loc = error.get("loc") or ("",)
+        types = ", ".join(_TAGGED_LISTS.get(loc[0], ()))
+        return f"missing; add type = one of: {types}", "type"
     reason = error.get("msg", "invalid value")
     return f"{reason} (got {_show(value)}); correct the value", ""
 
@@ -1312,9 +1326,20 @@ def _read_toml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; check the path")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML, {error}; fix the syntax there") from None
+        # Python < 3.14 gives the position only in the message: "... (at line 3, column 7)"
+        message = str(error)
+        match = re.search(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$", message)
+        reason = message[: match.start()] if match else message
+        if match and match.group(1):
+            where = f"line {match.group(1)}, column {match.group(2)}"
+        else:
+            where = f"line {max(len(text.rstrip().splitlines()), 1)} (end of file)"
+        raise ConfigError(
+            f"{path}: invalid TOML at {where}: {reason}; fix the syntax there"
+        ) from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from None
     except OSError as error:

@@ -47,7 +47,13 @@ def to_engine(value, kind: str) -> float:
     elif isinstance(value, str):
         try:
             quantity = registry.Quantity(value)
-        except (pint.errors.PintError, ValueError, TypeError, AttributeError) as error:
+        except (
+            pint.errors.PintError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            AssertionError,
+        ) as error:
             raise UnitError(f"cannot read {value!r} as a quantity ({error})") from None
         try:
             number = float(quantity.to(unit).magnitude)
