@@ -5,6 +5,7 @@ from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.build import build_model
 from engine.config import Config, ConfigError, load_config
 from engine.grid import Grid
+from engine.io import open_output
 from engine.model import Model, Population, Species
 from engine.simulation import Simulation, State
 from engine.sources import Schedule, Source, point_source, region_source
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "build_model",
     "load_config",
+    "open_output",
     "Boundary",
     "Dirichlet",
     "Grid",

@@ -128,6 +128,13 @@ class Simulation:
     def initial_state(self) -> State:
         return State(t=0.0, fields=self.model.initial_fields(self.dtype))
 
+    def run(self, output, **options):
+        """The CLI's run of a config-built simulation, writing frames and checkpoints to
+        `output` (options: resume, overwrite, quiet); returns the output path."""
+        from engine.run import run
+
+        return run(self, output, **options)
+
     def validate(self, state: State | None = None) -> dict:
         """What a run would do, computing nothing but rates: the stiffest reaction (field and
         rate, 1/s), the explicit stability limit (s), the step this stepper takes (s), and,

@@ -1,0 +1,871 @@
+"""HDF5 output: the run's frames, summaries, regions and checkpoint (DESIGN section 3).
+
+Plain NumPy and h5py; nothing here imports JAX (xarray is imported only by `to_xarray`).
+
+Layout (format "ilsim", format_version 1)::
+
+    /                   attrs format, format_version, created (ISO 8601 UTC), ilsim_version,
+                        backend, device, dtype, stepper, config (TOML text), ...
+    /grid               attrs shape, spacing (um), origin (um), axes (["z", "y", "x"] subset,
+                        x last), depth (um: slab / rod thickness), voxel_volume (um^3)
+    /grid/z, /grid/y, /grid/x   voxel-centre coordinates (float64, um), dimension scales
+    /time               (n_frames,) float64 s, extendable dimension scale
+    /fields/<name>      (n_frames, *shape) in the run's dtype; attrs units, kind; dimension
+                        scales attached (time, then the axes); chunks (1, *shape), or
+                        (1, *tile) with at most 64^3 values per chunk for large frames
+    /summary/<name>_total, /summary/<name>_max   (n_frames,) float64 with units attrs:
+                        total in molecules (species) or cells (populations), max in nM or
+                        cells/um^3; the time scale attached
+    /regions/<name>     uint8 masks (shape of the grid, axis scales attached)
+    /checkpoint         attrs time, step, dt (NaN for None), complete; one dataset per state
+                        field
+    /z, /y, /x, /<field>   soft links to /grid/<axis> and /fields/<field> (see below)
+
+Axes are C-ordered with x last. Frames are flushed as they are written (H5Fflush, default
+superblock, no SWMR) so that a process killed after `write_frame` returns leaves a file that
+opens with every completed frame; a reader in another process must open it with
+`locking=False` (or HDF5_USE_FILE_LOCKING=FALSE) while the writer still runs, which
+`open_output` and `read_checkpoint` fall back to by themselves.
+
+xarray / h5netcdf (tested with h5netcdf 1.8, xarray 2026.9): h5netcdf names a variable's
+dimensions after the dimension scales attached to it and looks the names up in the variable's
+group and its parents, never in sibling groups. Scales only at /grid/x would therefore leave
+/fields/<name> unreadable (`KeyError: 'z'` with group="fields"), and a root-level open would
+not see /fields at all. So the root also holds soft links /z, /y, /x to the scales in /grid
+and /<field> to /fields/<field>; with them
+
+* `xarray.open_dataset(path, engine="h5netcdf")` gives every field with dims
+  (time, z, y, x) and coordinates time (s), z, y, x (um), units in the attributes;
+* `group="fields"` gives the same fields and dims (without coordinate values: those live in
+  the parent group); `group="summary"` gives the summaries over `time`.
+
+A field whose name collides with a root entry (grid, time, fields, summary, regions,
+checkpoint, x, y, z) gets no root link and is readable through group="fields" only.
+`/time` has units "s" (not "seconds"), so xarray keeps it as float64 seconds.
+
+XDMF: `OUT.xdmf` beside `OUT.h5` (written on every checkpoint and on close, to the file's
+current name, so a file renamed while open gets a matching sidecar; `write_xdmf` regenerates
+it) holds a temporal collection of uniform grids, 3DCoRectMesh / 2DCoRectMesh (1D: a
+2DCoRectMesh one cell of `depth` thick), cell-centred attributes read through a hyperslab of
+`OUT.h5:/fields/<name>` per frame. Origin and spacing are listed z, y, x (the order ParaView's
+reader reverses into VTK's x, y, z); the topology counts points, shape + 1 per axis. The
+reference uses the h5 file's bare name so both files can move together. "lzf" compression is
+an h5py-only filter that ParaView cannot decode; use "gzip" or "none" for ParaView.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from engine.grid import Grid
+
+FORMAT_NAME = "ilsim"
+FORMAT_VERSION = 1
+
+MOLECULES_PER_UM3_PER_NM = 0.602214076
+"""1 nM = 0.6022 molecules / um^3 (the value of engine.terms, which imports JAX)."""
+
+KINDS = {"species": "nM", "population": "cells/um^3"}
+TOTAL_UNITS = {"species": "molecules", "population": "cells"}
+COMPRESSIONS = ("gzip", "lzf", "none")
+MAX_CHUNK_VALUES = 64**3
+"""Largest chunk (values): one frame per chunk up to this size, tiles above it."""
+
+_RESERVED = {"grid", "time", "fields", "summary", "regions", "checkpoint", "x", "y", "z"}
+_TIME_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """An output field: its name, kind ("species" | "population") and units (from the kind
+    when left out: nM for species, cells/um^3 for populations)."""
+
+    name: str
+    kind: str
+    units: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"field {self.name!r}: kind must be species or population")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"field name {self.name!r}: must be non-empty and contain no '/'")
+        if self.units is None:
+            object.__setattr__(self, "units", KINDS[self.kind])
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _attr_value(value):
+    """A Python value as something h5py stores as a plain attribute."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):  # h5py would store an enum that netCDF lacks
+        return int(value)
+    if isinstance(value, str | bytes | bool | int | float | np.generic):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple | np.ndarray):
+        array = np.asarray(value)
+        if array.dtype.kind in "US" or (array.dtype == object and array.size > 0):
+            return np.array([str(v) for v in array.ravel()], dtype=h5py.string_dtype())
+        return array
+    return str(value)
+
+
+def _decode(value):
+    """An attribute as plain Python: str for strings, lists of str, numbers, arrays."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in value.ravel()]
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _compression_options(compression: str) -> dict:
+    if compression not in COMPRESSIONS:
+        raise ValueError(
+            f"output.compression: expected one of {', '.join(COMPRESSIONS)}, got {compression!r}"
+        )
+    if compression == "none":
+        return {}
+    options = {"compression": compression, "shuffle": True}
+    if compression == "gzip":
+        options["compression_opts"] = 4
+    return options
+
+
+def frame_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape (without the time axis) for frames of `shape`: the whole frame when it
+    holds at most MAX_CHUNK_VALUES values, else a tile made by halving the longest side until
+    it fits (64^3 for 128^3 frames)."""
+    chunk = [max(1, int(n)) for n in shape]
+    while math.prod(chunk) > MAX_CHUNK_VALUES:
+        axis = int(np.argmax(chunk))
+        chunk[axis] = (chunk[axis] + 1) // 2
+    return tuple(chunk)
+
+
+def _open_read(path) -> h5py.File:
+    """Open read-only; if another process holds the file open for writing (HDF5 file lock),
+    open without locking, which reads what that process has flushed."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if "lock" not in str(error).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
+
+
+def _read_grid(f: h5py.File) -> Grid:
+    attrs = f["grid"].attrs
+    depth = attrs.get("depth")
+    return Grid(
+        shape=tuple(int(n) for n in attrs["shape"]),
+        spacing=tuple(float(h) for h in attrs["spacing"]),
+        origin=tuple(float(o) for o in attrs["origin"]),
+        depth=None if depth is None else float(depth),
+    )
+
+
+def _check_format(f: h5py.File, path) -> None:
+    name = _decode(f.attrs.get("format"))
+    if name != FORMAT_NAME:
+        raise ValueError(f"{path}: not an ilsim output file (format attribute {name!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version} is newer than this ilsim reads ({FORMAT_VERSION})"
+        )
+
+
+def _summaries(info: FieldInfo, values: np.ndarray, grid: Grid) -> tuple[float, float]:
+    """(domain integral, maximum) of one frame, in float64."""
+    total = float(np.sum(values, dtype=np.float64)) * grid.voxel_volume
+    if info.kind == "species":
+        total *= MOLECULES_PER_UM3_PER_NM
+    return total, float(np.max(values)) if values.size else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# writer
+
+
+class OutputWriter:
+    """Writes one run's HDF5 file (layout in the module docstring).
+
+    Arguments:
+        path: the file to create (or, with `resume`, to append to). The caller handles
+            temporary names and refusing to clobber; this writes where told.
+        grid: the simulation grid.
+        fields: the output fields, in the order they are stored.
+        dtype: the run's dtype ("float32" or "float64"), used for /fields.
+        attrs: root attributes besides format, format_version and created (ilsim_version,
+            backend, device, dtype, stepper, config).
+        regions: name -> mask of the grid's shape, stored as uint8.
+        compression: "gzip" | "lzf" | "none".
+        resume: open an existing file and append after its last frame; the grid, fields
+            (names, kinds, units) and dtype must match (ValueError otherwise). `created` is
+            kept, the other root attributes are updated, missing regions added.
+    """
+
+    def __init__(
+        self,
+        path,
+        grid: Grid,
+        fields: list[FieldInfo],
+        dtype: str,
+        attrs: dict,
+        regions: dict[str, np.ndarray],
+        compression: str = "gzip",
+        resume: bool = False,
+    ):
+        self.path = Path(path)
+        self.grid = grid
+        self.fields = tuple(fields)
+        self.dtype = np.dtype(dtype)
+        self.compression = compression
+        names = [info.name for info in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output fields: duplicate names in {names}")
+        if self.dtype.kind != "f":
+            raise ValueError(f"output dtype: expected a float type, got {dtype!r}")
+        self._compression = _compression_options(compression)
+        self._file: h5py.File | None = None
+        if resume:
+            self._file = h5py.File(self.path, "r+")
+            try:
+                self._open_existing(attrs, regions)
+            except BaseException:
+                self._file.close()
+                self._file = None
+                raise
+        else:
+            self._file = h5py.File(self.path, "w", track_order=True)
+            try:
+                self._create(attrs, regions)
+            except BaseException:
+                self._file.close()
+                self._file = None
+                raise
+        self._n_frames = int(self._file["time"].shape[0])
+        self._last_time = float(self._file["time"][-1]) if self._n_frames else -math.inf
+        self._file.flush()
+
+    # -- creation -------------------------------------------------------------------------
+
+    def _create(self, attrs: dict, regions: dict) -> None:
+        f, grid = self._file, self.grid
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["created"] = _now_iso()
+        self._set_attrs(attrs)
+
+        group = f.create_group("grid", track_order=True)
+        group.attrs["shape"] = np.asarray(grid.shape, dtype=np.int64)
+        group.attrs["spacing"] = np.asarray(grid.spacing, dtype=np.float64)
+        group.attrs["origin"] = np.asarray(grid.origin, dtype=np.float64)
+        group.attrs["axes"] = np.array(grid.axes, dtype=h5py.string_dtype())
+        group.attrs["depth"] = float(grid.depth)
+        group.attrs["voxel_volume"] = float(grid.voxel_volume)
+        group.attrs["units"] = "um"
+        for axis, name in enumerate(grid.axes):
+            scale = group.create_dataset(name, data=grid.coordinates(axis).astype(np.float64))
+            scale.make_scale(name)
+            scale.attrs["units"] = "um"
+            scale.attrs["long_name"] = f"{name} (voxel centre)"
+            scale.attrs["axis"] = name.upper()
+            f[name] = h5py.SoftLink(f"/grid/{name}")
+
+        time = f.create_dataset(
+            "time", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(_TIME_CHUNK,)
+        )
+        time.make_scale("time")
+        time.attrs["units"] = "s"
+        time.attrs["long_name"] = "time"
+        time.attrs["axis"] = "T"
+
+        fields = f.create_group("fields", track_order=True)
+        summary = f.create_group("summary", track_order=True)
+        chunks = (1, *frame_chunks(grid.shape))
+        for info in self.fields:
+            data = fields.create_dataset(
+                info.name,
+                shape=(0, *grid.shape),
+                maxshape=(None, *grid.shape),
+                dtype=self.dtype,
+                chunks=chunks,
+                **self._compression,
+            )
+            data.attrs["units"] = info.units
+            data.attrs["kind"] = info.kind
+            self._attach(data, with_time=True)
+            if info.name not in _RESERVED:
+                f[info.name] = h5py.SoftLink(f"/fields/{info.name}")
+            for stat, units in (
+                ("total", TOTAL_UNITS[info.kind]),
+                ("max", info.units),
+            ):
+                series = summary.create_dataset(
+                    f"{info.name}_{stat}",
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype=np.float64,
+                    chunks=(_TIME_CHUNK,),
+                )
+                series.attrs["units"] = units
+                series.attrs["field"] = info.name
+                series.attrs["long_name"] = (
+                    f"domain total of {info.name}" if stat == "total" else f"maximum of {info.name}"
+                )
+                series.dims[0].attach_scale(time)
+                series.dims[0].label = "time"
+        f.create_group("regions", track_order=True)
+        self._write_regions(regions)
+
+    def _attach(self, data: h5py.Dataset, with_time: bool) -> None:
+        f = self._file
+        offset = 0
+        if with_time:
+            data.dims[0].attach_scale(f["time"])
+            data.dims[0].label = "time"
+            offset = 1
+        for axis, name in enumerate(self.grid.axes):
+            data.dims[axis + offset].attach_scale(f["grid"][name])
+            data.dims[axis + offset].label = name
+
+    def _set_attrs(self, attrs: dict) -> None:
+        for key, value in attrs.items():
+            if key in ("format", "format_version", "created"):
+                continue
+            self._file.attrs[key] = _attr_value(value)
+
+    def _write_regions(self, regions: dict) -> None:
+        group = self._file["regions"]
+        for name, mask in regions.items():
+            mask = np.asarray(mask)
+            if mask.shape != self.grid.shape:
+                raise ValueError(
+                    f"region {name!r}: mask shape {mask.shape} differs from the grid's "
+                    f"{self.grid.shape}"
+                )
+            mask = (mask != 0).astype(np.uint8)
+            if name in group:
+                if np.array_equal(group[name][()], mask):
+                    continue
+                group[name][...] = mask
+                continue
+            data = group.create_dataset(name, data=mask, **self._compression)
+            data.attrs["long_name"] = f"region {name} (1 inside)"
+            self._attach(data, with_time=False)
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def _open_existing(self, attrs: dict, regions: dict) -> None:
+        f, path = self._file, self.path
+        _check_format(f, path)
+        problems = []
+        stored = _read_grid(f)
+        for what in ("shape", "spacing", "origin", "depth"):
+            old, new = getattr(stored, what), getattr(self.grid, what)
+            same = np.shape(old) == np.shape(new) and np.allclose(old, new, rtol=1e-12, atol=0)
+            if not same:
+                problems.append(f"grid {what} {old} in the file, {new} requested")
+                if what == "shape":
+                    break
+        have = {
+            name: (_decode(d.attrs.get("kind")), _decode(d.attrs.get("units")), d.dtype)
+            for name, d in f["fields"].items()
+        }
+        want = {info.name: (info.kind, info.units, self.dtype) for info in self.fields}
+        if set(have) != set(want):
+            problems.append(f"fields {sorted(have)} in the file, {sorted(want)} requested")
+        else:
+            for name, (kind, units, dtype) in want.items():
+                if have[name][:2] != (kind, units):
+                    problems.append(
+                        f"field {name!r} is {have[name][0]} in {have[name][1]} in the file, "
+                        f"{kind} in {units} requested"
+                    )
+                elif have[name][2] != dtype:
+                    problems.append(
+                        f"field {name!r} is {have[name][2]} in the file, {dtype} requested"
+                    )
+        if problems:
+            raise ValueError(f"cannot resume {path}: " + "; ".join(problems))
+        # frames are complete only up to /time: drop a frame that a kill left half written
+        frames = int(f["time"].shape[0])
+        for group in ("fields", "summary"):
+            for data in f[group].values():
+                if data.shape[0] != frames:
+                    data.resize(frames, axis=0)
+        self._set_attrs(attrs)
+        if "regions" not in f:
+            f.create_group("regions", track_order=True)
+        self._write_regions(regions)
+
+    # -- frames ---------------------------------------------------------------------------
+
+    @property
+    def n_frames(self) -> int:
+        return self._n_frames
+
+    @property
+    def last_time(self) -> float | None:
+        """Time (s) of the last frame in the file, None before the first."""
+        return None if self._n_frames == 0 else self._last_time
+
+    def _require_open(self) -> h5py.File:
+        if self._file is None:
+            raise ValueError(f"{self.path}: the output writer is closed")
+        return self._file
+
+    def write_frame(self, t: float, fields: dict[str, np.ndarray]) -> None:
+        """Append one frame at time t (s). `fields` must hold every output field (extra
+        entries, e.g. the rest of the state, are ignored). Flushed before returning."""
+        f = self._require_open()
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError(f"write_frame: time must be finite, got {t}")
+        if t < self._last_time:
+            raise ValueError(
+                f"write_frame: t = {t} s precedes the last frame ({self._last_time} s)"
+            )
+        missing = [info.name for info in self.fields if info.name not in fields]
+        if missing:
+            raise ValueError(f"write_frame: missing fields {missing}")
+        # everything is checked and converted before the file changes
+        values, stats = {}, {}
+        for info in self.fields:
+            array = np.asarray(fields[info.name])
+            if array.shape != self.grid.shape:
+                raise ValueError(
+                    f"write_frame: field {info.name!r} has shape {array.shape}, the grid "
+                    f"{self.grid.shape}"
+                )
+            array = array.astype(self.dtype, copy=False)
+            values[info.name] = array
+            stats[info.name] = _summaries(info, array, self.grid)
+        n = self._n_frames
+        for info in self.fields:
+            data = f["fields"][info.name]
+            data.resize(n + 1, axis=0)
+            data[n] = values[info.name]
+            for stat, value in zip(("total", "max"), stats[info.name]):
+                series = f["summary"][f"{info.name}_{stat}"]
+                series.resize(n + 1, axis=0)
+                series[n] = value
+        time = f["time"]
+        time.resize(n + 1, axis=0)  # last: a frame counts once its time is there
+        time[n] = t
+        f.flush()
+        self._n_frames = n + 1
+        self._last_time = t
+
+    def write_checkpoint(
+        self, t: float, step: int, dt: float | None, fields: dict[str, np.ndarray]
+    ) -> None:
+        """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
+        step size in use (None: NaN in the file). Flushed, and the XDMF sidecar refreshed."""
+        f = self._require_open()
+        arrays = {name: np.asarray(value) for name, value in fields.items()}
+        group = f.get("checkpoint")
+        reusable = group is not None and set(group.keys()) == set(arrays)
+        if reusable:
+            for name, array in arrays.items():
+                data = group[name]
+                if data.shape != array.shape or data.dtype != array.dtype:
+                    reusable = False
+                    break
+        if not reusable:
+            if group is not None:
+                del f["checkpoint"]
+            group = f.create_group("checkpoint", track_order=True)
+            group.attrs["complete"] = 0
+            for name, array in arrays.items():
+                if array.ndim and array.size:
+                    group.create_dataset(
+                        name, data=array, chunks=frame_chunks(array.shape), **self._compression
+                    )
+                else:
+                    group.create_dataset(name, data=array)
+        else:
+            group.attrs["complete"] = 0  # overwritten in place: no growth, marked meanwhile
+            for name, array in arrays.items():
+                group[name][...] = array
+        group.attrs["time"] = float(t)
+        group.attrs["step"] = int(step)
+        group.attrs["dt"] = math.nan if dt is None else float(dt)
+        group.attrs["complete"] = 1
+        f.flush()
+        self._write_xdmf()
+
+    # -- closing --------------------------------------------------------------------------
+
+    def current_path(self) -> Path:
+        """The file's present name: the path given, or where it was renamed to while open
+        (read from /proc/self/fd where the OS has it)."""
+        if self._file is not None:
+            try:
+                fd = self._file.id.get_vfd_handle()
+                name = Path(os.readlink(f"/proc/self/fd/{int(fd)}"))
+                if name.exists():
+                    return name
+            except (OSError, TypeError, ValueError, AttributeError):
+                pass
+        return self.path
+
+    def _write_xdmf(self) -> None:
+        if self._file is not None:
+            _write_xdmf_file(self._file, self.current_path())
+
+    def flush(self) -> None:
+        self._require_open().flush()
+
+    def close(self) -> None:
+        """Flush and close the file and write the XDMF sidecar; a second call does nothing."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            self._write_xdmf()
+        finally:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._file is None else f"{self._n_frames} frames"
+        return f"OutputWriter({str(self.path)!r}, {state})"
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint
+
+
+def read_checkpoint(path) -> tuple[float, int, float | None, dict[str, np.ndarray]]:
+    """(time s, step, dt or None, {name: array}) from a file's /checkpoint."""
+    with _open_read(path) as f:
+        group = f.get("checkpoint")
+        if group is None:
+            raise ValueError(f"{path}: holds no checkpoint")
+        if int(group.attrs.get("complete", 1)) != 1:
+            raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
+        dt = float(group.attrs["dt"])
+        fields = {name: data[()] for name, data in group.items()}
+        return (
+            float(group.attrs["time"]),
+            int(group.attrs["step"]),
+            None if math.isnan(dt) else dt,
+            fields,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# XDMF sidecar
+
+
+def _number_type(dtype: np.dtype) -> tuple[str, str]:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return "Float", str(dtype.itemsize)
+    if dtype.kind == "u":
+        return ("UChar" if dtype.itemsize == 1 else "UInt"), str(dtype.itemsize)
+    return ("Char" if dtype.itemsize == 1 else "Int"), str(dtype.itemsize)
+
+
+def _dims(values) -> str:
+    return " ".join(str(int(v)) for v in values)
+
+
+def _floats(values) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def xdmf_text(f: h5py.File, h5_name: str) -> str:
+    """The XDMF document for an open ilsim file whose bare file name is `h5_name`."""
+    grid = _read_grid(f)
+    shape, spacing, origin = grid.shape, grid.spacing, grid.origin
+    if grid.ndim == 1:  # a rod: a 2D mesh one cell (of the rod's depth) thick
+        cells = (1, shape[0])
+        spacing, origin = (grid.depth, spacing[0]), (-0.5 * grid.depth, origin[0])
+    else:
+        cells = shape
+    mesh_dims = 3 if len(cells) == 3 else 2
+    topology_type = f"{mesh_dims}DCoRectMesh"
+    geometry_type = "ORIGIN_DXDYDZ" if mesh_dims == 3 else "ORIGIN_DXDY"
+    times = f["time"][()]
+    fields = [(name, data.shape, data.dtype) for name, data in f["fields"].items()]
+    regions = (
+        [(name, data.shape, data.dtype) for name, data in f["regions"].items()]
+        if ("regions" in f)
+        else []
+    )
+
+    root = ET.Element("Xdmf", Version="2.0")
+    domain = ET.SubElement(root, "Domain")
+    series = ET.SubElement(
+        domain, "Grid", Name="ilsim", GridType="Collection", CollectionType="Temporal"
+    )
+    for index, t in enumerate(times):
+        uniform = ET.SubElement(series, "Grid", Name=f"frame_{index:06d}", GridType="Uniform")
+        ET.SubElement(uniform, "Time", Value=repr(float(t)))
+        ET.SubElement(
+            uniform, "Topology", TopologyType=topology_type, Dimensions=_dims(np.add(cells, 1))
+        )
+        geometry = ET.SubElement(uniform, "Geometry", GeometryType=geometry_type)
+        for name, values in (("Origin", origin), ("Spacing", spacing)):
+            item = ET.SubElement(
+                geometry,
+                "DataItem",
+                Name=name,
+                Dimensions=str(mesh_dims),
+                NumberType="Float",
+                Precision="8",
+                Format="XML",
+            )
+            item.text = _floats(values)  # z, y, x: ParaView reverses them into x, y, z
+        for name, data_shape, dtype in fields:
+            number, precision = _number_type(dtype)
+            attribute = ET.SubElement(
+                uniform, "Attribute", Name=name, AttributeType="Scalar", Center="Cell"
+            )
+            slab = ET.SubElement(
+                attribute,
+                "DataItem",
+                ItemType="HyperSlab",
+                Dimensions=_dims(cells),
+            )
+            selection = ET.SubElement(
+                slab, "DataItem", Dimensions=f"3 {len(data_shape)}", Format="XML"
+            )
+            selection.text = "  ".join(
+                (
+                    _dims((index,) + (0,) * (len(data_shape) - 1)),
+                    _dims((1,) * len(data_shape)),
+                    _dims((1, *data_shape[1:])),
+                )
+            )
+            source = ET.SubElement(
+                slab,
+                "DataItem",
+                Dimensions=_dims(data_shape),
+                NumberType=number,
+                Precision=precision,
+                Format="HDF",
+            )
+            source.text = f"{h5_name}:/fields/{name}"
+        for name, data_shape, dtype in regions:
+            number, precision = _number_type(dtype)
+            attribute = ET.SubElement(
+                uniform, "Attribute", Name=f"region_{name}", AttributeType="Scalar", Center="Cell"
+            )
+            item = ET.SubElement(
+                attribute,
+                "DataItem",
+                Dimensions=_dims(data_shape),
+                NumberType=number,
+                Precision=precision,
+                Format="HDF",
+            )
+            item.text = f"{h5_name}:/regions/{name}"
+    ET.indent(root, space=" ")
+    return '<?xml version="1.0" ?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _write_xdmf_file(f: h5py.File, h5_path: Path) -> Path:
+    h5_path = Path(h5_path)
+    target = h5_path.with_suffix(".xdmf")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(xdmf_text(f, h5_path.name))
+    os.replace(temporary, target)
+    return target
+
+
+def write_xdmf(path) -> Path:
+    """(Re)write the sidecar `path.with_suffix(".xdmf")` of an ilsim file; returns its path."""
+    with _open_read(path) as f:
+        _check_format(f, path)
+        return _write_xdmf_file(f, Path(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+class Output:
+    """An ilsim output file opened read-only (`engine.open_output`); a context manager.
+
+    Attributes: time (s), grid, fields (names in stored order), attrs (root attributes),
+    units and kinds (per field), summary (name_total / name_max -> float64 arrays).
+    Data are read on demand: `frame` reads one frame, `field` is the lazy h5py dataset,
+    `to_xarray` a lazily backed Dataset; all need the file open (until `close`).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = _open_read(self.path)
+        try:
+            f = self._file
+            _check_format(f, self.path)
+            self.grid = _read_grid(f)
+            self.time = np.asarray(f["time"][()], dtype=np.float64)
+            self.fields = tuple(f["fields"].keys())
+            self.units = {n: _decode(f["fields"][n].attrs.get("units", "")) for n in self.fields}
+            self.kinds = {n: _decode(f["fields"][n].attrs.get("kind", "")) for n in self.fields}
+            self.attrs = {k: _decode(v) for k, v in f.attrs.items()}
+            n = len(self.time)
+            self.summary = (
+                {k: np.asarray(d[:n], dtype=np.float64) for k, d in f["summary"].items()}
+                if "summary" in f
+                else {}
+            )
+            self.summary_units = (
+                {k: _decode(d.attrs.get("units", "")) for k, d in f["summary"].items()}
+                if "summary" in f
+                else {}
+            )
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.time)
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        if self._file is None or not self._file.id.valid:
+            raise ValueError(f"{self.path}: the output is closed")
+        if name not in self.fields:
+            raise KeyError(f"no field {name!r} in {self.path}; fields: {', '.join(self.fields)}")
+        return self._file["fields"][name]
+
+    def field(self, name: str) -> h5py.Dataset:
+        """The lazy (n_frames, *shape) dataset of field `name`; slicing reads only what it
+        selects."""
+        return self._dataset(name)
+
+    def frame(self, name: str, index: int) -> np.ndarray:
+        """Field `name` at frame `index` (negative counts from the end); reads that frame
+        only."""
+        data = self._dataset(name)
+        n = self.n_frames
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"frame {index} out of range: {self.path} holds {n} frames")
+        return data[i % n]
+
+    @property
+    def regions(self) -> dict[str, np.ndarray]:
+        """Region masks as boolean arrays of the grid's shape."""
+        if "regions" not in self._file:
+            return {}
+        return {name: data[()] != 0 for name, data in self._file["regions"].items()}
+
+    def to_xarray(self):
+        """An xarray.Dataset: fields over ("time", *grid.axes) read lazily from the open file,
+        summaries over time, coordinates time (s) and the voxel centres (um), units in attrs."""
+        import xarray as xr
+
+        dims_space = self.grid.axes
+        coords = {"time": ("time", self.time, {"units": "s", "long_name": "time"})}
+        for axis, name in enumerate(dims_space):
+            coords[name] = (
+                name,
+                self.grid.coordinates(axis),
+                {"units": "um", "long_name": f"{name} (voxel centre)"},
+            )
+        data_vars = {}
+        n = self.n_frames
+        for name in self.fields:
+            data = self._dataset(name)
+            array = _lazy_array(data) if data.shape[0] == n else data[:n]
+            data_vars[name] = xr.Variable(
+                ("time", *dims_space),
+                array,
+                {"units": self.units[name], "kind": self.kinds[name]},
+            )
+        for name, values in self.summary.items():
+            if name not in data_vars:
+                data_vars[name] = xr.Variable(
+                    ("time",), values, {"units": self.summary_units.get(name, "")}
+                )
+        attrs = {k: v for k, v in self.attrs.items()}
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Output({str(self.path)!r}, grid {self.grid.shape}, {self.n_frames} frames, "
+            f"fields {', '.join(self.fields)})"
+        )
+
+
+def open_output(path) -> Output:
+    """Open an ilsim output file read-only (see `Output`)."""
+    return Output(path)
+
+
+_LAZY_CLASS = None
+
+
+def _lazy_array(data: h5py.Dataset):
+    """`data` wrapped as a lazily indexed xarray backend array (h5py reads on indexing); the
+    whole dataset in memory if this xarray lacks the backend-array API."""
+    global _LAZY_CLASS
+    try:
+        from xarray.backends import BackendArray
+        from xarray.core import indexing
+    except ImportError:  # pragma: no cover - older or reorganised xarray
+        return data[()]
+    if _LAZY_CLASS is None:
+
+        class _H5Array(BackendArray):
+            def __init__(self, dataset):
+                self.dataset = dataset
+                self.shape = dataset.shape
+                self.dtype = dataset.dtype
+
+            def __getitem__(self, key):
+                return indexing.explicit_indexing_adapter(
+                    key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR, self._raw
+                )
+
+            def _raw(self, key):
+                return np.asarray(self.dataset[key])
+
+        _LAZY_CLASS = _H5Array
+    return indexing.LazilyIndexedArray(_LAZY_CLASS(data))

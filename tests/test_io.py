@@ -1,0 +1,524 @@
+"""HDF5 output layer (DESIGN section 3): layout, flushing, summaries, chunking, checkpoints,
+resume, reading back (open_output, xarray, h5netcdf) and the XDMF sidecar."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from engine.grid import Grid
+from engine.io import (
+    FORMAT_VERSION,
+    MOLECULES_PER_UM3_PER_NM,
+    FieldInfo,
+    OutputWriter,
+    frame_chunks,
+    open_output,
+    read_checkpoint,
+    write_xdmf,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+GRIDS = {
+    1: Grid((7,), spacing=2.0, origin=-3.0, depth=4.0),
+    2: Grid((6, 8), spacing=(2.0, 3.0), origin=(-5.0, 1.0)),
+    3: Grid((4, 5, 6), spacing=(1.0, 2.0, 3.0), origin=(0.0, 10.0, -3.0)),
+}
+FIELDS = [FieldInfo("IL2", "species", "nM"), FieldInfo("T", "population", "cells/um^3")]
+ATTRS = dict(
+    ilsim_version="0.1.0",
+    backend="cpu",
+    device="cpu",
+    dtype="float32",
+    stepper="imex",
+    config='[grid]\nshape = [6, 8]\n\n[time]\nend = "1 h"\n',
+)
+
+
+def synthetic(grid: Grid, t: float) -> dict[str, np.ndarray]:
+    """Known fields: IL2 = t + (linear index), T = 1e-4 everywhere times (1 + t)."""
+    ramp = np.arange(grid.size, dtype=np.float64).reshape(grid.shape)
+    return {"IL2": t + ramp, "T": np.full(grid.shape, 1e-4 * (1 + t))}
+
+
+def regions_for(grid: Grid) -> dict[str, np.ndarray]:
+    left = np.zeros(grid.shape, dtype=bool)
+    left[..., : grid.shape[-1] // 2] = True
+    return {"left": left.astype(np.uint8), "all": np.ones(grid.shape, dtype=bool)}
+
+
+def write_file(path, grid, times=(0.0, 10.0, 20.0), dtype="float32", compression="gzip"):
+    with OutputWriter(
+        path, grid, FIELDS, dtype, dict(ATTRS, dtype=dtype), regions_for(grid), compression
+    ) as writer:
+        for t in times:
+            writer.write_frame(t, synthetic(grid, t))
+        writer.write_checkpoint(times[-1], 42, 0.5, synthetic(grid, times[-1]))
+    return path
+
+
+@pytest.fixture(params=[2, 3])
+def written(request, tmp_path):
+    grid = GRIDS[request.param]
+    return write_file(tmp_path / f"out{request.param}d.h5", grid), grid
+
+
+def _str(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_module_imports_neither_jax_nor_xarray_at_top_level():
+    tree = ast.parse((REPO / "engine" / "io.py").read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add((node.module or "").split(".")[0])
+    assert "jax" not in top and "xarray" not in top
+    assert {"h5py", "numpy"} <= top
+
+
+def test_molecule_constant_matches_the_reaction_terms():
+    from engine.terms import MOLECULES_PER_UM3_PER_NM as terms_value
+
+    assert MOLECULES_PER_UM3_PER_NM == terms_value
+
+
+def test_layout_of_design_section_3(written):
+    path, grid = written
+    with h5py.File(path, "r") as f:
+        assert _str(f.attrs["format"]) == "ilsim"
+        assert int(f.attrs["format_version"]) == FORMAT_VERSION == 1
+        for key in ("ilsim_version", "created", "backend", "device", "dtype", "stepper"):
+            assert _str(f.attrs[key])
+        assert _str(f.attrs["config"]) == ATTRS["config"]
+        assert _str(f.attrs["created"]).endswith("+00:00")  # ISO 8601, UTC
+
+        g = f["grid"]
+        assert tuple(g.attrs["shape"]) == grid.shape
+        np.testing.assert_allclose(g.attrs["spacing"], grid.spacing)
+        np.testing.assert_allclose(g.attrs["origin"], grid.origin)
+        assert [_str(a) for a in g.attrs["axes"]] == list(grid.axes)
+        assert g.attrs["depth"] == grid.depth
+        for axis, name in enumerate(grid.axes):
+            scale = g[name]
+            assert scale.dtype == np.float64 and scale.is_scale
+            np.testing.assert_allclose(scale[()], grid.coordinates(axis))
+            assert _str(scale.attrs["units"]) == "um"
+        assert not any(name in g for name in {"z", "y", "x"} - set(grid.axes))
+
+        time = f["time"]
+        assert time.dtype == np.float64 and time.is_scale and time.maxshape == (None,)
+        np.testing.assert_array_equal(time[()], [0.0, 10.0, 20.0])
+        assert _str(time.attrs["units"]) == "s"
+
+        assert list(f["fields"]) == ["IL2", "T"]  # stored in the order given
+        for info in FIELDS:
+            data = f["fields"][info.name]
+            assert data.shape == (3, *grid.shape) and data.dtype == np.float32
+            assert data.maxshape == (None, *grid.shape)
+            assert data.chunks == (1, *grid.shape)  # one frame per chunk
+            assert data.compression == "gzip"
+            assert _str(data.attrs["units"]) == info.units
+            assert _str(data.attrs["kind"]) == info.kind
+            assert data.dims[0][0] == time
+            for axis, name in enumerate(grid.axes):
+                assert data.dims[axis + 1][0] == g[name]
+                assert data.dims[axis + 1].label == name
+            np.testing.assert_allclose(data[1], synthetic(grid, 10.0)[info.name], rtol=1e-6)
+            for stat, units in (
+                ("total", "molecules" if info.kind == "species" else "cells"),
+                ("max", info.units),
+            ):
+                series = f["summary"][f"{info.name}_{stat}"]
+                assert series.shape == (3,) and series.dtype == np.float64
+                assert _str(series.attrs["units"]) == units
+
+        for name, mask in regions_for(grid).items():
+            stored = f["regions"][name]
+            assert stored.dtype == np.uint8 and stored.shape == grid.shape
+            np.testing.assert_array_equal(stored[()], mask.astype(np.uint8))
+
+        checkpoint = f["checkpoint"]
+        assert checkpoint.attrs["time"] == 20.0 and checkpoint.attrs["step"] == 42
+        assert set(checkpoint) == {"IL2", "T"}
+
+
+def test_one_dimensional_file(tmp_path):
+    grid = GRIDS[1]
+    path = write_file(tmp_path / "rod.h5", grid, dtype="float64")
+    with open_output(path) as out:
+        assert out.grid == grid and out.fields == ("IL2", "T")
+        np.testing.assert_array_equal(out.frame("IL2", 2), synthetic(grid, 20.0)["IL2"])
+        ds = out.to_xarray()
+        assert ds["IL2"].dims == ("time", "x") and ds["IL2"].dtype == np.float64
+    _check_xdmf(path)
+
+
+def test_summaries_equal_the_analytic_totals(tmp_path):
+    grid = GRIDS[3]
+    path = write_file(tmp_path / "s.h5", grid, dtype="float64")
+    n = grid.size
+    with open_output(path) as out:
+        for index, t in enumerate(out.time):
+            species_total = (n * t + n * (n - 1) / 2) * grid.voxel_volume * 0.602214076
+            cells = n * 1e-4 * (1 + t) * grid.voxel_volume
+            np.testing.assert_allclose(out.summary["IL2_total"][index], species_total, rtol=1e-12)
+            np.testing.assert_allclose(out.summary["IL2_max"][index], t + n - 1, rtol=1e-12)
+            np.testing.assert_allclose(out.summary["T_total"][index], cells, rtol=1e-12)
+            np.testing.assert_allclose(out.summary["T_max"][index], 1e-4 * (1 + t), rtol=1e-12)
+    # a 2D slab integrates over its depth
+    grid2 = Grid((4, 4), spacing=2.0, depth=5.0)
+    with OutputWriter(tmp_path / "slab.h5", grid2, FIELDS, "float32", ATTRS, {}) as writer:
+        writer.write_frame(0.0, {"IL2": np.ones((4, 4)), "T": np.zeros((4, 4))})
+    with open_output(tmp_path / "slab.h5") as out:
+        np.testing.assert_allclose(out.summary["IL2_total"], [16 * 20.0 * 0.602214076])
+        assert out.summary["T_total"][0] == 0.0
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
+def test_compression_options(tmp_path, compression):
+    grid = GRIDS[2]
+    path = write_file(tmp_path / "c.h5", grid, compression=compression)
+    with h5py.File(path, "r") as f:
+        data = f["fields"]["IL2"]
+        assert data.compression == (None if compression == "none" else compression)
+        np.testing.assert_allclose(data[2], synthetic(grid, 20.0)["IL2"], rtol=1e-6)
+
+
+def test_unknown_compression_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="compression"):
+        OutputWriter(tmp_path / "x.h5", GRIDS[2], FIELDS, "float32", ATTRS, {}, "zstd")
+
+
+def test_large_3d_frames_are_tiled(tmp_path):
+    assert frame_chunks((128, 128, 128)) == (64, 64, 64)
+    assert frame_chunks((64, 64, 64)) == (64, 64, 64)  # still one frame per chunk
+    assert frame_chunks((1024, 1024)) == (512, 512)
+    grid = Grid((96, 80, 72), spacing=5.0)
+    with OutputWriter(tmp_path / "big.h5", grid, FIELDS[:1], "float32", ATTRS, {}, "lzf") as w:
+        w.write_frame(0.0, {"IL2": np.ones(grid.shape, dtype=np.float32)})
+    with h5py.File(tmp_path / "big.h5", "r") as f:
+        chunks = f["fields"]["IL2"].chunks
+        assert chunks[0] == 1 and np.prod(chunks[1:]) <= 64**3
+        assert chunks[1:] != grid.shape
+        assert f["fields"]["IL2"][0].sum() == grid.size
+
+
+def test_frames_are_readable_while_the_writer_is_open(tmp_path):
+    grid = GRIDS[2]
+    path = tmp_path / "live.h5"
+    writer = OutputWriter(path, grid, FIELDS, "float32", ATTRS, regions_for(grid))
+    writer.write_frame(0.0, synthetic(grid, 0.0))
+    writer.write_frame(5.0, synthetic(grid, 5.0))
+    assert writer.n_frames == 2 and writer.last_time == 5.0
+    # another process: the writer holds the HDF5 lock, open_output falls back to no locking
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from engine.io import open_output
+        with open_output({str(path)!r}) as out:
+            print(len(out.time), float(out.frame("IL2", 1)[0, 0]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "5.0"]
+    writer.close()
+    writer.close()  # idempotent
+
+
+def test_a_killed_writer_leaves_every_flushed_frame(tmp_path):
+    path = tmp_path / "killed.h5"
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO)!r})
+        from engine.grid import Grid
+        from engine.io import FieldInfo, OutputWriter
+        grid = Grid((6, 8), spacing=2.0)
+        writer = OutputWriter({str(path)!r}, grid, [FieldInfo("IL2", "species")], "float32",
+                              {{}}, {{}})
+        for k in range(3):
+            writer.write_frame(10.0 * k, {{"IL2": np.full(grid.shape, k + 1.0)}})
+        os._exit(0)  # no close, no flush beyond write_frame's own
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["time"][()], [0.0, 10.0, 20.0])
+        assert f["fields"]["IL2"].shape == (3, 6, 8)
+        assert np.all(f["fields"]["IL2"][2] == 3.0)
+    with open_output(path) as out:
+        assert out.n_frames == 3 and out.summary["IL2_max"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_bad_frames_are_refused_before_the_file_changes(tmp_path):
+    grid = GRIDS[2]
+    with OutputWriter(tmp_path / "b.h5", grid, FIELDS, "float32", ATTRS, {}) as writer:
+        writer.write_frame(1.0, synthetic(grid, 1.0))
+        with pytest.raises(ValueError, match="missing"):
+            writer.write_frame(2.0, {"IL2": np.zeros(grid.shape)})
+        with pytest.raises(ValueError, match="shape"):
+            writer.write_frame(2.0, {"IL2": np.zeros((3, 3)), "T": np.zeros(grid.shape)})
+        with pytest.raises(ValueError, match="precedes"):
+            writer.write_frame(0.5, synthetic(grid, 0.5))
+        assert writer.n_frames == 1
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        assert f["fields"]["IL2"].shape[0] == f["time"].shape[0] == 1
+
+
+def test_checkpoint_round_trip(tmp_path):
+    grid = GRIDS[3]
+    path = tmp_path / "ck.h5"
+    state = {
+        "IL2": np.random.default_rng(0).random(grid.shape),
+        "T": np.zeros(grid.shape, np.float32),
+        "hidden": np.ones(grid.shape, np.float32),  # the full state, not only output fields
+    }
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
+        writer.write_checkpoint(3.0, 7, None, state)
+        assert read_checkpoint(path)[2] is None  # readable while the writer is open
+        state["IL2"] = state["IL2"] * 2
+        writer.write_checkpoint(6.0, 14, 0.25, state)  # replaced in place
+    t, step, dt, fields = read_checkpoint(path)
+    assert (t, step, dt) == (6.0, 14, 0.25)
+    assert set(fields) == {"IL2", "T", "hidden"}
+    for name, value in state.items():
+        np.testing.assert_array_equal(fields[name], value)
+        assert fields[name].dtype == value.dtype
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
+        writer.write_checkpoint(9.0, 20, None, {"IL2": np.zeros(grid.shape)})  # new layout
+    t, step, dt, fields = read_checkpoint(path)
+    assert (t, step, dt, set(fields)) == (9.0, 20, None, {"IL2"})
+    with OutputWriter(tmp_path / "none.h5", grid, FIELDS, "float32", ATTRS, {}):
+        pass
+    with pytest.raises(ValueError, match="no checkpoint"):
+        read_checkpoint(tmp_path / "none.h5")
+
+
+def test_resume_appends_after_the_last_frame(tmp_path):
+    grid = GRIDS[2]
+    path = write_file(tmp_path / "r.h5", grid, times=(0.0, 10.0))
+    with h5py.File(path, "r") as f:
+        created = _str(f.attrs["created"])
+    attrs = dict(ATTRS, device="gpu0")
+    with OutputWriter(
+        path, grid, FIELDS, "float32", attrs, regions_for(grid), resume=True
+    ) as writer:
+        assert writer.n_frames == 2 and writer.last_time == 10.0
+        writer.write_frame(20.0, synthetic(grid, 20.0))
+        assert writer.n_frames == 3
+    with open_output(path) as out:
+        np.testing.assert_array_equal(out.time, [0.0, 10.0, 20.0])
+        np.testing.assert_allclose(out.frame("IL2", 2), synthetic(grid, 20.0)["IL2"])
+        assert out.summary["T_total"].shape == (3,)
+        assert out.attrs["created"] == created and out.attrs["device"] == "gpu0"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(grid=Grid((6, 9), spacing=(2.0, 3.0), origin=(-5.0, 1.0))), "grid shape"),
+        (dict(grid=Grid((6, 8), spacing=2.0, origin=(-5.0, 1.0))), "grid spacing"),
+        (dict(grid=Grid((2, 6, 8))), "grid shape"),
+        (dict(fields=FIELDS[:1]), "fields"),
+        (dict(fields=[FIELDS[0], FieldInfo("T", "species")]), "field 'T'"),
+        (dict(dtype="float64"), "float32 in the file"),
+    ],
+)
+def test_resume_refuses_an_incompatible_file(tmp_path, change, message):
+    grid = GRIDS[2]
+    path = write_file(tmp_path / "r.h5", grid, times=(0.0,))
+    args = dict(grid=grid, fields=FIELDS, dtype="float32") | change
+    with pytest.raises(ValueError, match=message):
+        OutputWriter(path, args["grid"], args["fields"], args["dtype"], ATTRS, {}, resume=True)
+    with open_output(path) as out:  # untouched, and closed again
+        assert out.n_frames == 1
+
+
+def test_open_output(written):
+    path, grid = written
+    with open_output(path) as out:
+        np.testing.assert_array_equal(out.time, [0.0, 10.0, 20.0])
+        assert out.grid == grid
+        assert out.fields == ("IL2", "T")
+        assert out.units == {"IL2": "nM", "T": "cells/um^3"}
+        assert out.kinds == {"IL2": "species", "T": "population"}
+        assert out.attrs["format"] == "ilsim" and out.attrs["stepper"] == "imex"
+        assert out.attrs["config"] == ATTRS["config"]
+        assert set(out.summary) == {"IL2_total", "IL2_max", "T_total", "T_max"}
+        np.testing.assert_allclose(out.frame("IL2", -1), synthetic(grid, 20.0)["IL2"], rtol=1e-6)
+        assert out.field("T").shape == (3, *grid.shape)
+        np.testing.assert_array_equal(out.regions["left"], regions_for(grid)["left"] != 0)
+        assert out.regions["all"].dtype == bool and out.regions["all"].all()
+        with pytest.raises(KeyError, match="IL7"):
+            out.frame("IL7", 0)
+        with pytest.raises(IndexError):
+            out.frame("IL2", 3)
+    with pytest.raises(ValueError, match="closed"):
+        out.frame("IL2", 0)
+
+
+def _corrupt_frames(path, name, keep: int):
+    """Overwrite the stored chunks of every frame but `keep` with garbage: reading them fails
+    in the gzip filter, so a successful read proves it touched frame `keep` only."""
+    with h5py.File(path, "r") as f:
+        data = f["fields"][name]
+        spans = []
+        for index in range(data.shape[0]):
+            if index != keep:
+                info = data.id.get_chunk_info_by_coord((index,) + (0,) * (data.ndim - 1))
+                spans.append((info.byte_offset, info.size))
+    with open(path, "r+b") as raw:
+        for offset, size in spans:
+            raw.seek(offset)
+            raw.write(b"\xff" * size)
+
+
+def test_frame_reads_one_frame_only(tmp_path):
+    grid = GRIDS[3]
+    path = write_file(tmp_path / "one.h5", grid)
+    _corrupt_frames(path, "IL2", keep=1)
+    with open_output(path) as out:
+        np.testing.assert_allclose(out.frame("IL2", 1), synthetic(grid, 10.0)["IL2"], rtol=1e-6)
+        with pytest.raises(OSError):
+            out.field("IL2")[()]  # the whole dataset: hits a corrupted chunk
+        ds = out.to_xarray()  # lazy: building it reads no field chunk
+        np.testing.assert_allclose(ds["IL2"].isel(time=1).values, out.frame("IL2", 1))
+        np.testing.assert_allclose(
+            ds["IL2"].isel(time=1, x=slice(1, 3)).values[..., 0], out.frame("IL2", 1)[..., 1]
+        )
+
+
+def test_to_xarray(written):
+    path, grid = written
+    with open_output(path) as out:
+        ds = out.to_xarray()
+        assert ds["IL2"].dims == ("time", *grid.axes)
+        assert ds["IL2"].attrs["units"] == "nM" and ds["T"].attrs["units"] == "cells/um^3"
+        assert ds["time"].attrs["units"] == "s"
+        np.testing.assert_array_equal(ds["time"].values, out.time)
+        for axis, name in enumerate(grid.axes):
+            np.testing.assert_allclose(ds[name].values, grid.coordinates(axis))
+            assert ds[name].attrs["units"] == "um"
+        assert ds["IL2_total"].dims == ("time",)
+        assert ds["IL2_total"].attrs["units"] == "molecules"
+        np.testing.assert_allclose(ds["T"].sel(time=10.0).values, out.frame("T", 1))
+        assert ds.attrs["format"] == "ilsim"
+
+
+def test_xarray_open_dataset_with_h5netcdf(written):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    path, grid = written
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert dict(ds.sizes) == {"time": 3, **dict(zip(grid.axes, grid.shape))}
+        for name in ("IL2", "T"):
+            assert ds[name].dims == ("time", *grid.axes)
+        assert ds["IL2"].attrs["units"] == "nM" and ds["IL2"].attrs["kind"] == "species"
+        np.testing.assert_array_equal(ds["time"].values, [0.0, 10.0, 20.0])
+        assert ds["time"].dtype == np.float64 and ds["time"].attrs["units"] == "s"
+        for axis, name in enumerate(grid.axes):
+            np.testing.assert_allclose(ds[name].values, grid.coordinates(axis))
+        np.testing.assert_allclose(
+            ds["IL2"].isel(time=2).values, synthetic(grid, 20.0)["IL2"], rtol=1e-6
+        )
+        assert ds.attrs["format"] == "ilsim"
+    with xr.open_dataset(path, engine="h5netcdf", group="fields") as ds:
+        assert ds["IL2"].dims == ("time", *grid.axes)
+    with xr.open_dataset(path, engine="h5netcdf", group="summary") as ds:
+        assert ds["IL2_total"].dims == ("time",)
+
+
+def _check_xdmf(h5_path: Path):
+    """Parse the sidecar and check every referenced dataset exists with the stated shape."""
+    h5_path = Path(h5_path)
+    xdmf = h5_path.with_suffix(".xdmf")
+    root = ET.parse(xdmf).getroot()
+    assert root.tag == "Xdmf"
+    collection = root.find("Domain/Grid")
+    assert collection.get("CollectionType") == "Temporal"
+    frames = collection.findall("Grid")
+    with h5py.File(h5_path, "r") as f:
+        grid_attrs = f["grid"].attrs
+        shape = tuple(int(n) for n in grid_attrs["shape"])
+        np.testing.assert_array_equal(
+            [float(g.find("Time").get("Value")) for g in frames], f["time"][()]
+        )
+        referenced = 0
+        for index, frame in enumerate(frames):
+            topology = frame.find("Topology")
+            cells = shape if len(shape) > 1 else (1, *shape)
+            assert topology.get("TopologyType") == f"{len(cells)}DCoRectMesh"
+            assert [int(n) for n in topology.get("Dimensions").split()] == [n + 1 for n in cells]
+            origin, spacing = frame.findall("Geometry/DataItem")
+            if len(shape) > 1:  # listed z, y, x like the array axes
+                np.testing.assert_allclose(
+                    [float(v) for v in origin.text.split()], grid_attrs["origin"]
+                )
+                np.testing.assert_allclose(
+                    [float(v) for v in spacing.text.split()], grid_attrs["spacing"]
+                )
+            for item in frame.iter("DataItem"):
+                if item.get("Format") != "HDF":
+                    continue
+                file_name, _, dataset = item.text.strip().partition(":")
+                assert file_name == h5_path.name  # relative: the pair can move together
+                assert dataset in f, dataset
+                stated = tuple(int(n) for n in item.get("Dimensions").split())
+                assert f[dataset].shape == stated
+                referenced += 1
+            for slab in frame.findall("Attribute/DataItem[@ItemType='HyperSlab']"):
+                selection, source = slab.findall("DataItem")
+                values = np.array(selection.text.split(), dtype=int).reshape(3, -1)
+                start, stride, count = values
+                assert start[0] == index and np.all(stride == 1)
+                source_shape = f[source.text.strip().partition(":")[2]].shape
+                assert np.all(start + count <= source_shape)
+                stated = [int(n) for n in slab.get("Dimensions").split()]
+                assert np.prod(count) == np.prod(stated) == np.prod(shape)
+        assert referenced >= len(frames) * len(f["fields"])
+
+
+def test_xdmf_sidecar(written, tmp_path):
+    path, grid = written
+    _check_xdmf(path)
+    # the pair moves together
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy(path, moved / path.name)
+    shutil.copy(path.with_suffix(".xdmf"), moved / path.with_suffix(".xdmf").name)
+    _check_xdmf(moved / path.name)
+    os.remove(moved / path.with_suffix(".xdmf").name)
+    assert write_xdmf(moved / path.name) == moved / path.with_suffix(".xdmf").name
+    _check_xdmf(moved / path.name)
+
+
+def test_xdmf_follows_a_rename_while_open(tmp_path):
+    """The run driver writes to OUT.h5.partial and renames it once the first frame is in."""
+    grid = GRIDS[2]
+    partial = tmp_path / "run.h5.partial"
+    final = tmp_path / "run.h5"
+    with OutputWriter(partial, grid, FIELDS, "float32", ATTRS, regions_for(grid)) as writer:
+        writer.write_frame(0.0, synthetic(grid, 0.0))
+        os.replace(partial, final)
+        writer.write_frame(1.0, synthetic(grid, 1.0))
+    assert (tmp_path / "run.xdmf").exists()
+    assert not (tmp_path / "run.h5.xdmf").exists()
+    _check_xdmf(final)

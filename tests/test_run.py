@@ -1,0 +1,213 @@
+"""`ilsim run` / `ilsim validate`: output files, exit codes, interruption, kill and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import engine
+from engine.cli import main
+
+CONFIG = """
+[grid]
+shape = [{n}, {n}]
+spacing = "10 um"
+
+[time]
+end = "{end}"
+stepper = "{stepper}"
+dt = {dt}
+output_every = "{every}"
+dtype = "float32"
+
+[regions.lesion]
+sphere = {{ center = ["{c} um", "{c} um"], radius = "60 um" }}
+
+[species.IL2]
+diffusion = "100 um^2/s"
+decay = "1e-3 1/s"
+
+[populations.T]
+initial = {{ region = "lesion", value = 1e-3 }}
+motility = "1 um^2/s"
+
+[[terms]]
+type = "secretion"
+species = "IL2"
+by = "T"
+rate = "10 molecule/s"
+
+[[terms]]
+type = "uptake"
+species = "IL2"
+by = "T"
+k_on = "3.1e7 1/M/s"
+receptors = 1e3
+
+[output]
+checkpoint_every = "{checkpoint}"
+"""
+
+
+def write_config(
+    folder: Path, n=24, end="20 min", stepper="imex", dt='"auto"', every="2 min", checkpoint="4 min"
+) -> Path:
+    path = folder / "case.toml"
+    path.write_text(
+        CONFIG.format(
+            n=n, end=end, stepper=stepper, dt=dt, every=every, c=5 * n, checkpoint=checkpoint
+        )
+    )
+    return path
+
+
+def ilsim(*args, **kwargs):
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_run_writes_every_frame_and_matches_the_python_api(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "out.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    with engine.open_output(out) as result:
+        np.testing.assert_allclose(result.time, 120.0 * np.arange(11))
+        assert set(result.fields) == {"IL2", "T"}
+        final = result.frame("IL2", -1)
+    sim = engine.Simulation(engine.load_config(config))
+    state = sim.initial_state()
+    for t in 120.0 * np.arange(1, 11):  # the same chunks as the run (dt auto per chunk)
+        state = sim.advance(state, t)
+    assert final.shape == (24, 24)
+    assert state.numpy()["IL2"] == pytest.approx(final, rel=1e-6)
+    assert not (tmp_path / "out.h5.partial").exists()
+
+
+def test_existing_output_is_never_clobbered(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"precious")
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    assert main(["run", str(config), "-o", str(out), "--quiet", "--overwrite"]) == 0
+    assert h5py.is_hdf5(out)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "{missing}"], "missing.toml"),
+        (["run", "{config}", "--set", "time.end=-1"], "time.end"),
+        (["run", "{config}", "--set", "species.IL2.diffusion=5 s"], "species.IL2.diffusion"),
+        (["run", "{config}", "--set", "nonsense"], "nonsense"),
+        (["run", "{config}", "--resume"], "nothing to resume"),
+        (["run", "{config}", "--bogus"], "--bogus"),
+        (["validate", "{config}", "--set", "terms[0].species=IL7"], "terms[0].species"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    config = write_config(tmp_path)
+    args = [a.format(config=config, missing=tmp_path / "missing.toml") for a in args]
+    result = ilsim(*args, "-o", tmp_path / "x.h5") if args[0] == "run" else ilsim(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_validate_reports_without_running(tmp_path):
+    config = write_config(tmp_path, stepper="explicit")
+    result = ilsim("validate", config)
+    assert result.returncode == 0, result.stderr
+    assert "explicit stability limit" in result.stdout and "steps to 1200 s" in result.stdout
+    assert "memory estimate" in result.stdout and "[grid]" in result.stdout
+
+
+def test_a_diverging_run_stops_naming_the_field(tmp_path):
+    config = write_config(tmp_path, stepper="explicit", dt="20.0", end="1 h")
+    result = ilsim("run", config, "-o", tmp_path / "bad.h5", "--quiet")
+    assert result.returncode == 1
+    assert "IL2" in result.stderr or "T became" in result.stderr
+    assert "smaller time.dt" in result.stderr
+    with h5py.File(tmp_path / "bad.h5") as f:  # frames before the failure are kept
+        assert f["time"].shape[0] >= 1
+
+
+def _start_long_run(tmp_path):
+    config = write_config(
+        tmp_path, n=64, end="6 h", stepper="explicit", every="10 min", checkpoint="1 h"
+    )
+    out = tmp_path / "long.h5"
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", str(config), "-o", str(out), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a few frames are on disk
+        if out.exists():
+            try:
+                with h5py.File(out, "r") as f:
+                    if f["time"].shape[0] >= 3:
+                        break
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the run wrote no frames in 120 s")
+    return config, out, process
+
+
+def test_sigint_checkpoints_and_resume_completes_like_an_uninterrupted_run(tmp_path):
+    config, out, process = _start_long_run(tmp_path)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "--resume" in err
+    with engine.open_output(out) as partial:
+        frames = len(partial.time)
+        assert 3 <= frames < 37
+        np.testing.assert_allclose(partial.time, 600.0 * np.arange(frames))
+        assert np.all(np.isfinite(partial.frame("IL2", frames - 1)))
+    resumed = ilsim("run", config, "-o", out, "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference.h5"
+    assert ilsim("run", config, "-o", reference, "--quiet").returncode == 0
+    with engine.open_output(out) as a, engine.open_output(reference) as b:
+        np.testing.assert_allclose(a.time, b.time)
+        for name in ("IL2", "T"):
+            np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
+
+
+def test_sigkill_leaves_every_flushed_frame_readable(tmp_path):
+    config, out, process = _start_long_run(tmp_path)
+    time.sleep(1.0)
+    process.kill()
+    process.wait(timeout=60)
+    with engine.open_output(out) as partial:
+        frames = len(partial.time)
+        assert frames >= 3
+        for index in range(frames):
+            assert np.all(np.isfinite(partial.frame("IL2", index)))
+    resumed = ilsim("run", config, "-o", out, "--resume", "--quiet")  # from the last checkpoint
+    assert resumed.returncode == 0, resumed.stderr
+    with engine.open_output(out) as done:
+        np.testing.assert_allclose(done.time, 600.0 * np.arange(37))
