@@ -211,3 +211,38 @@ def test_sigkill_leaves_every_flushed_frame_readable(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     with engine.open_output(out) as done:
         np.testing.assert_allclose(done.time, 600.0 * np.arange(37))
+
+
+def test_a_3d_run_opens_in_xarray_with_named_dimensions(tmp_path):
+    xarray = pytest.importorskip("xarray")
+    config = write_config(tmp_path, n=12, end="4 min", every="1 min")
+    text = config.read_text().replace("shape = [12, 12]", "shape = [10, 12, 12]")
+    text = text.replace('center = ["60 um", "60 um"]', 'center = ["50 um", "60 um", "60 um"]')
+    config.write_text(text)
+    out = tmp_path / "cube.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    with xarray.open_dataset(out, engine="h5netcdf") as ds:
+        assert ds["IL2"].dims == ("time", "z", "y", "x")
+        assert ds["IL2"].shape == (5, 10, 12, 12)
+        np.testing.assert_allclose(ds["z"].values, 5.0 + 10.0 * np.arange(10))
+    with h5py.File(out) as f:
+        for key in (
+            "format",
+            "format_version",
+            "ilsim_version",
+            "created",
+            "backend",
+            "device",
+            "dtype",
+            "stepper",
+            "config",
+        ):
+            assert key in f.attrs, key
+        assert engine.load_config(__import__("tomllib").loads(f.attrs["config"])).grid.shape == (
+            10,
+            12,
+            12,
+        )
+    import xml.etree.ElementTree as ET
+
+    assert ET.parse(out.with_suffix(".xdmf")).getroot().tag == "Xdmf"
