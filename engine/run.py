@@ -123,6 +123,9 @@ def run(
         raise RunError(f"{output} exists; pass --overwrite to replace it or --resume to continue")
     if resume and not output.exists():
         raise RunError(f"{output} does not exist; nothing to resume")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise RunError(f"{output}: cannot write in {folder}; choose another -o path")
     names = cfg.output.fields or list(sim.model.names)
     times = output_times(cfg.time.end, cfg.time.output_every)
     every_checkpoint = (

@@ -117,12 +117,20 @@ def test_existing_output_is_never_clobbered(tmp_path, capsys):
         (["run", "{config}", "--resume"], "nothing to resume"),
         (["run", "{config}", "--bogus"], "--bogus"),
         (["validate", "{config}", "--set", "terms[0].species=IL7"], "terms[0].species"),
+        (["run", "{broken}"], "broken.toml"),
+        (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     config = write_config(tmp_path)
-    args = [a.format(config=config, missing=tmp_path / "missing.toml") for a in args]
-    result = ilsim(*args, "-o", tmp_path / "x.h5") if args[0] == "run" else ilsim(*args)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[grid\nshape = [4, 4]\n")
+    args = [a.format(config=config, missing=tmp_path / "missing.toml", broken=broken) for a in args]
+    if args[0] == "run" and "-o" not in args:
+        args += ["-o", tmp_path / "x.h5"]
+    before = config.read_text()
+    result = ilsim(*args)
+    assert config.read_text() == before
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
