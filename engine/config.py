@@ -35,9 +35,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine.grid import AXIS_NAMES
 from engine.units import ENGINE_UNITS, UnitError, to_engine
 
-AXES = {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x")}
+AXES = AXIS_NAMES
 """Axis names in array order (x last) for 1, 2 and 3 dimensions."""
 
 MEMORY_COPIES = 8
