@@ -1,0 +1,315 @@
+"""`ilsim info / plot / profile / movie` on 2D and 3D outputs: figures of the requested pixel
+size with varying content, one-line errors with exit status 2 that list what exists, and the
+memory of plotting one frame of a 1 GB 3D output (slow; benchmarks/bench_plot_memory.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_analysis import ATTRS, LAMBDA, ReadCounter, write_output, yukawa
+
+from engine import analysis
+from engine.cli import main
+from engine.grid import Grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blob(center, width):
+    def make(t, grid):
+        r2 = sum((x - c) ** 2 for x, c in zip(grid.centres(), center))
+        return np.exp(-r2 / width**2) * (1 + t / 60.0) + 1e-4
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """A 2D output (two fields, a region, 4 frames) and a 3D one (3 frames)."""
+    folder = tmp_path_factory.mktemp("outputs")
+    grid2 = Grid((40, 50), spacing=5.0)
+    region = np.zeros(grid2.shape, dtype=np.uint8)
+    region[10:20, 10:20] = 1
+    two = write_output(
+        folder / "two.h5",
+        grid2,
+        {
+            "IL2": ("species", blob((100.0, 125.0), 40.0)),
+            "T": ("population", lambda t, g: 1e-4 * blob((50.0, 60.0), 30.0)(t, g)),
+        },
+        times=[0.0, 60.0, 120.0, 180.0],
+        regions={"lesion": region},
+    )
+    grid3 = Grid((24, 28, 32), spacing=4.0)
+    three = write_output(
+        folder / "three.h5",
+        grid3,
+        {"IL6": ("species", yukawa((48.0, 56.0, 64.0)))},
+        times=[0.0, 600.0, 1200.0],
+    )
+    return {"2d": two, "3d": three}
+
+
+def ilsim(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit status, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse errors
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def image(path: Path, size=(800, 600)) -> np.ndarray:
+    """The image's RGB pixels, after checking its pixel size and that it is not blank."""
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.size == size
+        pixels = np.asarray(im.convert("RGB"))
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 50, f"{path.name}: {len(colours)} colours, a blank canvas?"
+    assert pixels.std() > 10
+    return pixels
+
+
+# ----------------------------------------------------------------------------------------------
+# plot
+
+
+def test_plot_2d_field_panel_and_summaries(outputs, tmp_path, capsys):
+    figure = tmp_path / "il2.png"
+    code, out, err = ilsim(capsys, "plot", outputs["2d"], "--field", "IL2", "-o", figure)
+    assert (code, err) == (0, "")
+    assert out.strip() == f"wrote {figure}"
+    last = image(figure)
+    early = tmp_path / "early.png"
+    code, _, err = ilsim(
+        capsys, "plot", outputs["2d"], "--field", "IL2", "--time", "1 min", "-o", early
+    )
+    assert (code, err) == (0, "")
+    assert not np.array_equal(image(early), last)  # another frame, another title
+    panel = tmp_path / "panel.png"
+    code, _, _ = ilsim(
+        capsys,
+        "plot", outputs["2d"], "--field", "IL2", "--field", "T", "--log", "--time", "130",
+        "--size", "900x400", "-o", panel,
+    )  # fmt: skip
+    assert code == 0
+    image(panel, (900, 400))
+    summary = tmp_path / "summary.png"
+    code, _, _ = ilsim(capsys, "plot", outputs["2d"], "-o", summary, "--size", "640x480")
+    assert code == 0
+    image(summary, (640, 480))
+
+
+def test_plot_3d_slices(outputs, tmp_path, capsys):
+    middle = tmp_path / "middle.png"
+    assert ilsim(capsys, "plot", outputs["3d"], "--field", "IL6", "-o", middle)[0] == 0
+    first = image(middle)
+    for spec in ("z=3", "y=40um", "x=31"):
+        figure = tmp_path / f"{spec[0]}.png"
+        code, _, err = ilsim(
+            capsys, "plot", outputs["3d"], "--field", "IL6", "--slice", spec, "--log", "-o", figure
+        )
+        assert (code, err) == (0, "")
+        assert not np.array_equal(image(figure), first)
+
+
+def test_plot_reads_one_plane_of_a_3d_frame(tmp_path, capsys, monkeypatch):
+    grid = Grid((64, 64, 64), spacing=2.0)
+    path = write_output(
+        tmp_path / "big.h5",
+        grid,
+        {"IL6": ("species", yukawa((64.0, 64.0, 64.0)))},
+        times=[0.0, 60.0],
+        compression="none",
+    )
+    counter = ReadCounter(monkeypatch)
+    figure = tmp_path / "plane.png"
+    assert ilsim(capsys, "plot", path, "--field", "IL6", "-o", figure)[0] == 0
+    assert counter.values == 64 * 64  # the middle z plane of the last frame, nothing more
+    image(figure)
+
+
+# ----------------------------------------------------------------------------------------------
+# profile
+
+
+def test_profiles_2d_and_3d(outputs, tmp_path, capsys):
+    line = tmp_path / "line.png"
+    table = tmp_path / "line.csv"
+    code, out, err = ilsim(
+        capsys,
+        "profile", outputs["2d"], "--field", "IL2", "--from", "0,100", "--to", "250,100",
+        "--time", "0", "--time", "3 min", "--csv", table, "-o", line,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert "screening length" not in out  # no fit for line profiles by default
+    image(line)
+    rows = table.read_text().splitlines()
+    assert rows[0] == "time_s,distance_um,value,units" and len(rows) > 100
+    radial = tmp_path / "radial.png"
+    code, out, err = ilsim(
+        capsys,
+        "profile", outputs["3d"], "--field", "IL6", "--center", "64,56,48", "--radius", "40",
+        "--log", "-o", radial,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    reported = float(out.split("screening length ")[1].split()[0])
+    assert reported == pytest.approx(LAMBDA, rel=0.05)  # a coarse 4 um grid, r < 40 um
+    image(radial)
+    plane = tmp_path / "plane.png"
+    code, out, _ = ilsim(
+        capsys,
+        "profile", outputs["3d"], "--field", "IL6", "--center", "64,56", "--slice", "z=48um",
+        "--fit", "sphere", "--r-max", "40", "-o", plane,
+    )  # fmt: skip
+    assert code == 0 and "sphere fit" in out
+    image(plane)
+    # in an x plane the two coordinates are Y,Z
+    code, out, _ = ilsim(
+        capsys,
+        "profile", outputs["3d"], "--field", "IL6", "--center", "56,48", "--slice", "x=64um",
+        "--r-max", "40", "-o", tmp_path / "x.png",
+    )  # fmt: skip
+    assert code == 0
+    assert float(out.split("screening length ")[1].split()[0]) == pytest.approx(LAMBDA, rel=0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# movie
+
+
+@pytest.mark.parametrize("which, field", [("2d", "IL2"), ("3d", "IL6")])
+def test_movie_gif(outputs, tmp_path, capsys, which, field):
+    movie = tmp_path / "movie.gif"
+    code, out, err = ilsim(
+        capsys, "movie", outputs[which], "--field", field, "--size", "320x240", "-o", movie
+    )
+    assert (code, err) == (0, "")
+    assert out.strip() == f"wrote {movie} ({3 if which == '3d' else 4} frames)"
+    with Image.open(movie) as gif:
+        assert gif.size == (320, 240)
+        frames = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            frames.append(np.asarray(gif.convert("RGB")))
+    assert len(frames) == (3 if which == "3d" else 4)
+    for pixels in frames:
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+    assert not np.array_equal(frames[0], frames[-1])
+
+
+def test_movie_mp4_needs_ffmpeg(outputs, tmp_path, capsys):
+    movie = tmp_path / "movie.mp4"
+    code, _, err = ilsim(capsys, "movie", outputs["2d"], "--field", "IL2", "-o", movie)
+    if shutil.which("ffmpeg") is None:
+        assert code == 2
+        assert err.count("\n") == 1 and "needs ffmpeg" in err and "movie.gif" in err
+        assert not movie.exists()
+    else:
+        assert code == 0 and movie.stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# info
+
+
+def test_info(outputs, capsys):
+    code, out, err = ilsim(capsys, "info", outputs["2d"])
+    assert (code, err) == (0, "")
+    assert "grid: 2D, 50 x 40 voxels (x, y) of 5 x 5 um, extent 0..250 x 0..200 um" in out
+    assert "time: 0 s .. 3 min, 4 frames, every 60 s" in out
+    assert "run: stepper imex, backend cpu, device cpu, dtype float32" in out
+    assert "regions: lesion (100 voxels" in out
+    lines = out.splitlines()
+    first = next(line for line in lines if line.strip().startswith("IL2"))
+    assert first.split()[:5] == ["IL2", "species", "nM", "first", "0"]
+    assert any(line.split()[:3] == ["last", "3", "min"] for line in lines)
+    assert out.rstrip().endswith('end = "1 h"')  # the config, last
+    assert ATTRS["config"].splitlines()[0] in out
+    code, out, _ = ilsim(capsys, "info", outputs["3d"])
+    assert code == 0 and "grid: 3D, 32 x 28 x 24 voxels (x, y, z)" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: one line, exit 2, what exists
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plot", "{2d}", "--field", "IL7", "-o", "{tmp}/a.png"], "fields: IL2, T"),
+        (["plot", "{2d}", "--field", "IL2", "--time", "2 h", "-o", "{tmp}/a.png"],
+         "0, 1, 2, 3 min (4 frames)"),
+        (["plot", "{2d}", "--field", "IL2", "--time", "5 kg", "-o", "{tmp}/a.png"], "dimension"),
+        (["plot", "{3d}", "--field", "IL6", "--slice", "z=99", "-o", "{tmp}/a.png"],
+         "index out of range 0..23"),
+        (["plot", "{2d}", "--field", "IL2", "--slice", "z=1", "-o", "{tmp}/a.png"],
+         "slices apply to 3D"),
+        (["plot", "{2d}", "--field", "IL2", "-o", "{tmp}/a.xyz"], "unknown figure format"),
+        (["plot", "{2d}", "--field", "IL2", "-o", "{tmp}/no/a.png"], "does not exist"),
+        (["plot", "{tmp}/missing.h5", "--field", "IL2", "-o", "{tmp}/a.png"], "no such file"),
+        (["plot", "{2d}", "--field", "IL2", "--size", "10x10", "-o", "{tmp}/a.png"], "--size"),
+        (["plot", "{2d}", "--field", "IL2"], "-o/--figure"),
+        (["profile", "{2d}", "--field", "IL9", "--center", "1,1", "-o", "{tmp}/a.png"],
+         "fields: IL2, T"),
+        (["profile", "{2d}", "--field", "IL2", "--center", "1,2,3", "-o", "{tmp}/a.png"],
+         "give X,Y"),
+        (["profile", "{2d}", "--field", "IL2", "--center", "900,1", "-o", "{tmp}/a.png"],
+         "outside the grid, 0..200 x 0..250 um"),
+        (["profile", "{2d}", "--field", "IL2", "--from", "1,1", "-o", "{tmp}/a.png"], "--to"),
+        (["profile", "{2d}", "--field", "IL2", "-o", "{tmp}/a.png"], "--center"),
+        (["movie", "{2d}", "--field", "X", "-o", "{tmp}/a.gif"], "fields: IL2, T"),
+        (["movie", "{2d}", "--field", "IL2", "-o", "{tmp}/a.avi"], ".gif or .mp4"),
+        (["info", "{tmp}/missing.h5"], "no such file"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(outputs, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path, **{k: str(v) for k, v in outputs.items()}) for a in args]
+    code, out, err = ilsim(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("ilsim: error: ")
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_not_an_output_file(tmp_path, capsys):
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_text("not hdf5")
+    code, _, err = ilsim(capsys, "info", bogus)
+    assert code == 2 and "not a readable HDF5 file" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# memory on a 1 GB 3D output (slow: writes 1 GB)
+
+
+@pytest.mark.slow
+def test_plotting_a_frame_of_a_1gb_output_stays_under_300mb(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_plot_memory", REPO / "benchmarks" / "bench_plot_memory.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "big.h5"
+    bench.write_file(path, 512, 2, "none")
+    assert path.stat().st_size > 1e9
+    report = bench.measure(bench.commands(path, tmp_path, 512)["plot"])
+    assert report["rc"] == 0, report["stderr"]
+    image(tmp_path / "map.png")
+    assert report["peak"] - report["start"] < 300e6
+    assert report["peak"] - report["imported"] < 150e6
+
+
+def test_analysis_module_does_not_import_jax_or_matplotlib():
+    source = (REPO / "engine" / "analysis.py").read_text()
+    for module in ("jax", "matplotlib"):
+        assert f"import {module}" not in source and f"from {module}" not in source
+    assert analysis.BLOCK_VALUES * 4 < 32e6
