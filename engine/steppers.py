@@ -264,6 +264,15 @@ def diffusion_accuracy_dt(model: Model, names, tolerance: float):
     return dt
 
 
+def dose_dt(model: Model):
+    """Largest step (s) that resolves the shortest scheduled dose in four steps: a dose
+    shorter than a step would be delivered in the right amount but smeared over the step."""
+    dt = jnp.inf
+    for source in model.sources:
+        dt = jnp.minimum(dt, source.schedule.duration / 4)
+    return dt
+
+
 @dataclass(frozen=True)
 class Imex:
     """Strang splitting, second order: sinks(dt/2), drift(dt/2), linear part with production
@@ -289,10 +298,13 @@ class Imex:
         return sink_substep(model, fields, t + dt / 2, dt / 2, model.names)
 
     def stable_dt(self, model: Model, fields: Fields):
-        """No stability limit: the accuracy target (reactions and diffusion) sets the step."""
+        """No stability limit: the accuracy target (reactions, diffusion, doses) sets the step."""
         return jnp.minimum(
-            accuracy_dt(model, fields, model.names, self.tolerance),
-            diffusion_accuracy_dt(model, model.names, self.tolerance),
+            jnp.minimum(
+                accuracy_dt(model, fields, model.names, self.tolerance),
+                diffusion_accuracy_dt(model, model.names, self.tolerance),
+            ),
+            dose_dt(model),
         )
 
 
@@ -368,11 +380,15 @@ class QuasiSteady:
         return self.relax(model, faces, fields, t + dt, supply)
 
     def stable_dt(self, model: Model, fields: Fields):
-        """The populations' accuracy target sets the step (species are always at steady state)."""
+        """The populations' accuracy target and the doses set the step (species are always at
+        steady state)."""
         populations = tuple(p.name for p in model.populations)
         return jnp.minimum(
-            accuracy_dt(model, fields, populations, self.tolerance),
-            diffusion_accuracy_dt(model, populations, self.tolerance),
+            jnp.minimum(
+                accuracy_dt(model, fields, populations, self.tolerance),
+                diffusion_accuracy_dt(model, populations, self.tolerance),
+            ),
+            dose_dt(model),
         )
 
 
