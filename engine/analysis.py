@@ -868,27 +868,19 @@ def screening_length(
 # thresholds and exposure
 
 
+_UNIT_KINDS = {"nM": "concentration", "cells/um^3": "density"}
+
+
 def _to_units(value, units: str, what: str) -> float:
     """A number (already in `units`) or a string with a unit, as a float in `units`."""
-    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            from engine.units import registry
+    from engine.units import UnitError, to_engine
 
-            try:
-                number = float(registry.Quantity(value).to(units).magnitude)
-            except Exception as error:  # pint raises several unrelated types
-                raise AnalysisError(
-                    f"{what} {value!r}: not a quantity in {units} ({error})"
-                ) from None
-    else:
-        raise AnalysisError(f"{what} {value!r}: expected a number or a string with a unit")
-    if not math.isfinite(number):
-        raise AnalysisError(f"{what} {value!r}: must be finite")
-    return number
+    if isinstance(value, np.integer | np.floating):
+        value = float(value)
+    try:
+        return to_engine(value, _UNIT_KINDS[units])
+    except UnitError as error:
+        raise AnalysisError(f"{what} {value!r}: {error}") from None
 
 
 def fraction_above(out, name: str, threshold, *, region: str | None = None) -> Series:
