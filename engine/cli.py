@@ -93,6 +93,7 @@ def _demo(args) -> int:
         f"k = {species.decay:g} 1/s, run to t = {t_end:g} s ({args.dtype}, {args.stepper})"
     )
     r, simulated, exact = point_source_profile(model, t_end, dtype=args.dtype, stepper=args.stepper)
+    print("shell means: voxels whose centre lies within half a voxel of r")
     print(f"{'r (um)':>8} {'simulated (nM)':>15} {'analytic (nM)':>15} {'rel. error':>11}")
     for radius, sim, ref in zip(r[:15], simulated[:15], exact[:15]):
         print(f"{radius:8.1f} {sim:15.6g} {ref:15.6g} {(sim - ref) / ref:11.2%}")
