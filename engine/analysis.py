@@ -592,11 +592,7 @@ def radial_profile(
     bin_width: default the smallest voxel edge of the axes spanned.
     Reads only the box around the center that the radius reaches, in blocks.
     """
-    try:
-        n_coordinates = len(center)
-    except TypeError:
-        n_coordinates = 1
-    view = _profile_view(out, name, time, frame, slice, n_coordinates)
+    view = _profile_view(out, name, time, frame, slice, np.size(center))
     c = _position(view, center, "center")
     lower = np.asarray(view.origin)
     h = np.asarray(view.spacing)
@@ -666,11 +662,7 @@ def line_profile(
     output two (y, x) coordinates select the plane `slice`, default the middle z plane) by
     multilinear interpolation between voxel centres (constant within half a voxel of a face).
     samples: default two per smallest voxel edge. Reads only the voxels the segment needs."""
-    try:
-        n_coordinates = len(start)
-    except TypeError:
-        n_coordinates = 1
-    view = _profile_view(out, name, time, frame, slice, n_coordinates)
+    view = _profile_view(out, name, time, frame, slice, np.size(start))
     a = _position(view, start, "start")
     b = _position(view, end, "end")
     h = np.asarray(view.spacing)

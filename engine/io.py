@@ -66,12 +66,11 @@ import h5py
 import numpy as np
 
 from engine.grid import Grid
+from engine.units import MOLECULES_PER_UM3_PER_NM
 
 FORMAT_NAME = "ilsim"
 FORMAT_VERSION = 1
 
-MOLECULES_PER_UM3_PER_NM = 0.602214076
-"""1 nM = 0.6022 molecules / um^3 (the value of engine.terms, which imports JAX)."""
 
 KINDS = {"species": "nM", "population": "cells/um^3"}
 TOTAL_UNITS = {"species": "molecules", "population": "cells"}

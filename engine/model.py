@@ -168,7 +168,7 @@ def reaction_terms(model: Model, fields: Mapping, t, decay: bool = True) -> tupl
         extra_production, extra_loss = model.reactions(fields, t)
         for table, extra in ((production, extra_production), (loss, extra_loss)):
             for name, value in extra.items():
-                table[name] = table[name] + value if name in table else value
+                terms.accumulate(table, name, value)
     if decay:
         for s in model.species:
             loss[s.name] = loss.get(s.name, 0.0) + s.decay
@@ -179,8 +179,7 @@ def source_terms(model: Model, t, dt) -> Fields:
     """Mean supply rate of each species over [t, t + dt] (nM/s)."""
     supply: Fields = {}
     for s in model.sources:
-        rate = s.mean_rate(t, dt)
-        supply[s.species] = supply[s.species] + rate if s.species in supply else rate
+        terms.accumulate(supply, s.species, s.mean_rate(t, dt))
     return supply
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-MOLECULES_PER_UM3_PER_NM = 0.602214076
-"""1 nM = 0.6022 molecules / um^3."""
+from engine.units import MOLECULES_PER_UM3_PER_NM
 
 
-def _add(table: dict, name: str, value) -> None:
+def accumulate(table: dict, name: str, value) -> None:
+    """table[name] += value, creating the entry (rates keyed by field name)."""
     table[name] = table[name] + value if name in table else value
 
 
@@ -59,7 +59,7 @@ class Secretion:
 
     def contribute(self, fields, production, loss):
         amount = self.rate * fields[self.by] / MOLECULES_PER_UM3_PER_NM
-        _add(production, self.species, amount * modulation(self.modulators, fields))
+        accumulate(production, self.species, amount * modulation(self.modulators, fields))
 
 
 @jax.tree_util.register_dataclass
@@ -82,7 +82,7 @@ class Uptake:
         else:
             per_cell = self.k_on * self.receptors
         rate = per_cell * fields[self.by] / MOLECULES_PER_UM3_PER_NM
-        _add(loss, self.species, rate * modulation(self.modulators, fields))
+        accumulate(loss, self.species, rate * modulation(self.modulators, fields))
 
 
 @jax.tree_util.register_dataclass
@@ -99,8 +99,8 @@ class Growth:
     def contribute(self, fields, production, loss):
         factor = self.rate * modulation(self.modulators, fields)
         crowd = sum(fields[name] for name in (self.crowding or (self.population,)))
-        _add(production, self.population, factor * fields[self.population])
-        _add(loss, self.population, factor * crowd / self.capacity)
+        accumulate(production, self.population, factor * fields[self.population])
+        accumulate(loss, self.population, factor * crowd / self.capacity)
 
 
 @jax.tree_util.register_dataclass
@@ -113,7 +113,7 @@ class Death:
     modulators: tuple[Hill, ...] = ()
 
     def contribute(self, fields, production, loss):
-        _add(loss, self.population, self.rate * modulation(self.modulators, fields))
+        accumulate(loss, self.population, self.rate * modulation(self.modulators, fields))
 
 
 @jax.tree_util.register_dataclass
@@ -127,7 +127,7 @@ class Proliferation:
 
     def contribute(self, fields, production, loss):
         amount = self.rate * fields[self.population]
-        _add(production, self.population, amount * modulation(self.modulators, fields))
+        accumulate(production, self.population, amount * modulation(self.modulators, fields))
 
 
 @jax.tree_util.register_dataclass
@@ -142,7 +142,7 @@ class Killing:
 
     def contribute(self, fields, production, loss):
         rate = self.rate * fields[self.by] * modulation(self.modulators, fields)
-        _add(loss, self.target, rate)
+        accumulate(loss, self.target, rate)
 
 
 @jax.tree_util.register_dataclass
@@ -157,8 +157,8 @@ class Conversion:
 
     def contribute(self, fields, production, loss):
         rate = self.rate * modulation(self.modulators, fields)
-        _add(loss, self.source, rate)
-        _add(production, self.to, rate * fields[self.source])
+        accumulate(loss, self.source, rate)
+        accumulate(production, self.to, rate * fields[self.source])
 
 
 @jax.tree_util.register_dataclass
@@ -173,7 +173,7 @@ class Recruitment:
 
     def contribute(self, fields, production, loss):
         amount = self.rate * self.mask * modulation(self.modulators, fields)
-        _add(production, self.population, amount)
+        accumulate(production, self.population, amount)
 
 
 CustomFunction = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], tuple[dict, dict]]
@@ -202,9 +202,9 @@ class Custom:
         gained, lost = CUSTOM_TERMS[self.name](fields, self.params)
         factor = modulation(self.modulators, fields)
         for name, value in gained.items():
-            _add(production, name, value * factor)
+            accumulate(production, name, value * factor)
         for name, value in lost.items():
-            _add(loss, name, value * factor)
+            accumulate(loss, name, value * factor)
 
 
 Term = (

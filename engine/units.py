@@ -10,6 +10,9 @@ import math
 
 import pint
 
+MOLECULES_PER_UM3_PER_NM = 0.602214076
+"""1 nM = 0.6022 molecules / um^3."""
+
 registry = pint.UnitRegistry()
 registry.define("cell = 1 = cells")
 
