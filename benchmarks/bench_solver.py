@@ -1,20 +1,31 @@
-"""Throughput of one explicit step against a plain NumPy and a parallel Numba stencil of the
-same step, with the machine's copy bandwidth measured in the same run (a first cut of the
-solver benchmark: single field and coupled fields, 3D, float32 and float64).
+"""Solver throughput over a matrix of cases, with a plain NumPy and a parallel Numba stencil of
+the same step and the machine's copy bandwidth measured in the same run.
 
-    python benchmarks/bench_solver.py [--sizes 64 128] [--fields 1 4] [--repeats 5]
+    python benchmarks/bench_solver.py [--quick] [--grids 128^3 256^3 2048^2] [--fields 1 4 8]
+        [--dtypes float32 float64] [--steppers euler euler-compensated ssprk3 imex quasi_steady]
 
-Each case times the engine's euler step (the same arithmetic as the references: 7-point
-diffusion with zero-flux walls and an implicit linear decay), reports voxel-updates per second
-per field, the effective bandwidth at the minimal 2 x itemsize bytes per voxel-step, its
-fraction of the copy bandwidth, and the ratios to NumPy and Numba. Writes a JSON under
-benchmarks/results/ named after the device. Numba is optional (`pip install numba`).
+The benchmark model: F fields, each diffusing (D = 100 um^2/s, 10 um voxels, zero-flux walls)
+and decaying (1e-3 /s), coupled in a chain: field i converts into field i + 1 at 1e-3 /s. The
+references implement the engine's euler step of that model: NumPy with one array operation at
+a time, Numba as one parallel pass over all fields (`pip install -e ".[bench]"`).
+
+Per case: median seconds per step after warm-up (synchronised), voxel-updates per second per
+field, effective bandwidth at the minimal 2 x itemsize bytes per field per voxel-step and its
+fraction of the copy bandwidth, compile time, the compiled loop's peak memory, and the ratios
+to NumPy and Numba (euler only: the other steppers do different work per step; their cost is
+also given in euler steps). Writes benchmarks/results/bench_solver-<device>.json and a plot of
+throughput against grid size.
+
+Steppers: euler and ssprk3 (explicit, float32 without compensated summation, the arithmetic of
+the references), euler-compensated (the float32 default, Kahan summation), imex and
+quasi_steady (one step each, at their own dt).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -23,10 +34,39 @@ import jax
 import numpy as np
 
 import engine
+from engine.terms import Conversion
+
+D, DECAY, RATE, SPACING = 100.0, 1e-3, 1e-3, 10.0
+STEPPERS = {
+    "euler": dict(stepper="explicit", scheme="euler", compensated=False),
+    "euler-compensated": dict(stepper="explicit", scheme="euler", compensated=True),
+    "ssprk3": dict(stepper="explicit", scheme="ssprk3", compensated=False),
+    "imex": dict(stepper="imex"),
+    "quasi_steady": dict(stepper="quasi_steady"),
+}
+EXPLICIT = ("euler", "euler-compensated", "ssprk3")
+RESULTS = Path(__file__).parent / "results"
 
 
-def median_time(function, repeats: int) -> float:
-    function()  # warm-up (and compile)
+def parse_grid(text: str) -> tuple[int, ...]:
+    """'256^3' -> (256, 256, 256); '64x32' -> (64, 32)."""
+    if "^" in text:
+        size, ndim = text.split("^")
+        return (int(size),) * int(ndim)
+    return tuple(int(n) for n in text.split("x"))
+
+
+def grid_label(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]}^{len(shape)}" if len(set(shape)) == 1 else "x".join(map(str, shape))
+
+
+def device_name() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform}-{device.device_kind}".replace(" ", "_")
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()  # warm-up
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -35,63 +75,123 @@ def median_time(function, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def copy_bandwidth(n_bytes: int, repeats: int) -> float:
-    """Bytes/s of a large array copy (read + write), NumPy."""
-    source = np.ones(n_bytes // 8)
-    target = np.empty_like(source)
-    seconds = median_time(lambda: np.copyto(target, source), repeats)
+def copy_bandwidth(repeats: int) -> float:
+    """Bytes/s of the device copying a 512 MiB array (read + write), synchronised."""
+    source = jax.numpy.ones(2**27, jax.numpy.float32)
+    copy = jax.jit(lambda x: x + 0)  # a fresh output buffer each call: a pure copy
+    seconds = median_seconds(lambda: copy(source).block_until_ready(), repeats)
     return 2 * source.nbytes / seconds
 
 
-def numpy_step(c, out, D, k, dt, h):
-    """One euler step of dc/dt = D lap c - k c (zero-flux walls, decay implicit)."""
-    p = np.pad(c, 1, mode="edge")
-    lap = (
-        p[2:, 1:-1, 1:-1]
-        + p[:-2, 1:-1, 1:-1]
-        + p[1:-1, 2:, 1:-1]
-        + p[1:-1, :-2, 1:-1]
-        + p[1:-1, 1:-1, 2:]
-        + p[1:-1, 1:-1, :-2]
-        - 6 * c
+def chain_model(shape: tuple[int, ...], n_fields: int) -> engine.Model:
+    grid = engine.Grid(shape, spacing=SPACING)
+    rng = np.random.default_rng(0)
+    species = tuple(
+        engine.Species(f"c{i}", diffusion=D, decay=DECAY, initial=rng.random(shape))
+        for i in range(n_fields)
     )
-    np.divide(c + dt * D / h**2 * lap, 1 + dt * k, out=out)
+    terms = tuple(Conversion(f"c{i}", f"c{i + 1}", RATE) for i in range(n_fields - 1))
+    return engine.Model(grid, species=species, terms=terms)
 
 
-def numba_step():
+# --- references: the engine's euler step of the chain model ---------------------------------
+
+
+def numpy_step(c: np.ndarray, out: np.ndarray, a: float, dt: float) -> None:
+    """c, out: (F, *grid). out = (c + a lap c + dt RATE c_prev) / (1 + dt (DECAY + RATE))."""
+    n_fields, ndim = c.shape[0], c.ndim - 1
+    for f in range(n_fields):
+        p = np.pad(c[f], 1, mode="edge")
+        lap = -2 * ndim * c[f]
+        for axis in range(ndim):
+            for lo in (0, 2):
+                index = [slice(1, -1)] * ndim
+                index[axis] = slice(lo, lo + c.shape[axis + 1])
+                lap += p[tuple(index)]
+        gain = c[f] + a * lap
+        if f > 0:
+            gain += dt * RATE * c[f - 1]
+        loss = dt * (DECAY + (RATE if f < n_fields - 1 else 0.0))
+        np.divide(gain, 1 + loss, out=out[f])
+
+
+def numba_steps():
+    """(2D kernel, 3D kernel) of the same step, parallel over the first grid axis; None
+    without numba."""
     try:
         import numba
     except ImportError:
         return None
 
     @numba.njit(parallel=True, fastmath=False, cache=False)
-    def step(c, out, a, decay_factor):
-        nz, ny, nx = c.shape
+    def step3(c, out, a, dt):
+        n_fields, nz, ny, nx = c.shape
         for i in numba.prange(nz):
             for j in range(ny):
+                for f in range(n_fields):
+                    loss = 1 + dt * (DECAY + (RATE if f < n_fields - 1 else 0.0))
+                    for m in range(nx):
+                        centre = c[f, i, j, m]
+                        total = -6 * centre
+                        total += c[f, i - 1, j, m] if i > 0 else centre
+                        total += c[f, i + 1, j, m] if i < nz - 1 else centre
+                        total += c[f, i, j - 1, m] if j > 0 else centre
+                        total += c[f, i, j + 1, m] if j < ny - 1 else centre
+                        total += c[f, i, j, m - 1] if m > 0 else centre
+                        total += c[f, i, j, m + 1] if m < nx - 1 else centre
+                        gain = centre + a * total
+                        if f > 0:
+                            gain += dt * RATE * c[f - 1, i, j, m]
+                        out[f, i, j, m] = gain / loss
+
+    @numba.njit(parallel=True, fastmath=False, cache=False)
+    def step2(c, out, a, dt):
+        n_fields, ny, nx = c.shape
+        for j in numba.prange(ny):
+            for f in range(n_fields):
+                loss = 1 + dt * (DECAY + (RATE if f < n_fields - 1 else 0.0))
                 for m in range(nx):
-                    centre = c[i, j, m]
-                    total = -6 * centre
-                    total += c[i - 1, j, m] if i > 0 else centre
-                    total += c[i + 1, j, m] if i < nz - 1 else centre
-                    total += c[i, j - 1, m] if j > 0 else centre
-                    total += c[i, j + 1, m] if j < ny - 1 else centre
-                    total += c[i, j, m - 1] if m > 0 else centre
-                    total += c[i, j, m + 1] if m < nx - 1 else centre
-                    out[i, j, m] = (centre + a * total) * decay_factor
+                    centre = c[f, j, m]
+                    total = -4 * centre
+                    total += c[f, j - 1, m] if j > 0 else centre
+                    total += c[f, j + 1, m] if j < ny - 1 else centre
+                    total += c[f, j, m - 1] if m > 0 else centre
+                    total += c[f, j, m + 1] if m < nx - 1 else centre
+                    gain = centre + a * total
+                    if f > 0:
+                        gain += dt * RATE * c[f - 1, j, m]
+                    out[f, j, m] = gain / loss
 
-    return step
+    return {2: step2, 3: step3}
 
 
-def engine_time(size: int, fields: int, dtype: str, steps: int, repeats: int) -> float:
-    grid = engine.Grid((size,) * 3, spacing=10.0)
-    rng = np.random.default_rng(0)
-    species = tuple(
-        engine.Species(f"c{i}", diffusion=100.0, decay=1e-3, initial=rng.random(grid.shape))
-        for i in range(fields)
-    )
-    sim = engine.Simulation(engine.Model(grid, species=species), scheme="euler", dtype=dtype)
+def reference_seconds(step, shape, n_fields: int, dtype: str, repeats: int) -> float:
+    c = np.random.default_rng(0).random((n_fields, *shape)).astype(dtype)
+    out = np.empty_like(c)
+    dt = 0.1
+    a = dt * D / SPACING**2
+    return median_seconds(lambda: step(c, out, a, dt), repeats)
+
+
+def check_reference_agrees(numba_kernels) -> None:
+    """The references and the engine's euler step give the same fields (float64, 2D and 3D)."""
+    for shape in ((6, 5), (5, 4, 3)):
+        model = chain_model(shape, 3)
+        sim = engine.Simulation(model, scheme="euler", dtype="float64")
+        state = sim.initial_state()
+        c = np.stack([np.asarray(state.fields[f"c{i}"]) for i in range(3)])
+        fields = sim.advance_steps(state.fields, 0.0, 0.1, 1)
+        expected = np.stack([np.asarray(fields[f"c{i}"]) for i in range(3)])
+        out = np.empty_like(c)
+        for step in [numpy_step] + ([numba_kernels[len(shape)]] if numba_kernels else []):
+            step(c, out, 0.1 * D / SPACING**2, 0.1)
+            np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def engine_case(shape, n_fields: int, dtype: str, stepper: str, steps: int, repeats: int) -> dict:
+    sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **STEPPERS[stepper])
     state = sim.initial_state()
+    stats = sim.compile_stats(state)
     dt = sim.time_step(state)
     holder = {"fields": state.fields}
 
@@ -100,65 +200,140 @@ def engine_time(size: int, fields: int, dtype: str, steps: int, repeats: int) ->
             sim.advance_steps(holder["fields"], 0.0, dt, steps)
         )
 
-    return median_time(run, repeats) / steps
+    seconds = median_seconds(run, repeats) / steps
+    return dict(seconds=seconds, dt=dt, **stats)
 
 
-def reference_time(step, size: int, fields: int, dtype: str, repeats: int) -> float:
-    rng = np.random.default_rng(0)
-    cs = [rng.random((size,) * 3).astype(dtype) for _ in range(fields)]
-    outs = [np.empty_like(c) for c in cs]
-    return median_time(lambda: [step(c, o) for c, o in zip(cs, outs)], repeats)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--fields", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args()
-    device = jax.devices()[0]
-    name = f"{device.platform}-{device.device_kind}".replace(" ", "_")
-    bandwidth = copy_bandwidth(256 * 2**20, args.repeats)
-    numba_kernel = numba_step()
-    D, k, h, dt = 100.0, 1e-3, 10.0, 0.15
-    a, factor = dt * D / h**2, 1 / (1 + dt * k)
+def run_matrix(args, bandwidth: float, numba_kernels) -> list[dict]:
     rows = []
     for dtype in args.dtypes:
-        for size in args.sizes:
-            for fields in args.fields:
-                voxels = size**3 * fields
-                seconds = engine_time(size, fields, dtype, args.steps, args.repeats)
-                row = dict(size=size, fields=fields, dtype=dtype, engine_s=seconds)
-                row["numpy_s"] = reference_time(
-                    lambda c, o: numpy_step(c, o, D, k, dt, h), size, fields, dtype, args.repeats
-                )
-                if numba_kernel is not None:
-                    row["numba_s"] = reference_time(
-                        lambda c, o: numba_kernel(c, o, a, factor),
-                        size,
-                        fields,
-                        dtype,
-                        args.repeats,
-                    )
-                itemsize = np.dtype(dtype).itemsize
-                row["updates_per_s"] = voxels / seconds
-                row["bandwidth_fraction"] = 2 * itemsize * voxels / seconds / bandwidth
-                rows.append(row)
-    print(f"device: {name}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; euler step, 3D")
-    header = ("dtype", "size", "fields", "Gupd/s", "of copy bw", "x NumPy", "x Numba")
-    print("{:>8} {:>5} {:>6} {:>8} {:>10} {:>8} {:>8}".format(*header))
-    for r in rows:
-        numba_ratio = f"{r['numba_s'] / r['engine_s']:.2f}" if "numba_s" in r else "-"
-        print(
-            f"{r['dtype']:>8} {r['size']:>4}^3 {r['fields']:>6} {r['updates_per_s'] / 1e9:>8.3f} "
-            f"{r['bandwidth_fraction']:>10.1%} {r['numpy_s'] / r['engine_s']:>8.2f} "
-            f"{numba_ratio:>8}"
+        for text in args.grids:
+            shape = parse_grid(text)
+            voxels = math.prod(shape)
+            for n_fields in args.fields:
+                # the references run first: XLA's worker threads linger busy after a run
+                references = reference_times(shape, n_fields, dtype, args.repeats, numba_kernels)
+                for stepper in args.steppers:
+                    steps = args.steps if stepper in EXPLICIT else 2
+                    case = engine_case(shape, n_fields, dtype, stepper, steps, args.repeats)
+                    row = dict(grid=grid_label(shape), voxels=voxels, fields=n_fields)
+                    row.update(dtype=dtype, stepper=stepper, **case)
+                    updates = voxels * n_fields / case["seconds"]
+                    itemsize = np.dtype(dtype).itemsize
+                    row["updates_per_s"] = updates
+                    row["bandwidth"] = 2 * itemsize * updates
+                    row["bandwidth_fraction"] = row["bandwidth"] / bandwidth
+                    row.update(references)
+                    if stepper == "euler":
+                        euler_seconds = case["seconds"]
+                    if "euler" in args.steppers:
+                        row["euler_steps"] = case["seconds"] / euler_seconds
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+    return rows
+
+
+def reference_times(shape, n_fields, dtype, repeats, numba_kernels) -> dict:
+    out = dict(numpy_s=reference_seconds(numpy_step, shape, n_fields, dtype, repeats))
+    if numba_kernels is not None and len(shape) in numba_kernels:
+        kernel = numba_kernels[len(shape)]
+        out["numba_s"] = reference_seconds(kernel, shape, n_fields, dtype, repeats)
+    return out
+
+
+HEADER = (
+    f"{'grid':>9} {'F':>2} {'dtype':>7} {'stepper':>17} {'ms/step':>9} {'Gupd/s':>7} "
+    f"{'of bw':>6} {'xNumPy':>7} {'xNumba':>7} {'euler':>6} {'compile':>8} {'peak MB':>8}"
+)
+
+
+def format_row(r: dict) -> str:
+    def ratio(key):
+        if key not in r or r["stepper"] not in EXPLICIT:
+            return "-"
+        return f"{r[key] / r['seconds']:.2f}"
+
+    peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-"
+    euler = f"{r['euler_steps']:.1f}" if "euler_steps" in r else "-"
+    return (
+        f"{r['grid']:>9} {r['fields']:>2} {r['dtype']:>7} {r['stepper']:>17} "
+        f"{1e3 * r['seconds']:>9.2f} {r['updates_per_s'] / 1e9:>7.3f} "
+        f"{r['bandwidth_fraction']:>6.1%} {ratio('numpy_s'):>7} {ratio('numba_s'):>7} "
+        f"{euler:>6} {r['compile_s']:>7.1f}s {peak:>8}"
+    )
+
+
+def plot(rows: list[dict], name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cases = sorted(
+        {(r["stepper"], r["fields"], r["dtype"], "2D" if "^2" in r["grid"] else "3D") for r in rows}
+    )
+    for stepper, fields, dtype, dims in cases:
+        points = sorted(
+            (r["voxels"], r["updates_per_s"])
+            for r in rows
+            if (r["stepper"], r["fields"], r["dtype"]) == (stepper, fields, dtype)
+            and ("^2" in r["grid"]) == (dims == "2D")
         )
-    out = Path(__file__).parent / "results" / f"bench_solver-{name}.json"
-    out.write_text(json.dumps(dict(device=name, copy_bandwidth=bandwidth, rows=rows), indent=1))
-    print(f"wrote {out}")
+        x, y = zip(*points)
+        ax.plot(
+            x, np.asarray(y) / 1e9, "o-", label=f"{stepper}, {fields} field(s), {dtype}, {dims}"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("voxels")
+    ax.set_ylabel("voxel-updates / s per field (1e9)")
+    ax.set_title(f"ilsim solver throughput, {name}")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", nargs="+", help="default 2048^2 4096^2 128^3 256^3")
+    parser.add_argument("--fields", type=int, nargs="+", help="default 1 4 8")
+    parser.add_argument("--dtypes", nargs="+", help="default float32 float64")
+    parser.add_argument("--steppers", nargs="+", default=list(STEPPERS), choices=list(STEPPERS))
+    parser.add_argument("--repeats", type=int, help="timed calls per case (default 5)")
+    parser.add_argument("--steps", type=int, help="explicit steps per timed call (default 20)")
+    parser.add_argument("--quick", action="store_true", help="a small matrix in about a minute")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
+    args = parser.parse_args(argv)
+    defaults = dict(
+        grids=["2048^2", "4096^2", "128^3", "256^3"],
+        fields=[1, 4, 8],
+        dtypes=["float32", "float64"],
+        repeats=5,
+        steps=20,
+    )
+    if args.quick:  # a small matrix; options given explicitly still apply
+        defaults.update(grids=["256^2", "32^3"], fields=[1, 4], dtypes=["float32"], repeats=3)
+        defaults.update(steps=5)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.steppers = [s for s in STEPPERS if s in args.steppers]  # euler first: the unit
+    name = device_name()
+    numba_kernels = numba_steps()
+    check_reference_agrees(numba_kernels)
+    bandwidth = copy_bandwidth(args.repeats)
+    print(f"device: {name}; jax {jax.__version__}; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(HEADER)
+    rows = run_matrix(args, bandwidth, numba_kernels)
+    output = args.output or RESULTS / f"bench_solver-{name}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = dict(device=name, jax=jax.__version__, copy_bandwidth=bandwidth, rows=rows)
+    output.write_text(json.dumps(result, indent=1))
+    plot(rows, name, output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+    return output
 
 
 if __name__ == "__main__":

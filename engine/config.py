@@ -556,6 +556,7 @@ class TimeConfig(_Model):
     adaptive: Annotated[bool, BeforeValidator(_boolean)] = False
     tolerance: Annotated[float, _q("dimensionless", gt=0, lt=1)] = 1e-3
     safety: Annotated[float, _q("dimensionless", gt=0, le=1)] = 0.9
+    compensated: Annotated[bool, BeforeValidator(_boolean)] = True
 
     @model_validator(mode="after")
     def _within_end(self):

@@ -9,6 +9,7 @@ lengths in um, results in field units per second.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
@@ -58,56 +59,106 @@ def _robin_conductance(face: Robin, D_edge, dx: float):
     return jnp.where(denominator > 0, face.h * D_edge / safe, 0)
 
 
-def _boundary_gradient_flux(face, c_edge, D_edge, dx: float, side: int):
-    """D dc/dx on a boundary face (positive: increasing along the axis; None: zero flux);
-    side -1 low, +1 high.
+def _boundary_coupling(face, D_edge, dx: float):
+    """(coefficient, outside value) of one non-periodic boundary face: the face adds
+    coefficient * (outside - c_edge) / dx^2 to the edge voxel (coefficient in um^2/s).
 
     Dirichlet places the value half a voxel from the centre; robin adds the half-voxel diffusion
-    resistance in series with the transfer coefficient h, exact for a linear profile.
-    """
+    resistance in series with the transfer coefficient h, exact for a linear profile."""
     if isinstance(face, Neumann):
-        return None
+        return 0.0, 0.0
     if isinstance(face, Dirichlet):
-        return side * 2 * D_edge * (face.value - c_edge) / dx
+        return 2 * D_edge, face.value
     if isinstance(face, Robin):
-        return side * _robin_conductance(face, D_edge, dx) * (face.outside - c_edge)
+        return _robin_conductance(face, D_edge, dx) * dx, face.outside
     raise TypeError(f"unsupported boundary face {face!r}")
 
 
-def _pad_axis(x, axis: int):
-    """Zero faces added at both ends of `axis`."""
+def _one_hot(n: int, index: int, axis: int, ndim: int, dtype):
+    """A length-n vector along `axis` (broadcastable to the grid) that is 1 at `index`."""
+    shape = [1] * ndim
+    shape[axis] = n
+    vector = np.zeros(n, dtype)
+    vector[index] = 1
+    return jnp.asarray(vector.reshape(shape))
+
+
+def _pad_axis(x, axis: int, low=0, high=0, value=0.0):
+    """`x` padded with `low` and `high` layers of `value` along `axis`."""
     widths = [(0, 0)] * x.ndim
-    widths[axis] = (1, 1)
-    return jnp.pad(x, widths)
+    widths[axis] = (low, high)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _face_couplings(D_faces: tuple, grid: Grid, boundary: Boundary, axis: int, dtype):
+    """Per-voxel coefficients of the low and high faces along `axis` (um^2/s; a vector along the
+    axis when D is constant, else full arrays), with the outside values of boundary faces.
+
+    Every voxel then gets  (low (c[i-1] - c) + high (c[i+1] - c)) / dx^2, where the neighbour
+    beyond a boundary face is the face's outside value (or the wrapped voxel when periodic)."""
+    n, dx = grid.shape[axis], grid.spacing[axis]
+    D_int, D_low, D_high = D_faces[axis]
+    low_face, high_face = boundary.faces[axis]
+    if isinstance(low_face, Periodic):
+        (low_coef, low_value), (high_coef, high_value) = (D_low, None), (D_high, None)
+    else:
+        low_coef, low_value = _boundary_coupling(low_face, D_low, dx)
+        high_coef, high_value = _boundary_coupling(high_face, D_high, dx)
+    first = _one_hot(n, 0, axis, grid.ndim, dtype)
+    last = _one_hot(n, n - 1, axis, grid.ndim, dtype)
+    D_int = jnp.asarray(D_int, dtype)
+    if D_int.ndim == 0:  # a vector along the axis, broadcast by XLA inside the fused stencil
+        interior_low, interior_high = D_int * (1 - first), D_int * (1 - last)
+    else:
+        interior_low, interior_high = _pad_axis(D_int, axis, low=1), _pad_axis(D_int, axis, high=1)
+    if n == 1 and isinstance(low_face, Periodic):  # a voxel coupled to itself exchanges nothing
+        return (interior_low, None), (interior_high, None)
+    return (interior_low + low_coef * first, low_value), (
+        interior_high + high_coef * last,
+        high_value,
+    )
+
+
+def _padded(c, outside: list):
+    """c with one layer of ghost voxels on every face: the face's outside value, or the
+    wrapped voxels where it is None (periodic). Materialised on purpose: slices of a stored
+    array fuse into one vectorised stencil pass, while a pad fused into its consumers is
+    re-evaluated per neighbour (and, across Runge-Kutta stages, per neighbour of a neighbour)."""
+    for axis, (low, high) in enumerate(outside):
+        if low is None:
+            c = jnp.pad(c, [(1, 1) if a == axis else (0, 0) for a in range(c.ndim)], mode="wrap")
+        else:
+            c = _pad_axis(_pad_axis(c, axis, low=1, value=low), axis, high=1, value=high)
+    return lax.optimization_barrier(c)
+
+
+def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary):
+    """div(D grad c) with face coefficients from `face_diffusivity`."""
+    couplings = [
+        _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
+    ]
+    padded = _padded(c, [(low[1], high[1]) for low, high in couplings])
+    interior = [slice(1, n + 1) for n in grid.shape]
+    total = jnp.zeros_like(c)
+    for axis, ((low, _), (high, _)) in enumerate(couplings):
+        n, dx = grid.shape[axis], grid.spacing[axis]
+        lower = padded[tuple(interior[:axis] + [slice(0, n)] + interior[axis + 1 :])]
+        upper = padded[tuple(interior[:axis] + [slice(2, n + 2)] + interior[axis + 1 :])]
+        total = total + (low * (lower - c) + high * (upper - c)) / dx**2
+    return total
 
 
 def _divergence(interior_flux, low, high, axis: int, dx: float):
     """(F[i + 1/2] - F[i - 1/2]) / dx from the n - 1 interior face fluxes and the low and high
     boundary face fluxes (None: zero). Boundary faces update the edge layers in place rather
     than being concatenated: XLA fuses this form well across Runge-Kutta stages."""
-    div = _diff(_pad_axis(interior_flux, axis), axis)
+    div = _diff(_pad_axis(interior_flux, axis, low=1, high=1), axis)
     n = div.shape[axis]
     if low is not None:
         div = lax.dynamic_update_slice_in_dim(div, _slab(div, 0, 1, axis) - low, 0, axis)
     if high is not None:
         div = lax.dynamic_update_slice_in_dim(div, _slab(div, n - 1, n, axis) + high, n - 1, axis)
     return div / dx
-
-
-def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary):
-    """div(D grad c) with face coefficients from `face_diffusivity`."""
-    total = jnp.zeros_like(c)
-    for axis, (dx, n) in enumerate(zip(grid.spacing, grid.shape)):
-        D_int, D_low, D_high = D_faces[axis]
-        first, last = _slab(c, 0, 1, axis), _slab(c, n - 1, n, axis)
-        low_face, high_face = boundary.faces[axis]
-        if isinstance(low_face, Periodic):
-            low = high = D_low * (first - last) / dx
-        else:
-            low = _boundary_gradient_flux(low_face, first, D_low, dx, -1)
-            high = _boundary_gradient_flux(high_face, last, D_high, dx, +1)
-        total = total + _divergence(D_int * _diff(c, axis) / dx, low, high, axis, dx)
-    return total
 
 
 def _upwind(velocity, n_left, n_right):
@@ -148,37 +199,7 @@ def chemotaxis_rate(c, chi, grid: Grid, boundary: Boundary):
 def diffusion_diagonal(D_faces: tuple, grid: Grid, boundary: Boundary, dtype):
     """Diagonal of the linear part of `diffusion` (1/s, <= 0): the Jacobi preconditioner."""
     total = jnp.zeros(grid.shape, dtype)
-    for axis, (dx, n) in enumerate(zip(grid.spacing, grid.shape)):
-        D_int, D_low, D_high = D_faces[axis]
-        faces_shape = list(grid.shape)
-        faces_shape[axis] = n - 1
-        padded = _pad_axis(jnp.broadcast_to(D_int, faces_shape).astype(dtype), axis)
-        diag = -(_slab(padded, 0, n, axis) + _slab(padded, 1, n + 1, axis)) / dx**2
-        low_face, high_face = boundary.faces[axis]
-        if isinstance(low_face, Periodic):
-            # a one-voxel periodic axis couples the voxel to itself: no diagonal term
-            low = high = (
-                None if n == 1 else -jnp.broadcast_to(D_low, _slab(diag, 0, 1, axis).shape) / dx**2
-            )
-        else:
-            low = _boundary_self_coupling(low_face, D_low, dx)
-            high = _boundary_self_coupling(high_face, D_high, dx)
-        if low is not None:
-            diag = lax.dynamic_update_slice_in_dim(diag, _slab(diag, 0, 1, axis) + low, 0, axis)
-        if high is not None:
-            diag = lax.dynamic_update_slice_in_dim(
-                diag, _slab(diag, n - 1, n, axis) + high, n - 1, axis
-            )
-        total = total + diag
+    for axis, dx in enumerate(grid.spacing):
+        (low, _), (high, _) = _face_couplings(D_faces, grid, boundary, axis, dtype)
+        total = total - (low + high) / dx**2
     return total
-
-
-def _boundary_self_coupling(face, D_edge, dx: float):
-    """d(boundary flux divergence)/d(c_edge) (1/s) for one face, None when zero."""
-    if isinstance(face, Neumann):
-        return None
-    if isinstance(face, Dirichlet):
-        return -2 * D_edge / dx**2
-    if isinstance(face, Robin):
-        return -_robin_conductance(face, D_edge, dx) / dx
-    raise TypeError(f"unsupported boundary face {face!r}")

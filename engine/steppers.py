@@ -103,7 +103,13 @@ class Explicit:
         supply = source_terms(model, t, dt)
         total = None
         for _, b, c in SSP_SCHEMES[self.scheme]:
-            stage = fields if total is None else {k: fields[k] + total[k] for k in fields}
+            # the barrier materialises each stage: fused into the next stage's stencil, it
+            # would be recomputed for every neighbour (7^stages work in 3D)
+            stage = (
+                fields
+                if total is None
+                else lax.optimization_barrier({k: fields[k] + total[k] for k in fields})
+            )
             euler = positive_euler_increment(model, prepared, stage, supply, t + c * dt, dt)
             total = euler if total is None else {k: b * (total[k] + euler[k]) for k in fields}
         return total
@@ -408,15 +414,20 @@ def make_stepper(name: str, scheme: str = "ssprk3", tolerance: float = 1e-3) -> 
     return STEPPERS[name](tolerance=tolerance)
 
 
-def advance_fields(stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps) -> Fields:
+def advance_fields(
+    stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps, compensated: bool = True
+) -> Fields:
     """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`).
 
     In float32, a stepper that forms its step as an increment has it added with compensated
-    (Kahan) summation: increments below half an ulp of the state would otherwise be lost, and
-    lost systematically (peaks lose their negative increments), breaking conservation."""
+    (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
+    would otherwise be lost, and lost systematically (peaks lose their negative increments),
+    breaking conservation. It costs a second state-sized array of memory traffic per step."""
     prepared = stepper.prepare(model, dt)
-    compensate = hasattr(stepper, "increment") and any(
-        v.dtype == jnp.float32 for v in fields.values()
+    compensate = (
+        compensated
+        and hasattr(stepper, "increment")
+        and any(v.dtype == jnp.float32 for v in fields.values())
     )
     if not compensate:
 

@@ -1,0 +1,129 @@
+"""Wall time to simulate the 3D seed scenarios to their end with each stepper, and the error of
+each against a fine explicit reference run: the choice of stepper as a measured trade-off.
+
+    python benchmarks/bench_time_to_solution.py [--quick] [--size 128] [--end "24 h"]
+        [--configs infection_resolution_3d il2_therapy_3d autoimmune_3d]
+        [--steppers explicit imex quasi_steady]
+
+Each run advances in the config's output intervals (dt = "auto" re-evaluated at each, as
+`ilsim run` does) without writing files. `--size N` coarsens the 128^3 grid to N^3 over the
+same tissue (the spacing scaled by 128 / N), for machines that cannot afford 128^3. The
+reference is explicit ssprk3 in float64 at half the stable step; the error of a run is the
+largest over fields of ||u - u_ref||_2 / ||u_ref||_2 at the end. Wall times include
+compilation, which is also given alone. Writes
+benchmarks/results/time_to_solution-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import engine
+from engine.run import output_times
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+RESULTS = Path(__file__).parent / "results"
+REFERENCE = dict(stepper="explicit", scheme="ssprk3", dtype="float64", safety=0.5)
+
+
+def device_name() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform}-{device.device_kind}".replace(" ", "_")
+
+
+def scenario(name: str, size: int, end: str | None) -> engine.Config:
+    """A seed scenario, coarsened to size^3 over the same volume, ending at `end`."""
+    base = engine.load_config(CONFIGS / f"{name}.toml")
+    overrides = {}
+    if size != base.grid.shape[0]:
+        factor = base.grid.shape[0] / size
+        overrides["grid.shape"] = [size] * base.grid.ndim
+        overrides["grid.spacing"] = [f"{s * factor} um" for s in base.grid.spacing]
+    if end is not None:
+        overrides["time.end"] = end
+    return engine.load_config(CONFIGS / f"{name}.toml", overrides)
+
+
+def solve(cfg: engine.Config, **options) -> tuple[dict[str, np.ndarray], dict]:
+    """The fields at the config's end and the run's timings (s): total wall time, the
+    compilation alone (of the first interval's loop) and the number of steps."""
+    start = time.perf_counter()
+    sim = engine.Simulation(cfg, **options)
+    state = sim.initial_state()
+    compile_s = sim.compile_stats(state)["compile_s"]
+    for t in output_times(cfg.time.end, cfg.time.output_every)[1:]:
+        state = sim.advance(state, t)
+    fields = jax.block_until_ready(state.fields)
+    wall = time.perf_counter() - start
+    return {k: np.asarray(v, np.float64) for k, v in fields.items()}, dict(
+        wall_s=wall, compile_s=compile_s, steps=state.step
+    )
+
+
+def relative_error(fields: dict, reference: dict) -> dict[str, float]:
+    return {
+        name: float(np.linalg.norm(fields[name] - ref) / max(np.linalg.norm(ref), 1e-300))
+        for name, ref in reference.items()
+    }
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["infection_resolution_3d", "il2_therapy_3d", "autoimmune_3d"],
+    )
+    parser.add_argument("--steppers", nargs="+", default=["explicit", "imex", "quasi_steady"])
+    parser.add_argument("--size", type=int, default=128, help="voxels per axis (128: as seeded)")
+    parser.add_argument("--end", default=None, help='simulated time, e.g. "24 h" (default: config)')
+    parser.add_argument("--quick", action="store_true", help="16^3 for 2 simulated hours")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.end = 16, "2 h"
+    name = device_name()
+    print(f"device: {name}; jax {jax.__version__}; {args.size}^3, end {args.end or 'as config'}")
+    print(
+        f"{'scenario':>24} {'stepper':>13} {'wall s':>8} {'compile':>8} {'steps':>8} {'error':>9}"
+    )
+    rows = []
+    for config in args.configs:
+        cfg = scenario(config, args.size, args.end)
+        reference, timing = solve(cfg, **REFERENCE)
+        row = dict(scenario=config, stepper="reference", error=0.0, **timing)
+        rows.append(row)
+        print(
+            f"{config:>24} {'reference':>13} {timing['wall_s']:>8.1f} "
+            f"{timing['compile_s']:>7.1f}s {timing['steps']:>8}",
+            flush=True,
+        )
+        for stepper in args.steppers:
+            fields, timing = solve(cfg, stepper=stepper, dtype="float32")
+            errors = relative_error(fields, reference)
+            worst = max(errors.values())
+            rows.append(
+                dict(scenario=config, stepper=stepper, error=worst, errors=errors, **timing)
+            )
+            print(
+                f"{config:>24} {stepper:>13} {timing['wall_s']:>8.1f} "
+                f"{timing['compile_s']:>7.1f}s {timing['steps']:>8} {worst:>9.2e}",
+                flush=True,
+            )
+    output = args.output or RESULTS / f"time_to_solution-{name}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    end = args.end or "as config"
+    result = dict(device=name, jax=jax.__version__, size=args.size, end=end, rows=rows)
+    output.write_text(json.dumps(result, indent=1, default=float))
+    print(f"wrote {output}")
+    return output
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The benchmarks run end to end on a tiny matrix, so that they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+
+import bench_solver  # noqa: E402
+
+
+def test_bench_solver_quick_writes_every_case(tmp_path, capsys):
+    output = tmp_path / "solver.json"
+    bench_solver.main(
+        ["--quick", "--grids", "16^2", "8^3", "--fields", "2", "--output", str(output)]
+    )
+    result = json.loads(output.read_text())
+    rows = result["rows"]
+    assert {(r["grid"], r["stepper"]) for r in rows} == {
+        (grid, stepper) for grid in ("16^2", "8^3") for stepper in bench_solver.STEPPERS
+    }
+    for r in rows:
+        assert r["seconds"] > 0 and r["compile_s"] > 0 and r["numpy_s"] > 0
+        assert r["updates_per_s"] == pytest.approx(r["voxels"] * 2 / r["seconds"])
+    assert result["copy_bandwidth"] > 0
+    assert output.with_suffix(".png").stat().st_size > 0
+    assert "euler-compensated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, shape", [("256^3", (256,) * 3), ("64x32", (64, 32))])
+def test_grid_labels_round_trip(text, shape):
+    assert bench_solver.parse_grid(text) == shape
+    assert bench_solver.grid_label(shape) == text
+
+
+def test_time_to_solution_runs_and_measures_error(tmp_path):
+    import bench_time_to_solution
+
+    output = tmp_path / "tts.json"
+    argv = ["--configs", "il2_therapy_3d", "--steppers", "imex", "--size", "8", "--end", "20 min"]
+    bench_time_to_solution.main([*argv, "--output", str(output)])
+    rows = json.loads(output.read_text())["rows"]
+    assert [r["stepper"] for r in rows] == ["reference", "imex"]
+    assert all(r["wall_s"] > r["compile_s"] > 0 and r["steps"] > 0 for r in rows)
+    assert 0 < rows[1]["error"] < 0.05  # imex against the fine explicit reference
