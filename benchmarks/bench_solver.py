@@ -75,12 +75,13 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def copy_bandwidth(repeats: int) -> float:
-    """Bytes/s of the device copying a 512 MiB array (read + write), synchronised."""
-    source = jax.numpy.ones(2**27, jax.numpy.float32)
-    copy = jax.jit(lambda x: x + 0)  # a fresh output buffer each call: a pure copy
-    seconds = median_seconds(lambda: copy(source).block_until_ready(), repeats)
-    return 2 * source.nbytes / seconds
+def copy_bandwidth(repeats: int, passes: int = 10) -> float:
+    """Bytes/s of the device streaming a 256 MiB array through memory (read + write) in a
+    device loop, as a stepper does: buffers are reused, not allocated per pass."""
+    source = jax.numpy.ones(2**26, jax.numpy.float32)
+    stream = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda i, y: y + 1, x))
+    seconds = median_seconds(lambda: stream(source).block_until_ready(), repeats)
+    return 2 * source.nbytes * passes / seconds
 
 
 def chain_model(shape: tuple[int, ...], n_fields: int) -> engine.Model:

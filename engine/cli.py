@@ -38,13 +38,31 @@ def _select_backend(backend: str | None) -> None:
 
 def _simulation(args):
     cfg = load_config(args.config, overrides=_overrides(args.set))
-    return engine.Simulation(cfg)
+    devices = getattr(args, "devices", None)
+    if cfg.parallel.distributed:
+        from engine.parallel import initialize_distributed
+
+        initialize_distributed()
+    return engine.Simulation(cfg, devices=devices)
+
+
+def _select_devices(devices: int | None) -> None:
+    """--devices N: where the run falls back to the CPU, it is split into N devices (this
+    touches only the CPU backend, so it is harmless where accelerators run)."""
+    if devices is None:
+        return
+    if devices < 1:
+        raise ValueError(f"--devices {devices}: must be >= 1")
+    from engine.parallel import use_cpu_devices
+
+    use_cpu_devices(devices)
 
 
 def _run(args) -> int:
     from engine.run import run
 
     _select_backend(args.backend)
+    _select_devices(args.devices)
     output = Path(args.output) if args.output else Path(Path(args.config).stem + ".h5")
     path = run(
         _simulation(args), output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet
@@ -438,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='override a config key, e.g. --set time.end="2 h"',
     )
     run.add_argument("--backend", choices=("cpu", "gpu"))
+    run.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="split the fields over N devices (the [parallel] mesh, or slabs); "
+        "on a CPU-only machine the CPU is split into N devices",
+    )
     run.add_argument("--resume", action="store_true", help="continue from the file's checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")

@@ -882,6 +882,15 @@ Source = Annotated[Union[PointSource, RegionSource], Field(discriminator="type")
 SOURCE_TYPES = ("point", "region")
 
 
+class ParallelConfig(_Model):
+    """Domain decomposition over devices: mesh = "auto" (every device, slabs where they fit)
+    or devices per leading grid axis ([2, 2]: z over 2, y over 2 in 3D); absent: one device.
+    distributed = true joins a multi-process run (engine.parallel.initialize_distributed)."""
+
+    mesh: Literal["auto"] | tuple[Annotated[int, _int(ge=1)], ...] | None = None
+    distributed: Annotated[bool, BeforeValidator(_boolean)] = False
+
+
 class OutputConfig(_Model):
     """Fields written (None: all), compression, checkpoint interval (s)."""
 
@@ -928,6 +937,7 @@ class Config(_Model):
     terms: list[Term] = []
     sources: list[Source] = []
     output: OutputConfig = Field(default_factory=OutputConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
 
     @classmethod
     def _normalize(cls, data):

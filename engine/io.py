@@ -66,6 +66,7 @@ import h5py
 import numpy as np
 
 from engine.grid import Grid
+from engine.parallel import host_parts
 from engine.units import MOLECULES_PER_UM3_PER_NM
 
 FORMAT_NAME = "ilsim"
@@ -196,12 +197,29 @@ def _check_format(f: h5py.File, path) -> None:
         )
 
 
-def _summaries(info: FieldInfo, values: np.ndarray, grid: Grid) -> tuple[float, float]:
-    """(domain integral, maximum) of one frame, in float64."""
-    total = float(np.sum(values, dtype=np.float64)) * grid.voxel_volume
+def _summaries(info: FieldInfo, parts: list, grid: Grid) -> tuple[float, float]:
+    """(domain integral, maximum) of one frame from its blocks, in float64."""
+    total = sum(float(np.sum(v, dtype=np.float64)) for _, v in parts) * grid.voxel_volume
     if info.kind == "species":
         total *= MOLECULES_PER_UM3_PER_NM
-    return total, float(np.max(values)) if values.size else math.nan
+    maxima = [float(np.max(v)) for _, v in parts if v.size]
+    return total, max(maxima) if maxima else math.nan
+
+
+def _parts_shape(parts) -> tuple[int, ...]:
+    """The global shape that (index, block) pairs cover."""
+    if len(parts) == 1:
+        return parts[0][1].shape
+    ndim = parts[0][1].ndim
+    return tuple(max(index[a].stop for index, _ in parts) for a in range(ndim))
+
+
+def as_parts(value) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """A field as (index, block) pairs: kept when already so (from `parallel.host_parts`),
+    else the blocks of a (possibly sharded) array this process holds."""
+    if isinstance(value, list):
+        return value
+    return host_parts(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,20 +472,22 @@ class OutputWriter:
         # everything is checked and converted before the file changes
         values, stats = {}, {}
         for info in self.fields:
-            array = np.asarray(fields[info.name])
-            if array.shape != self.grid.shape:
+            parts = as_parts(fields[info.name])
+            shape = _parts_shape(parts)
+            if shape != self.grid.shape:
                 raise ValueError(
-                    f"write_frame: field {info.name!r} has shape {array.shape}, the grid "
+                    f"write_frame: field {info.name!r} has shape {shape}, the grid "
                     f"{self.grid.shape}"
                 )
-            array = array.astype(self.dtype, copy=False)
-            values[info.name] = array
-            stats[info.name] = _summaries(info, array, self.grid)
+            parts = [(index, v.astype(self.dtype, copy=False)) for index, v in parts]
+            values[info.name] = parts
+            stats[info.name] = _summaries(info, parts, self.grid)
         n = self._n_frames
         for info in self.fields:
             data = f["fields"][info.name]
             data.resize(n + 1, axis=0)
-            data[n] = values[info.name]
+            for index, block in values[info.name]:
+                data[(n, *index)] = block
             for stat, value in zip(("total", "max"), stats[info.name]):
                 series = f["summary"][f"{info.name}_{stat}"]
                 series.resize(n + 1, axis=0)
@@ -485,13 +505,15 @@ class OutputWriter:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
         step size in use (None: NaN in the file). Flushed, and the XDMF sidecar refreshed."""
         f = self._require_open()
-        arrays = {name: np.asarray(value) for name, value in fields.items()}
+        arrays = {name: as_parts(value) for name, value in fields.items()}
+        shapes = {name: _parts_shape(parts) for name, parts in arrays.items()}
+        dtypes = {name: parts[0][1].dtype for name, parts in arrays.items()}
         group = f.get("checkpoint")
         reusable = group is not None and set(group.keys()) == set(arrays)
         if reusable:
-            for name, array in arrays.items():
+            for name in arrays:
                 data = group[name]
-                if data.shape != array.shape or data.dtype != array.dtype:
+                if data.shape != shapes[name] or data.dtype != dtypes[name]:
                     reusable = False
                     break
         if not reusable:
@@ -499,17 +521,18 @@ class OutputWriter:
                 del f["checkpoint"]
             group = f.create_group("checkpoint", track_order=True)
             group.attrs["complete"] = 0
-            for name, array in arrays.items():
-                if array.ndim and array.size:
-                    group.create_dataset(
-                        name, data=array, chunks=frame_chunks(array.shape), **self._compression
-                    )
-                else:
-                    group.create_dataset(name, data=array)
-        else:
-            group.attrs["complete"] = 0  # overwritten in place: no growth, marked meanwhile
-            for name, array in arrays.items():
-                group[name][...] = array
+            for name, shape in shapes.items():
+                chunked = dict(chunks=frame_chunks(shape), **self._compression)
+                group.create_dataset(
+                    name,
+                    shape=shape,
+                    dtype=dtypes[name],
+                    **(chunked if shape and math.prod(shape) else {}),
+                )
+        group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
+        for name, parts in arrays.items():
+            for index, block in parts:
+                group[name][index] = block
         group.attrs["time"] = float(t)
         group.attrs["step"] = int(step)
         group.attrs["dt"] = math.nan if dt is None else float(dt)

@@ -25,6 +25,7 @@ import engine
 from engine.config import dump_toml
 from engine.io import FieldInfo, OutputWriter, read_checkpoint
 from engine.model import Species
+from engine.parallel import host_parts
 from engine.simulation import Simulation, State
 
 
@@ -59,9 +60,9 @@ def _field_infos(sim: Simulation, names) -> list[FieldInfo]:
     ]
 
 
-def _check_finite(fields: dict[str, np.ndarray], t: float) -> None:
-    for name, value in fields.items():
-        if not np.all(np.isfinite(value)):
+def _check_finite(fields: dict[str, list], t: float) -> None:
+    for name, parts in fields.items():
+        if not all(np.all(np.isfinite(block)) for _, block in parts):
             raise Diverged(
                 f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "
                 'time.dt = "auto", or another time.stepper (imex, quasi_steady)'
@@ -137,7 +138,7 @@ def run(
         _truncate_after(output, t)
         state = State(
             t=t,
-            fields={k: jax.numpy.asarray(v, sim.dtype) for k, v in fields.items()},
+            fields=sim.place({k: np.asarray(v, sim.dtype) for k, v in fields.items()}),
             step=step,
             dt=dt,
         )
@@ -173,7 +174,8 @@ def run(
     try:
         with _stop_requests() as stop:
             while True:
-                host = jax.device_get(state.fields)  # waits for this chunk only
+                # this chunk's blocks, copied to host memory shard by shard (waits for it only)
+                host = {name: host_parts(value) for name, value in state.fields.items()}
                 # dispatch the next chunk before writing: the device computes while the host
                 # compresses and writes (the input buffers are donated, the copy is ours)
                 following = sim.advance(state, targets.pop(0)) if targets and not stop else None

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine import parallel
 from engine.build import build_model
 from engine.config import Config
 from engine.model import Fields, Model, reaction_terms
@@ -53,6 +54,7 @@ def time_options(cfg: Config) -> dict:
         tolerance=t.tolerance,
         adaptive=t.adaptive,
         compensated=t.compensated,
+        mesh=cfg.parallel.mesh,
     )
 
 
@@ -77,6 +79,9 @@ class Simulation:
         compensated: add float32 explicit steps with compensated (Kahan) summation, which
             conserves the total to rounding over any number of steps at about twice the
             memory traffic per step; False trades that for speed (float64 never needs it).
+        mesh: split the fields over devices: None (one device), "auto", or devices per
+            leading grid axis ([2, 2]); see `engine.parallel`.
+        devices: how many devices to use (default: all for "auto", one without a mesh).
     """
 
     def __init__(self, model: Model | Config, **options):
@@ -99,6 +104,8 @@ class Simulation:
         adaptive: bool = False,
         max_steps: int = 10_000_000,
         compensated: bool = True,
+        mesh=None,
+        devices: int | None = None,
     ):
         number = isinstance(dt, int | float) and not isinstance(dt, bool)
         if not (dt == "auto" or (number and math.isfinite(dt) and dt > 0)):
@@ -106,7 +113,9 @@ class Simulation:
         if not 0 < safety <= 1:
             raise ValueError(f"time.safety: must be in (0, 1], got {safety}")
         self.dtype = enable_dtype(dtype)
-        self.model = model.cast(self.dtype)
+        self.mesh = parallel.device_mesh(mesh, model.grid.shape, devices)
+        self._grid_shape = tuple(model.grid.shape)
+        self.model = self.place(model.cast(self.dtype))
         if not 0 < tolerance < 1:
             raise ValueError(f"time.tolerance: must be in (0, 1), got {tolerance}")
         self.stepper = make_stepper(stepper, scheme, tolerance)
@@ -122,9 +131,22 @@ class Simulation:
         self._stable_dt = jax.jit(self.stepper.stable_dt)
         self._advance_adaptive = jax.jit(self._adaptive_traced, donate_argnums=1)
 
+    def place(self, tree):
+        """`tree` (fields, a model) on this simulation's devices: grid-shaped arrays split
+        over the mesh, the rest replicated; unchanged on one device."""
+        return parallel.place(tree, self.mesh, self._grid_shape)
+
+    def _keep_layout(self, fields: Fields) -> Fields:
+        """Pin the fields' blocks to the mesh, so that every chunk returns them as it got them."""
+        if self.mesh is None:
+            return fields
+        blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        return {k: jax.lax.with_sharding_constraint(v, blocks) for k, v in fields.items()}
+
     def _advance_traced(self, model, fields, t0, dt, n_steps):
         self.trace_count += 1  # runs only while tracing: counts compilations
-        return advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
+        fields = advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
+        return self._keep_layout(fields)
 
     def _adaptive_traced(self, model, fields, t0, t_end, dt):
         self.trace_count += 1
@@ -133,7 +155,12 @@ class Simulation:
         )
 
     def initial_state(self) -> State:
-        return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+        if self.mesh is None:
+            return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+        # made in place on the devices: no device ever holds a whole field
+        blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        make = jax.jit(lambda model: model.initial_fields(self.dtype), out_shardings=blocks)
+        return State(t=0.0, fields=make(self.model))
 
     def run(self, output, **options):
         """The CLI's run of a config-built simulation, writing frames and checkpoints to

@@ -31,11 +31,18 @@ def solve_shifted(shift, scale, rhs, D_faces, grid: Grid, boundary: Boundary, x0
         return shift * x - scale * linear
 
     diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
+    b = rhs + scale * affine
+    # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
+    # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
+    # out of reach in rounding, and CG would break down (0/0) trying
+    floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
+    start = jnp.linalg.norm(b - matvec(x0))
     x, _ = cg(
         matvec,
-        rhs + scale * affine,
+        b,
         x0=x0,
         tol=tolerance(rhs.dtype),
+        atol=tolerance(rhs.dtype) * start + floor,
         maxiter=maxiter,
         M=lambda r: r / diagonal,
     )

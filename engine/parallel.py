@@ -1,0 +1,143 @@
+"""Domain decomposition over devices with JAX's own SPMD machinery.
+
+Fields are split into blocks over a device mesh laid on the leading grid axes (`mesh = [2, 2]`
+splits z over 2 and y over 2 devices in 3D). Every stepper runs unchanged on sharded fields:
+XLA's GSPMD partitioner turns the stencil's neighbour slices into halo exchanges between
+neighbouring devices, the conjugate-gradient dot products into all-reduces and the spectral
+transforms into all-to-all transposes. Output is written shard by shard (`host_parts`), so no
+process holds more than its own devices' blocks of a field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("shard_0", "shard_1", "shard_2")
+"""Names of the mesh axes, laid on grid axes 0, 1, 2 (z, y, x in 3D)."""
+
+
+def use_cpu_devices(count: int) -> None:
+    """Split the host CPU into `count` JAX devices (for --devices N without accelerators).
+    Takes effect only before JAX first starts its backends."""
+    jax.config.update("jax_num_cpu_devices", int(count))
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run (one process per host or per GPU): JAX reads the coordinator,
+    process count and id from the cluster environment (SLURM, Open MPI) or from
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        jax.distributed.initialize(
+            coordinator_address=address,
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    else:
+        jax.distributed.initialize()
+
+
+def auto_mesh_shape(grid_shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
+    """Devices per leading grid axis for `n_devices`: slabs along the first axis when they
+    stay at least 4 voxels thick, else (3D) the most even split over the first two axes,
+    else any slabs. The last grid axis is never split (see `device_mesh`)."""
+    if n_devices == 1:
+        return (1,)
+    slabs = len(grid_shape) > 1 and grid_shape[0] % n_devices == 0
+    if slabs and grid_shape[0] // n_devices >= 4:
+        return (n_devices,)
+    if len(grid_shape) > 2:
+        for first in sorted(
+            (d for d in range(1, n_devices + 1) if n_devices % d == 0),
+            key=lambda d: abs(d - math.sqrt(n_devices)),
+        ):
+            second = n_devices // first
+            if grid_shape[0] % first == 0 and grid_shape[1] % second == 0:
+                return (first, second)
+    if slabs:
+        return (n_devices,)
+    raise ValueError(
+        f"parallel.mesh: cannot split a {'x'.join(map(str, grid_shape))} grid evenly over "
+        f"{n_devices} devices; give parallel.mesh explicitly or use another device count"
+    )
+
+
+def device_mesh(spec, grid_shape: Sequence[int], devices: int | None = None) -> Mesh | None:
+    """The mesh for a `[parallel]` mesh spec: None (one device), "auto" or devices per leading
+    grid axis. `devices` caps the devices used ("auto" uses them all).
+
+    The last grid axis is never split: its rows stay contiguous, and the spectral transforms
+    always have an axis to work along locally (XLA's CPU FFT fails on a field split along
+    every axis, and a distributed FFT would need an all-to-all per transformed axis)."""
+    available = jax.devices()
+    if devices is not None and devices > len(available):
+        raise ValueError(
+            f"--devices {devices}: only {len(available)} {available[0].platform} device(s) here"
+        )
+    if spec is None and devices in (None, 1):
+        return None
+    if spec is None or spec == "auto":
+        spec = auto_mesh_shape(grid_shape, devices or len(available))
+    spec = tuple(int(n) for n in spec)
+    if len(spec) >= len(grid_shape):
+        raise ValueError(
+            f"parallel.mesh: {len(spec)} mesh axes for a {len(grid_shape)}D grid; give at most "
+            f"{len(grid_shape) - 1} (the last grid axis stays whole)"
+        )
+    if any(n < 1 for n in spec):
+        raise ValueError(f"parallel.mesh: devices per axis must be >= 1, got {list(spec)}")
+    count = math.prod(spec)
+    if count > len(available) or (devices is not None and count != devices):
+        have = devices if devices is not None else len(available)
+        raise ValueError(
+            f"parallel.mesh: {list(spec)} needs {count} devices, {have} given; "
+            'change the mesh or --devices (mesh = "auto" fits any count)'
+        )
+    for axis, (n, size) in enumerate(zip(spec, grid_shape)):
+        if size % n:
+            raise ValueError(
+                f"parallel.mesh: grid axis {axis} has {size} voxels, not divisible into {n} "
+                "blocks; choose a mesh that divides the grid"
+            )
+    return Mesh(np.asarray(available[:count]).reshape(spec), MESH_AXES[: len(spec)])
+
+
+def field_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Blocks of a grid-shaped array over the mesh (the trailing grid axes stay whole)."""
+    names = mesh.axis_names
+    return NamedSharding(mesh, PartitionSpec(*names, *([None] * (ndim - len(names)))))
+
+
+def place(tree, mesh: Mesh | None, grid_shape: Sequence[int]):
+    """`tree` with every grid-shaped array split over the mesh and everything else replicated
+    (unchanged without a mesh)."""
+    if mesh is None:
+        return tree
+    blocks = field_sharding(mesh, len(grid_shape))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        shape = getattr(x, "shape", ())
+        return jax.device_put(x, blocks if tuple(shape) == tuple(grid_shape) else replicated)
+
+    return jax.tree.map(put, tree)
+
+
+def host_parts(array) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """(index into the global array, values) of the blocks this process holds, each copied to
+    host memory once: one per device shard of a sharded array, the whole of anything else."""
+    shards = getattr(array, "addressable_shards", None)
+    if shards is None or len(shards) <= 1:
+        whole = np.asarray(array)
+        return [(tuple(slice(0, n) for n in whole.shape), whole)]
+    return [
+        (tuple(slice(*i.indices(n)) for i, n in zip(s.index, array.shape)), np.asarray(s.data))
+        for s in shards
+        if s.replica_id == 0
+    ]
