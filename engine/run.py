@@ -118,6 +118,11 @@ def run(
     if cfg is None:
         raise RunError("run: the simulation needs a config (engine.Simulation(load_config(...)))")
     output = Path(output)
+    if jax.process_count() > 1:
+        raise RunError(
+            "run: writing output from a multi-process run is not supported yet; run on one "
+            "host (all its devices), or drive engine.Simulation yourself"
+        )
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other")
     if output.exists() and not (resume or overwrite):

@@ -47,3 +47,20 @@ def test_time_to_solution_runs_and_measures_error(tmp_path):
     assert [r["stepper"] for r in rows] == ["reference", "imex"]
     assert all(r["wall_s"] > r["compile_s"] > 0 and r["steps"] > 0 for r in rows)
     assert 0 < rows[1]["error"] < 0.05  # imex against the fine explicit reference
+
+
+def test_scaling_benchmark_measures_sharded_and_isolated_blocks(tmp_path):
+    import bench_scaling
+
+    output = tmp_path / "scaling.json"
+    argv = ["--devices", "1", "2", "--size", "8", "--steps", "2", "--repeats", "1"]
+    bench_scaling.main([*argv, "--cpu-devices", "--output", str(output)])
+    rows = json.loads(output.read_text())["rows"]
+    assert [(r["scaling"], r["devices"]) for r in rows] == [
+        ("strong", 1),
+        ("weak", 1),
+        ("strong", 2),
+        ("weak", 2),
+    ]
+    assert rows[3]["shape"] == [16, 8, 8]
+    assert all(r["seconds"] > 0 and 0 <= r["communication_share"] < 1 for r in rows)
