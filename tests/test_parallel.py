@@ -56,48 +56,61 @@ def model(shape, dirichlet):
     return engine.Model(grid, species=(il2, il10), populations=(cells,), terms=terms)
 
 result = {}
-for shape, meshes in [((32, 24), [[4], [2], [8], [1]]),
-                      ((16, 16, 8), [[4], [2, 2], [8], [4, 2]])]:
-    for stepper, dtype in [(s, d) for s in ["explicit", "imex", "quasi_steady"]
-                           for d in ["float32", "float64"]]:
-        for dirichlet in (False, True):
-            m = model(shape, dirichlet)
-            single = engine.Simulation(m, stepper=stepper, dtype=dtype)
-            dt = 20.0 if stepper != "explicit" else single.time_step(single.initial_state())
-            reference = single.advance_steps(single.initial_state().fields, 0.0, dt, 5)
-            reference = {k: np.asarray(v) for k, v in reference.items()}
-            for mesh in meshes:
-                sim = engine.Simulation(m, stepper=stepper, mesh=mesh, dtype=dtype)
-                fields = sim.advance_steps(sim.initial_state().fields, 0.0, dt, 5)
-                blocks = [len(v.sharding.device_set) for v in fields.values()]
-                diff = max(
-                    float(np.max(np.abs(np.asarray(v) - ref)) / np.max(np.abs(ref)))
-                    for k, v in fields.items()
-                    for ref in [reference[k]]
-                )
-                faces = 'dirichlet' if dirichlet else 'neumann'
-                key = f"{len(shape)}D {stepper} {dtype} {faces} {mesh}"
-                result[key] = dict(diff=diff, devices=min(blocks))
+for shape, mesh, stepper, dtype, dirichlet in CASES:
+    m = model(tuple(shape), dirichlet)
+    single = engine.Simulation(m, stepper=stepper, dtype=dtype)
+    dt = 20.0 if stepper != "explicit" else single.time_step(single.initial_state())
+    reference = single.advance_steps(single.initial_state().fields, 0.0, dt, 5)
+    sim = engine.Simulation(m, stepper=stepper, mesh=mesh, dtype=dtype)
+    fields = sim.advance_steps(sim.initial_state().fields, 0.0, dt, 5)
+    diff = max(
+        float(np.max(np.abs(np.asarray(v) - ref)) / np.max(np.abs(ref)))
+        for k, v in fields.items()
+        for ref in [np.asarray(reference[k])]
+    )
+    faces = "dirichlet" if dirichlet else "neumann"
+    key = f"{len(shape)}D {stepper} {dtype} {faces} {mesh}"
+    result[key] = dict(diff=diff, devices=min(len(v.sharding.device_set) for v in fields.values()))
 """
 
 
-@pytest.fixture(scope="module")
-def sharded_runs(tmp_path_factory):
-    return run_child(SHARDED_STEPPERS, tmp_path_factory.mktemp("sharded"))
+STEPPERS = ("explicit", "imex", "quasi_steady")
+FAST_CASES = [  # every stepper split over 8 devices in 3D (CG faces) and over 4 in 2D (spectral)
+    *[((16, 16, 8), [4, 2], s, "float32", True) for s in STEPPERS],
+    *[((32, 24), [4], s, "float64", False) for s in STEPPERS],
+]
+ALL_CASES = [
+    (shape, mesh, s, dtype, dirichlet)
+    for shape, meshes in [((32, 24), [[4], [8]]), ((16, 16, 8), [[2, 2], [4, 2]])]
+    for mesh in meshes
+    for s in STEPPERS
+    for dtype in ("float32", "float64")
+    for dirichlet in (False, True)
+]
 
 
-def test_sharded_runs_of_every_stepper_equal_single_device_runs(sharded_runs):
+def check_sharded_runs(cases, tmp_path):
     """float64 shows the partitioning itself exact (differences of 1e-14 are reduction
     order); float32 keeps explicit and quasi_steady within 1e-6. imex in float32 measured up
     to 2.5e-6: its transforms and CG dot products sum in another order across shards, and the
     float32 rounding of those sums (1e-7 each) is carried by 5 solves."""
-    assert len(sharded_runs) == 2 * 3 * 2 * 2 * 4
-    for case, outcome in sharded_runs.items():
+    runs = run_child(f"CASES = {cases!r}\n" + SHARDED_STEPPERS, tmp_path)
+    assert len(runs) == len(cases)
+    for case, outcome in runs.items():
         _, stepper, dtype, _, mesh = case.split(" ", 4)
         mesh = json.loads(mesh)
         assert outcome["devices"] == int(np.prod(mesh)), case  # really split
         bound = 1e-12 if dtype == "float64" else 5e-6 if stepper == "imex" else 1e-6
         assert outcome["diff"] <= bound, f"{case}: relative difference {outcome['diff']:.2e}"
+
+
+def test_sharded_runs_of_every_stepper_equal_single_device_runs(tmp_path):
+    check_sharded_runs(FAST_CASES, tmp_path)
+
+
+@pytest.mark.slow
+def test_sharded_runs_equal_single_device_runs_over_meshes_dtypes_and_faces(tmp_path):
+    check_sharded_runs(ALL_CASES, tmp_path)
 
 
 CHECKPOINT_RESUME = """
@@ -107,7 +120,7 @@ from engine.io import open_output
 
 config = {
     "grid": {"shape": [16, 16, 8], "spacing": "10 um"},
-    "time": {"end": "20 min", "output_every": "10 min", "stepper": "imex", "dtype": "float64"},
+    "time": {"end": "6 min", "output_every": "3 min", "stepper": "imex", "dtype": "float64"},
     "species": {"IL2": {"diffusion": "100 um^2/s", "decay": "1e-3 1/s"}},
     "populations": {"T": {"motility": "1 um^2/s", "initial": 1e-4}},
     "regions": {"core": {"sphere": {"center": ["80 um", "80 um", "40 um"], "radius": "30 um"}}},
@@ -116,7 +129,7 @@ config = {
                "receptors": 1e3}],
     "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "1 nM/s"}],
 }
-longer = {**config, "time": {**config["time"], "end": "40 min"}}
+longer = {**config, "time": {**config["time"], "end": "12 min"}}
 first = run(engine.Simulation(engine.load_config(config), devices=4), "four.h5", quiet=True)
 result = {"layout": str(engine.Simulation(engine.load_config(config), devices=4).mesh.shape)}
 for devices in (1, 8):
