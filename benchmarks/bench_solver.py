@@ -205,7 +205,9 @@ def engine_case(shape, n_fields: int, dtype: str, stepper: str, steps: int, repe
     return dict(seconds=seconds, dt=dt, **stats)
 
 
-def run_matrix(args, bandwidth: float, numba_kernels) -> list[dict]:
+def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
+    """Every case of the matrix; `save(rows)` after each, so that a long run stopped early
+    keeps what it measured."""
     rows = []
     for dtype in args.dtypes:
         for text in args.grids:
@@ -230,6 +232,7 @@ def run_matrix(args, bandwidth: float, numba_kernels) -> list[dict]:
                     if "euler" in args.steppers:
                         row["euler_steps"] = case["seconds"] / euler_seconds
                     rows.append(row)
+                    save(rows)
                     print(format_row(row), flush=True)
     return rows
 
@@ -327,11 +330,14 @@ def main(argv=None) -> Path:
     bandwidth = copy_bandwidth(args.repeats)
     print(f"device: {name}; jax {jax.__version__}; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     print(HEADER)
-    rows = run_matrix(args, bandwidth, numba_kernels)
     output = args.output or RESULTS / f"bench_solver-{name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    result = dict(device=name, jax=jax.__version__, copy_bandwidth=bandwidth, rows=rows)
-    output.write_text(json.dumps(result, indent=1))
+
+    def save(rows):
+        result = dict(device=name, jax=jax.__version__, copy_bandwidth=bandwidth, rows=rows)
+        output.write_text(json.dumps(result, indent=1))
+
+    rows = run_matrix(args, bandwidth, numba_kernels, save)
     plot(rows, name, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
     return output
