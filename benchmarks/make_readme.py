@@ -125,8 +125,7 @@ def implicit_section(path: Path) -> list[str]:
     lines = [
         f"### Cost of one implicit step: `{result['device']}` ({path.name})",
         "",
-        "imex at 50x the explicit limit, one field, float32; the unit is one explicit ssprk3 "
-        "step.",
+        "imex at 50x the explicit limit, one field, float32; the unit is one explicit ssprk3 step.",
         "",
     ]
     rows = [
