@@ -882,12 +882,27 @@ Source = Annotated[Union[PointSource, RegionSource], Field(discriminator="type")
 SOURCE_TYPES = ("point", "region")
 
 
+def _mesh(value: Any):
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    counts = value if isinstance(value, list | tuple) else None
+    if not counts or not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        raise _fail(
+            f'expected "auto" or devices per leading grid axis, got {_show(value)}; e.g. [2, 2]'
+        )
+    if any(n < 1 for n in counts):
+        raise _fail(f"devices per axis must be >= 1, got {list(counts)}; e.g. [2, 2]")
+    return tuple(counts)
+
+
 class ParallelConfig(_Model):
     """Domain decomposition over devices: mesh = "auto" (every device, slabs where they fit)
     or devices per leading grid axis ([2, 2]: z over 2, y over 2 in 3D); absent: one device.
     distributed = true joins a multi-process run (engine.parallel.initialize_distributed)."""
 
-    mesh: Literal["auto"] | tuple[Annotated[int, _int(ge=1)], ...] | None = None
+    mesh: Annotated[Literal["auto"] | tuple[int, ...] | None, BeforeValidator(_mesh)] = None
     distributed: Annotated[bool, BeforeValidator(_boolean)] = False
 
 

@@ -959,3 +959,26 @@ def test_dict_paths_resolve_against_the_working_directory(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(base(), overrides={"regions.mask.file": "mask.npy"})
     assert cfg.regions["mask"].file == str(tmp_path / "mask.npy")
+
+
+@pytest.mark.parametrize(
+    "mesh, message",
+    [
+        ([0], "parallel.mesh: devices per axis must be >= 1, got [0]"),
+        ("x", "parallel.mesh: expected \"auto\" or devices per leading grid axis, got 'x'"),
+        ([2, True], "parallel.mesh: expected \"auto\" or devices per leading grid axis"),
+    ],
+)
+def test_bad_parallel_mesh_names_the_key(mesh, message):
+    raw = base()
+    raw["parallel"] = {"mesh": mesh}
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(raw)
+
+
+@pytest.mark.parametrize("mesh, expected", [("auto", "auto"), (4, (4,)), ([2, 2], (2, 2))])
+def test_parallel_mesh_forms(mesh, expected):
+    raw = base()
+    raw["parallel"] = {"mesh": mesh}
+    assert load_config(raw).parallel.mesh == expected
+    assert load_config(base()).parallel.mesh is None
