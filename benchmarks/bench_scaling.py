@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, device_name, median_seconds
 
 
 def measure(n_devices: int, shape: tuple[int, ...], stepper: str, steps: int, repeats: int):
@@ -45,13 +43,12 @@ def measure(n_devices: int, shape: tuple[int, ...], stepper: str, steps: int, re
         return engine.Model(grid, species=(il2,))
 
     def timed(function, fields):
-        fields = jax.block_until_ready(function(fields))
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fields = jax.block_until_ready(function(fields))
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples) / steps
+        holder = {"fields": fields}
+
+        def run():  # the fields are donated: each call continues from the last
+            holder["fields"] = jax.block_until_ready(function(holder["fields"]))
+
+        return median_seconds(run, repeats) / steps
 
     options = dict(stepper=stepper, scheme="euler", compensated=False)
     mesh = (n_devices,) if n_devices > 1 else None
@@ -96,8 +93,7 @@ def child(args) -> None:
                 communication_share=max(0.0, 1 - isolated / sharded),
             )
         )
-    device = jax.devices()[0]
-    print(json.dumps(dict(device=f"{device.platform}-{device.device_kind}", rows=rows)))
+    print(json.dumps(dict(device=device_name(), rows=rows)))
 
 
 def main(argv=None) -> Path:
@@ -123,7 +119,7 @@ def main(argv=None) -> Path:
         )
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        device = result["device"].replace(" ", "_")
+        device = result["device"]
         rows += result["rows"]
     print(f"device: {device}; {args.stepper} (euler), float32, {args.size}^3 per block (weak)")
     print(

@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from common import RESULTS, device_name, median_seconds
 
 import engine
 from engine.terms import Conversion
@@ -45,7 +44,6 @@ STEPPERS = {
     "quasi_steady": dict(stepper="quasi_steady"),
 }
 EXPLICIT = ("euler", "euler-compensated", "ssprk3")
-RESULTS = Path(__file__).parent / "results"
 
 
 def parse_grid(text: str) -> tuple[int, ...]:
@@ -58,21 +56,6 @@ def parse_grid(text: str) -> tuple[int, ...]:
 
 def grid_label(shape: tuple[int, ...]) -> str:
     return f"{shape[0]}^{len(shape)}" if len(set(shape)) == 1 else "x".join(map(str, shape))
-
-
-def device_name() -> str:
-    device = jax.devices()[0]
-    return f"{device.platform}-{device.device_kind}".replace(" ", "_")
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def copy_bandwidth(repeats: int, passes: int = 10) -> float:
