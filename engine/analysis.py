@@ -630,20 +630,32 @@ def radial_profile(
         distances += np.bincount(bins, weights=r, minlength=n_bins + 1)[:n_bins]
         counts += np.bincount(bins, minlength=n_bins + 1)[:n_bins]
     keep = counts > 0
+    return _profile(
+        "radial",
+        out,
+        name,
+        view,
+        distance=distances[keep] / counts[keep],
+        values=sums[keep] / counts[keep],
+        start=tuple(float(v) for v in c),
+        counts=counts[keep],
+        bin_width=width,
+    )
+
+
+def _profile(kind: str, out, name: str, view: _View, **specific) -> Profile:
+    """A Profile of field `name` read through `view`: what every kind of profile records
+    (field, units, frame, time, grid axes, plane) plus the kind's own entries."""
     return Profile(
-        kind="radial",
+        kind=kind,
         field=name,
         units=out.units.get(name, ""),
         frame=view.index,
         time=view.time,
-        distance=distances[keep] / counts[keep],
-        values=sums[keep] / counts[keep],
         ndim=out.grid.ndim,
         axes=tuple(out.grid.axes[a] for a in view.axes),
-        start=tuple(float(v) for v in c),
-        counts=counts[keep],
         slice=view.plane,
-        bin_width=width,
+        **specific,
     )
 
 
@@ -675,20 +687,16 @@ def line_profile(
     t = np.linspace(0.0, 1.0, samples)
     points = a[None, :] + t[:, None] * (b - a)[None, :]
     values = _interpolate(view, points)
-    return Profile(
-        kind="line",
-        field=name,
-        units=out.units.get(name, ""),
-        frame=view.index,
-        time=view.time,
+    return _profile(
+        "line",
+        out,
+        name,
+        view,
         distance=t * length,
         values=values,
-        ndim=out.grid.ndim,
-        axes=tuple(out.grid.axes[a] for a in view.axes),
         start=tuple(float(v) for v in a),
         end=tuple(float(v) for v in b),
         points=points,
-        slice=view.plane,
     )
 
 

@@ -295,17 +295,7 @@ def _plot(args) -> int:
             index = analysis.frame_index(out, args.time)
             _frame_note(out, args.time, index)
             path = plots.field_map(
-                out,
-                args.field,
-                args.figure,
-                frame=index,
-                slice=args.slice,
-                log=args.log,
-                vmin=args.vmin,
-                vmax=args.vmax,
-                cmap=args.cmap,
-                size=args.size,
-                dpi=args.dpi,
+                out, args.field, args.figure, frame=index, **_image_options(args)
             )
     print(f"wrote {path}")
     return 0
@@ -397,23 +387,24 @@ def _write_profiles_csv(path, profiles) -> None:
     Path(path).write_text("\n".join(lines) + "\n")
 
 
+def _image_options(args) -> dict:
+    """The options `ilsim plot` and `ilsim movie` share: plane, colour scale, figure size."""
+    return dict(
+        slice=args.slice,
+        log=args.log,
+        vmin=args.vmin,
+        vmax=args.vmax,
+        cmap=args.cmap,
+        size=args.size,
+        dpi=args.dpi,
+    )
+
+
 def _movie(args) -> int:
     from engine import plots
 
     with _open_output(args.output) as out:
-        path = plots.movie(
-            out,
-            args.field,
-            args.movie,
-            slice=args.slice,
-            log=args.log,
-            vmin=args.vmin,
-            vmax=args.vmax,
-            fps=args.fps,
-            cmap=args.cmap,
-            size=args.size,
-            dpi=args.dpi,
-        )
+        path = plots.movie(out, args.field, args.movie, fps=args.fps, **_image_options(args))
         frames = out.n_frames
     print(f"wrote {path} ({frames} frames)")
     return 0
