@@ -19,6 +19,13 @@ Layout (format "ilsim", format_version 1)::
     /regions/<name>     uint8 masks (shape of the grid, axis scales attached)
     /checkpoint         attrs time, step, dt (NaN for None), complete; one dataset per state
                         field
+
+A sweep (`ilsim sweep`, `engine.sweep`) writes the same layout with a leading member axis:
+/fields/<name> is (n_members, n_frames, *shape), /summary/<name>_* (n_members, n_frames), the
+checkpoint fields (n_members, *shape); /member is the member index (a dimension scale) and
+/members/<key> holds each varied config key's value per member (float64, engine units; the
+root attribute `members` counts them). The XDMF sidecar names each member's field
+`<name>[k]`.
     /z, /y, /x, /<field>   soft links to /grid/<axis> and /fields/<field> (see below)
 
 Axes are C-ordered with x last. Frames are flushed as they are written (H5Fflush, default
@@ -206,6 +213,18 @@ def _summaries(info: FieldInfo, parts: list, grid: Grid) -> tuple[float, float]:
     return total, max(maxima) if maxima else math.nan
 
 
+def _member_summaries(info: FieldInfo, parts: list, grid: Grid, n_members: int):
+    """(totals, maxima) per member of one frame of a sweep, from its blocks."""
+    totals, maxima = np.zeros(n_members), np.full(n_members, -np.inf)
+    for index, values in parts:
+        rows = np.arange(n_members)[index[0]]
+        for row, member in zip(rows, values):
+            total, peak = _summaries(info, [(index[1:], member)], grid)
+            totals[row] += total
+            maxima[row] = max(maxima[row], peak)
+    return totals, maxima
+
+
 def _parts_shape(parts) -> tuple[int, ...]:
     """The global shape that (index, block) pairs cover."""
     if len(parts) == 1:
@@ -239,6 +258,8 @@ class OutputWriter:
             backend, device, dtype, stepper, config).
         regions: name -> mask of the grid's shape, stored as uint8.
         compression: "gzip" | "lzf" | "none".
+        members: for a sweep, each varied key's values per member (engine units): fields get
+            a leading member axis.
         resume: open an existing file and append after its last frame; the grid, fields
             (names, kinds, units) and dtype must match (ValueError otherwise). `created` is
             kept, the other root attributes are updated, missing regions added.
@@ -254,8 +275,12 @@ class OutputWriter:
         regions: dict[str, np.ndarray],
         compression: str = "gzip",
         resume: bool = False,
+        members: dict[str, np.ndarray] | None = None,
     ):
         self.path = Path(path)
+        self.members = {k: np.asarray(v, dtype=np.float64) for k, v in (members or {}).items()}
+        self.n_members = len(next(iter(self.members.values()))) if self.members else None
+        self._lead = () if self.n_members is None else (self.n_members,)
         self.grid = grid
         self.fields = tuple(fields)
         self.dtype = np.dtype(dtype)
@@ -320,14 +345,17 @@ class OutputWriter:
         time.attrs["long_name"] = "time"
         time.attrs["axis"] = "T"
 
+        if self.members:
+            self._write_members()
+        lead = self._lead
         fields = f.create_group("fields", track_order=True)
         summary = f.create_group("summary", track_order=True)
-        chunks = (1, *frame_chunks(grid.shape))
+        chunks = (*(1 for _ in lead), 1, *frame_chunks(grid.shape))
         for info in self.fields:
             data = fields.create_dataset(
                 info.name,
-                shape=(0, *grid.shape),
-                maxshape=(None, *grid.shape),
+                shape=(*lead, 0, *grid.shape),
+                maxshape=(*lead, None, *grid.shape),
                 dtype=self.dtype,
                 chunks=chunks,
                 **self._compression,
@@ -343,28 +371,48 @@ class OutputWriter:
             ):
                 series = summary.create_dataset(
                     f"{info.name}_{stat}",
-                    shape=(0,),
-                    maxshape=(None,),
+                    shape=(*lead, 0),
+                    maxshape=(*lead, None),
                     dtype=np.float64,
-                    chunks=(_TIME_CHUNK,),
+                    chunks=(*lead, _TIME_CHUNK),
                 )
                 series.attrs["units"] = units
                 series.attrs["field"] = info.name
                 series.attrs["long_name"] = (
                     f"domain total of {info.name}" if stat == "total" else f"maximum of {info.name}"
                 )
-                series.dims[0].attach_scale(time)
-                series.dims[0].label = "time"
+                if lead:
+                    series.dims[0].attach_scale(f["member"])
+                    series.dims[0].label = "member"
+                series.dims[len(lead)].attach_scale(time)
+                series.dims[len(lead)].label = "time"
         f.create_group("regions", track_order=True)
         self._write_regions(regions)
+
+    def _write_members(self) -> None:
+        f = self._file
+        f.attrs["members"] = self.n_members
+        scale = f.create_dataset("member", data=np.arange(self.n_members, dtype=np.int64))
+        scale.make_scale("member")
+        scale.attrs["long_name"] = "sweep member"
+        group = f.create_group("members", track_order=True)
+        for key, values in self.members.items():
+            data = group.create_dataset(key, data=values)
+            data.attrs["long_name"] = f"{key} of each member (engine units)"
+            data.dims[0].attach_scale(scale)
+            data.dims[0].label = "member"
 
     def _attach(self, data: h5py.Dataset, with_time: bool) -> None:
         f = self._file
         offset = 0
         if with_time:
-            data.dims[0].attach_scale(f["time"])
-            data.dims[0].label = "time"
-            offset = 1
+            if self._lead:
+                data.dims[0].attach_scale(f["member"])
+                data.dims[0].label = "member"
+                offset = 1
+            data.dims[offset].attach_scale(f["time"])
+            data.dims[offset].label = "time"
+            offset += 1
         for axis, name in enumerate(self.grid.axes):
             data.dims[axis + offset].attach_scale(f["grid"][name])
             data.dims[axis + offset].label = name
@@ -426,14 +474,21 @@ class OutputWriter:
                     problems.append(
                         f"field {name!r} is {have[name][2]} in the file, {dtype} requested"
                     )
+        stored_members = {k: d[()] for k, d in f["members"].items()} if "members" in f else {}
+        same = set(stored_members) == set(self.members) and all(
+            np.array_equal(stored_members[k], v) for k, v in self.members.items()
+        )
+        if not same:
+            problems.append("the sweep's members differ from the file's /members")
         if problems:
             raise ValueError(f"cannot resume {path}: " + "; ".join(problems))
         # frames are complete only up to /time: drop a frame that a kill left half written
         frames = int(f["time"].shape[0])
+        axis = len(self._lead)
         for group in ("fields", "summary"):
             for data in f[group].values():
-                if data.shape[0] != frames:
-                    data.resize(frames, axis=0)
+                if data.shape[axis] != frames:
+                    data.resize(frames, axis=axis)
         self._set_attrs(attrs)
         if "regions" not in f:
             f.create_group("regions", track_order=True)
@@ -471,27 +526,33 @@ class OutputWriter:
             raise ValueError(f"write_frame: missing fields {missing}")
         # everything is checked and converted before the file changes
         values, stats = {}, {}
+        lead = self._lead
         for info in self.fields:
             parts = as_parts(fields[info.name])
             shape = _parts_shape(parts)
-            if shape != self.grid.shape:
+            if shape != (*lead, *self.grid.shape):
                 raise ValueError(
-                    f"write_frame: field {info.name!r} has shape {shape}, the grid "
-                    f"{self.grid.shape}"
+                    f"write_frame: field {info.name!r} has shape {shape}, expected "
+                    f"{(*lead, *self.grid.shape)}"
                 )
             parts = [(index, v.astype(self.dtype, copy=False)) for index, v in parts]
             values[info.name] = parts
-            stats[info.name] = _summaries(info, parts, self.grid)
+            stats[info.name] = (
+                _member_summaries(info, parts, self.grid, self.n_members)
+                if lead
+                else _summaries(info, parts, self.grid)
+            )
         n = self._n_frames
+        axis = len(lead)
         for info in self.fields:
             data = f["fields"][info.name]
-            data.resize(n + 1, axis=0)
+            data.resize(n + 1, axis=axis)
             for index, block in values[info.name]:
-                data[(n, *index)] = block
+                data[(*index[:axis], n, *index[axis:])] = block
             for stat, value in zip(("total", "max"), stats[info.name]):
                 series = f["summary"][f"{info.name}_{stat}"]
-                series.resize(n + 1, axis=0)
-                series[n] = value
+                series.resize(n + 1, axis=axis)
+                series[(*(slice(None) for _ in lead), n)] = value
         time = f["time"]
         time.resize(n + 1, axis=0)  # last: a frame counts once its time is there
         time[n] = t
@@ -670,10 +731,16 @@ def xdmf_text(f: h5py.File, h5_name: str) -> str:
                 Format="XML",
             )
             item.text = _floats(values)  # z, y, x: ParaView reverses them into x, y, z
-        for name, data_shape, dtype in fields:
+        for (name, data_shape, dtype), member in (
+            (field, member) for field in fields for member in _members_of(field[1], grid.ndim)
+        ):
             number, precision = _number_type(dtype)
             attribute = ET.SubElement(
-                uniform, "Attribute", Name=name, AttributeType="Scalar", Center="Cell"
+                uniform,
+                "Attribute",
+                Name=name if member is None else f"{name}[{member}]",
+                AttributeType="Scalar",
+                Center="Cell",
             )
             slab = ET.SubElement(
                 attribute,
@@ -684,11 +751,12 @@ def xdmf_text(f: h5py.File, h5_name: str) -> str:
             selection = ET.SubElement(
                 slab, "DataItem", Dimensions=f"3 {len(data_shape)}", Format="XML"
             )
+            lead = () if member is None else (member,)
             selection.text = "  ".join(
                 (
-                    _dims((index,) + (0,) * (len(data_shape) - 1)),
+                    _dims((*lead, index) + (0,) * grid.ndim),
                     _dims((1,) * len(data_shape)),
-                    _dims((1, *data_shape[1:])),
+                    _dims((*(1 for _ in lead), 1, *grid.shape)),
                 )
             )
             source = ET.SubElement(
@@ -718,6 +786,11 @@ def xdmf_text(f: h5py.File, h5_name: str) -> str:
     return '<?xml version="1.0" ?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _members_of(data_shape, ndim: int) -> list:
+    """The member indices of a field dataset: [None] for a single run's."""
+    return list(range(data_shape[0])) if len(data_shape) == ndim + 2 else [None]
+
+
 def _write_xdmf_file(f: h5py.File, h5_path: Path) -> Path:
     h5_path = Path(h5_path)
     target = h5_path.with_suffix(".xdmf")
@@ -738,21 +811,65 @@ def write_xdmf(path) -> Path:
 # reading
 
 
+MEMBER_STATISTICS = {
+    "mean": np.mean,
+    "std": np.std,
+    "min": np.min,
+    "max": np.max,
+    "median": np.median,
+}
+"""Summaries across the members of a sweep that `open_output(path, member=...)` can show."""
+
+
+class _MemberView:
+    """One member of a sweep's (n_members, n_frames, *shape) dataset, or a statistic across
+    the members, with the shape, chunks and lazy slicing of a single run's dataset."""
+
+    def __init__(self, data: h5py.Dataset, member: int | str):
+        self.data, self.member = data, member
+        self.shape, self.dtype, self.attrs = data.shape[1:], data.dtype, data.attrs
+        self.ndim = len(self.shape)
+        self.chunks = data.chunks[1:] if data.chunks else None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if isinstance(self.member, int):
+            return self.data[(self.member, *key)]
+        values = np.asarray(self.data[(slice(None), *key)])
+        return MEMBER_STATISTICS[self.member](values, axis=0).astype(self.dtype, copy=False)
+
+
+def _select_member(values: np.ndarray, member: int | str) -> np.ndarray:
+    if isinstance(member, int):
+        return values[member]
+    return MEMBER_STATISTICS[member](values, axis=0)
+
+
 class Output:
     """An ilsim output file opened read-only (`engine.open_output`); a context manager.
 
     Attributes: time (s), grid, fields (names in stored order), attrs (root attributes),
-    units and kinds (per field), summary (name_total / name_max -> float64 arrays).
+    units and kinds (per field), summary (name_total / name_max -> float64 arrays), members
+    (a sweep's varied key -> values per member; empty for a single run).
     Data are read on demand: `frame` reads one frame, `field` is the lazy h5py dataset,
     `to_xarray` a lazily backed Dataset; all need the file open (until `close`).
+
+    A sweep's fields and summaries lead with the member axis; `member` (an index, or one of
+    mean, std, min, max, median across the members) makes the file read as a single run's.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, member: int | str | None = None):
         self.path = Path(path)
         self._file = _open_read(self.path)
         try:
             f = self._file
             _check_format(f, self.path)
+            self.members = {k: d[()] for k, d in f["members"].items()} if "members" in f else {}
+            self.n_members = int(f.attrs["members"]) if self.members else None
+            self.member = self._check_member(member)
             self.grid = _read_grid(f)
             self.time = np.asarray(f["time"][()], dtype=np.float64)
             self.fields = tuple(f["fields"].keys())
@@ -761,10 +878,12 @@ class Output:
             self.attrs = {k: _decode(v) for k, v in f.attrs.items()}
             n = len(self.time)
             self.summary = (
-                {k: np.asarray(d[:n], dtype=np.float64) for k, d in f["summary"].items()}
+                {k: np.asarray(d[..., :n], dtype=np.float64) for k, d in f["summary"].items()}
                 if "summary" in f
                 else {}
             )
+            if self.member is not None:
+                self.summary = {k: _select_member(v, self.member) for k, v in self.summary.items()}
             self.summary_units = (
                 {k: _decode(d.attrs.get("units", "")) for k, d in f["summary"].items()}
                 if "summary" in f
@@ -773,6 +892,32 @@ class Output:
         except BaseException:
             self._file.close()
             raise
+
+    def _check_member(self, member):
+        if member is None:
+            return None
+        if self.n_members is None:
+            raise ValueError(f"{self.path}: a single run, not a sweep; leave out the member")
+        if isinstance(member, str) and member.lstrip("-").isdigit():
+            member = int(member)
+        if isinstance(member, int):
+            if not 0 <= member < self.n_members:
+                raise ValueError(
+                    f"member {member}: out of range, {self.path} holds members "
+                    f"0..{self.n_members - 1}"
+                )
+            return member
+        if member not in MEMBER_STATISTICS:
+            raise ValueError(
+                f"member {member!r}: give an index 0..{self.n_members - 1} or one of "
+                f"{', '.join(MEMBER_STATISTICS)}"
+            )
+        return member
+
+    @property
+    def is_sweep(self) -> bool:
+        """A sweep read whole (no member chosen): fields lead with the member axis."""
+        return self.n_members is not None and self.member is None
 
     @property
     def n_frames(self) -> int:
@@ -783,16 +928,22 @@ class Output:
             raise ValueError(f"{self.path}: the output is closed")
         if name not in self.fields:
             raise KeyError(f"no field {name!r} in {self.path}; fields: {', '.join(self.fields)}")
-        return self._file["fields"][name]
+        data = self._file["fields"][name]
+        return data if self.member is None else _MemberView(data, self.member)
 
     def field(self, name: str) -> h5py.Dataset:
-        """The lazy (n_frames, *shape) dataset of field `name`; slicing reads only what it
-        selects."""
+        """The lazy (n_frames, *shape) dataset of field `name` ((n_members, n_frames, *shape)
+        for a sweep read whole); slicing reads only what it selects."""
         return self._dataset(name)
 
     def frame(self, name: str, index: int) -> np.ndarray:
         """Field `name` at frame `index` (negative counts from the end); reads that frame
         only."""
+        if self.is_sweep:
+            raise ValueError(
+                f"{self.path} holds a sweep of {self.n_members} members; choose a member "
+                f"(0..{self.n_members - 1}) or one of {', '.join(MEMBER_STATISTICS)}"
+            )
         data = self._dataset(name)
         n = self.n_frames
         i = int(index)
@@ -820,20 +971,25 @@ class Output:
                 self.grid.coordinates(axis),
                 {"units": "um", "long_name": f"{name} (voxel centre)"},
             )
+        lead = ("member",) if self.is_sweep else ()
+        if lead:
+            coords["member"] = ("member", np.arange(self.n_members))
+            for key, values in self.members.items():
+                coords[key] = ("member", values, {"long_name": f"{key} (engine units)"})
         data_vars = {}
-        n = self.n_frames
         for name in self.fields:
             data = self._dataset(name)
-            array = _lazy_array(data) if data.shape[0] == n else data[:n]
+            n, axis = self.n_frames, len(lead)
+            whole = data.shape[axis] == n  # else a frame a kill left half written
             data_vars[name] = xr.Variable(
-                ("time", *dims_space),
-                array,
+                (*lead, "time", *dims_space),
+                _lazy_array(data) if whole else data[(*(slice(None) for _ in lead), slice(0, n))],
                 {"units": self.units[name], "kind": self.kinds[name]},
             )
         for name, values in self.summary.items():
             if name not in data_vars:
                 data_vars[name] = xr.Variable(
-                    ("time",), values, {"units": self.summary_units.get(name, "")}
+                    (*lead, "time"), values, {"units": self.summary_units.get(name, "")}
                 )
         attrs = {k: v for k, v in self.attrs.items()}
         return xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -856,9 +1012,10 @@ class Output:
         )
 
 
-def open_output(path) -> Output:
-    """Open an ilsim output file read-only (see `Output`)."""
-    return Output(path)
+def open_output(path, member: int | str | None = None) -> Output:
+    """Open an ilsim output file read-only (see `Output`); for a sweep, `member` selects one
+    member (an index) or a statistic across them ("mean", "std", "min", "max", "median")."""
+    return Output(path, member)
 
 
 _LAZY_CLASS = None

@@ -219,11 +219,11 @@ def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 
         left = axes
         if totals:
             for s in totals:
-                left.plot(time / scale, s.values, color="C0", marker=marker, ms=3, label=s.name)
+                _series_lines(left, time / scale, s.values, "C0", s.name, marker)
             left.set_ylabel(f"total ({totals[0].units})", color="C0")
         right = left.twinx() if totals and others else left
         for k, s in enumerate(others):
-            right.plot(time / scale, s.values, color=f"C{k + 1}", marker=marker, ms=3, label=s.name)
+            _series_lines(right, time / scale, s.values, f"C{k + 1}", s.name, marker)
         if others:
             label = "max" if len(others) == 1 and others[0].stat == "max" else "value"
             right.set_ylabel(f"{label} ({others[0].units})", color="C1")
@@ -235,8 +235,20 @@ def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 
         left.set_xlabel(f"time ({unit})")
     for axes in grid.ravel()[len(groups) :]:
         axes.set_visible(False)
-    figure.suptitle(f"{Path(out.path).name}: summaries")
+    sweep = getattr(out, "is_sweep", False)
+    members = f", {out.n_members} members (thin) and their mean" if sweep else ""
+    figure.suptitle(f"{Path(out.path).name}: summaries{members}")
     return _save(figure, path)
+
+
+def _series_lines(axes, time, values, colour: str, label: str, marker) -> None:
+    """One series against time; a sweep's (members, frames) series as a thin line per member
+    and a thick one for their mean."""
+    if values.ndim == 1:
+        axes.plot(time, values, color=colour, marker=marker, ms=3, label=label)
+        return
+    axes.plot(time, values.T, color=colour, lw=0.7, alpha=0.35)
+    axes.plot(time, values.mean(axis=0), color=colour, lw=2, label=f"{label} (mean)")
 
 
 def profile_plot(

@@ -27,6 +27,7 @@ from engine.io import FieldInfo, OutputWriter, read_checkpoint
 from engine.model import Species
 from engine.parallel import host_parts
 from engine.simulation import Simulation, State
+from engine.sweep import Ensemble
 
 
 class RunError(ValueError):
@@ -91,9 +92,10 @@ def _truncate_after(path: Path, t: float) -> None:
     """Drop frames later than t (written after the last checkpoint before a kill)."""
     with h5py.File(path, "a") as f:
         keep = int(np.searchsorted(f["time"][:], t, side="right"))
+        axis = 1 if "members" in f else 0  # a sweep's fields lead with the member axis
         for group in ("fields", "summary"):
             for dataset in f[group].values():
-                dataset.resize(keep, axis=0)
+                dataset.resize(keep, axis=axis)
         f["time"].resize(keep, axis=0)
 
 
@@ -106,14 +108,15 @@ def _progress(total: float, quiet: bool):
 
 
 def run(
-    sim: Simulation,
+    sim: Simulation | Ensemble,
     output: str | Path,
     *,
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Run a config-built simulation to time.end, writing frames and checkpoints to `output`."""
+    """Run a config-built simulation (or a sweep's `Ensemble`) to time.end, writing frames and
+    checkpoints to `output`."""
     cfg = sim.config
     if cfg is None:
         raise RunError("run: the simulation needs a config (engine.Simulation(load_config(...)))")
@@ -170,6 +173,7 @@ def run(
         masks,
         compression=cfg.output.compression,
         resume=resume,
+        members=getattr(sim, "members", None),
     )
     bar = _progress(cfg.time.end, quiet)
     started = time.perf_counter()
