@@ -4,6 +4,7 @@ from engine import analysis, regions
 from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.build import build_model
 from engine.config import Config, ConfigError, load_config
+from engine.ensemble import Ensemble, SweepResult, sweep
 from engine.gradients import FitResult, Trajectory, fit, gradient, sensitivity, value_and_gradient
 from engine.grid import Grid
 from engine.io import open_output
@@ -11,7 +12,6 @@ from engine.model import Model, Population, Species
 from engine.parameters import Parameters
 from engine.simulation import Simulation, State
 from engine.sources import Schedule, Source, point_source, region_source
-from engine.sweep import Ensemble, SweepResult, sweep
 from engine.terms import register_term
 
 __version__ = "0.1.0"

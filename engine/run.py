@@ -23,11 +23,11 @@ import numpy as np
 
 import engine
 from engine.config import dump_toml
+from engine.ensemble import Ensemble
 from engine.io import FieldInfo, OutputWriter, read_checkpoint
 from engine.model import Species
 from engine.parallel import host_parts
 from engine.simulation import Simulation, State
-from engine.sweep import Ensemble
 
 
 class RunError(ValueError):
