@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -72,6 +73,99 @@ def _run(args) -> int:
     return 0
 
 
+def parse_vary(text: str) -> tuple[str, list]:
+    """`KEY=V1,V2,...` (each value a number or a quantity with its unit, "50 um^2/s"), or
+    `KEY=lin:A:B:N` / `KEY=log:A:B:N` (N values evenly or log-evenly spaced from A to B)."""
+    key, value = parse_override(text)
+    text = str(value).strip()
+    spaced = re.fullmatch(r"(lin|log):([^:]+):([^:]+):(\d+)", text)
+    if spaced:
+        kind, lo, hi, count = spaced.groups()
+        try:
+            lo, hi = float(lo), float(hi)
+        except ValueError:
+            raise ConfigError(f"--vary {key}: {text}: A and B must be numbers") from None
+        if kind == "log" and (lo <= 0 or hi <= 0):
+            raise ConfigError(f"--vary {key}: {text}: log spacing needs A, B > 0")
+        space = np.geomspace if kind == "log" else np.linspace
+        return key, space(lo, hi, int(count)).tolist()
+    values = [parse_override(f"v={part}")[1] for part in text.split(",") if part.strip()]
+    if isinstance(value, list):  # written as a TOML array
+        values = value
+    if not values:
+        raise ConfigError(f"--vary {key}: no values; write KEY=V1,V2,... or KEY=log:A:B:N")
+    return key, values
+
+
+def _sweep(args) -> int:
+    from engine.ensemble import Ensemble
+    from engine.gradients import sensitivity
+    from engine.run import run
+
+    _select_backend(args.backend)
+    _select_devices(args.devices)
+    cfg = load_config(args.config, overrides=_overrides(args.set))
+    if args.sensitivity:
+        if args.vary:
+            raise ConfigError("--sensitivity differentiates at the config's values; drop --vary")
+        rows = sensitivity(cfg, args.summary, args.param or None)
+        _print_sensitivity(rows, args.summary or cfg.field_names[0], cfg.time.end)
+        return 0
+    if not args.vary:
+        raise ConfigError("ilsim sweep: give --vary KEY=V1,V2,... (or --sensitivity)")
+    vary = dict(parse_vary(text) for text in args.vary)
+    output = Path(args.output) if args.output else Path(Path(args.config).stem + "_sweep.h5")
+    ensemble = Ensemble(cfg, vary, product=not args.zip, chunk=args.chunk, devices=args.devices)
+    if not args.quiet:
+        print(
+            f"sweep: {ensemble.size} members of {', '.join(ensemble.keys)}, "
+            f"{ensemble.chunk} per batch on {len(ensemble.devices)} device(s)"
+        )
+    path = run(ensemble, output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(f"wrote {path}")
+    return 0
+
+
+def _print_sensitivity(rows, summary: str, end: float) -> None:
+    from engine.analysis import format_time
+
+    print(
+        f"sensitivity of the total {summary} at {format_time(end)}, ranked by |elasticity| "
+        "(% change of the total per % change of the parameter); values in engine units"
+    )
+    header = ("rank", "parameter", "value", "d total / d value", "elasticity")
+    table = [
+        (str(i + 1), r.key, f"{r.value:.6g}", f"{r.derivative:.6g}", f"{r.elasticity:+.4g}")
+        for i, r in enumerate(rows)
+    ]
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _fit(args) -> int:
+    from engine.gradients import fit
+
+    _select_backend(args.backend)
+    cfg = load_config(args.config, overrides=_overrides(args.set))
+    data = Path(args.data)
+    if not data.exists():
+        raise ConfigError(f"--data {data}: no such file")
+    if cfg.time.dtype == "float32" and not args.quiet:
+        print(
+            "ilsim: note: fitting in float32; --set time.dtype=float64 gives exact gradients",
+            file=sys.stderr,
+        )
+    result = fit(cfg, data, args.param, fields=args.field, max_iterations=args.max_iterations)
+    print(result.table())
+    print(
+        "fitted config: "
+        + " ".join(f"--set {k}={v:.6g}" for k, v in zip(result.keys, result.values))
+    )
+    return 0 if result.converged else 1
+
+
 def _validate(args) -> int:
     from engine.run import output_times
 
@@ -122,17 +216,27 @@ def _demo(args) -> int:
 # reading outputs: info, plot, profile, movie (engine.analysis; engine.plots imported lazily)
 
 
-def _open_output(path):
+def _open_output(path, member=None, whole_sweep: bool = False):
+    """An output opened for reading; a sweep needs `member` (--member) unless `whole_sweep`."""
     from engine.analysis import AnalysisError
+    from engine.io import MEMBER_STATISTICS
 
     path = Path(path)
     if not path.exists():
         raise AnalysisError(f"{path}: no such file")
     try:
-        return engine.open_output(path)
+        out = engine.open_output(path, member)
     except OSError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AnalysisError(f"{path}: not a readable HDF5 file ({reason})") from None
+    if out.is_sweep and not whole_sweep:
+        out.close()
+        raise AnalysisError(
+            f"{path} holds a sweep of {out.n_members} members; choose one with --member K "
+            f"(0..{out.n_members - 1}) or a summary across them with --member "
+            + "|".join(MEMBER_STATISTICS)
+        )
+    return out
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -189,7 +293,9 @@ def _frame_note(out, time, index: int) -> None:
 def _info(args) -> int:
     from engine import analysis
 
-    with _open_output(args.output) as out:
+    with _open_output(args.output, args.member, whole_sweep=True) as sweep:
+        member = "mean" if sweep.is_sweep else args.member
+    with _open_output(args.output, member) as out:
         grid, attrs, times = out.grid, out.attrs, out.time
         print(f"file: {out.path}")
         print(
@@ -232,7 +338,12 @@ def _info(args) -> int:
             print("regions: " + "; ".join(parts))
         else:
             print("regions: none")
-        print("fields:")
+        if out.members:
+            _print_members(out)
+        if out.member is not None:
+            print(f"fields (member {out.member}):")
+        else:
+            print("fields:")
         header = ("name", "kind", "units", "frame", "time", "min", "max", "total")
         rows = []
         for name in out.fields:
@@ -279,10 +390,21 @@ def _info(args) -> int:
     return 0
 
 
+def _print_members(out) -> None:
+    """A sweep's members table: each member's value of every varied key (engine units)."""
+    keys = list(out.members)
+    rows = [(str(m), *(f"{out.members[k][m]:.6g}" for k in keys)) for m in range(out.n_members)]
+    header = ("member", *keys)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"members: {out.n_members}")
+    for row in [header, *rows]:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
 def _plot(args) -> int:
     from engine import analysis, plots
 
-    with _open_output(args.output) as out:
+    with _open_output(args.output, args.member, whole_sweep=not args.field) as out:
         if not args.field:
             if args.time is not None or args.slice is not None:
                 raise analysis.AnalysisError(
@@ -304,7 +426,7 @@ def _plot(args) -> int:
 def _profile(args) -> int:
     from engine import analysis, plots
 
-    with _open_output(args.output) as out:
+    with _open_output(args.output, args.member) as out:
         analysis.check_field(out, args.field)
         line = args.start is not None or args.end is not None
         if line and args.center is not None:
@@ -403,7 +525,7 @@ def _image_options(args) -> dict:
 def _movie(args) -> int:
     from engine import plots
 
-    with _open_output(args.output) as out:
+    with _open_output(args.output, args.member) as out:
         path = plots.movie(out, args.field, args.movie, fps=args.fps, **_image_options(args))
         frames = out.n_frames
     print(f"wrote {path} ({frames} frames)")
@@ -428,6 +550,10 @@ def _figure_options(parser, colours: bool = True) -> None:
 
 SLICE_HELP = (
     "plane of a 3D output: AXIS=INDEX (z=12) or AXIS=POSITION (z=30um); default the middle z plane"
+)
+MEMBER_HELP = (
+    "of a sweep: member K (0-based), or mean|std|min|max|median across the members; a plot "
+    "of the summaries without --field shows every member"
 )
 
 
@@ -459,6 +585,66 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.set_defaults(handler=_run)
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run many parameter values as one batch, or rank every parameter's sensitivity",
+        description="--vary KEY=V1,V2,... runs one member per combination of the values "
+        "(--zip: the lists side by side) in one batched run, writing one HDF5 file whose "
+        "fields lead with a member axis and whose /members table holds each member's values. "
+        "--sensitivity prints d(total of --summary at time.end)/d(parameter) for every numeric "
+        "parameter of the model, from one backward pass through the solver.",
+    )
+    sweep.add_argument("config")
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help='values of a config key (numbers in engine units, or "50 um^2/s"), or '
+        "KEY=lin:A:B:N / KEY=log:A:B:N",
+    )
+    sweep.add_argument("--zip", action="store_true", help="pair the value lists, not combine")
+    sweep.add_argument("-o", "--output", help="output file (default: CONFIG_sweep.h5)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--chunk", type=int, metavar="N", help="members per device batch")
+    sweep.add_argument("--backend", choices=("cpu", "gpu"))
+    sweep.add_argument("--devices", type=int, metavar="N", help="devices sharing the members")
+    sweep.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    sweep.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    sweep.add_argument(
+        "--sensitivity", action="store_true", help="rank every parameter's sensitivity instead"
+    )
+    sweep.add_argument(
+        "--summary",
+        metavar="FIELD",
+        help="field whose total the sensitivity is of (default: first)",
+    )
+    sweep.add_argument(
+        "--param", action="append", metavar="KEY", help="only these parameters (sensitivity)"
+    )
+    sweep.set_defaults(handler=_sweep)
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit parameters to observed fields through the differentiated solver",
+        description="Least squares of the run's frames against an ilsim output file's fields "
+        "(at its times; each field scaled by its observed maximum), over the log of each "
+        "parameter, by L-BFGS; prints the fitted values with standard errors from the "
+        "Gauss-Newton covariance. The config's values are the start.",
+    )
+    fit.add_argument("config")
+    fit.add_argument("--data", required=True, metavar="OBS.h5", help="observed fields")
+    fit.add_argument(
+        "--param", action="append", required=True, metavar="KEY", help="parameter to fit"
+    )
+    fit.add_argument("--field", action="append", metavar="NAME", help="observed field to fit")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    fit.add_argument("--max-iterations", type=int, default=100)
+    fit.add_argument("--backend", choices=("cpu", "gpu"))
+    fit.add_argument("--quiet", action="store_true", help="no notes")
+    fit.set_defaults(handler=_fit)
+
     validate = commands.add_parser("validate", help="check a config and report; runs nothing")
     validate.add_argument("config")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -475,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="what an output file holds")
     info.add_argument("output", metavar="OUT.h5")
+    info.add_argument("--member", help=MEMBER_HELP)
     info.set_defaults(handler=_info)
 
     plot = commands.add_parser(
@@ -489,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("--time", help='time of the frame, e.g. 3600 or "1 h" (default: last)')
     plot.add_argument("--slice", help=SLICE_HELP)
+    plot.add_argument("--member", help=MEMBER_HELP)
     plot.add_argument("-o", "--figure", required=True, metavar="FIG.png", help="figure to write")
     _figure_options(plot)
     plot.set_defaults(handler=_plot)
@@ -514,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--time", action="append", help="time of the frame (repeat for several; default last)"
     )
     profile.add_argument("--slice", help=SLICE_HELP)
+    profile.add_argument("--member", help=MEMBER_HELP)
     profile.add_argument(
         "--fit",
         choices=("auto", "sphere", "cylinder", "plane", "none"),
@@ -534,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     movie.add_argument("output", metavar="OUT.h5")
     movie.add_argument("--field", required=True, metavar="NAME")
     movie.add_argument("--slice", help=SLICE_HELP)
+    movie.add_argument("--member", help=MEMBER_HELP)
     movie.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     movie.add_argument("-o", "--movie", required=True, metavar="MOVIE.gif|mp4")
     _figure_options(movie)
