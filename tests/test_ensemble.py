@@ -1,0 +1,268 @@
+"""Sweeps: N members advanced as one batch equal N single runs, in chunks and over devices;
+their HDF5 file (member axis, /members table) reads whole, per member or as a statistic;
+`ilsim sweep` writes it, resumes it, and refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import engine
+from engine.cli import main, parse_vary
+from engine.config import ConfigError, load_config
+from engine.ensemble import Ensemble, member_rows
+from engine.run import run
+
+CONFIG = {
+    "grid": {"shape": [20, 16], "spacing": "10 um"},
+    "time": {"end": "12 min", "output_every": "4 min", "stepper": "explicit"},
+    "regions": {"core": {"sphere": {"center": ["100 um", "80 um"], "radius": "30 um"}}},
+    "species": {"IL2": {"diffusion": "30 um^2/s", "decay": "1e-3 1/s"}},
+    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
+    "terms": [
+        {
+            "type": "secretion",
+            "species": "IL2",
+            "by": "T",
+            "rate": "5 molecule/s",
+            "activators": [{"of": "IL2", "K": 0.5, "hill": 2}],
+        },
+        {"type": "uptake", "species": "IL2", "by": "T", "k_on": "1e7 1/M/s", "receptors": 1e3},
+    ],
+    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.02 nM/s"}],
+}
+
+VARY = {
+    "species.IL2.diffusion": [10.0, "60 um^2/s"],  # "auto" dt differs between members
+    "terms[0].activators[0].K": [0.1, 2.0],
+}
+
+
+def single_frames(cfg, overrides, times):
+    """A single run of the config with `overrides`, frames at `times`."""
+    sim = engine.Simulation(load_config(cfg, overrides))
+    state, frames = sim.initial_state(), []
+    for t in times:
+        state = sim.advance(state, t)
+        frames.append(state.numpy())
+    return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+
+def relative_difference(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize(
+    "stepper, dtype",
+    [
+        ("explicit", "float32"),
+        ("imex", "float32"),
+        ("explicit", "float64"),
+        ("imex", "float64"),
+        ("quasi_steady", "float64"),
+    ],
+)
+def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64):
+    """quasi_steady in float32 measured 1.1e-6: its CG and Picard loops (converged to 1e-5)
+    carry the batch's other summation order further than a fixed number of steps does."""
+    cfg = load_config(CONFIG, {"time.stepper": stepper, "time.dtype": dtype})
+    result = engine.sweep(cfg, VARY)
+    assert set(result.members) == set(VARY)
+    assert result.fields["IL2"].shape == (4, len(result.time), 20, 16)
+    for m in range(4):
+        overrides = {k: float(v[m]) for k, v in result.members.items()}
+        single = single_frames(cfg, overrides, result.time)
+        for name, frames in single.items():
+            bound = 1e-6 if dtype == "float32" else 1e-12
+            assert relative_difference(result.fields[name][m], frames) < bound, (m, name)
+    # the members differ: the batch did not run one member four times
+    assert relative_difference(result.fields["IL2"][0, -1], result.fields["IL2"][3, -1]) > 0.05
+
+
+def test_member_values_convert_units_and_combine_or_zip():
+    cfg = load_config(CONFIG)
+    ensemble = Ensemble(cfg, {"species.IL2.diffusion": ["1 um^2/ms", 20], "terms[1].k_on": [1]})
+    np.testing.assert_allclose(ensemble.members["species.IL2.diffusion"], [1000.0, 20.0])
+    keys, rows = member_rows({"a": [1, 2], "b": [3, 4]}, product=True)
+    assert rows == [(1, 3), (1, 4), (2, 3), (2, 4)]
+    assert member_rows({"a": [1, 2], "b": [3, 4]}, product=False)[1] == [(1, 3), (2, 4)]
+    with pytest.raises(ConfigError, match="as many values"):
+        member_rows({"a": [1, 2], "b": [3]}, product=False)
+
+
+def test_chunked_sweeps_equal_one_batch():
+    cfg = load_config(CONFIG, {"time.end": "4 min"})
+    vary = {"terms[1].k_on": [0.001, 0.01, 0.1]}
+    whole = engine.sweep(cfg, vary)
+    chunked = engine.sweep(cfg, vary, chunk=2)  # a batch of 2, then one of 1
+    for name in whole.fields:
+        np.testing.assert_allclose(chunked.fields[name], whole.fields[name], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "vary, message",
+    [
+        ({"time.end": [600, 1200]}, "changes nothing in the model"),
+        ({"species.IL7.decay": [1, 2]}, "no such key"),
+        ({"grid.shape": [[8, 8], [9, 9]]}, "not a number"),
+        ({"species.IL2.decay": [-1.0]}, "species.IL2.decay"),
+        ({}, "nothing to vary"),
+    ],
+)
+def test_bad_sweeps_are_one_line_config_errors(vary, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        Ensemble(load_config(CONFIG), vary)
+    assert "\n" not in str(error.value)
+
+
+def test_vary_syntax():
+    assert parse_vary("terms[0].rate=1,2.5,4") == ("terms[0].rate", [1, 2.5, 4])
+    assert parse_vary("species.IL2.diffusion=10 um^2/s,1e-3 cm^2/h")[1] == [
+        "10 um^2/s",
+        "1e-3 cm^2/h",
+    ]
+    np.testing.assert_allclose(parse_vary("k=log:1:100:3")[1], [1, 10, 100])
+    np.testing.assert_allclose(parse_vary("k=lin:0:1:5")[1], [0, 0.25, 0.5, 0.75, 1])
+    with pytest.raises(ConfigError, match="log spacing"):
+        parse_vary("k=log:0:1:3")
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    cfg = load_config(CONFIG, {"time.stepper": "imex"})
+    path = engine.sweep(cfg, VARY, output=folder / "sweep.h5", quiet=True)
+    return cfg, path
+
+
+def test_the_sweep_file_holds_a_member_axis_and_the_members_table(sweep_file):
+    cfg, path = sweep_file
+    with engine.open_output(path) as out:
+        assert out.is_sweep and out.n_members == 4
+        assert out.field("IL2").shape == (4, 4, 20, 16)
+        assert out.summary["IL2_total"].shape == (4, 4)
+        np.testing.assert_allclose(out.members["species.IL2.diffusion"], [10, 10, 60, 60])
+        np.testing.assert_allclose(out.members["terms[0].activators[0].K"], [0.1, 2, 0.1, 2])
+        with pytest.raises(ValueError, match="choose a member"):
+            out.frame("IL2", 0)
+        whole = np.asarray(out.field("IL2")[:, -1])
+        single = single_frames(
+            cfg, {"species.IL2.diffusion": 60.0, "terms[0].activators[0].K": 2.0}, out.time
+        )
+        assert relative_difference(whole[3], single["IL2"][-1]) < 1e-6
+    with engine.open_output(path, member=3) as third:
+        np.testing.assert_array_equal(third.frame("IL2", -1), whole[3])
+        assert third.summary["IL2_total"].shape == (4,)
+    with engine.open_output(path, member="mean") as mean:
+        np.testing.assert_allclose(mean.frame("IL2", -1), whole.mean(axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        engine.open_output(path, member=4)
+    text = path.with_suffix(".xdmf").read_text()
+    assert 'Name="IL2[3]"' in text and "3 3 0 0" in text
+
+
+def test_the_sweep_file_opens_in_xarray_with_member_coordinates(sweep_file):
+    xarray = pytest.importorskip("xarray")
+    _, path = sweep_file
+    with engine.open_output(path) as out:
+        data = out.to_xarray()
+        assert data["IL2"].dims == ("member", "time", "y", "x")
+        np.testing.assert_allclose(data["species.IL2.diffusion"], [10, 10, 60, 60])
+        np.testing.assert_array_equal(data["IL2"][2, -1].values, out.field("IL2")[2, -1])
+    raw = xarray.open_dataset(path, engine="h5netcdf")
+    assert raw["IL2"].dims[:2] == ("member", "time")
+    raw.close()
+
+
+def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path):
+    cfg = load_config(CONFIG, {"time.end": "8 min"})
+    longer = load_config(CONFIG, {"time.end": "16 min"})
+    vary = {"terms[1].k_on": [0.005, 0.05]}
+    run(Ensemble(cfg, vary), tmp_path / "resumed.h5", quiet=True)
+    run(Ensemble(longer, vary), tmp_path / "resumed.h5", resume=True, quiet=True)
+    run(Ensemble(longer, vary), tmp_path / "straight.h5", quiet=True)
+    with engine.open_output(tmp_path / "resumed.h5") as a:
+        with engine.open_output(tmp_path / "straight.h5") as b:
+            np.testing.assert_allclose(a.time, b.time)
+            np.testing.assert_allclose(a.field("IL2")[()], b.field("IL2")[()], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="members differ"):
+        run(Ensemble(longer, {"terms[1].k_on": [1.0, 2.0]}), tmp_path / "straight.h5", resume=True)
+
+
+def test_ilsim_sweep_and_member_options(tmp_path, capsys):
+    config = tmp_path / "model.toml"
+    from engine.config import dump_toml
+
+    config.write_text(dump_toml(load_config(CONFIG, {"time.end": "4 min"})))
+    out = tmp_path / "s.h5"
+    code = main(
+        [
+            "sweep",
+            str(config),
+            "--vary",
+            "terms[1].k_on=0.001,0.01",
+            "--vary",
+            "species.IL2.decay=1e-3,1e-2",
+            "--zip",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    with engine.open_output(out) as sweep:
+        assert sweep.n_members == 2
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "members: 2" in printed and "species.IL2.decay" in printed
+    assert main(["plot", str(out), "--field", "IL2", "-o", str(tmp_path / "a.png")]) == 2
+    assert "--member" in capsys.readouterr().err
+    for member in ("1", "std"):
+        figure = tmp_path / f"m{member}.png"
+        assert (
+            main(["plot", str(out), "--field", "IL2", "--member", member, "-o", str(figure)]) == 0
+        )
+        assert figure.stat().st_size > 0
+    assert main(["plot", str(out), "-o", str(tmp_path / "summaries.png")]) == 0
+    assert (
+        main(["sweep", str(config), "--vary", "time.end=300,600", "-o", str(tmp_path / "x.h5")])
+        == 2
+    )
+    assert "changes nothing" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+    assert main(["sweep", str(config), "--vary", "terms[1].k_on=1", "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_members_split_over_devices_equal_one_device(tmp_path):
+    """Three members over two CPU devices (padded to four) equal the one-device sweep."""
+    body = f"""
+    import json, jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import numpy as np, engine
+    from engine.ensemble import Ensemble
+    cfg = engine.load_config({json.dumps(CONFIG)}, {{"time.end": "4 min"}})
+    vary = {{"terms[1].k_on": [0.001, 0.01, 0.1]}}
+    split = engine.sweep(cfg, vary)
+    one = engine.sweep(cfg, vary, devices=1)
+    ensemble = Ensemble(cfg, vary)
+    state = ensemble.advance(ensemble.initial_state(), 60.0)
+    diff = max(float(np.max(np.abs(split.fields[k] - v)) / np.max(np.abs(v)))
+               for k, v in one.fields.items())
+    print(json.dumps(dict(diff=diff, devices=len(state.fields["IL2"].sharding.device_set))))
+    """
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(body))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2
+    assert result["diff"] < 1e-6
