@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from engine.build import build_model
 from engine.config import Config, ConfigError, _available_memory, load_config
 from engine.model import Model
-from engine.parameters import config_value, display_key, numeric_key
+from engine.parameters import MODEL_SECTIONS, config_value, display_key, numeric_key
 from engine.simulation import Simulation, State
 from engine.steppers import advance_fields
 
@@ -86,7 +86,7 @@ class Ensemble:
         self.config = cfg
         keys, rows = member_rows(vary, product)
         for key in keys:
-            numeric_key(cfg, key)  # names a number of the config
+            numeric_key(cfg, key, (*MODEL_SECTIONS, "regions"))  # a number of the model
         configs = [load_config(cfg, dict(zip(keys, row))) for row in rows]
         self.keys = keys
         self.values = np.array(

@@ -44,9 +44,15 @@ def _node(raw: dict, key: str):
     return node
 
 
-def numeric_key(cfg: Config, key: str) -> str:
+def numeric_key(cfg: Config, key: str, sections=MODEL_SECTIONS) -> str:
     """The path of the number `key` names: `key` itself, or `key.value` for a coefficient or
-    an initial value (tables whose number is their `value`)."""
+    an initial value (tables whose number is their `value`). Keys outside `sections` (time,
+    grid, output) change nothing in the model: a ConfigError."""
+    if _split_path(key)[0] not in sections:
+        raise ConfigError(
+            f"{key}: changes nothing in the model; name a number of {', '.join(sections)} "
+            "(time, grid and output keys cannot vary within one batch)"
+        )
     node = _node(_to_raw(cfg), key)
     if isinstance(node, dict) and _is_number(node.get("value")):
         return f"{key}.value"

@@ -109,7 +109,7 @@ def test_chunked_sweeps_equal_one_batch():
     [
         ({"time.end": [600, 1200]}, "changes nothing in the model"),
         ({"species.IL7.decay": [1, 2]}, "no such key"),
-        ({"grid.shape": [[8, 8], [9, 9]]}, "not a number"),
+        ({"species.IL2.boundary": [1, 2]}, "not a number"),
         ({"species.IL2.decay": [-1.0]}, "species.IL2.decay"),
         ({}, "nothing to vary"),
     ],

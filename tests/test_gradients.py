@@ -1,0 +1,239 @@
+"""Gradients through the solver equal central finite differences, forward and reverse mode
+agree, checkpointing bounds memory, fits recover known parameters from noisy data with honest
+error bars, and sensitivities rank the parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import engine
+from engine.cli import main
+from engine.config import ConfigError, dump_toml, load_config
+from engine.gradients import Trajectory, fit, gradient, sensitivity, value_and_gradient
+from engine.parameters import Parameters, numeric_keys
+
+CONFIG = {
+    "grid": {"shape": [12, 10], "spacing": "10 um"},
+    "time": {"end": "10 min", "output_every": "5 min", "dtype": "float64", "stepper": "explicit"},
+    "regions": {"core": {"sphere": {"center": ["60 um", "50 um"], "radius": "25 um"}}},
+    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s"}},
+    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
+    "terms": [
+        {
+            "type": "secretion",
+            "species": "IL2",
+            "by": "T",
+            "rate": "10 molecule/s",
+            "activators": [{"of": "IL2", "K": 0.5, "hill": 1}],
+        },
+        {"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000},
+    ],
+    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.01 nM/s"}],
+}
+KEYS = [
+    "species.IL2.decay",
+    "species.IL2.diffusion",
+    "terms[0].rate",
+    "terms[0].activators[0].K",
+]
+CASES = {  # the CG case (absorbing faces: TR-BDF2) checks the parameters of the solve
+    "explicit": ({"time.stepper": "explicit"}, KEYS),
+    "imex spectral": ({"time.stepper": "imex", "time.dt": 20.0}, KEYS),
+    "imex cg": (
+        {"time.stepper": "imex", "time.dt": 20.0, "grid.boundary": {"dirichlet": 0.0}},
+        KEYS[:2],
+    ),
+}
+
+
+def loss_against(target):
+    """Squared misfit of IL2 at every frame plus the final T total: a loss touching both."""
+
+    def loss(frames):
+        misfit = jnp.sum((frames["IL2"] - target) ** 2)
+        return misfit + 1e6 * jnp.sum(frames["T"][-1])
+
+    return loss
+
+
+def central_differences(trajectory, loss, relative=1e-5):
+    evaluate = jax.jit(lambda v: loss(trajectory(v)))
+    result = []
+    for i, value in enumerate(trajectory.values):
+        h = relative * value
+        up, down = trajectory.values.copy(), trajectory.values.copy()
+        up[i] += h
+        down[i] -= h
+        result.append(float(evaluate(up) - evaluate(down)) / (2 * h))
+    return np.array(result)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_equal_central_finite_differences(case, float64):
+    overrides, keys = CASES[case]
+    cfg = load_config(CONFIG, overrides)
+    trajectory = Trajectory(cfg, keys)
+    target = 1.2 * np.asarray(trajectory(trajectory.values)["IL2"])
+    loss = loss_against(target)
+    reverse = gradient(cfg, loss, keys)
+    expected = central_differences(trajectory, loss)
+    for key, fd in zip(keys, expected):
+        assert reverse[key] == pytest.approx(fd, rel=1e-3), key
+        assert fd != 0
+    forward = gradient(cfg, loss, keys, mode="forward")
+    for key in keys:
+        assert forward[key] == pytest.approx(reverse[key], rel=1e-9), key
+
+
+def test_the_trajectory_is_the_run(float64):
+    """Frames of the differentiable trajectory equal those of Simulation.advance (same steps)."""
+    cfg = load_config(CONFIG, {"time.stepper": "imex", "time.dt": 30.0})
+    trajectory = Trajectory(cfg, ["terms[1].k_on"])
+    frames = trajectory(trajectory.values)
+    sim = engine.Simulation(cfg)
+    state = sim.initial_state()
+    for index, t in enumerate(trajectory.times):
+        state = sim.advance(state, t)
+        for name, value in state.numpy().items():
+            np.testing.assert_allclose(frames[name][index], value, rtol=1e-12, atol=1e-300)
+
+
+def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64):
+    cfg = load_config(CONFIG, {"time.end": "20 min", "time.output_every": "20 min"})
+    loss = loss_against(0.0)
+    by_segment = {s: gradient(cfg, loss, KEYS[:2], segment=s) for s in (1, 7, None)}
+    for key in KEYS[:2]:
+        assert by_segment[1][key] == pytest.approx(by_segment[None][key], rel=1e-12)
+        assert by_segment[7][key] == pytest.approx(by_segment[None][key], rel=1e-12)
+
+    def temporary_bytes(segment):
+        trajectory = Trajectory(cfg, KEYS[:2], segment=segment)
+        steps = trajectory._plan[-1][1]
+        grad = jax.jit(jax.grad(lambda v: loss(trajectory(v))))
+        compiled = grad.lower(jnp.asarray(trajectory.values)).compile()
+        return steps, compiled.memory_analysis().temp_size_in_bytes
+
+    steps, whole = temporary_bytes(10**9)  # one segment: every step's state kept
+    _, checkpointed = temporary_bytes(None)  # about sqrt(steps) per segment
+    assert steps > 100
+    assert checkpointed < whole / 4
+
+
+def test_reverse_mode_refuses_steppers_it_cannot_go_through(float64):
+    loss = loss_against(0.0)
+    cfg = load_config(CONFIG, {"time.stepper": "quasi_steady", "time.dt": 60.0})
+    with pytest.raises(ConfigError, match="quasi_steady"):
+        gradient(cfg, loss, KEYS[:1])
+    forward = gradient(cfg, loss, KEYS[:1], mode="forward")  # goes through the while loops
+    fd = central_differences(Trajectory(cfg, KEYS[:1]), loss)[0]
+    assert forward[KEYS[0]] == pytest.approx(fd, rel=1e-3)
+    drifting = load_config(
+        CONFIG,
+        {
+            "time.stepper": "imex",
+            "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 10.0},
+        },
+    )
+    with pytest.raises(ConfigError, match="chemotaxis"):
+        gradient(drifting, loss, KEYS[:1])
+
+
+def test_parameters_are_affine_in_config_values(float64):
+    cfg = load_config(CONFIG, {"species.IL2.diffusion": {"value": 20.0, "regions": {"core": 5.0}}})
+    parameters = Parameters.of(cfg, ["species.IL2.diffusion", "sources[0].rate"])
+    model = engine.build_model(cfg)
+    moved = parameters.bind(model, np.array([40.0, 0.03]))
+    rebuilt = engine.build_model(
+        load_config(
+            CONFIG,
+            {
+                "species.IL2.diffusion": {"value": 40.0, "regions": {"core": 5.0}},
+                "sources[0].rate": 0.03,
+            },
+        )
+    )
+    for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(rebuilt)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    assert "species.IL2.diffusion" in numeric_keys(cfg)
+    for key, message in [
+        ("time.end", "changes nothing"),
+        ("species.IL2", "not a number"),
+        ("terms[7].rate", "no such key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Parameters.of(cfg, [key])
+
+
+FIT_CONFIG = {
+    "grid": {"shape": [40], "spacing": "10 um"},
+    "time": {"end": "30 min", "output_every": "5 min", "dtype": "float64", "stepper": "imex"},
+    "regions": {"left": {"box": {"lower": [0], "upper": [40]}}},
+    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-4 1/s"}},
+    "populations": {"T": {"initial": 1e-4}},
+    "terms": [{"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000}],
+    "sources": [{"type": "region", "species": "IL2", "region": "left", "rate": "0.05 nM/s"}],
+}
+FIT_KEYS = ["species.IL2.diffusion", "terms[0].k_on"]
+
+
+def test_a_fit_recovers_diffusion_and_uptake_from_noisy_data(float64):
+    """IL-2 from a boundary source, taken up by T cells: profiles made with D = 20 um^2/s,
+    k_on = 0.01 1/(nM s), with 2% multiplicative noise; the fit starts 3x off each."""
+    truth = load_config(FIT_CONFIG)
+    trajectory = Trajectory(truth, FIT_KEYS)
+    clean = np.asarray(trajectory(trajectory.values)["IL2"])
+    noisy = clean * (1 + 0.02 * np.random.default_rng(3).standard_normal(clean.shape))
+    start = load_config(FIT_CONFIG, {"species.IL2.diffusion": 60.0, "terms[0].k_on": 0.01 / 3})
+    result = fit(start, {"time": trajectory.times, "IL2": noisy}, FIT_KEYS)
+    assert result.converged
+    np.testing.assert_allclose(result.start, [60.0, 0.01 / 3])
+    for value, std, true in zip(result.values, result.std, [20.0, 0.01]):
+        assert abs(value / true - 1) < 0.05
+        assert 0 < std < 0.05 * value
+        assert abs(value - true) < 5 * std  # the error bars are honest, not decorative
+    assert "species.IL2.diffusion" in result.table()
+
+
+def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
+    config = tmp_path / "truth.toml"
+    config.write_text(dump_toml(load_config(FIT_CONFIG, {"time.dt": 30.0})))
+    data = tmp_path / "obs.h5"
+    assert main(["run", str(config), "-o", str(data), "--quiet"]) == 0
+    argv = ["fit", str(config), "--data", str(data), "--param", "species.IL2.diffusion"]
+    argv += ["--param", "terms[0].k_on", "--set", "species.IL2.diffusion=7"]
+    assert main([*argv, "--set", "terms[0].k_on=0.03"]) == 0
+    printed = capsys.readouterr().out
+    assert "converged" in printed and "--set species.IL2.diffusion=20" in printed
+    assert main(["fit", str(config), "--data", str(data), "--param", "time.end"]) == 2
+    assert "changes nothing" in capsys.readouterr().err
+    missing = tmp_path / "none.h5"
+    assert main(["fit", str(config), "--data", str(missing), "--param", FIT_KEYS[0]]) == 2
+
+
+def test_sensitivities_rank_every_parameter(float64):
+    """A linear model (no Hill factor) started empty: the IL2 total is proportional to the
+    source rate (elasticity exactly 1)."""
+    linear = dict(CONFIG, terms=CONFIG["terms"][1:])
+    cfg = load_config(linear)
+    rows = sensitivity(cfg, "IL2")
+    by_key = {r.key: r for r in rows}
+    assert by_key["sources[0].rate"].elasticity == pytest.approx(1.0, rel=1e-9)
+    assert set(by_key) >= {"species.IL2.decay", "species.IL2.diffusion", "terms[0].k_on"}
+    assert [abs(r.elasticity) for r in rows] == sorted(
+        (abs(r.elasticity) for r in rows), reverse=True
+    )
+    total = jax.jit(Trajectory(cfg, ["species.IL2.decay"], [cfg.time.end]))
+    k = by_key["species.IL2.decay"].value
+    grid_volume = 10.0 * 10.0 * 10.0
+    values = [float(np.sum(total(np.array([k * f]))["IL2"][-1])) for f in (1 + 1e-5, 1 - 1e-5)]
+    fd = (values[0] - values[1]) / (2e-5 * k) * grid_volume * engine.units.MOLECULES_PER_UM3_PER_NM
+    assert by_key["species.IL2.decay"].derivative == pytest.approx(fd, rel=1e-4)
+
+
+def test_value_and_gradient_of_a_summary(float64):
+    cfg = load_config(CONFIG)
+    value, grads = value_and_gradient(cfg, lambda f: jnp.max(f["IL2"][-1]), ["sources[0].rate"])
+    assert value > 0 and grads["sources[0].rate"] > 0
