@@ -163,7 +163,13 @@ def _fit(args) -> int:
         "fitted config: "
         + " ".join(f"--set {k}={v:.6g}" for k, v in zip(result.keys, result.values))
     )
-    return 0 if result.converged else 1
+    if not result.converged:
+        print(
+            f"ilsim: note: not converged in {result.iterations} iterations; raise "
+            "--max-iterations or start nearer (--set)",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _validate(args) -> int:
