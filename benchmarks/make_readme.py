@@ -141,11 +141,47 @@ def implicit_section(path: Path) -> list[str]:
     return lines + _table(["grid", "case", "solve", "ms/step", "explicit steps"], rows)
 
 
+def sweep_section(path: Path) -> list[str]:
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    low, high = rows[0]["diffusion"] if rows else (0, 0)
+    lines = [
+        f"### Sweep against separate runs: `{result['device']}` ({rows[0]['grid'] if rows else ''}"
+        f", end {result['end']}, {path.name})",
+        "",
+        f"N members varying `{result['key']}` over [{low:g}, {high:g}] um^2/s, float32; times in "
+        "s. Cold: set-up, compilation and the run; warm: the run again. `x` = separate / sweep "
+        "(above 1 the sweep is faster); `runs`: separate runs timed (their sum scaled to N); "
+        "`rel diff`: largest relative difference between a member and its single run.",
+        "",
+    ]
+    body = [
+        [
+            str(r["members"]),
+            r["stepper"],
+            f"{r['steps']} ({r['member_steps']})",
+            f"{r['sweep_cold_s']:.2f}",
+            f"{r['separate_cold_s']:.2f}",
+            f"{r['ratio_cold']:.2f}",
+            f"{r['sweep_warm_s']:.3f}",
+            f"{r['separate_warm_s']:.3f}",
+            f"{r['ratio_warm']:.2f}",
+            f"{r['separate_runs']}",
+            f"{r['max_rel_diff']:.1e}",
+        ]
+        for r in rows
+    ]
+    header = "N|stepper|steps (members' own)|sweep cold|separate cold|x cold|sweep warm|"
+    header += "separate warm|x warm|runs|rel diff"
+    return lines + _table(header.split("|"), body)
+
+
 SECTIONS = [
     ("bench_solver-*.json", solver_section),
     ("implicit_step_cost-*.json", implicit_section),
     ("time_to_solution-*.json", time_to_solution_section),
     ("scaling-*.json", scaling_section),
+    ("sweep-*.json", sweep_section),
 ]
 
 

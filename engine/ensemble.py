@@ -50,6 +50,12 @@ def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list
     return keys, list(zip(*lists))
 
 
+CPU_BATCH_BYTES = 4 * 2**20
+"""Field state per device batch on a CPU: a larger batch streams from memory where smaller ones
+stay in cache (measured on a 2-core CPU, 64 members of a 256^2 two-field model, float32: batches
+of 8 (4 MB) ran 4x faster than one batch of 64, and 1.8x faster than batches of 16 or of 1)."""
+
+
 def _substitute(model: Model, leaves: dict[int, jax.Array]) -> Model:
     """`model` with the leaves at the given flat indices replaced."""
     flat, treedef = jax.tree.flatten(model)
@@ -135,6 +141,9 @@ class Ensemble:
             budget = _device_memory(self.devices[0])
             per_member = self.config.memory_bytes()
             chunk = self.size if budget is None else max(1, int(budget // per_member)) * count
+            if self.devices[0].platform == "cpu":
+                state = len(self.model.names) * self.model.grid.size * self.dtype.itemsize
+                chunk = min(chunk, max(1, CPU_BATCH_BYTES // state) * count)
         if chunk < 1:
             raise ValueError(f"sweep: chunk must be >= 1, got {chunk}")
         chunk = min(chunk, self.size)
@@ -205,14 +214,18 @@ class Ensemble:
         )
         return State(t=0.0, fields=self._map(compute))
 
+    @functools.cached_property
+    def _stable_dt(self):
+        """Each member's largest stable step, compiled once (every advance asks for it)."""
+        model, stepper = self.model, self.stepper
+        return jax.jit(jax.vmap(lambda leaves, f: stepper.stable_dt(_substitute(model, leaves), f)))
+
     def time_steps(self, state: State) -> np.ndarray:
         """The step (s) each member's single run would aim for."""
         if self.sim.dt != "auto":
             return np.full(self.size, float(self.sim.dt))
-        stable = jax.jit(
-            jax.vmap(lambda leaves, f: self.stepper.stable_dt(_substitute(self.model, leaves), f))
-        )
-        return self.sim.safety * np.asarray(self._map(stable, state.fields), dtype=np.float64)
+        stable = self._map(self._stable_dt, state.fields)
+        return self.sim.safety * np.asarray(stable, dtype=np.float64)
 
     def advance(self, state: State, t_end: float) -> State:
         """Every member at `t_end` (s), each in the equal steps its single run would take."""
