@@ -103,6 +103,11 @@ class Ensemble:
         self.moved = self._member_leaves(configs)
         self.size = len(rows)
         available = jax.devices()
+        if devices is not None and not 1 <= devices <= len(available):
+            raise ValueError(
+                f"--devices {devices}: give 1 to {len(available)} ({available[0].platform} "
+                "devices here)"
+            )
         self.devices = available[: devices or len(available)]
         self.chunk = self._chunk_size(chunk)
 

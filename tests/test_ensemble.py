@@ -100,6 +100,8 @@ def test_chunked_sweeps_equal_one_batch():
     vary = {"terms[1].k_on": [0.001, 0.01, 0.1]}
     whole = engine.sweep(cfg, vary)
     chunked = engine.sweep(cfg, vary, chunk=2)  # a batch of 2, then one of 1
+    with pytest.raises(ValueError, match="--devices 99"):
+        Ensemble(cfg, vary, devices=99)
     for name in whole.fields:
         np.testing.assert_allclose(chunked.fields[name], whole.fields[name], rtol=1e-6, atol=0)
 
