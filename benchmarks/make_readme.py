@@ -72,6 +72,14 @@ def solver_section(path: Path) -> list[str]:
     return lines + ([""] + targets if targets else []) + [""]
 
 
+def _reference_text(result: dict) -> str:
+    """The reference run of a time-to-solution result, in words."""
+    reference = result.get("reference")
+    if reference is None:  # results written before the reference was recorded
+        return "explicit ssprk3, float64, half the stable step"
+    return ", ".join(f"{k} {v}" for k, v in reference.items())
+
+
 def time_to_solution_section(path: Path) -> list[str]:
     result = json.loads(path.read_text())
     lines = [
@@ -79,7 +87,7 @@ def time_to_solution_section(path: Path) -> list[str]:
         f"{result['end']}, {path.name})",
         "",
         "Error: largest over fields of the relative L2 difference from the reference "
-        "(explicit ssprk3, float64, half the stable step) at the end; runs in float32.",
+        f"({_reference_text(result)}) at the end; runs in float32.",
         "",
     ]
     rows = [
