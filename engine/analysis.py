@@ -51,6 +51,15 @@ class AnalysisError(ValueError):
 # formatting helpers
 
 
+def text_table(header, rows, indent: str = "") -> str:
+    """Rows of strings (or values) in columns padded to their widest entry, header first."""
+    rows = [tuple(str(v) for v in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        indent + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows
+    )
+
+
 def format_time(seconds: float) -> str:
     """A time in a readable unit: '45 s', '30 min', '6 h', '2.5 d'."""
     t = float(seconds)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
+from engine.analysis import text_table
 from engine.config import ConfigError, dump_toml, load_config, parse_override
 from engine.steppers import STEPPERS
 
@@ -139,9 +140,7 @@ def _print_sensitivity(rows, summary: str, end: float) -> None:
         (str(i + 1), r.key, f"{r.value:.6g}", f"{r.derivative:.6g}", f"{r.elasticity:+.4g}")
         for i, r in enumerate(rows)
     ]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(text_table(header, table))
 
 
 def _fit(args) -> int:
@@ -381,9 +380,7 @@ def _info(args) -> int:
                         "-",
                     )
                 )
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print(analysis.text_table(header, rows, indent="  "))
         if out.summary:
             units = getattr(out, "summary_units", {})
             listed = ", ".join(f"{k} ({units.get(k, '')})" for k in out.summary)
@@ -401,10 +398,8 @@ def _print_members(out) -> None:
     keys = list(out.members)
     rows = [(str(m), *(f"{out.members[k][m]:.6g}" for k in keys)) for m in range(out.n_members)]
     header = ("member", *keys)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"members: {out.n_members}")
-    for row in [header, *rows]:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(text_table(header, rows, indent="  "))
 
 
 def _plot(args) -> int:

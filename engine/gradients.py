@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from engine.analysis import text_table
 from engine.config import Config, ConfigError
 from engine.model import Fields
 from engine.parameters import Parameters, numeric_keys
@@ -303,16 +304,11 @@ class FitResult:
             (k, f"{v:.6g}", f"{s:.3g}", f"{s / abs(v):.2%}" if v else "-", f"{s0:.6g}")
             for k, v, s, s0 in zip(self.keys, self.values, self.std, self.start)
         ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]
-        ]
         state = "converged" if self.converged else "NOT converged"
-        lines.append(
-            f"{state} after {self.iterations} iterations; mean squared scaled residual "
-            f"{self.loss:.4g}"
+        return (
+            f"{text_table(header, rows)}\n{state} after {self.iterations} iterations; mean "
+            f"squared scaled residual {self.loss:.4g}"
         )
-        return "\n".join(lines)
 
 
 def fit(
