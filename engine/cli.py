@@ -558,6 +558,23 @@ MEMBER_HELP = (
 )
 
 
+def _set_option(parser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='override a config key, e.g. --set time.end="2 h"',
+    )
+
+
+def _output_options(parser) -> None:
+    """The options of the commands that write a run's file: ilsim run and ilsim sweep."""
+    parser.add_argument("--resume", action="store_true", help="continue from the file's checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ilsim", description=engine.__doc__)
     parser.add_argument("--version", action="version", version=f"ilsim {engine.__version__}")
@@ -566,13 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a config, writing frames to HDF5")
     run.add_argument("config")
     run.add_argument("-o", "--output", help="output file (default: CONFIG's name with .h5)")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help='override a config key, e.g. --set time.end="2 h"',
-    )
+    _set_option(run)
     run.add_argument("--backend", choices=("cpu", "gpu"))
     run.add_argument(
         "--devices",
@@ -581,9 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="split the fields over N devices (the [parallel] mesh, or slabs); "
         "on a CPU-only machine the CPU is split into N devices",
     )
-    run.add_argument("--resume", action="store_true", help="continue from the file's checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _output_options(run)
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser(
@@ -606,13 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--zip", action="store_true", help="pair the value lists, not combine")
     sweep.add_argument("-o", "--output", help="output file (default: CONFIG_sweep.h5)")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(sweep)
     sweep.add_argument("--chunk", type=int, metavar="N", help="members per device batch")
     sweep.add_argument("--backend", choices=("cpu", "gpu"))
     sweep.add_argument("--devices", type=int, metavar="N", help="devices sharing the members")
-    sweep.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    sweep.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _output_options(sweep)
     sweep.add_argument(
         "--sensitivity", action="store_true", help="rank every parameter's sensitivity instead"
     )
@@ -640,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", required=True, metavar="KEY", help="parameter to fit"
     )
     fit.add_argument("--field", action="append", metavar="NAME", help="observed field to fit")
-    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(fit)
     fit.add_argument("--max-iterations", type=int, default=100)
     fit.add_argument("--backend", choices=("cpu", "gpu"))
     fit.add_argument("--quiet", action="store_true", help="no notes")
@@ -648,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a config and report; runs nothing")
     validate.add_argument("config")
-    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(validate)
     validate.set_defaults(handler=_validate)
 
     demo = commands.add_parser(

@@ -21,10 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from engine.build import build_model
 from engine.config import Config, ConfigError, _available_memory, load_config
 from engine.model import Model
-from engine.parameters import MODEL_SECTIONS, config_value, display_key, numeric_key
+from engine.parameters import (
+    MODEL_SECTIONS,
+    config_number,
+    config_value,
+    differs,
+    display_key,
+    model_leaves,
+)
 from engine.simulation import Simulation, State
 from engine.steppers import advance_fields
 
@@ -92,7 +98,7 @@ class Ensemble:
         self.config = cfg
         keys, rows = member_rows(vary, product)
         for key in keys:
-            numeric_key(cfg, key, (*MODEL_SECTIONS, "regions"))  # a number of the model
+            config_number(cfg, key, (*MODEL_SECTIONS, "regions"))  # a number of the model
         configs = [load_config(cfg, dict(zip(keys, row))) for row in rows]
         self.keys = keys
         self.values = np.array(
@@ -100,7 +106,7 @@ class Ensemble:
         ).reshape(len(rows), len(keys))
         self.sim = Simulation(cfg, mesh=None)
         self.model, self.dtype, self.stepper = self.sim.model, self.sim.dtype, self.sim.stepper
-        self.moved = self._member_leaves(configs)
+        self.moved = {i: v.astype(self.dtype) for i, v in self._member_leaves(configs).items()}
         self.size = len(rows)
         available = jax.devices()
         if devices is not None and not 1 <= devices <= len(available):
@@ -117,21 +123,23 @@ class Ensemble:
         return {key: self.values[:, p] for p, key in enumerate(self.keys)}
 
     def _member_leaves(self, configs: list[Config]) -> dict[int, np.ndarray]:
-        base, treedef = jax.tree.flatten(build_model(self.config))
+        """The leaves in which some member's model differs from the config's, stacked
+        (N, *leaf shape), by flat index."""
+        base, treedef = model_leaves(self.config)
         stacks = {}
         members = []
         for c, row in zip(configs, self.values):
-            leaves, structure = jax.tree.flatten(build_model(c))
+            leaves, structure = model_leaves(c)
             if structure != treedef:
                 changed = ", ".join(f"{k}={v:g}" for k, v in zip(self.keys, row))
                 raise ConfigError(
                     f"sweep: {changed} changes the model's structure, not a number in it; "
                     "members of a sweep share their terms, fields and boundaries"
                 )
-            members.append([np.asarray(leaf, dtype=np.float64) for leaf in leaves])
+            members.append(leaves)
         for i, leaf in enumerate(base):
             column = [m[i] for m in members]
-            if any(not np.array_equal(v, np.asarray(leaf, np.float64)) for v in column):
+            if any(differs(v, leaf) for v in column):
                 stacks[i] = np.stack(column)
         if not stacks:
             raise ConfigError(
@@ -189,17 +197,17 @@ class Ensemble:
 
         return self._on_devices(jax.tree.map(rows, tree))
 
-    def _leaves(self, start: int, stop: int, padded: int) -> dict[int, jax.Array]:
-        cast = {i: v.astype(self.dtype) for i, v in self.moved.items()}
-        return self._batch(cast, start, stop, padded)
+    @functools.cached_property
+    def _leaf_batches(self) -> list[dict[int, jax.Array]]:
+        """The members' moved leaves of each device batch, on the devices (put there once)."""
+        return [self._batch(self.moved, *chunk) for chunk in self._chunks()]
 
     def _map(self, compute, *per_member):
         """`compute(leaves, *per_member)` over every chunk, each argument's rows of the chunk;
         results joined (N, ...): device arrays when one chunk holds every member, host arrays
         otherwise."""
         results = []
-        for start, stop, padded in self._chunks():
-            leaves = self._leaves(start, stop, padded)
+        for (start, stop, padded), leaves in zip(self._chunks(), self._leaf_batches):
             args = self._batch(per_member, start, stop, padded)
             out = compute(leaves, *args)
             out = jax.tree.map(lambda x, n=stop - start: x[:n], out)

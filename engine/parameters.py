@@ -44,10 +44,10 @@ def _node(raw: dict, key: str):
     return node
 
 
-def numeric_key(cfg: Config, key: str, sections=MODEL_SECTIONS) -> str:
-    """The path of the number `key` names: `key` itself, or `key.value` for a coefficient or
-    an initial value (tables whose number is their `value`). Keys outside `sections` (time,
-    grid, output) change nothing in the model: a ConfigError."""
+def config_number(cfg: Config, key: str, sections=MODEL_SECTIONS) -> tuple[str, float]:
+    """The path of the number `key` names and its value (engine units): `key` itself, or
+    `key.value` for a coefficient or an initial value (tables whose number is their `value`).
+    Keys outside `sections` (time, grid, output) change nothing in the model: a ConfigError."""
     if _split_path(key)[0] not in sections:
         raise ConfigError(
             f"{key}: changes nothing in the model; name a number of {', '.join(sections)} "
@@ -55,15 +55,15 @@ def numeric_key(cfg: Config, key: str, sections=MODEL_SECTIONS) -> str:
         )
     node = _node(_to_raw(cfg), key)
     if isinstance(node, dict) and _is_number(node.get("value")):
-        return f"{key}.value"
+        return f"{key}.value", float(node["value"])
     if not _is_number(node):
         raise ConfigError(f"{key}: not a number in the config; name a numeric key")
-    return key
+    return key, float(node)
 
 
 def config_value(cfg: Config, key: str) -> float:
     """The number (engine units) that `key` names in a resolved config."""
-    return float(_node(_to_raw(cfg), numeric_key(cfg, key)))
+    return config_number(cfg, key)[1]
 
 
 def _is_number(value) -> bool:
@@ -97,21 +97,14 @@ def numeric_keys(cfg: Config) -> list[str]:
     return keys
 
 
-def in_engine_units(cfg: Config, key: str, value) -> float:
-    """A value written as in the config (a number in engine units or a string with a unit,
-    "50 um^2/s") converted to engine units by the config's own validation of `key`."""
-    if _is_number(value):
-        return float(value)
-    return config_value(load_config(cfg, {key: value}), key)
-
-
-def _model_leaves(cfg: Config, overrides: dict) -> tuple[list[np.ndarray], object]:
-    model = build_model(load_config(cfg, overrides))
-    leaves, treedef = jax.tree.flatten(model)
+def model_leaves(cfg: Config) -> tuple[list[np.ndarray], object]:
+    """The leaves (float64) and structure of the model a config builds."""
+    leaves, treedef = jax.tree.flatten(build_model(cfg))
     return [np.asarray(leaf, dtype=np.float64) for leaf in leaves], treedef
 
 
-def _differs(a: np.ndarray, b: np.ndarray) -> bool:
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two model leaves differ (in shape or in any value)."""
     return a.shape != b.shape or not np.array_equal(a, b, equal_nan=True)
 
 
@@ -125,7 +118,6 @@ class Parameters:
     keys: tuple[str, ...]
     values: np.ndarray  # (P,) float64, engine units
     slopes: tuple[dict[int, np.ndarray], ...]  # per parameter: leaf index -> d leaf / d value
-    n_leaves: int
 
     @classmethod
     def of(cls, cfg: Config, keys, skip_invalid: bool = False) -> Parameters:
@@ -135,12 +127,11 @@ class Parameters:
         keys = [display_key(k) for k in keys]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"parameters: {', '.join(keys)} names a key twice; name each once")
-        base, treedef = _model_leaves(cfg, {})
+        base, treedef = model_leaves(cfg)
         kept, values, slopes = [], [], []
         for key in keys:
             try:
-                path = numeric_key(cfg, key)
-                value = float(_node(_to_raw(cfg), path))
+                path, value = config_number(cfg, key)
                 slopes.append(_slopes(cfg, key, path, value, base, treedef))
             except ConfigError:
                 if skip_invalid:
@@ -148,7 +139,7 @@ class Parameters:
                 raise
             kept.append(key)
             values.append(value)
-        return cls(tuple(kept), np.asarray(values, dtype=np.float64), tuple(slopes), len(base))
+        return cls(tuple(kept), np.asarray(values, dtype=np.float64), tuple(slopes))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -160,8 +151,8 @@ class Parameters:
         leaves, treedef = jax.tree.flatten(model)
         leaves = list(leaves)
         for p, slopes in enumerate(self.slopes):
+            change = values[p] - self.values[p]
             for i, slope in slopes.items():
-                change = values[p] - self.values[p]
                 leaves[i] = leaves[i] + (jnp.asarray(slope) * change).astype(leaves[i].dtype)
         return jax.tree.unflatten(treedef, leaves)
 
@@ -172,7 +163,7 @@ def _slopes(cfg, key, path, value, base, treedef) -> dict[int, np.ndarray]:
     moved = []
     for trial in trials:
         try:
-            leaves, structure = _model_leaves(cfg, {path: trial})
+            leaves, structure = model_leaves(load_config(cfg, {path: trial}))
         except ConfigError as error:
             raise ConfigError(
                 f"{key}: the model cannot be rebuilt with other values of it ({error})"
@@ -185,7 +176,7 @@ def _slopes(cfg, key, path, value, base, treedef) -> dict[int, np.ndarray]:
         moved.append(leaves)
     slopes = {}
     for i, leaf in enumerate(base):
-        if not _differs(leaf, moved[0][i]):
+        if not differs(leaf, moved[0][i]):
             continue
         slope = (moved[0][i] - leaf) / (trials[0] - value)
         predicted = leaf + slope * (trials[1] - value)
