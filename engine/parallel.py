@@ -3,13 +3,15 @@
 Fields are split into blocks over a device mesh laid on the leading grid axes (`mesh = [2, 2]`
 splits z over 2 and y over 2 devices in 3D). Every stepper runs unchanged on sharded fields:
 XLA's GSPMD partitioner turns the stencil's neighbour slices into halo exchanges between
-neighbouring devices, the conjugate-gradient dot products into all-reduces and the spectral
-transforms into all-to-all transposes. Output is written shard by shard (`host_parts`), so no
-process holds more than its own devices' blocks of a field.
+neighbouring devices and the conjugate-gradient dot products into all-reduces. Each spectral
+transform runs along an axis made whole on every device by an all-to-all (`lay_out`), so it
+sums as one device does. Output is written shard by shard (`host_parts`), so no process holds
+more than its own devices' blocks of a field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -141,3 +143,39 @@ def host_parts(array) -> list[tuple[tuple[slice, ...], np.ndarray]]:
         for s in shards
         if s.replica_id == 0
     ]
+
+
+def layout(mesh: Mesh | None):
+    """Context in which a traced step sees `mesh` (for `lay_out`); a no-op without one. Enter
+    it inside the jitted function."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def _current_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+def lay_out(x, whole_axis: int | None = None):
+    """`x` (grid-shaped) in the fields' blocks over the current mesh, except that `whole_axis`,
+    if given, is whole on every device: its mesh axis moves to the last grid axis it divides.
+    A transform along `whole_axis` then sums each line on one device, in the order a single
+    device does, instead of adding per-device partial sums. Unchanged outside a mesh, or
+    where no other axis can take the split."""
+    mesh = _current_mesh()
+    if mesh is None:
+        return x
+    spec = [MESH_AXES[i] if MESH_AXES[i] in mesh.axis_names else None for i in range(x.ndim)]
+    if whole_axis is not None and spec[whole_axis] is not None:
+        name, spec[whole_axis] = spec[whole_axis], None
+        free = [
+            j
+            for j in reversed(range(x.ndim))
+            if spec[j] is None and j != whole_axis and x.shape[j] % mesh.shape[name] == 0
+        ]
+        if not free:
+            return x
+        spec[free[0]] = name
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))

@@ -145,14 +145,16 @@ class Simulation:
 
     def _advance_traced(self, model, fields, t0, dt, n_steps):
         self.trace_count += 1  # runs only while tracing: counts compilations
-        fields = advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
+        with parallel.layout(self.mesh):
+            fields = advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
         return self._keep_layout(fields)
 
     def _adaptive_traced(self, model, fields, t0, t_end, dt):
         self.trace_count += 1
-        return advance_adaptive(
-            self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps
-        )
+        with parallel.layout(self.mesh):
+            return advance_adaptive(
+                self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps
+            )
 
     def initial_state(self) -> State:
         if self.mesh is None:
