@@ -966,7 +966,7 @@ def test_dict_paths_resolve_against_the_working_directory(tmp_path, monkeypatch)
     [
         ([0], "parallel.mesh: devices per axis must be >= 1, got [0]"),
         ("x", "parallel.mesh: expected \"auto\" or devices per leading grid axis, got 'x'"),
-        ([2, True], "parallel.mesh: expected \"auto\" or devices per leading grid axis"),
+        ([2, True], 'parallel.mesh: expected "auto" or devices per leading grid axis'),
     ],
 )
 def test_bad_parallel_mesh_names_the_key(mesh, message):
