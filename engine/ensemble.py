@@ -216,9 +216,10 @@ class Ensemble:
             return results[0]
         return jax.tree.map(lambda *parts: np.concatenate(parts), *results)
 
-    def place(self, fields):
-        """Fields (N, *grid) read from a checkpoint, where the members live between steps."""
-        fields = {k: np.asarray(v, self.dtype) for k, v in fields.items()}
+    def load_fields(self, datasets):
+        """Fields (N, *grid) read from a checkpoint's datasets, where the members live
+        between steps."""
+        fields = {k: np.asarray(d[()], self.dtype) for k, d in datasets.items()}
         return self._on_devices(fields) if self.chunk >= self.size else fields
 
     def initial_state(self) -> State:

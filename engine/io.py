@@ -263,6 +263,12 @@ class OutputWriter:
         resume: open an existing file and append after its last frame; the grid, fields
             (names, kinds, units) and dtype must match (ValueError otherwise). `created` is
             kept, the other root attributes are updated, missing regions added.
+        processes: the processes of a multi-process run (`parallel.Processes`), every one
+            constructing its own writer with the same arguments. Each writes the blocks it
+            holds, one process after another (the file is opened only for each write, so a
+            plain h5py on a shared file system suffices); only the first writes metadata,
+            regions, summaries (combined from every process's blocks) and times. None: one
+            process, which keeps the file open.
     """
 
     def __init__(
@@ -276,8 +282,10 @@ class OutputWriter:
         compression: str = "gzip",
         resume: bool = False,
         members: dict[str, np.ndarray] | None = None,
+        processes=None,
     ):
         self.path = Path(path)
+        self._processes = processes
         self.members = {k: np.asarray(v, dtype=np.float64) for k, v in (members or {}).items()}
         self.n_members = len(next(iter(self.members.values()))) if self.members else None
         self._lead = () if self.n_members is None else (self.n_members,)
@@ -292,22 +300,43 @@ class OutputWriter:
             raise ValueError(f"output dtype: expected a float type, got {dtype!r}")
         self._compression = _compression_options(compression)
         self._file: h5py.File | None = None
+        self._closed = False
+        first = processes is None or processes.rank == 0
+        failure = None
+        if first:
+            try:
+                self._open(attrs, regions, resume)
+            except BaseException as error:
+                failure = error
+        if processes is None:
+            if failure is not None:
+                raise failure
+            return
+        # every process learns whether the first could open the file, and where it stands
+        if processes.any(failure is not None):
+            self._closed = True
+            raise failure or ValueError(f"{self.path}: the first process could not open it")
+        if first:
+            self._file.close()
+            self._file = None
+        where = [self._n_frames, self._last_time] if first else [0, 0]
+        frames, last = processes.gather(np.array(where, dtype=np.float64))[0]
+        self._n_frames, self._last_time = int(frames), float(last)
+
+    def _open(self, attrs: dict, regions: dict, resume: bool) -> None:
         if resume:
             self._file = h5py.File(self.path, "r+")
-            try:
-                self._open_existing(attrs, regions)
-            except BaseException:
-                self._file.close()
-                self._file = None
-                raise
         else:
             self._file = h5py.File(self.path, "w", track_order=True)
-            try:
+        try:
+            if resume:
+                self._open_existing(attrs, regions)
+            else:
                 self._create(attrs, regions)
-            except BaseException:
-                self._file.close()
-                self._file = None
-                raise
+        except BaseException:
+            self._file.close()
+            self._file = None
+            raise
         self._n_frames = int(self._file["time"].shape[0])
         self._last_time = float(self._file["time"][-1]) if self._n_frames else -math.inf
         self._file.flush()
@@ -505,15 +534,54 @@ class OutputWriter:
         """Time (s) of the last frame in the file, None before the first."""
         return None if self._n_frames == 0 else self._last_time
 
-    def _require_open(self) -> h5py.File:
-        if self._file is None:
+    def _require_open(self) -> None:
+        if self._closed:
             raise ValueError(f"{self.path}: the output writer is closed")
-        return self._file
+
+    def _in_turns(self, write) -> None:
+        """write(file, first) by every process, the first process first, one at a time."""
+        if self._processes is None:
+            write(self._file, True)
+            return
+        for rank in range(self._processes.size):
+            if rank == self._processes.rank:
+                with h5py.File(self.path, "r+") as f:
+                    write(f, rank == 0)
+            self._processes.barrier()
+
+    def _by_first(self, write) -> None:
+        """write(file) by the first process alone; the others wait for it."""
+        if self._processes is None:
+            write(self._file)
+            return
+        if self._processes.rank == 0:
+            with h5py.File(self.path, "r+") as f:
+                write(f)
+        self._processes.barrier()
+
+    def _check_blocks(self, what: str, parts, shape: tuple[int, ...]) -> None:
+        """The blocks must cover `shape` (one process) or lie within it (several)."""
+        if self._processes is None:
+            if _parts_shape(parts) != shape:
+                raise ValueError(f"{what} has shape {_parts_shape(parts)}, expected {shape}")
+            return
+        for index, block in parts:
+            inside = block.ndim == len(shape) and all(i.stop <= n for i, n in zip(index, shape))
+            if not inside:
+                raise ValueError(f"{what}: a block at {index} lies outside the shape {shape}")
+
+    def _combine(self, total, peak):
+        """Summaries of this process's blocks combined over every process (sum, max)."""
+        if self._processes is None:
+            return total, peak
+        both = self._processes.gather(np.array([total, peak], dtype=np.float64))
+        total, peak = both[:, 0].sum(axis=0), both[:, 1].max(axis=0)
+        return (float(total), float(peak)) if np.ndim(total) == 0 else (total, peak)
 
     def write_frame(self, t: float, fields: dict[str, np.ndarray]) -> None:
         """Append one frame at time t (s). `fields` must hold every output field (extra
         entries, e.g. the rest of the state, are ignored). Flushed before returning."""
-        f = self._require_open()
+        self._require_open()
         t = float(t)
         if not math.isfinite(t):
             raise ValueError(f"write_frame: time must be finite, got {t}")
@@ -529,34 +597,40 @@ class OutputWriter:
         lead = self._lead
         for info in self.fields:
             parts = as_parts(fields[info.name])
-            shape = _parts_shape(parts)
-            if shape != (*lead, *self.grid.shape):
-                raise ValueError(
-                    f"write_frame: field {info.name!r} has shape {shape}, expected "
-                    f"{(*lead, *self.grid.shape)}"
-                )
+            shape = (*lead, *self.grid.shape)
+            self._check_blocks(f"write_frame: field {info.name!r}", parts, shape)
             parts = [(index, v.astype(self.dtype, copy=False)) for index, v in parts]
             values[info.name] = parts
-            stats[info.name] = (
-                _member_summaries(info, parts, self.grid, self.n_members)
-                if lead
-                else _summaries(info, parts, self.grid)
+            stats[info.name] = self._combine(
+                *(
+                    _member_summaries(info, parts, self.grid, self.n_members)
+                    if lead
+                    else _summaries(info, parts, self.grid)
+                )
             )
         n = self._n_frames
         axis = len(lead)
-        for info in self.fields:
-            data = f["fields"][info.name]
-            data.resize(n + 1, axis=axis)
-            for index, block in values[info.name]:
-                data[(*index[:axis], n, *index[axis:])] = block
-            for stat, value in zip(("total", "max"), stats[info.name]):
-                series = f["summary"][f"{info.name}_{stat}"]
-                series.resize(n + 1, axis=axis)
-                series[(*(slice(None) for _ in lead), n)] = value
-        time = f["time"]
-        time.resize(n + 1, axis=0)  # last: a frame counts once its time is there
-        time[n] = t
-        f.flush()
+
+        def blocks(f, first):
+            for info in self.fields:
+                data = f["fields"][info.name]
+                if first:
+                    data.resize(n + 1, axis=axis)
+                    for stat, value in zip(("total", "max"), stats[info.name]):
+                        series = f["summary"][f"{info.name}_{stat}"]
+                        series.resize(n + 1, axis=axis)
+                        series[(*(slice(None) for _ in lead), n)] = value
+                for index, block in values[info.name]:
+                    data[(*index[:axis], n, *index[axis:])] = block
+
+        def finish(f):
+            time = f["time"]
+            time.resize(n + 1, axis=0)  # last: a frame counts once its time is there
+            time[n] = t
+            f.flush()
+
+        self._in_turns(blocks)
+        self._by_first(finish)
         self._n_frames = n + 1
         self._last_time = t
 
@@ -565,14 +639,42 @@ class OutputWriter:
     ) -> None:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
         step size in use (None: NaN in the file). Flushed, and the XDMF sidecar refreshed."""
-        f = self._require_open()
+        self._require_open()
         arrays = {name: as_parts(value) for name, value in fields.items()}
-        shapes = {name: _parts_shape(parts) for name, parts in arrays.items()}
+        if self._processes is None:
+            shapes = {name: _parts_shape(parts) for name, parts in arrays.items()}
+        else:  # several processes checkpoint the state, every field of the grid's shape
+            shapes = {name: (*self._lead, *self.grid.shape) for name in arrays}
+            for name, parts in arrays.items():
+                self._check_blocks(f"write_checkpoint: field {name!r}", parts, shapes[name])
         dtypes = {name: parts[0][1].dtype for name, parts in arrays.items()}
+
+        def blocks(f, first):
+            if first:
+                self._prepare_checkpoint(f, shapes, dtypes)
+            for name, parts in arrays.items():
+                for index, block in parts:
+                    f["checkpoint"][name][index] = block
+
+        def finish(f):
+            group = f["checkpoint"]
+            group.attrs["time"] = float(t)
+            group.attrs["step"] = int(step)
+            group.attrs["dt"] = math.nan if dt is None else float(dt)
+            group.attrs["complete"] = 1
+            f.flush()
+            _write_xdmf_file(f, self.current_path())
+
+        self._in_turns(blocks)
+        self._by_first(finish)
+
+    def _prepare_checkpoint(self, f: h5py.File, shapes: dict, dtypes: dict) -> None:
+        """/checkpoint with a dataset per field, reused when the shapes and dtypes match,
+        marked incomplete until its attributes are written."""
         group = f.get("checkpoint")
-        reusable = group is not None and set(group.keys()) == set(arrays)
+        reusable = group is not None and set(group.keys()) == set(shapes)
         if reusable:
-            for name in arrays:
+            for name in shapes:
                 data = group[name]
                 if data.shape != shapes[name] or data.dtype != dtypes[name]:
                     reusable = False
@@ -581,7 +683,6 @@ class OutputWriter:
             if group is not None:
                 del f["checkpoint"]
             group = f.create_group("checkpoint", track_order=True)
-            group.attrs["complete"] = 0
             for name, shape in shapes.items():
                 chunked = dict(chunks=frame_chunks(shape), **self._compression)
                 group.create_dataset(
@@ -591,17 +692,17 @@ class OutputWriter:
                     **(chunked if shape and math.prod(shape) else {}),
                 )
         group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
-        for name, parts in arrays.items():
-            for index, block in parts:
-                group[name][index] = block
-        group.attrs["time"] = float(t)
-        group.attrs["step"] = int(step)
-        group.attrs["dt"] = math.nan if dt is None else float(dt)
-        group.attrs["complete"] = 1
-        f.flush()
-        self._write_xdmf()
 
     # -- closing --------------------------------------------------------------------------
+
+    def move_to(self, path) -> None:
+        """Rename the file (replacing what is at `path`) and write there from now on."""
+        path = Path(path)
+        if self._processes is None or self._processes.rank == 0:
+            os.replace(self.path, path)
+        if self._processes is not None:
+            self._processes.barrier()
+        self.path = path
 
     def current_path(self) -> Path:
         """The file's present name: the path given, or where it was renamed to while open
@@ -616,20 +717,22 @@ class OutputWriter:
                 pass
         return self.path
 
-    def _write_xdmf(self) -> None:
-        if self._file is not None:
-            _write_xdmf_file(self._file, self.current_path())
-
     def flush(self) -> None:
-        self._require_open().flush()
+        self._require_open()
+        if self._file is not None:  # (several processes close the file after each write)
+            self._file.flush()
 
     def close(self) -> None:
         """Flush and close the file and write the XDMF sidecar; a second call does nothing."""
-        if self._file is None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._processes is not None:
+            self._by_first(lambda f: _write_xdmf_file(f, self.path))
             return
         try:
             self._file.flush()
-            self._write_xdmf()
+            _write_xdmf_file(self._file, self.current_path())
         finally:
             self._file.close()
             self._file = None
@@ -641,7 +744,7 @@ class OutputWriter:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._file is None else f"{self._n_frames} frames"
+        state = "closed" if self._closed else f"{self._n_frames} frames"
         return f"OutputWriter({str(self.path)!r}, {state})"
 
 
@@ -649,8 +752,10 @@ class OutputWriter:
 # checkpoint
 
 
-def read_checkpoint(path) -> tuple[float, int, float | None, dict[str, np.ndarray]]:
-    """(time s, step, dt or None, {name: array}) from a file's /checkpoint."""
+def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
+    """(time s, step, dt or None, {name: array}) from a file's /checkpoint. `load` turns the
+    checkpoint's datasets ({name: h5py.Dataset}) into the arrays, reading only what it needs
+    (`Simulation.load_fields` reads each process's own blocks); by default all of them."""
     with _open_read(path) as f:
         group = f.get("checkpoint")
         if group is None:
@@ -658,7 +763,8 @@ def read_checkpoint(path) -> tuple[float, int, float | None, dict[str, np.ndarra
         if int(group.attrs.get("complete", 1)) != 1:
             raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
         dt = float(group.attrs["dt"])
-        fields = {name: data[()] for name, data in group.items()}
+        datasets = dict(group.items())
+        fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
         return (
             float(group.attrs["time"]),
             int(group.attrs["step"]),

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("shard_0", "shard_1", "shard_2")
@@ -33,7 +34,9 @@ def use_cpu_devices(count: int) -> None:
 def initialize_distributed() -> None:
     """Join a multi-process run (one process per host or per GPU): JAX reads the coordinator,
     process count and id from the cluster environment (SLURM, Open MPI) or from
-    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU devices of different
+    processes talk through Gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
         jax.distributed.initialize(
@@ -43,6 +46,37 @@ def initialize_distributed() -> None:
         )
     else:
         jax.distributed.initialize()
+
+
+class Processes:
+    """The processes of a multi-process run, as the output writer needs them: this one's
+    rank, their number, a barrier, and small arrays gathered from all of them."""
+
+    def __init__(self):
+        self.rank = jax.process_index()
+        self.size = jax.process_count()
+        self._barriers = 0
+
+    def barrier(self) -> None:
+        """Wait until every process is here."""
+        self._barriers += 1
+        multihost_utils.sync_global_devices(f"ilsim barrier {self._barriers}")
+
+    def gather(self, values) -> np.ndarray:
+        """`values` (a small array) of every process, stacked along a new first axis. Sent as
+        raw bytes, so float64 stays float64 where JAX runs in float32."""
+        values = np.ascontiguousarray(values)
+        raw = np.asarray(multihost_utils.process_allgather(values.reshape(-1).view(np.uint8)))
+        return raw.view(values.dtype).reshape(self.size, *values.shape)
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process."""
+        return bool(np.any(self.gather(np.array(bool(flag)))))
+
+
+def processes() -> Processes | None:
+    """The processes of this run, None when it has one."""
+    return Processes() if jax.process_count() > 1 else None
 
 
 def auto_mesh_shape(grid_shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
@@ -129,6 +163,16 @@ def place(tree, mesh: Mesh | None, grid_shape: Sequence[int]):
         return jax.device_put(x, blocks if tuple(shape) == tuple(grid_shape) else replicated)
 
     return jax.tree.map(put, tree)
+
+
+def read_blocks(dataset, sharding: NamedSharding | None, dtype):
+    """An HDF5 dataset (or any sliceable array) as a device array laid out by `sharding`:
+    each process reads only the blocks of its own devices; all of it without a sharding."""
+    if sharding is None:
+        return jax.device_put(np.asarray(dataset[()], dtype))
+    return jax.make_array_from_callback(
+        dataset.shape, sharding, lambda index: np.asarray(dataset[index], dtype)
+    )
 
 
 def host_parts(array) -> list[tuple[tuple[slice, ...], np.ndarray]]:

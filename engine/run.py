@@ -26,7 +26,7 @@ from engine.config import dump_toml
 from engine.ensemble import Ensemble
 from engine.io import FieldInfo, OutputWriter, read_checkpoint
 from engine.model import Species
-from engine.parallel import host_parts
+from engine.parallel import Processes, host_parts, processes
 from engine.simulation import Simulation, State
 
 
@@ -61,13 +61,15 @@ def _field_infos(sim: Simulation, names) -> list[FieldInfo]:
     ]
 
 
-def _check_finite(fields: dict[str, list], t: float) -> None:
-    for name, parts in fields.items():
-        if not all(np.all(np.isfinite(block)) for _, block in parts):
-            raise Diverged(
-                f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "
-                'time.dt = "auto", or another time.stepper (imex, quasi_steady)'
-            )
+def _check_finite(fields: dict[str, list], t: float, processes: Processes | None) -> None:
+    """Raise Diverged (on every process) if a block of any process is not finite."""
+    bad = [n for n, parts in fields.items() if not all(np.all(np.isfinite(b)) for _, b in parts)]
+    if bad or (processes is not None and processes.any(bool(bad))):
+        name = bad[0] if bad else "of another process"
+        raise Diverged(
+            f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "
+            'time.dt = "auto", or another time.stepper (imex, quasi_steady)'
+        )
 
 
 @contextmanager
@@ -121,11 +123,8 @@ def run(
     if cfg is None:
         raise RunError("run: the simulation needs a config (engine.Simulation(load_config(...)))")
     output = Path(output)
-    if jax.process_count() > 1:
-        raise RunError(
-            "run: writing output from a multi-process run is not supported yet; run on one "
-            "host (all its devices), or drive engine.Simulation yourself"
-        )
+    team = processes()  # several: each writes its own blocks, the first all the rest
+    first = team is None or team.rank == 0
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other")
     if output.exists() and not (resume or overwrite):
@@ -142,14 +141,12 @@ def run(
     )
 
     if resume:
-        t, step, dt, fields = read_checkpoint(output)
-        _truncate_after(output, t)
-        state = State(
-            t=t,
-            fields=sim.place({k: np.asarray(v, sim.dtype) for k, v in fields.items()}),
-            step=step,
-            dt=dt,
-        )
+        t, step, dt, fields = read_checkpoint(output, load=sim.load_fields)
+        if team is not None:
+            team.barrier()  # every process has read its blocks
+        if first:
+            _truncate_after(output, t)
+        state = State(t=t, fields=fields, step=step, dt=dt)
         path = output
     else:
         state = sim.initial_state()
@@ -163,7 +160,7 @@ def run(
         stepper=sim.stepper.name,
         config=dump_toml(cfg),
     )
-    masks = {name: m.astype(np.uint8) for name, m in _region_masks(sim).items()}
+    masks = {n: m.astype(np.uint8) for n, m in _region_masks(sim).items()} if first else {}
     writer = OutputWriter(
         path,
         sim.model.grid,
@@ -174,25 +171,28 @@ def run(
         compression=cfg.output.compression,
         resume=resume,
         members=getattr(sim, "members", None),
+        processes=team,
     )
-    bar = _progress(cfg.time.end, quiet)
+    bar = _progress(cfg.time.end, quiet or not first)
     started = time.perf_counter()
     last_checkpoint = state.t
     targets = [t for t in times if t > state.t * (1 + 1e-12)]
     write_current = not resume  # a resumed state's frame is already in the file
     try:
-        with _stop_requests() as stop:
+        with _stop_requests() as requests:
             while True:
+                # every process stops at the same frame, when any of them was asked to
+                stop = bool(requests) if team is None else team.any(bool(requests))
                 # this chunk's blocks, copied to host memory shard by shard (waits for it only)
                 host = {name: host_parts(value) for name, value in state.fields.items()}
                 # dispatch the next chunk before writing: the device computes while the host
                 # compresses and writes (the input buffers are donated, the copy is ours)
                 following = sim.advance(state, targets.pop(0)) if targets and not stop else None
                 if write_current:
-                    _check_finite(host, state.t)
+                    _check_finite(host, state.t, team)
                     writer.write_frame(state.t, {n: host[n] for n in names})
                     if path != output:  # the run has started: move the file into place
-                        os.replace(path, output)
+                        writer.move_to(output)
                         path = output
                 write_current = True
                 if bar is not None:

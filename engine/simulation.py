@@ -136,6 +136,14 @@ class Simulation:
         over the mesh, the rest replicated; unchanged on one device."""
         return parallel.place(tree, self.mesh, self._grid_shape)
 
+    def load_fields(self, datasets) -> Fields:
+        """Fields read from arrays or HDF5 datasets ({name: dataset}, a checkpoint) onto this
+        simulation's devices: each process reads only its own devices' blocks."""
+        sharding = None
+        if self.mesh is not None:
+            sharding = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        return {k: parallel.read_blocks(d, sharding, self.dtype) for k, d in datasets.items()}
+
     def _keep_layout(self, fields: Fields) -> Fields:
         """Pin the fields' blocks to the mesh, so that every chunk returns them as it got them."""
         if self.mesh is None:

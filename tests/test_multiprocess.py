@@ -1,0 +1,140 @@
+"""Multi-process runs: two processes (two CPU devices each, joined by jax.distributed over
+Gloo) run `ilsim run` on one file. Each writes only its own blocks; the file equals a
+single-process run on four devices, and a two-process run resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+CONFIG = """
+[grid]
+shape = [16, 8, 8]
+spacing = "10 um"
+
+[time]
+end = "{end}"
+output_every = "2 min"
+stepper = "explicit"
+dt = "auto"
+
+[species.IL2]
+diffusion = "100 um^2/s"
+decay = "1e-3 1/s"
+
+[populations.T]
+motility = "1 um^2/s"
+initial = 1e-4
+
+[regions.core]
+sphere = {{ center = ["40 um", "40 um", "40 um"], radius = "30 um" }}
+
+[[terms]]
+type = "uptake"
+species = "IL2"
+by = "T"
+k_on = "1e9 1/M/s"
+receptors = 1e3
+
+[[sources]]
+type = "region"
+species = "IL2"
+region = "core"
+rate = "1 nM/s"
+
+[output]
+checkpoint_every = "2 min"
+
+[parallel]
+mesh = "auto"
+{distributed}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ilsim(args, cwd, processes: int, devices: int):
+    """Run `ilsim ARGS` as `processes` processes with `devices` CPU devices each."""
+    port = _free_port()
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
+    if processes > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=cwd,
+            env={**env, "JAX_PROCESS_ID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(processes)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+
+
+def _write_configs(tmp_path, distributed: bool):
+    line = "distributed = true" if distributed else ""
+    for name, end in (("short", "4 min"), ("long", "8 min")):
+        (tmp_path / f"{name}{int(distributed)}.toml").write_text(
+            CONFIG.format(end=end, distributed=line)
+        )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two-process runs (4 min, and resumed to 8 min) and one-process runs on four devices."""
+    tmp_path = tmp_path_factory.mktemp("multiprocess")
+    for distributed in (True, False):
+        _write_configs(tmp_path, distributed)
+    _ilsim(["run", "long0.toml", "-o", "single.h5", "--quiet"], tmp_path, processes=1, devices=4)
+    _ilsim(["run", "short1.toml", "-o", "multi.h5", "--quiet"], tmp_path, processes=2, devices=2)
+    (tmp_path / "resumed.h5").write_bytes((tmp_path / "multi.h5").read_bytes())
+    _ilsim(
+        ["run", "long1.toml", "-o", "resumed.h5", "--resume", "--quiet"],
+        tmp_path,
+        processes=2,
+        devices=2,
+    )
+    return tmp_path
+
+
+def test_two_processes_write_the_file_a_single_process_writes(runs):
+    with h5py.File(runs / "multi.h5") as multi, h5py.File(runs / "single.h5") as single:
+        n = multi["time"].shape[0]
+        assert n == 3  # 0, 2 and 4 min
+        np.testing.assert_array_equal(multi["time"][:], single["time"][:n])
+        for name in ("IL2", "T"):
+            # explicit steps of the same blocks: bitwise the same numbers
+            np.testing.assert_array_equal(multi["fields"][name][:], single["fields"][name][:n])
+            for stat in ("total", "max"):
+                got = multi["summary"][f"{name}_{stat}"][:]
+                want = single["summary"][f"{name}_{stat}"][:n]
+                np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert multi["fields"]["IL2"][-1].max() > 0  # the source reached the file
+        np.testing.assert_array_equal(multi["regions"]["core"][()], single["regions"]["core"][()])
+        assert multi["checkpoint"].attrs["complete"] == 1
+        assert multi["checkpoint"].attrs["time"] == pytest.approx(240.0)
+        assert "distributed = true" in multi.attrs["config"]
+    assert (runs / "multi.xdmf").exists()
+    assert not (runs / "multi.h5.partial").exists()
+
+
+def test_a_two_process_run_resumes_from_its_checkpoint(runs):
+    with h5py.File(runs / "resumed.h5") as resumed, h5py.File(runs / "single.h5") as single:
+        np.testing.assert_array_equal(resumed["time"][:], single["time"][:])  # 5 frames
+        for name in ("IL2", "T"):
+            np.testing.assert_array_equal(resumed["fields"][name][:], single["fields"][name][:])
+        assert resumed["checkpoint"].attrs["time"] == pytest.approx(480.0)
