@@ -5,9 +5,11 @@ single-process run on four devices, and a two-process run resumes from its check
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -138,3 +140,40 @@ def test_a_two_process_run_resumes_from_its_checkpoint(runs):
         for name in ("IL2", "T"):
             np.testing.assert_array_equal(resumed["fields"][name][:], single["fields"][name][:])
         assert resumed["checkpoint"].attrs["time"] == pytest.approx(480.0)
+
+
+def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
+    _write_configs(tmp_path, distributed=True)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JAX_NUM_CPU_DEVICES": "2",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+    }
+    args = ["run", "long1.toml", "-o", "stopped.h5", "--quiet", "--set", 'time.end="10 h"']
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=tmp_path,
+            env={**env, "JAX_PROCESS_ID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "stopped.h5").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the file moves into place once its first frame is written
+    children[1].send_signal(signal.SIGINT)
+    codes = [child.wait(timeout=240) for child in children]
+    assert codes == [130, 130], [child.stderr.read()[-2000:] for child in children]
+    with h5py.File(tmp_path / "stopped.h5") as f:
+        frames = f["time"].shape[0]
+        assert 1 <= frames < 301  # stopped early, every frame complete
+        checkpoint = f["checkpoint"]
+        assert checkpoint.attrs["complete"] == 1
+        assert checkpoint.attrs["time"] == pytest.approx(f["time"][-1])
+        assert np.all(np.isfinite(f["fields"]["IL2"][-1]))
