@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("shard_0", "shard_1", "shard_2")
 """Names of the mesh axes, laid on grid axes 0, 1, 2 (z, y, x in 3D)."""
@@ -198,8 +198,10 @@ def layout(mesh: Mesh | None):
 
 
 def _current_mesh():
+    """The mesh of `layout`, None outside one or inside `shard_map` (manual axes)."""
     mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty else mesh
+    automatic = all(kind == AxisType.Auto for kind in mesh.axis_types)
+    return None if mesh.empty or not automatic else mesh
 
 
 def lay_out(x, whole_axis: int | None = None):

@@ -211,3 +211,21 @@ def test_host_parts_of_an_unsharded_array_is_the_whole_array():
     values = np.arange(12.0).reshape(3, 4)
     ((index, block),) = parallel.host_parts(jax.numpy.asarray(values))
     np.testing.assert_array_equal(block[index], values)
+
+
+def test_transforms_inside_shard_map_leave_the_blocks_alone():
+    """Inside shard_map (manual mesh axes) each device transforms its own block: `lay_out`
+    must not constrain it (benchmarks advance blocks as independent domains this way)."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    from engine import spectral
+
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("shard_0",))
+    values = np.random.default_rng(0).random((8, 6)).astype(np.float32)
+
+    def transform(x):
+        return spectral.cosine_transform(x, (0, 1))
+
+    spec = PartitionSpec("shard_0")
+    blocks = jax.jit(jax.shard_map(transform, mesh=mesh, in_specs=spec, out_specs=spec))
+    np.testing.assert_allclose(blocks(values), spectral.cosine_transform(values, (0, 1)), rtol=1e-5)
