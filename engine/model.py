@@ -137,10 +137,16 @@ def face_diffusivities(model: Model) -> dict:
     }
 
 
-def diffusion_terms(model: Model, faces: Mapping, fields: Mapping) -> Fields:
-    """div(D grad f) for every field."""
+def diffusion_terms(model: Model, faces: Mapping, fields: Mapping, padded=None) -> Fields:
+    """div(D grad f) for every field; `padded`: the fields with their ghosts, if at hand."""
     return {
-        f.name: operators.diffusion(fields[f.name], faces[f.name], model.grid, model.boundary(f))
+        f.name: operators.diffusion(
+            fields[f.name],
+            faces[f.name],
+            model.grid,
+            model.boundary(f),
+            None if padded is None else padded[f.name],
+        )
         for f in model.fields
     }
 

@@ -132,12 +132,30 @@ def _padded(c, outside: list):
     return lax.optimization_barrier(c)
 
 
-def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary):
-    """div(D grad c) with face coefficients from `face_diffusivity`."""
+def with_ghosts(c, D_faces: tuple, grid: Grid, boundary: Boundary):
+    """`c` with one layer of ghost voxels per face (the boundary's outside values, or the
+    wrapped voxels), stored once: what `diffusion` reads its neighbours from. Its interior
+    (`interior_of`) equals `c`; terms that read their fields from it read no other buffer,
+    which lets a step overwrite the fields in place without first copying them."""
     couplings = [
         _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
     ]
-    padded = _padded(c, [(low[1], high[1]) for low, high in couplings])
+    return _padded(c, [(low[1], high[1]) for low, high in couplings])
+
+
+def interior_of(padded):
+    """The field inside a ghost-padded array (one layer on every face)."""
+    return padded[tuple(slice(1, n - 1) for n in padded.shape)]
+
+
+def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary, padded=None):
+    """div(D grad c) with face coefficients from `face_diffusivity`; `padded`: `c` with its
+    ghosts (`with_ghosts`) when the caller has it already (c then is its interior)."""
+    couplings = [
+        _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
+    ]
+    if padded is None:
+        padded = _padded(c, [(low[1], high[1]) for low, high in couplings])
     interior = [slice(1, n + 1) for n in grid.shape]
     total = jnp.zeros_like(c)
     for axis, ((low, _), (high, _)) in enumerate(couplings):

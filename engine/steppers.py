@@ -58,7 +58,13 @@ def positive_euler_increment(model: Model, faces, fields: Fields, supply: Fields
 
     f_new is non-negative for any loss rate whenever dt is within the explicit transport limit.
     """
-    gain = diffusion_terms(model, faces, fields)
+    # every term reads the fields from their ghost-padded copies (see operators.with_ghosts)
+    padded = {
+        f.name: operators.with_ghosts(fields[f.name], faces[f.name], model.grid, model.boundary(f))
+        for f in model.fields
+    }
+    fields = {name: operators.interior_of(value) for name, value in padded.items()}
+    gain = diffusion_terms(model, faces, fields, padded)
     for name, drift in chemotaxis_terms(model, fields).items():
         gain[name] = gain[name] + drift
     production, loss = reaction_terms(model, fields, t)
