@@ -116,6 +116,13 @@ def device_mesh(spec, grid_shape: Sequence[int], devices: int | None = None) -> 
         raise ValueError(
             f"--devices {devices}: only {len(available)} {available[0].platform} device(s) here"
         )
+    if jax.process_count() > 1:  # every process must hold blocks of the fields, none all
+        if devices not in (None, len(available)):
+            raise ValueError(
+                f"--devices {devices}: a multi-process run uses all {len(available)} devices "
+                "of its processes; leave --devices out"
+            )
+        spec = "auto" if spec is None else spec
     if spec is None and devices in (None, 1):
         return None
     if spec is None or spec == "auto":
@@ -134,6 +141,11 @@ def device_mesh(spec, grid_shape: Sequence[int], devices: int | None = None) -> 
         raise ValueError(
             f"parallel.mesh: {list(spec)} needs {count} devices, {have} given; "
             'change the mesh or --devices (mesh = "auto" fits any count)'
+        )
+    if jax.process_count() > 1 and count != len(available):
+        raise ValueError(
+            f"parallel.mesh: {list(spec)} uses {count} of the {len(available)} devices of this "
+            'multi-process run; give a mesh over all of them, or "auto"'
         )
     for axis, (n, size) in enumerate(zip(spec, grid_shape)):
         if size % n:

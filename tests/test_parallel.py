@@ -229,3 +229,18 @@ def test_transforms_inside_shard_map_leave_the_blocks_alone():
     spec = PartitionSpec("shard_0")
     blocks = jax.jit(jax.shard_map(transform, mesh=mesh, in_specs=spec, out_specs=spec))
     np.testing.assert_allclose(blocks(values), spectral.cosine_transform(values, (0, 1)), rtol=1e-5)
+
+
+def test_a_multi_process_run_splits_over_every_device(monkeypatch):
+    """No process may run the whole grid itself (its blocks would be written, and its totals
+    counted, once per process): without a mesh the run is split over all devices, and a
+    mesh or --devices that leaves devices out is refused."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    mesh = parallel.device_mesh(None, (8, 8))
+    assert mesh is not None and mesh.devices.size == len(jax.devices())
+    two = [jax.devices()[0]] * 2  # as if each of the two processes had one device
+    monkeypatch.setattr(jax, "devices", lambda: two)
+    with pytest.raises(ValueError, match="--devices 1: a multi-process run uses all 2 devices"):
+        parallel.device_mesh(None, (8, 8), devices=1)
+    with pytest.raises(ValueError, match=r"parallel.mesh: \[1\] uses 1 of the 2 devices"):
+        parallel.device_mesh([1], (8, 8))
