@@ -196,6 +196,16 @@ def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path):
         run(Ensemble(longer, {"terms[1].k_on": [1.0, 2.0]}), tmp_path / "straight.h5", resume=True)
 
 
+def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch):
+    import engine.run
+
+    monkeypatch.setattr(engine.run, "processes", lambda: object())  # as if several
+    ensemble = Ensemble(load_config(CONFIG), {"terms[1].k_on": [0.005, 0.05]})
+    with pytest.raises(engine.run.RunError, match="a sweep runs in one process"):
+        run(ensemble, tmp_path / "sweep.h5", quiet=True)
+    assert not list(tmp_path.iterdir())
+
+
 def test_ilsim_sweep_and_member_options(tmp_path, capsys):
     config = tmp_path / "model.toml"
     from engine.config import dump_toml
