@@ -124,9 +124,9 @@ def run(
         raise RunError("run: the simulation needs a config (engine.Simulation(load_config(...)))")
     output = Path(output)
     team = processes()  # several: each writes its own blocks, the first all the rest
-    first = team is None or team.rank == 0
     if team is not None and isinstance(sim, Ensemble):
         raise RunError("run: a sweep runs in one process, its members split over its devices")
+    first = team is None or team.rank == 0
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other")
     if output.exists() and not (resume or overwrite):
