@@ -65,13 +65,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ilsim(args, cwd, processes: int, devices: int):
-    """Run `ilsim ARGS` as `processes` processes with `devices` CPU devices each."""
-    port = _free_port()
+def _launch(args, cwd, processes: int, devices: int) -> list[subprocess.Popen]:
+    """Start `ilsim ARGS` as `processes` processes with `devices` CPU devices each."""
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
     if processes > 1:
-        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
-    children = [
+        address = f"127.0.0.1:{_free_port()}"
+        env.update(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(processes))
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "engine.cli", *args],
             cwd=cwd,
@@ -82,8 +82,12 @@ def _ilsim(args, cwd, processes: int, devices: int):
         )
         for rank in range(processes)
     ]
-    for child in children:
-        out, err = child.communicate(timeout=300)
+
+
+def _ilsim(args, cwd, processes: int, devices: int) -> None:
+    """Run `ilsim ARGS` as `processes` processes with `devices` CPU devices each, to the end."""
+    for child in _launch(args, cwd, processes, devices):
+        _, err = child.communicate(timeout=300)
         assert child.returncode == 0, err[-3000:]
 
 
@@ -144,26 +148,8 @@ def test_a_two_process_run_resumes_from_its_checkpoint(runs):
 
 def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
     _write_configs(tmp_path, distributed=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "JAX_NUM_CPU_DEVICES": "2",
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-        "JAX_NUM_PROCESSES": "2",
-    }
     args = ["run", "long1.toml", "-o", "stopped.h5", "--quiet", "--set", 'time.end="10 h"']
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *args],
-            cwd=tmp_path,
-            env={**env, "JAX_PROCESS_ID": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+    children = _launch(args, tmp_path, processes=2, devices=2)
     deadline = time.monotonic() + 240
     while not (tmp_path / "stopped.h5").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # the file moves into place once its first frame is written
