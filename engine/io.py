@@ -245,6 +245,10 @@ def as_parts(value) -> list[tuple[tuple[slice, ...], np.ndarray]]:
 # writer
 
 
+_MESSAGE_BYTES = 1024
+"""Room for the first process's error message, sent to the others of a multi-process run."""
+
+
 class OutputWriter:
     """Writes one run's HDF5 file (layout in the module docstring).
 
@@ -312,10 +316,16 @@ class OutputWriter:
             if failure is not None:
                 raise failure
             return
-        # every process learns whether the first could open the file, and where it stands
-        if processes.any(failure is not None):
+        # every process learns whether the first could open the file (and why not), and
+        # where the file stands
+        message = np.zeros(_MESSAGE_BYTES, np.uint8)
+        if failure is not None:
+            text = (str(failure) or type(failure).__name__).encode()[:_MESSAGE_BYTES]
+            message[: len(text)] = np.frombuffer(text, np.uint8)
+        first_message = processes.gather(message)[0]
+        if first_message.any():
             self._closed = True
-            raise failure or ValueError(f"{self.path}: the first process could not open it")
+            raise failure or ValueError(bytes(first_message).rstrip(b"\0").decode(errors="replace"))
         if first:
             self._file.close()
             self._file = None

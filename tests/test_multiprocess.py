@@ -146,6 +146,19 @@ def test_a_two_process_run_resumes_from_its_checkpoint(runs):
         assert resumed["checkpoint"].attrs["time"] == pytest.approx(480.0)
 
 
+def test_a_bad_resume_is_refused_by_every_process_in_one_line(runs):
+    (runs / "bad.h5").write_bytes((runs / "multi.h5").read_bytes())
+    args = ["run", "long1.toml", "-o", "bad.h5", "--resume", "--quiet"]
+    children = _launch([*args, "--set", 'time.dtype="float64"'], runs, processes=2, devices=2)
+    errors = [child.communicate(timeout=300)[1] for child in children]
+    assert [child.returncode for child in children] == [2, 2], errors
+    for error in errors:
+        assert "cannot resume" in error and "float32 in the file, float64 requested" in error
+        assert "Traceback" not in error
+    with h5py.File(runs / "bad.h5") as f:
+        assert f["time"].shape[0] == 3 and f["fields"]["IL2"].dtype == np.float32
+
+
 def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
     _write_configs(tmp_path, distributed=True)
     args = ["run", "long1.toml", "-o", "stopped.h5", "--quiet", "--set", 'time.end="10 h"']
