@@ -64,7 +64,8 @@ def _field_infos(sim: Simulation, names) -> list[FieldInfo]:
 def _check_finite(fields: dict[str, list], t: float, processes: Processes | None) -> None:
     """Raise Diverged (on every process) if a block of any process is not finite."""
     bad = [n for n, parts in fields.items() if not all(np.all(np.isfinite(b)) for _, b in parts)]
-    if bad or (processes is not None and processes.any(bool(bad))):
+    # every process asks the others, also one that found a bad block (else they would wait)
+    if bad if processes is None else processes.any(bool(bad)):
         name = bad[0] if bad else "of another process"
         raise Diverged(
             f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "

@@ -254,3 +254,31 @@ def test_a_3d_run_opens_in_xarray_with_named_dimensions(tmp_path):
     import xml.etree.ElementTree as ET
 
     assert ET.parse(out.with_suffix(".xdmf")).getroot().tag == "Xdmf"
+
+
+class _AskedProcesses:
+    """Stands in for the processes of a multi-process run: records what it was asked."""
+
+    def __init__(self, others_bad: bool):
+        self.others_bad = others_bad
+        self.asked = []
+
+    def any(self, flag: bool) -> bool:
+        self.asked.append(flag)
+        return flag or self.others_bad
+
+
+@pytest.mark.parametrize("here_bad, others_bad", [(True, False), (False, True), (False, False)])
+def test_every_process_asks_the_others_whether_a_field_diverged(here_bad, others_bad):
+    """A process that finds a bad block must still join the others' question, else they wait
+    for it forever; and a bad block elsewhere stops this process too."""
+    from engine.run import Diverged, _check_finite
+
+    block = np.array([np.nan if here_bad else 1.0])
+    processes = _AskedProcesses(others_bad)
+    if here_bad or others_bad:
+        with pytest.raises(Diverged, match="IL2" if here_bad else "of another process"):
+            _check_finite({"IL2": [((slice(0, 1),), block)]}, 60.0, processes)
+    else:
+        _check_finite({"IL2": [((slice(0, 1),), block)]}, 60.0, processes)
+    assert processes.asked == [here_bad]
