@@ -154,8 +154,7 @@ def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary, padded=None):
     couplings = [
         _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
     ]
-    if padded is None:
-        padded = _padded(c, [(low[1], high[1]) for low, high in couplings])
+    padded = with_ghosts(c, D_faces, grid, boundary) if padded is None else padded
     interior = [slice(1, n + 1) for n in grid.shape]
     total = jnp.zeros_like(c)
     for axis, ((low, _), (high, _)) in enumerate(couplings):
