@@ -27,23 +27,29 @@ def eligible(D, decay, boundary: Boundary) -> bool:
     )
 
 
-def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> np.ndarray:
-    """Eigenvalues (1/um^2, <= 0) of the discrete Laplacian, shaped to broadcast over the grid."""
-    total = np.zeros([1] * grid.ndim)
+def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
+    """Eigenvalues (1/um^2, <= 0) of the discrete Laplacian along each axis, each shaped to
+    broadcast over the grid: an eigenvalue of the grid's Laplacian is their sum."""
+    eigenvalues = []
     for axis, (n, h) in enumerate(zip(grid.shape, grid.spacing)):
         k = np.arange(n)
         angle = np.pi * k / n if boundary.is_periodic(axis) else np.pi * k / (2 * n)
         shape = [1] * grid.ndim
         shape[axis] = n
-        total = total - (4 / h**2 * np.sin(angle) ** 2).reshape(shape)
-    return total
+        eigenvalues.append((-4 / h**2 * np.sin(angle) ** 2).reshape(shape))
+    return eigenvalues
 
 
 def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     """Transform-space multipliers of one step of dt (s) of dc/dt = D lap c - decay c + S:
     exp(dt mu) for c and dt phi1(dt mu) for a supply S held constant over the step, with
     mu = D lambda_k - decay."""
-    rate = decay - D * jnp.asarray(laplacian_eigenvalues(grid, boundary), dtype)
+    # summed on the device from opaque per-axis vectors: a grid-sized array of eigenvalues
+    # would be captured into the compiled program (8 MB per field at 128^3) and the
+    # exponentials folded while compiling (46 s for a seed scenario on a GPU)
+    per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
+    per_axis = lax.optimization_barrier(per_axis)
+    rate = decay - D * sum(per_axis[1:], per_axis[0])
     x = dt * rate
     small = x < 1e-4
     phi1 = jnp.where(small, 1 - x / 2, -jnp.expm1(-x) / jnp.where(small, 1, x))
@@ -66,8 +72,10 @@ def cosine_transform(x, axes, inverse: bool = False):
     what accelerators do best. Full precision: no reduced-precision (TF32) products. On split
     fields each product runs along a whole axis (`parallel.lay_out`), as on one device."""
     for axis in axes:
-        matrix = jnp.asarray(dct_matrix(x.shape[axis]), x.dtype)
-        matrix = matrix.T if inverse else matrix
+        matrix = dct_matrix(x.shape[axis])
+        # opaque to XLA: a product of two constants (the transform of a uniform field) is
+        # otherwise folded while compiling, which took 54 s for a 2048 x 2048 one on a GPU
+        matrix = lax.optimization_barrier(jnp.asarray(matrix.T if inverse else matrix, x.dtype))
         x = parallel.lay_out(x, whole_axis=axis)
         product = jnp.tensordot(x, matrix, axes=([axis], [1]), precision=lax.Precision.HIGHEST)
         x = jnp.moveaxis(product, -1, axis)
@@ -94,9 +102,11 @@ def _inverse(x, cosine, fourier, dtype):
 
 def propagate(c, forcing, propagator, integrator, boundary: Boundary):
     """propagator * c + integrator * forcing, the multipliers applied in the eigenbasis (DCT
-    on neumann axes, FFT on periodic ones): two forward transforms and one inverse."""
+    on neumann axes, FFT on periodic ones): two forward transforms and one inverse, or one
+    forward and one inverse where `forcing` is None (none)."""
     cosine = [a for a in range(c.ndim) if not boundary.is_periodic(a)]
     fourier = [a for a in range(c.ndim) if boundary.is_periodic(a)]
     mixed = propagator * _forward(c, cosine, fourier)
-    mixed = mixed + integrator * _forward(forcing, cosine, fourier)
+    if forcing is not None:
+        mixed = mixed + integrator * _forward(forcing, cosine, fourier)
     return _inverse(mixed, cosine, fourier, c.dtype)
