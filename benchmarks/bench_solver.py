@@ -24,11 +24,13 @@ quasi_steady (one step each, at their own dt).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from common import RESULTS, device_name, median_seconds
 
@@ -149,6 +151,42 @@ def numba_steps():
     return {2: step2, 3: step3}
 
 
+def xla_step(c, out, a: float, dt: float):
+    """The same step as a plain jnp stencil of the stacked fields (edge padding, slices): what
+    XLA alone makes of it on the device. Returns the new fields (`out` is unused)."""
+    n_fields, ndim = c.shape[0], c.ndim - 1
+    p = jnp.pad(c, [(0, 0)] + [(1, 1)] * ndim, mode="edge")
+    total = -2 * ndim * c
+    for axis in range(ndim):
+        for lo in (0, 2):
+            index = [slice(None)] + [slice(1, -1)] * ndim
+            index[axis + 1] = slice(lo, lo + c.shape[axis + 1])
+            total = total + p[tuple(index)]
+    gain = (c + a * total).at[1:].add(dt * RATE * c[:-1])
+    sinks = DECAY + RATE * (jnp.arange(n_fields) < n_fields - 1)
+    return gain / (1 + dt * sinks).reshape((n_fields,) + (1,) * ndim).astype(c.dtype)
+
+
+def xla_seconds(shape, n_fields: int, dtype: str, steps: int, repeats: int) -> float:
+    """Seconds per step of `xla_step`, `steps` per call in a device loop of two steps per
+    iteration (each writes the buffer the other read, so XLA copies nothing)."""
+    c = jnp.asarray(np.random.default_rng(0).random((n_fields, *shape)), dtype)
+    dt = 0.1
+    a = dt * D / SPACING**2
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def advance(c):
+        pair = lambda i, c: xla_step(xla_step(c, None, a, dt), None, a, dt)  # noqa: E731
+        return jax.lax.fori_loop(0, steps // 2, pair, c)
+
+    holder = {"c": c}
+
+    def run():
+        holder["c"] = jax.block_until_ready(advance(holder["c"]))
+
+    return median_seconds(run, repeats) / (2 * (steps // 2))
+
+
 def reference_seconds(step, shape, n_fields: int, dtype: str, repeats: int) -> float:
     c = np.random.default_rng(0).random((n_fields, *shape)).astype(dtype)
     out = np.empty_like(c)
@@ -170,6 +208,8 @@ def check_reference_agrees(numba_kernels) -> None:
         for step in [numpy_step] + ([numba_kernels[len(shape)]] if numba_kernels else []):
             step(c, out, 0.1 * D / SPACING**2, 0.1)
             np.testing.assert_allclose(out, expected, rtol=1e-12)
+        xla = xla_step(jnp.asarray(c), None, 0.1 * D / SPACING**2, 0.1)
+        np.testing.assert_allclose(np.asarray(xla), expected, rtol=1e-12)
 
 
 def engine_case(shape, n_fields: int, dtype: str, stepper: str, steps: int, repeats: int) -> dict:
@@ -198,7 +238,9 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
             voxels = math.prod(shape)
             for n_fields in args.fields:
                 # the references run first: XLA's worker threads linger busy after a run
-                references = reference_times(shape, n_fields, dtype, args.repeats, numba_kernels)
+                references = reference_times(
+                    shape, n_fields, dtype, args.repeats, args.steps, args.references, numba_kernels
+                )
                 for stepper in args.steppers:
                     steps = args.steps if stepper in EXPLICIT else 2
                     case = engine_case(shape, n_fields, dtype, stepper, steps, args.repeats)
@@ -220,8 +262,12 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
     return rows
 
 
-def reference_times(shape, n_fields, dtype, repeats, numba_kernels) -> dict:
-    out = dict(numpy_s=reference_seconds(numpy_step, shape, n_fields, dtype, repeats))
+def reference_times(shape, n_fields, dtype, repeats, steps, names, numba_kernels) -> dict:
+    out = {}
+    if "xla" in names:
+        out["xla_s"] = xla_seconds(shape, n_fields, dtype, steps, repeats)
+    if "numpy" in names:
+        out["numpy_s"] = reference_seconds(numpy_step, shape, n_fields, dtype, repeats)
     if numba_kernels is not None and len(shape) in numba_kernels:
         kernel = numba_kernels[len(shape)]
         out["numba_s"] = reference_seconds(kernel, shape, n_fields, dtype, repeats)
@@ -230,7 +276,8 @@ def reference_times(shape, n_fields, dtype, repeats, numba_kernels) -> dict:
 
 HEADER = (
     f"{'grid':>9} {'F':>2} {'dtype':>7} {'stepper':>17} {'ms/step':>9} {'Gupd/s':>7} "
-    f"{'of bw':>6} {'xNumPy':>7} {'xNumba':>7} {'euler':>6} {'compile':>8} {'peak MB':>8}"
+    f"{'of bw':>6} {'xNumPy':>7} {'xNumba':>7} {'xXLA':>6} {'euler':>6} {'compile':>8} "
+    f"{'peak MB':>8}"
 )
 
 
@@ -246,6 +293,7 @@ def format_row(r: dict) -> str:
         f"{r['grid']:>9} {r['fields']:>2} {r['dtype']:>7} {r['stepper']:>17} "
         f"{1e3 * r['seconds']:>9.2f} {r['updates_per_s'] / 1e9:>7.3f} "
         f"{r['bandwidth_fraction']:>6.1%} {ratio('numpy_s'):>7} {ratio('numba_s'):>7} "
+        f"{ratio('xla_s'):>6} "
         f"{euler:>6} {r['compile_s']:>7.1f}s {peak:>8}"
     )
 
@@ -291,6 +339,14 @@ def main(argv=None) -> Path:
     parser.add_argument("--repeats", type=int, help="timed calls per case (default 5)")
     parser.add_argument("--steps", type=int, help="explicit steps per timed call (default 20)")
     parser.add_argument("--quick", action="store_true", help="a small matrix in about a minute")
+    parser.add_argument(
+        "--references",
+        nargs="*",
+        default=["numpy", "numba", "xla"],
+        choices=["numpy", "numba", "xla"],
+        help="references to time: NumPy and Numba on the CPU, a plain jnp stencil on the "
+        "device (default all; none: only the engine and the bandwidth)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
     args = parser.parse_args(argv)
     defaults = dict(
@@ -308,7 +364,7 @@ def main(argv=None) -> Path:
             setattr(args, key, value)
     args.steppers = [s for s in STEPPERS if s in args.steppers]  # euler first: the unit
     name = device_name()
-    numba_kernels = numba_steps()
+    numba_kernels = numba_steps() if "numba" in args.references else None
     check_reference_agrees(numba_kernels)
     bandwidth = copy_bandwidth(args.repeats)
     print(f"device: {name}; jax {jax.__version__}; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
