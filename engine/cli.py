@@ -44,7 +44,7 @@ def _simulation(args):
     if cfg.parallel.distributed:
         from engine.parallel import initialize_distributed
 
-        initialize_distributed()
+        initialize_distributed(cfg.parallel.heartbeat_timeout)
     return engine.Simulation(cfg, devices=devices)
 
 

@@ -900,10 +900,12 @@ def _mesh(value: Any):
 class ParallelConfig(_Model):
     """Domain decomposition over devices: mesh = "auto" (every device, slabs where they fit)
     or devices per leading grid axis ([2, 2]: z over 2, y over 2 in 3D); absent: one device.
-    distributed = true joins a multi-process run (engine.parallel.initialize_distributed)."""
+    distributed = true joins a multi-process run (engine.parallel.initialize_distributed);
+    heartbeat_timeout (s): how long its processes wait for a silent one before all abort."""
 
     mesh: Annotated[Literal["auto"] | tuple[int, ...] | None, BeforeValidator(_mesh)] = None
     distributed: Annotated[bool, BeforeValidator(_boolean)] = False
+    heartbeat_timeout: Duration = 100.0
 
 
 class OutputConfig(_Model):

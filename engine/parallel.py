@@ -31,21 +31,24 @@ def use_cpu_devices(count: int) -> None:
     jax.config.update("jax_num_cpu_devices", int(count))
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(heartbeat_timeout: float = 100.0) -> None:
     """Join a multi-process run (one process per host or per GPU): JAX reads the coordinator,
     process count and id from the cluster environment (SLURM, Open MPI) or from
     JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU devices of different
-    processes talk through Gloo."""
+    processes talk through Gloo. A process silent for `heartbeat_timeout` s (one that died)
+    makes every other abort, rather than wait for it forever."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = dict(heartbeat_timeout_seconds=max(1, math.ceil(heartbeat_timeout)))
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
         jax.distributed.initialize(
             coordinator_address=address,
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
+            **timeout,
         )
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeout)
 
 
 class Processes:

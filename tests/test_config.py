@@ -982,3 +982,13 @@ def test_parallel_mesh_forms(mesh, expected):
     raw["parallel"] = {"mesh": mesh}
     assert load_config(raw).parallel.mesh == expected
     assert load_config(base()).parallel.mesh is None
+
+
+def test_parallel_heartbeat_timeout_is_a_positive_duration():
+    raw = base()
+    assert load_config(raw).parallel.heartbeat_timeout == 100.0
+    raw["parallel"] = {"heartbeat_timeout": "2 min"}
+    assert load_config(raw).parallel.heartbeat_timeout == 120.0
+    raw["parallel"] = {"heartbeat_timeout": "0 s"}
+    with pytest.raises(ConfigError, match="parallel.heartbeat_timeout"):
+        load_config(raw)

@@ -176,3 +176,34 @@ def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
         assert checkpoint.attrs["complete"] == 1
         assert checkpoint.attrs["time"] == pytest.approx(f["time"][-1])
         assert np.all(np.isfinite(f["fields"]["IL2"][-1]))
+
+
+def test_a_process_that_dies_makes_the_others_abort_and_the_run_resumes(tmp_path):
+    """SIGKILL to one process: the other stops hearing its heartbeats and aborts after
+    parallel.heartbeat_timeout instead of waiting forever; the file keeps its completed
+    frames and last checkpoint, and the run resumes from it on two processes."""
+    _write_configs(tmp_path, distributed=True)
+    every = ["--set", 'time.output_every="30 s"', "--set", 'output.checkpoint_every="30 s"']
+    args = ["run", "long1.toml", "-o", "crash.h5", "--quiet", *every]
+    settings = ["--set", 'parallel.heartbeat_timeout="5 s"']
+    children = _launch([*args, *settings, "--set", 'time.end="10 h"'], tmp_path, 2, 2)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "crash.h5").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the file moves into place once its first frame is written
+    time.sleep(6)  # a few more frames, each with a checkpoint
+    children[1].kill()
+    killed = time.monotonic()
+    code = children[0].wait(timeout=120)
+    assert code != 0 and time.monotonic() - killed < 60, code
+    with h5py.File(tmp_path / "crash.h5") as f:
+        frames = f["time"].shape[0]
+        assert frames >= 2, "no frame after the first: wait longer before the kill"
+        assert np.all(np.isfinite(f["fields"]["IL2"][:frames]))
+        assert f["checkpoint"].attrs["complete"] == 1
+        stopped = float(f["checkpoint"].attrs["time"])
+    end = f'time.end="{stopped + 60:g} s"'
+    _ilsim([*args, *settings, "--resume", "--set", end], tmp_path, processes=2, devices=2)
+    with h5py.File(tmp_path / "crash.h5") as f:
+        assert f["time"][-1] == pytest.approx(stopped + 60)
+        assert np.all(np.diff(f["time"][:]) == 30)  # every frame once, none lost or repeated
+        assert np.all(np.isfinite(f["fields"]["IL2"][:]))
