@@ -580,13 +580,15 @@ class OutputWriter:
             if not inside:
                 raise ValueError(f"{what}: a block at {index} lies outside the shape {shape}")
 
-    def _combine(self, total, peak):
-        """Summaries of this process's blocks combined over every process (sum, max)."""
-        if self._processes is None:
-            return total, peak
-        both = self._processes.gather(np.array([total, peak], dtype=np.float64))
-        total, peak = both[:, 0].sum(axis=0), both[:, 1].max(axis=0)
-        return (float(total), float(peak)) if np.ndim(total) == 0 else (total, peak)
+    def _combine(self, stats: dict) -> dict:
+        """Each field's (total, max) of this process's blocks combined over every process
+        (sum, max), all fields in one exchange. (Sweeps, whose summaries are per member,
+        run in one process.)"""
+        if self._processes is None or not stats:
+            return stats
+        every = self._processes.gather(np.array(list(stats.values()), np.float64))
+        totals, peaks = every[:, :, 0].sum(axis=0), every[:, :, 1].max(axis=0)
+        return {n: (float(totals[i]), float(peaks[i])) for i, n in enumerate(stats)}
 
     def write_frame(self, t: float, fields: dict[str, np.ndarray]) -> None:
         """Append one frame at time t (s). `fields` must hold every output field (extra
@@ -611,13 +613,12 @@ class OutputWriter:
             self._check_blocks(f"write_frame: field {info.name!r}", parts, shape)
             parts = [(index, v.astype(self.dtype, copy=False)) for index, v in parts]
             values[info.name] = parts
-            stats[info.name] = self._combine(
-                *(
-                    _member_summaries(info, parts, self.grid, self.n_members)
-                    if lead
-                    else _summaries(info, parts, self.grid)
-                )
+            stats[info.name] = (
+                _member_summaries(info, parts, self.grid, self.n_members)
+                if lead
+                else _summaries(info, parts, self.grid)
             )
+        stats = self._combine(stats)
         n = self._n_frames
         axis = len(lead)
 
