@@ -128,7 +128,7 @@ def main(argv=None) -> Path:
         reference = None
         if reference_options is not None:
             reference, timing = solve(cfg, **reference_options)
-            report(dict(scenario=config, stepper="reference", error=0.0, **timing))
+            report(dict(scenario=config, stepper="reference", error=None, **timing))
         for stepper in args.steppers:
             fields, timing = solve(cfg, stepper=stepper, dtype="float32")
             errors = None if reference is None else relative_error(fields, reference)

@@ -114,7 +114,7 @@ def time_to_solution_section(path: Path) -> list[str]:
             f"{r['wall_s']:.1f}",
             f"{r['compile_s']:.1f}",
             str(r["steps"]),
-            f"{r['error']:.2e}" if r["stepper"] != "reference" and r["error"] is not None else "-",
+            "-" if r["error"] is None or r["stepper"] == "reference" else f"{r['error']:.2e}",
         ]
         for r in result["rows"]
     ]
