@@ -539,7 +539,6 @@ def test_the_stepping_loop_captures_no_grid_sized_constant(stepper):
 _SCENARIO = Path(__file__).parent.parent / "configs" / "infection_resolution_3d.toml"
 
 
-@pytest.mark.parametrize("n_steps", [4, 5], ids=["even", "odd"])
 @pytest.mark.parametrize(
     "options",
     [
@@ -551,13 +550,12 @@ _SCENARIO = Path(__file__).parent.parent / "configs" / "infection_resolution_3d.
     ],
     ids=["euler", "ssprk3", "ssprk3-compensated", "imex", "quasi_steady"],
 )
-def test_fused_ghosts_and_paired_steps_compute_the_stored_path(
-    options, n_steps, float64, monkeypatch
-):
+def test_fused_ghosts_and_paired_steps_compute_the_stored_path(options, float64, monkeypatch):
     """Accelerators fuse the ghost padding into the stencil and run two steps per loop
     iteration (`operators.stored_ghosts`); the tests run on CPU, which stores the padded
     copies, so the accelerator path is checked here against it: every term of a seed
-    scenario (chemotaxis, secretion, uptake, killing, sources), odd and even step counts."""
+    scenario (chemotaxis, secretion, uptake, killing, sources); an odd step count, so that
+    both the pairs and the last single step run."""
     cfg = load_config(_SCENARIO, {"grid.shape": [16, 16, 16], "grid.spacing": "80 um"})
 
     def run():
@@ -566,7 +564,7 @@ def test_fused_ghosts_and_paired_steps_compute_the_stored_path(
         rng = np.random.default_rng(4)  # every field non-zero, so that every term acts
         fields = {k: jnp.asarray(rng.uniform(0.5, 1.5, v.shape)) for k, v in state.fields.items()}
         dt = float(sim.time_step(state))
-        return {k: _host(v) for k, v in sim.advance_steps(fields, 0.0, dt, n_steps).items()}
+        return {k: _host(v) for k, v in sim.advance_steps(fields, 0.0, dt, 5).items()}
 
     stored = run()
     monkeypatch.setattr(operators, "stored_ghosts", lambda: False)
