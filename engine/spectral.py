@@ -43,7 +43,8 @@ def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
 def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     """Transform-space multipliers of one step of dt (s) of dc/dt = D lap c - decay c + S:
     exp(dt mu) for c and dt phi1(dt mu) for a supply S held constant over the step, with
-    mu = D lambda_k - decay."""
+    mu = D lambda_k - decay; and the DCT matrix of each neumann axis (None on periodic ones),
+    made once here for every transform of the step (`transform_matrices`)."""
     # summed on the device from opaque per-axis vectors: a grid-sized array of eigenvalues
     # would be captured into the compiled program (8 MB per field at 128^3) and the
     # exponentials folded while compiling (46 s for a seed scenario on a GPU)
@@ -53,7 +54,19 @@ def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     x = dt * rate
     small = x < 1e-4
     phi1 = jnp.where(small, 1 - x / 2, -jnp.expm1(-x) / jnp.where(small, 1, x))
-    return jnp.exp(-x), dt * phi1
+    return jnp.exp(-x), dt * phi1, transform_matrices(grid, boundary, dtype)
+
+
+def transform_matrices(grid: Grid, boundary: Boundary, dtype) -> tuple:
+    """The DCT matrix of each non-periodic axis (None on periodic ones), opaque to XLA: with
+    constant matrices, the transform of a constant array (a uniform forcing) was evaluated
+    while compiling (54 s for a 2048^2 product on a GPU). Shared by every transform that
+    uses them, so that XLA still merges repeated transforms of the same field."""
+    matrices = [
+        None if boundary.is_periodic(axis) else jnp.asarray(dct_matrix(n), dtype)
+        for axis, n in enumerate(grid.shape)
+    ]
+    return tuple(lax.optimization_barrier(matrices))
 
 
 @functools.lru_cache(maxsize=32)
@@ -65,17 +78,19 @@ def dct_matrix(n: int) -> np.ndarray:
     return matrix
 
 
-def cosine_transform(x, axes, inverse: bool = False):
+def cosine_transform(x, axes, inverse: bool = False, matrices=None):
     """Orthonormal DCT-II along `axes` (DCT-III, its inverse, with `inverse`), one matrix
-    product per axis. XLA computes `dctn` through a complex FFT of the extended signal; the
-    products ran 4.7x faster on a 2-core CPU at 128^3 (float32, 10 ms against 49 ms) and are
-    what accelerators do best. Full precision: no reduced-precision (TF32) products. On split
-    fields each product runs along a whole axis (`parallel.lay_out`), as on one device."""
+    product per axis, with `matrices[axis]` (`transform_matrices`) or a constant matrix. XLA
+    computes `dctn` through a complex FFT of the extended signal; the products ran 4.7x
+    faster on a 2-core CPU at 128^3 (float32, 10 ms against 49 ms) and are what accelerators
+    do best. Full precision: no reduced-precision (TF32) products. On split fields each
+    product runs along a whole axis (`parallel.lay_out`), as on one device."""
     for axis in axes:
-        matrix = dct_matrix(x.shape[axis])
-        # opaque to XLA: a product of two constants (the transform of a uniform field) is
-        # otherwise folded while compiling, which took 54 s for a 2048 x 2048 one on a GPU
-        matrix = lax.optimization_barrier(jnp.asarray(matrix.T if inverse else matrix, x.dtype))
+        if matrices is None:
+            matrix = jnp.asarray(dct_matrix(x.shape[axis]), x.dtype)
+        else:
+            matrix = matrices[axis]
+        matrix = matrix.T if inverse else matrix
         x = parallel.lay_out(x, whole_axis=axis)
         product = jnp.tensordot(x, matrix, axes=([axis], [1]), precision=lax.Precision.HIGHEST)
         x = jnp.moveaxis(product, -1, axis)
@@ -90,23 +105,23 @@ def fourier_transform(x, axes, inverse: bool = False):
     return x
 
 
-def _forward(x, cosine, fourier):
-    return fourier_transform(cosine_transform(x, cosine), fourier)
+def _forward(x, cosine, fourier, matrices):
+    return fourier_transform(cosine_transform(x, cosine, matrices=matrices), fourier)
 
 
-def _inverse(x, cosine, fourier, dtype):
+def _inverse(x, cosine, fourier, matrices, dtype):
     if fourier:
         x = fourier_transform(x, fourier, inverse=True).real.astype(dtype)
-    return parallel.lay_out(cosine_transform(x, cosine, inverse=True))
+    return parallel.lay_out(cosine_transform(x, cosine, inverse=True, matrices=matrices))
 
 
-def propagate(c, forcing, propagator, integrator, boundary: Boundary):
-    """propagator * c + integrator * forcing, the multipliers applied in the eigenbasis (DCT
-    on neumann axes, FFT on periodic ones): two forward transforms and one inverse, or one
-    forward and one inverse where `forcing` is None (none)."""
+def propagate(c, forcing, propagator, integrator, matrices, boundary: Boundary):
+    """propagator * c + integrator * forcing, the multipliers (`propagators`) applied in the
+    eigenbasis (DCT on neumann axes, FFT on periodic ones): two forward transforms and one
+    inverse, or one forward and one inverse where `forcing` is None (none)."""
     cosine = [a for a in range(c.ndim) if not boundary.is_periodic(a)]
     fourier = [a for a in range(c.ndim) if boundary.is_periodic(a)]
-    mixed = propagator * _forward(c, cosine, fourier)
+    mixed = propagator * _forward(c, cosine, fourier, matrices)
     if forcing is not None:
-        mixed = mixed + integrator * _forward(forcing, cosine, fourier)
-    return _inverse(mixed, cosine, fourier, c.dtype)
+        mixed = mixed + integrator * _forward(forcing, cosine, fourier, matrices)
+    return _inverse(mixed, cosine, fourier, matrices, c.dtype)

@@ -209,7 +209,7 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
 class ImplicitDiffusion:
     """Loop-invariant data of one field's implicit diffusion-decay-supply solve."""
 
-    spectral: Any  # (multiplier of c, multiplier of the supply), or None: TR-BDF2 with CG
+    spectral: Any  # (multiplier of c, of the supply, DCT matrices), or None: TR-BDF2 with CG
     faces: Any  # face coefficients for the CG solves
 
 
