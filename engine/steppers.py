@@ -164,8 +164,11 @@ def production_step(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
     supply = source_terms(model, t, dt)
 
     def forcing(production):  # only the fields that have any
-        terms = {n: [x[n] for x in (production, supply) if n in x] for n in names}
-        return {n: sum(terms[n][1:], terms[n][0]) for n in names if terms[n]}
+        return {
+            n: production.get(n, 0.0) + supply.get(n, 0.0)
+            for n in names
+            if n in production or n in supply
+        }
 
     start, _ = reaction_terms(model, fields, t, decay=False)
     predictor = linear_step(model, prepared, fields, forcing(start), dt)
