@@ -240,3 +240,11 @@ def lay_out(x, whole_axis: int | None = None):
             return x
         spec[free[0]] = name
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def replicate(x):
+    """`x` whole on every device of the current mesh (unchanged outside one): a small operand,
+    such as a transform matrix, that must not be split with the fields it multiplies."""
+    if _current_mesh() is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec())

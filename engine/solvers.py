@@ -36,14 +36,17 @@ def solve_shifted(shift, scale, rhs, D_faces, grid: Grid, boundary: Boundary, x0
     # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
     # out of reach in rounding, and CG would break down (0/0) trying
     floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
-    start = jnp.linalg.norm(b - matvec(x0))
-    x, _ = cg(
+    residual = b - matvec(x0)
+    target = tolerance(rhs.dtype) * jnp.maximum(jnp.linalg.norm(b), jnp.linalg.norm(residual))
+    # solved for the correction to x0, so CG's roundings scale with the (small) correction
+    # rather than with x: runs that round differently agree more closely
+    correction, _ = cg(
         matvec,
-        b,
-        x0=x0,
-        tol=tolerance(rhs.dtype),
-        atol=tolerance(rhs.dtype) * start + floor,
+        residual,
+        x0=jnp.zeros_like(x0),
+        tol=0.0,
+        atol=target + floor,
         maxiter=maxiter,
         M=lambda r: r / diagonal,
     )
-    return x
+    return x0 + correction

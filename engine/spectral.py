@@ -90,7 +90,7 @@ def cosine_transform(x, axes, inverse: bool = False, matrices=None):
             matrix = jnp.asarray(dct_matrix(x.shape[axis]), x.dtype)
         else:
             matrix = matrices[axis]
-        matrix = matrix.T if inverse else matrix
+        matrix = parallel.replicate(matrix.T if inverse else matrix)
         x = parallel.lay_out(x, whole_axis=axis)
         product = jnp.tensordot(x, matrix, axes=([axis], [1]), precision=lax.Precision.HIGHEST)
         x = jnp.moveaxis(product, -1, axis)

@@ -78,6 +78,7 @@ STEPPERS = ("explicit", "imex", "quasi_steady")
 FAST_CASES = [  # every stepper split over 8 devices in 3D (CG faces) and over 4 in 2D (spectral)
     *[((16, 16, 8), [4, 2], s, "float32", True) for s in STEPPERS],
     *[((32, 24), [4], s, "float64", False) for s in STEPPERS],
+    ((32, 24), [4], "imex", "float32", False),
 ]
 ALL_CASES = [
     (shape, mesh, s, dtype, dirichlet)
@@ -89,18 +90,19 @@ ALL_CASES = [
 ]
 
 
-FLOAT32_BOUNDS = {"explicit": 1e-6, "imex": 4e-6, "quasi_steady": 1e-6}
+FLOAT32_BOUNDS = {"explicit": 1e-6, "imex": 3e-6, "quasi_steady": 1e-6}
+SPECTRAL_2D_BOUND = 1e-7  # bitwise equal where measured; a rounding's worth of slack
 
 
 def check_sharded_runs(cases, tmp_path):
     """float64 shows the partitioning itself exact (differences of 1e-14 are reduction
-    order); float32 keeps explicit and quasi_steady within 1e-6, and spectral imex in 2D is
-    bitwise equal (each transform runs along a whole axis, `parallel.lay_out`). imex with CG
-    faces measured up to 3.3e-6 and 3D spectral imex with chemotaxis 1.4e-6: the CG dot
-    products add per-device partial sums, and XLA fuses multiply-adds into FMAs differently
-    for different block shapes; a solve with condition number ~70 carries those 1e-7
-    roundings to a few 1e-6. Summing in a fixed tree order did not remove them (the FMAs
-    remain)."""
+    order). In float32, explicit runs and spectral imex runs in 2D are bitwise equal (each
+    transform runs along a whole axis with a whole matrix, `parallel.lay_out` and
+    `parallel.replicate`), and quasi_steady stays within 1e-6. imex with CG faces measured up
+    to 1.9e-6 and 3D spectral imex 1.3e-6, both only with chemotaxis (5e-7 and bitwise
+    without): XLA fuses multiply-adds into FMAs differently for different block shapes, CG
+    carries those one-ulp roundings on, and chemotaxis up a rough gradient amplifies them.
+    A float32 run itself differs from a float64 one by 1e-5 on these cases."""
     runs = run_child(f"CASES = {cases!r}\n" + SHARDED_STEPPERS, tmp_path)
     assert len(runs) == len(cases)
     for case, outcome in runs.items():
@@ -108,6 +110,8 @@ def check_sharded_runs(cases, tmp_path):
         mesh = json.loads(mesh)
         assert outcome["devices"] == int(np.prod(mesh)), case  # really split
         bound = 1e-12 if dtype == "float64" else FLOAT32_BOUNDS[stepper]
+        if case.startswith("2D imex float32 neumann"):
+            bound = SPECTRAL_2D_BOUND
         assert outcome["diff"] <= bound, f"{case}: relative difference {outcome['diff']:.2e}"
 
 
