@@ -100,8 +100,10 @@ def check_sharded_runs(cases, tmp_path):
     per-device partial sums and XLA fuses the element-wise work differently for different
     block shapes (which multiply-adds become FMAs), so a step differs by a few units in the
     last place (up to 13 after one imex step), which chemotaxis up this rough field carries on:
-    measured up to 2.2e-6 for imex and 1.06e-6 for quasi_steady after 5 steps. A float32 run
-    itself differs from a float64 one by 1e-5 on these cases."""
+    measured up to 2.2e-6 for imex and 1.06e-6 for quasi_steady after 5 steps. Compiled
+    without FMAs (XLA_FLAGS=--xla_cpu_max_isa=AVX) spectral imex with chemotaxis is bitwise
+    equal, and only the CG cases still differ. A float32 run itself differs from a float64
+    one by 1e-5 on these cases."""
     runs = run_child(f"CASES = {cases!r}\n" + SHARDED_STEPPERS, tmp_path)
     assert len(runs) == len(cases)
     for case, outcome in runs.items():
