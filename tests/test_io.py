@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -266,6 +267,45 @@ def test_a_killed_writer_leaves_every_flushed_frame(tmp_path):
         assert np.all(f["fields"]["IL2"][2] == 3.0)
     with open_output(path) as out:
         assert out.n_frames == 3 and out.summary["IL2_max"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_writer_killed_while_writing_leaves_every_completed_frame(tmp_path):
+    """SIGKILL while frames are being written back to back, so that it lands inside a write:
+    the file still opens, with every frame the writer had finished and nothing else."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO)!r})
+        from engine.grid import Grid
+        from engine.io import FieldInfo, OutputWriter
+        grid = Grid((48, 48, 48), spacing=2.0)
+        base = np.random.default_rng(0).random(grid.shape).astype(np.float32)
+        with OutputWriter(sys.argv[1], grid, [FieldInfo("IL2", "species")], "float32",
+                          {{}}, {{}}) as writer:
+            for k in range(10**6):
+                writer.write_frame(10.0 * k, {{"IL2": base + k}})
+                print(k, flush=True)
+        """
+    )
+    base = np.random.default_rng(0).random((48, 48, 48)).astype(np.float32)
+    for trial, delay in enumerate((0.3, 0.55, 0.8)):
+        path = tmp_path / f"killed-{trial}.h5"
+        writer = subprocess.Popen(
+            [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        writer.stdout.readline()  # the first frame is written
+        time.sleep(delay)
+        writer.kill()
+        writer.wait(timeout=60)
+        completed = 1 + max((int(k) for k in writer.stdout.read().split()), default=0)
+        with h5py.File(path, "r") as f:
+            frames = f["time"].shape[0]
+            # every completed frame; one more if the kill fell between a write and its print
+            assert completed <= frames <= completed + 1, (frames, completed)
+            np.testing.assert_array_equal(f["time"][()], 10.0 * np.arange(frames))
+            for k in range(frames):
+                np.testing.assert_array_equal(f["fields"]["IL2"][k], base + k)
 
 
 def test_bad_frames_are_refused_before_the_file_changes(tmp_path):
