@@ -78,7 +78,6 @@ STEPPERS = ("explicit", "imex", "quasi_steady")
 FAST_CASES = [  # every stepper split over 8 devices in 3D (CG faces) and over 4 in 2D (spectral)
     *[((16, 16, 8), [4, 2], s, "float32", True) for s in STEPPERS],
     *[((32, 24), [4], s, "float64", False) for s in STEPPERS],
-    ((32, 24), [4], "imex", "float32", False),
 ]
 ALL_CASES = [
     (shape, mesh, s, dtype, dirichlet)
