@@ -27,7 +27,7 @@ stepper = "explicit"
 dt = "auto"
 
 [species.IL2]
-diffusion = "100 um^2/s"
+diffusion = "10 um^2/s"  # few explicit steps: 4 CPU devices may share 2 cores
 decay = "1e-3 1/s"
 
 [populations.T]
