@@ -52,6 +52,16 @@ SSP_SCHEMES: dict[str, tuple[tuple[float, float, float], ...]] = {
 SSP_ORDER = {"euler": 1, "ssprk2": 2, "ssprk3": 3}
 
 
+def ghost_copies(model: Model, faces, fields: Fields, names) -> Fields:
+    """The fields in `names` with one layer of ghost voxels per face, stored once
+    (`operators.with_ghosts`): what stencils read their neighbours from."""
+    return {
+        f.name: operators.with_ghosts(fields[f.name], faces[f.name], model.grid, model.boundary(f))
+        for f in model.fields
+        if f.name in names
+    }
+
+
 def positive_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t, dt):
     """The change over one forward-Euler step with the linear sinks implicit per voxel (as
     BioFVM):  f_new - f = dt (transport + production + supply - loss_rate f) / (1 + dt loss_rate).
@@ -59,10 +69,7 @@ def positive_euler_increment(model: Model, faces, fields: Fields, supply: Fields
     f_new is non-negative for any loss rate whenever dt is within the explicit transport limit.
     """
     # every term reads the fields from their ghost-padded copies (see operators.with_ghosts)
-    padded = {
-        f.name: operators.with_ghosts(fields[f.name], faces[f.name], model.grid, model.boundary(f))
-        for f in model.fields
-    }
+    padded = ghost_copies(model, faces, fields, model.names)
     fields = {name: operators.interior_of(value) for name, value in padded.items()}
     gain = diffusion_terms(model, faces, fields, padded)
     for name, drift in chemotaxis_terms(model, fields).items():
@@ -200,9 +207,17 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     ]
     cycles = jnp.maximum(1, jnp.ceil(h * jnp.max(jnp.stack(rates)) / 0.9)).astype(jnp.int32)
     dh = h / cycles
+    # read from stored ghost copies, as the explicit stepper's terms are: then XLA fuses the
+    # fields' producers the same way whether the fields are split over devices or not, and a
+    # split run rounds as a single-device one (bitwise, measured in tests/test_parallel.py)
+    faces = face_diffusivities(model)
+    needed = {p.name for p in drifting} | {p.chemotaxis_species for p in drifting}
 
     def body(_, u):
-        drift = chemotaxis_terms(model, u)
+        padded = ghost_copies(model, faces, u, needed)
+        drift = chemotaxis_terms(
+            model, {**u, **{k: operators.interior_of(v) for k, v in padded.items()}}
+        )
         return {k: u[k] + dh * drift[k] if k in drift else u[k] for k in u}
 
     return lax.fori_loop(0, cycles, body, fields)
