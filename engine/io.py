@@ -19,6 +19,8 @@ Layout (format "ilsim", format_version 1)::
     /regions/<name>     uint8 masks (shape of the grid, axis scales attached)
     /checkpoint         attrs time, step, dt (NaN for None), complete; one dataset per state
                         field
+    /checkpoint_next    the same: where the next checkpoint is written, then swapped with
+                        /checkpoint, so that a kill while writing one keeps the previous one
 
 A sweep (`ilsim sweep`, `engine.sweep`) writes the same layout with a leading member axis:
 /fields/<name> is (n_members, n_frames, *shape), /summary/<name>_* (n_members, n_frames), the
@@ -86,7 +88,9 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 MAX_CHUNK_VALUES = 64**3
 """Largest chunk (values): one frame per chunk up to this size, tiles above it."""
 
-_RESERVED = {"grid", "time", "fields", "summary", "regions", "checkpoint", "x", "y", "z"}
+CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP = "checkpoint", "checkpoint_next", "checkpoint_swap"
+_RESERVED = {"grid", "time", "fields", "summary", "regions", "x", "y", "z"}
+_RESERVED |= {CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP}
 _TIME_CHUNK = 1024
 
 
@@ -649,7 +653,10 @@ class OutputWriter:
         self, t: float, step: int, dt: float | None, fields: dict[str, np.ndarray]
     ) -> None:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
-        step size in use (None: NaN in the file). Flushed, and the XDMF sidecar refreshed."""
+        step size in use (None: NaN in the file). Written into /checkpoint_next, marked
+        complete, then swapped with /checkpoint: a kill at any point leaves one complete
+        checkpoint (`read_checkpoint` takes the latest). Flushed, and the XDMF sidecar
+        refreshed."""
         self._require_open()
         arrays = {name: as_parts(value) for name, value in fields.items()}
         if self._processes is None:
@@ -665,14 +672,20 @@ class OutputWriter:
                 self._prepare_checkpoint(f, shapes, dtypes)
             for name, parts in arrays.items():
                 for index, block in parts:
-                    f["checkpoint"][name][index] = block
+                    f[CHECKPOINT_NEXT][name][index] = block
 
         def finish(f):
-            group = f["checkpoint"]
+            group = f[CHECKPOINT_NEXT]
             group.attrs["time"] = float(t)
             group.attrs["step"] = int(step)
             group.attrs["dt"] = math.nan if dt is None else float(dt)
             group.attrs["complete"] = 1
+            f.flush()
+            if CHECKPOINT in f:
+                f.move(CHECKPOINT, CHECKPOINT_SWAP)
+            f.move(CHECKPOINT_NEXT, CHECKPOINT)
+            if CHECKPOINT_SWAP in f:
+                f.move(CHECKPOINT_SWAP, CHECKPOINT_NEXT)
             f.flush()
             _write_xdmf_file(f, self.current_path())
 
@@ -680,9 +693,10 @@ class OutputWriter:
         self._by_first(finish)
 
     def _prepare_checkpoint(self, f: h5py.File, shapes: dict, dtypes: dict) -> None:
-        """/checkpoint with a dataset per field, reused when the shapes and dtypes match,
+        """/checkpoint_next with a dataset per field, reused when the shapes and dtypes match,
         marked incomplete until its attributes are written."""
-        group = f.get("checkpoint")
+        _settle_checkpoints(f)
+        group = f.get(CHECKPOINT_NEXT)
         reusable = group is not None and set(group.keys()) == set(shapes)
         if reusable:
             for name in shapes:
@@ -692,8 +706,8 @@ class OutputWriter:
                     break
         if not reusable:
             if group is not None:
-                del f["checkpoint"]
-            group = f.create_group("checkpoint", track_order=True)
+                del f[CHECKPOINT_NEXT]
+            group = f.create_group(CHECKPOINT_NEXT, track_order=True)
             for name, shape in shapes.items():
                 chunked = dict(chunks=frame_chunks(shape), **self._compression)
                 group.create_dataset(
@@ -763,16 +777,39 @@ class OutputWriter:
 # checkpoint
 
 
+def latest_checkpoint(f: h5py.File):
+    """The complete checkpoint group with the latest time (None: none complete): /checkpoint,
+    or the other copy where a kill came while they were being swapped."""
+    groups = [f[name] for name in (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP) if name in f]
+    complete = [g for g in groups if int(g.attrs.get("complete", 1)) == 1 and "time" in g.attrs]
+    return max(complete, key=lambda g: float(g.attrs["time"]), default=None)
+
+
+def _settle_checkpoints(f: h5py.File) -> None:
+    """After a kill while the checkpoints were being swapped: the latest complete one as
+    /checkpoint, the other as /checkpoint_next (to be written next)."""
+    latest = latest_checkpoint(f)
+    if latest is not None and latest.name != f"/{CHECKPOINT}":
+        if CHECKPOINT in f:
+            del f[CHECKPOINT]
+        f.move(latest.name, CHECKPOINT)
+    if CHECKPOINT_SWAP in f:
+        if CHECKPOINT_NEXT in f:
+            del f[CHECKPOINT_SWAP]
+        else:
+            f.move(CHECKPOINT_SWAP, CHECKPOINT_NEXT)
+
+
 def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
     """(time s, step, dt or None, {name: array}) from a file's /checkpoint. `load` turns the
     checkpoint's datasets ({name: h5py.Dataset}) into the arrays, reading only what it needs
     (`Simulation.load_fields` reads each process's own blocks); by default all of them."""
     with _open_read(path) as f:
-        group = f.get("checkpoint")
+        group = latest_checkpoint(f)
         if group is None:
+            if any(name in f for name in (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP)):
+                raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
-        if int(group.attrs.get("complete", 1)) != 1:
-            raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
         dt = float(group.attrs["dt"])
         datasets = dict(group.items())
         fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)

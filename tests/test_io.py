@@ -352,6 +352,43 @@ def test_checkpoint_round_trip(tmp_path):
         read_checkpoint(tmp_path / "none.h5")
 
 
+@pytest.mark.parametrize("stage", ["writing", "swapping", "swapped"])
+def test_a_kill_while_checkpointing_keeps_a_complete_checkpoint(tmp_path, stage):
+    """The next checkpoint is written beside /checkpoint and then swapped with it; a kill
+    at each stage (reproduced here by hand) leaves the latest complete one readable, and a
+    resumed writer puts the two copies back in order."""
+    grid = GRIDS[3]
+    path = tmp_path / "kill.h5"
+    state = {"IL2": np.full(grid.shape, 1.0, np.float32)}
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
+        writer.write_checkpoint(3.0, 1, None, state)
+        writer.write_checkpoint(6.0, 2, None, {"IL2": state["IL2"] * 2})
+    with h5py.File(path, "r+") as f:  # a third checkpoint, at 9 s, stopped at `stage`
+        spare = f["checkpoint_next"]
+        spare.attrs["complete"] = 0
+        spare["IL2"][...] = 3.0
+        expected = 6.0
+        if stage != "writing":
+            spare.attrs.update(time=9.0, step=3, complete=1)
+            f.move("checkpoint", "checkpoint_swap")
+            expected = 9.0
+        if stage == "swapped":
+            f.move("checkpoint_next", "checkpoint")
+    t, step, _, fields = read_checkpoint(path)
+    assert t == expected and np.all(fields["IL2"] == expected / 3)
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
+        writer.write_checkpoint(12.0, 4, None, {"IL2": state["IL2"] * 4})
+    with h5py.File(path, "r") as f:
+        assert {name for name in f if name.startswith("checkpoint")} == {
+            "checkpoint",
+            "checkpoint_next",
+        }
+        assert f["checkpoint"].attrs["time"] == 12.0
+        assert f["checkpoint_next"].attrs["time"] == expected  # the previous one, intact
+    t, _, _, fields = read_checkpoint(path)
+    assert t == 12.0 and np.all(fields["IL2"] == 4.0)
+
+
 def test_resume_appends_after_the_last_frame(tmp_path):
     grid = GRIDS[2]
     path = write_file(tmp_path / "r.h5", grid, times=(0.0, 10.0))

@@ -15,6 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
+from engine.io import latest_checkpoint
+
 CONFIG = """
 [grid]
 shape = [16, 8, 8]
@@ -199,8 +201,9 @@ def test_a_process_that_dies_makes_the_others_abort_and_the_run_resumes(tmp_path
         frames = f["time"].shape[0]
         assert frames >= 2, "no frame after the first: wait longer before the kill"
         assert np.all(np.isfinite(f["fields"]["IL2"][:frames]))
-        assert f["checkpoint"].attrs["complete"] == 1
-        stopped = float(f["checkpoint"].attrs["time"])
+        checkpoint = latest_checkpoint(f)  # a kill may come while a checkpoint is written
+        assert checkpoint is not None
+        stopped = float(checkpoint.attrs["time"])
     end = f'time.end="{stopped + 60:g} s"'
     _ilsim([*args, *settings, "--resume", "--set", end], tmp_path, processes=2, devices=2)
     with h5py.File(tmp_path / "crash.h5") as f:
