@@ -89,8 +89,8 @@ MAX_CHUNK_VALUES = 64**3
 """Largest chunk (values): one frame per chunk up to this size, tiles above it."""
 
 CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP = "checkpoint", "checkpoint_next", "checkpoint_swap"
-_RESERVED = {"grid", "time", "fields", "summary", "regions", "x", "y", "z"}
-_RESERVED |= {CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP}
+_CHECKPOINT_GROUPS = (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP)
+_RESERVED = {"grid", "time", "fields", "summary", "regions", "x", "y", "z", *_CHECKPOINT_GROUPS}
 _TIME_CHUNK = 1024
 
 
@@ -780,7 +780,7 @@ class OutputWriter:
 def latest_checkpoint(f: h5py.File):
     """The complete checkpoint group with the latest time (None: none complete): /checkpoint,
     or the other copy where a kill came while they were being swapped."""
-    groups = [f[name] for name in (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP) if name in f]
+    groups = [f[name] for name in _CHECKPOINT_GROUPS if name in f]
     complete = [g for g in groups if int(g.attrs.get("complete", 1)) == 1 and "time" in g.attrs]
     return max(complete, key=lambda g: float(g.attrs["time"]), default=None)
 
@@ -807,7 +807,7 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
     with _open_read(path) as f:
         group = latest_checkpoint(f)
         if group is None:
-            if any(name in f for name in (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP)):
+            if any(name in f for name in _CHECKPOINT_GROUPS):
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
         dt = float(group.attrs["dt"])

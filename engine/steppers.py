@@ -194,8 +194,9 @@ def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
     return worst
 
 
-def drift_substep(model: Model, fields: Fields, h) -> Fields:
-    """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL limit."""
+def drift_substep(model: Model, faces, fields: Fields, h) -> Fields:
+    """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL limit;
+    `faces`: every field's face coefficients (`face_diffusivities`), for its ghost copy."""
     drifting = [p for p in model.populations if p.chemotaxis_species is not None]
     if not drifting:
         return fields
@@ -210,7 +211,6 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     # read from stored ghost copies, as the explicit stepper's terms are: then XLA fuses the
     # fields' producers the same way whether the fields are split over devices or not, and a
     # split run rounds as a single-device one (bitwise, measured in tests/test_parallel.py)
-    faces = face_diffusivities(model)
     needed = {p.name for p in drifting} | {p.chemotaxis_species for p in drifting}
 
     def body(_, u):
@@ -329,10 +329,11 @@ class Imex:
         return prepare_diffusion(model, dt, model.names)
 
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        faces = {name: p.faces for name, p in prepared.items()}
         fields = sink_substep(model, fields, t, dt / 2, model.names)
-        fields = drift_substep(model, fields, dt / 2)
+        fields = drift_substep(model, faces, fields, dt / 2)
         fields = production_step(model, prepared, fields, t, dt, model.names)
-        fields = drift_substep(model, fields, dt / 2)
+        fields = drift_substep(model, faces, fields, dt / 2)
         return sink_substep(model, fields, t + dt / 2, dt / 2, model.names)
 
     def stable_dt(self, model: Model, fields: Fields):
@@ -411,9 +412,9 @@ class QuasiSteady:
         supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
         fields = self.relax(model, faces, fields, t, supply)
         fields = sink_substep(model, fields, t, dt / 2, populations)
-        fields = drift_substep(model, fields, dt / 2)
+        fields = drift_substep(model, faces, fields, dt / 2)
         fields = production_step(model, diffusion, fields, t, dt, populations)
-        fields = drift_substep(model, fields, dt / 2)
+        fields = drift_substep(model, faces, fields, dt / 2)
         fields = sink_substep(model, fields, t + dt / 2, dt / 2, populations)
         return self.relax(model, faces, fields, t + dt, supply)
 
