@@ -637,6 +637,9 @@ class OutputWriter:
                         series[(*(slice(None) for _ in lead), n)] = value
                 for index, block in values[info.name]:
                     data[(*index[:axis], n, *index[axis:])] = block
+            # out of HDF5's caches before /time grows: one flush writes metadata and data in
+            # no set order, and a kill inside it left a frame counted with its data unwritten
+            f.flush()
 
         def finish(f):
             time = f["time"]
