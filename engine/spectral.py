@@ -1,29 +1,47 @@
-"""Exact solution of the semi-discrete diffusion equation for constant D on neumann/periodic axes.
+"""Exact solution of the semi-discrete diffusion equation for constant D and decay on axes whose
+faces are neumann, dirichlet or periodic.
 
-The cell-centred 3-point Laplacian is diagonalised by the DCT-II on a zero-flux axis and by the
-FFT on a periodic axis, with eigenvalues -4/h^2 sin^2(pi k / 2N) and -4/h^2 sin^2(pi k / N).
-exp(dt D Laplacian) is then a multiplication in transform space: no time error, any dt.
+Along each axis the cell-centred 3-point Laplacian is diagonalised by a sine or cosine basis:
+the DCT-II between two zero-flux faces (eigenvalues -4/h^2 sin^2(pi k / 2N)), the DST-II between
+two dirichlet faces (a dirichlet value sits half a voxel out: the field is odd about the face;
+-4/h^2 sin^2(pi (k + 1) / 2N)), quarter-wave sines or cosines between one of each
+(-4/h^2 sin^2(pi (2k + 1) / 4N)), and the FFT on a periodic axis (-4/h^2 sin^2(pi k / N)).
+exp(dt D Laplacian) is then a multiplication in transform space: no time error, any dt. Non-zero
+dirichlet values act as a constant supply on the edge layers.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from engine import parallel
-from engine.boundary import Boundary, Neumann, Periodic
+from engine import operators, parallel
+from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.grid import Grid
 
 
 def eligible(D, decay, boundary: Boundary) -> bool:
-    """Constant D and decay with only neumann and periodic faces (static structure)."""
+    """Constant D and decay with only neumann, dirichlet and periodic faces (static structure)."""
     return (
         jnp.ndim(D) == 0
         and jnp.ndim(decay) == 0
-        and all(isinstance(face, Neumann | Periodic) for pair in boundary.faces for face in pair)
+        and all(
+            isinstance(face, Neumann | Dirichlet | Periodic)
+            for pair in boundary.faces
+            for face in pair
+        )
+    )
+
+
+def _kinds(boundary: Boundary, axis: int) -> tuple[str, str]:
+    """The (low, high) face kinds of a non-periodic axis: "neumann" or "dirichlet"."""
+    return tuple(
+        "dirichlet" if isinstance(f, Dirichlet) else "neumann" for f in boundary.faces[axis]
     )
 
 
@@ -32,55 +50,83 @@ def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
     broadcast over the grid: an eigenvalue of the grid's Laplacian is their sum."""
     eigenvalues = []
     for axis, (n, h) in enumerate(zip(grid.shape, grid.spacing)):
-        k = np.arange(n)
-        angle = np.pi * k / n if boundary.is_periodic(axis) else np.pi * k / (2 * n)
+        if boundary.is_periodic(axis):
+            angle = np.pi * np.arange(n) / n
+        else:
+            angle = _angles(n, *_kinds(boundary, axis))
         shape = [1] * grid.ndim
         shape[axis] = n
         eigenvalues.append((-4 / h**2 * np.sin(angle) ** 2).reshape(shape))
     return eigenvalues
 
 
+def mode_rates(D, grid: Grid, boundary: Boundary, dtype):
+    """D lambda_k (1/s, <= 0) of every mode of the grid, summed on the device from opaque
+    per-axis vectors: a grid-sized array of eigenvalues would be captured into the compiled
+    program (8 MB per field at 128^3) and the exponentials folded while compiling (46 s for a
+    seed scenario on a GPU)."""
+    per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
+    per_axis = lax.optimization_barrier(per_axis)
+    return D * sum(per_axis[1:], per_axis[0])
+
+
 def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     """Transform-space multipliers of one step of dt (s) of dc/dt = D lap c - decay c + S:
     exp(dt mu) for c and dt phi1(dt mu) for a supply S held constant over the step, with
-    mu = D lambda_k - decay; and the DCT matrix of each neumann axis (None on periodic ones),
-    made once here for every transform of the step (`transform_matrices`)."""
-    # summed on the device from opaque per-axis vectors: a grid-sized array of eigenvalues
-    # would be captured into the compiled program (8 MB per field at 128^3) and the
-    # exponentials folded while compiling (46 s for a seed scenario on a GPU)
-    per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
-    per_axis = lax.optimization_barrier(per_axis)
-    rate = decay - D * sum(per_axis[1:], per_axis[0])
-    x = dt * rate
+    mu = D lambda_k - decay; the basis matrix of each non-periodic axis (None on periodic
+    ones), made once here for every transform of the step (`transform_matrices`); and the
+    transform-space increment of one step from non-zero dirichlet values (None without)."""
+    x = dt * (decay - mode_rates(D, grid, boundary, dtype))
     small = x < 1e-4
     phi1 = jnp.where(small, 1 - x / 2, -jnp.expm1(-x) / jnp.where(small, 1, x))
-    return jnp.exp(-x), dt * phi1, transform_matrices(grid, boundary, dtype)
+    integrator = dt * phi1
+    matrices = transform_matrices(grid, boundary, dtype)
+    drive = None
+    if any(isinstance(f, Dirichlet) and f.value != 0 for pair in boundary.faces for f in pair):
+        D_faces = operators.face_diffusivity(jnp.asarray(D, dtype), grid, boundary)
+        inflow = operators.diffusion(jnp.zeros(grid.shape, dtype), D_faces, grid, boundary)
+        drive = integrator * _forward(inflow, *_axes(boundary), matrices)
+    return jnp.exp(-x), integrator, matrices, drive
 
 
 def transform_matrices(grid: Grid, boundary: Boundary, dtype) -> tuple:
-    """The DCT matrix of each non-periodic axis (None on periodic ones), opaque to XLA: with
+    """The basis matrix of each non-periodic axis (None on periodic ones), opaque to XLA: with
     constant matrices, the transform of a constant array (a uniform forcing) was evaluated
     while compiling (54 s for a 2048^2 product on a GPU). Shared by every transform that
     uses them, so that XLA still merges repeated transforms of the same field."""
     matrices = [
-        None if boundary.is_periodic(axis) else jnp.asarray(dct_matrix(n), dtype)
+        None
+        if boundary.is_periodic(axis)
+        else jnp.asarray(basis_matrix(n, *_kinds(boundary, axis)), dtype)
         for axis, n in enumerate(grid.shape)
     ]
     return tuple(lax.optimization_barrier(matrices))
 
 
+def _angles(n: int, low: str, high: str) -> np.ndarray:
+    """theta_k of the n modes between faces of these kinds: the modes are cos or sin of
+    theta_k (2i + 1) (voxel i), the eigenvalues -4/h^2 sin^2 theta_k."""
+    k = np.arange(n)
+    if low == high:
+        return np.pi * (k + (low == "dirichlet")) / (2 * n)
+    return np.pi * (2 * k + 1) / (4 * n)
+
+
 @functools.lru_cache(maxsize=32)
-def dct_matrix(n: int) -> np.ndarray:
-    """The orthonormal DCT-II matrix (n, n), float64: X_k = sum_i M[k, i] x_i; M^T inverts it."""
-    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-    matrix = np.cos(np.pi * k * (2 * i + 1) / (2 * n)) * np.sqrt(2 / n)
-    matrix[0] /= np.sqrt(2)
-    return matrix
+def basis_matrix(n: int, low: str = "neumann", high: str = "neumann") -> np.ndarray:
+    """The orthonormal basis (n, n), float64, of the 3-point Laplacian between faces of these
+    kinds, one mode per row: X_k = sum_i M[k, i] x_i, and M^T inverts it. A mode is even about
+    a neumann face and odd about a dirichlet one: cosines start at a neumann low face, sines at
+    a dirichlet one. neumann on both faces: the DCT-II; dirichlet on both: the DST-II."""
+    phase = _angles(n, low, high)[:, None] * (2 * np.arange(n)[None, :] + 1)
+    matrix = np.sin(phase) if low == "dirichlet" else np.cos(phase)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
-def cosine_transform(x, axes, inverse: bool = False, matrices=None):
-    """Orthonormal DCT-II along `axes` (DCT-III, its inverse, with `inverse`), one matrix
-    product per axis, with `matrices[axis]` (`transform_matrices`) or a constant matrix. XLA
+def basis_transform(x, axes, inverse: bool = False, matrices=None):
+    """Into the eigenbasis of each axis in `axes` (out of it with `inverse`), one matrix
+    product per axis, with `matrices[axis]` (`transform_matrices`), or the DCT-II (neumann
+    faces) without. XLA
     computes `dctn` through a complex FFT of the extended signal; the products ran 4.7x
     faster on a 2-core CPU at 128^3 (float32, 10 ms against 49 ms) and are what accelerators
     do best. Full precision: no reduced-precision (TF32) products. Each product is the same
@@ -91,7 +137,7 @@ def cosine_transform(x, axes, inverse: bool = False, matrices=None):
     The result is then bitwise the single-device one."""
     for axis in axes:
         if matrices is None:
-            matrix = jnp.asarray(dct_matrix(x.shape[axis]), x.dtype)
+            matrix = jnp.asarray(basis_matrix(x.shape[axis]), x.dtype)
         else:
             matrix = matrices[axis]
         matrix = parallel.replicate(matrix if inverse else matrix.T)
@@ -111,23 +157,71 @@ def fourier_transform(x, axes, inverse: bool = False):
     return x
 
 
-def _forward(x, cosine, fourier, matrices):
-    return fourier_transform(cosine_transform(x, cosine, matrices=matrices), fourier)
+def _axes(boundary: Boundary) -> tuple[list[int], list[int]]:
+    """(axes transformed by matrix products, periodic axes transformed by FFTs)."""
+    axes = range(len(boundary.faces))
+    return [a for a in axes if not boundary.is_periodic(a)], [
+        a for a in axes if boundary.is_periodic(a)
+    ]
 
 
-def _inverse(x, cosine, fourier, matrices, dtype):
+def _forward(x, products, fourier, matrices):
+    return fourier_transform(basis_transform(x, products, matrices=matrices), fourier)
+
+
+def _inverse(x, products, fourier, matrices, dtype):
     if fourier:
         x = fourier_transform(x, fourier, inverse=True).real.astype(dtype)
-    return parallel.lay_out(cosine_transform(x, cosine, inverse=True, matrices=matrices))
+    return parallel.lay_out(basis_transform(x, products, inverse=True, matrices=matrices))
 
 
-def propagate(c, forcing, propagator, integrator, matrices, boundary: Boundary):
-    """propagator * c + integrator * forcing, the multipliers (`propagators`) applied in the
-    eigenbasis (DCT on neumann axes, FFT on periodic ones): two forward transforms and one
-    inverse, or one forward and one inverse where `forcing` is None (none)."""
-    cosine = [a for a in range(c.ndim) if not boundary.is_periodic(a)]
-    fourier = [a for a in range(c.ndim) if boundary.is_periodic(a)]
-    mixed = propagator * _forward(c, cosine, fourier, matrices)
+def propagate(c, forcing, propagator, integrator, matrices, drive, boundary: Boundary):
+    """propagator * c + integrator * forcing (+ drive), the multipliers (`propagators`) applied
+    in the eigenbasis: two forward transforms and one inverse, or one forward and one inverse
+    where `forcing` is None (none)."""
+    products, fourier = _axes(boundary)
+    mixed = propagator * _forward(c, products, fourier, matrices)
     if forcing is not None:
-        mixed = mixed + integrator * _forward(forcing, cosine, fourier, matrices)
-    return _inverse(mixed, cosine, fourier, matrices, c.dtype)
+        mixed = mixed + integrator * _forward(forcing, products, fourier, matrices)
+    if drive is not None:
+        mixed = mixed + drive
+    return _inverse(mixed, products, fourier, matrices, c.dtype)
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """A constant-coefficient operator near div(D grad) that transforms invert exactly
+    (`preconditioner`): its mode rates (1/s, <= 0), the rate of its slowest decaying mode
+    (1/s, > 0; 1 for a single voxel), its basis matrices and faces."""
+
+    rates: Any
+    slowest: Any
+    matrices: tuple
+    boundary: Boundary
+
+
+def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
+    """The operator with D's mean and robin faces made neumann (transfer slower than diffusion
+    across a voxel, h dx < D, as for cytokines leaving tissue): as a CG preconditioner it
+    bounds the condition number by the spread of D and of the shift about their means,
+    whatever the grid size, where the voxel diagonal (Jacobi) leaves it growing as n^2."""
+    faces = tuple(
+        tuple(Neumann() if isinstance(f, Robin) else f for f in pair) for pair in boundary.faces
+    )
+    nearby = Boundary(faces)
+    rates = mode_rates(jnp.mean(jnp.asarray(D, dtype)), grid, nearby, dtype)
+    slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
+    slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
+    return Preconditioner(rates, slowest, transform_matrices(grid, nearby, dtype), nearby)
+
+
+def apply_shifted_inverse(r, shift, scale, p: Preconditioner):
+    """(shift - scale div(D grad))^-1 r for the operator of `p`: shift a scalar (1/s or
+    dimensionless), scale in s; homogeneous faces (r is a residual). A zero shift on zero-flux
+    faces leaves the mean undetermined: its mode is then scaled as the slowest decaying one
+    (the robin faces that make such a problem well posed remove it at about that rate)."""
+    products, fourier = _axes(p.boundary)
+    operator = shift - scale * p.rates
+    operator = jnp.where(operator > 0, operator, scale * p.slowest)
+    mixed = _forward(r, products, fourier, p.matrices) / operator
+    return _inverse(mixed, products, fourier, p.matrices, r.dtype)

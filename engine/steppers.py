@@ -227,8 +227,9 @@ def drift_substep(model: Model, faces, fields: Fields, h) -> Fields:
 class ImplicitDiffusion:
     """Loop-invariant data of one field's implicit diffusion-decay-supply solve."""
 
-    spectral: Any  # (multiplier of c, of the supply, DCT matrices), or None: TR-BDF2 with CG
+    spectral: Any  # `spectral.propagators` of the step, or None: TR-BDF2 with CG
     faces: Any  # face coefficients for the CG solves
+    preconditioner: Any  # `spectral.preconditioner` of the CG solves (None when spectral)
 
 
 def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
@@ -238,11 +239,13 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
     for f in model.fields:
         if f.name in names:
             D, decay, boundary = model.diffusivity(f), model.decay(f), model.boundary(f)
-            multipliers = None
+            dtype = jnp.result_type(D)
+            multipliers = preconditioner = None
             if spectral.eligible(D, decay, boundary):
-                dtype = jnp.result_type(D)
                 multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
-            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name])
+            else:
+                preconditioner = spectral.preconditioner(D, model.grid, boundary, dtype)
+            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name], preconditioner)
     return prepared
 
 
@@ -261,21 +264,21 @@ def linear_step(model: Model, prepared: dict, fields: Fields, forcing: Fields, d
                 new = spectral.propagate(c, supply, *p.spectral, boundary)
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
-                new = _tr_bdf2(c, model.decay(f), supply, dt, p.faces, model.grid, boundary)
+                new = _tr_bdf2(c, model.decay(f), supply, dt, p, model.grid, boundary)
             out[f.name] = jnp.maximum(new, 0)
     return out
 
 
-def _tr_bdf2(c, decay, supply, dt, faces, grid, boundary):
+def _tr_bdf2(c, decay, supply, dt, p: ImplicitDiffusion, grid, boundary):
     """One L-stable, second-order TR-BDF2 step of dc/dt = div(D grad c) - decay c + supply."""
     gamma = TR_BDF2_GAMMA
     h = gamma * dt / 2  # both stages solve (1 + h decay) x - h div(D grad x) = rhs
     shift = 1 + h * decay
-    rate = operators.diffusion(c, faces, grid, boundary) - decay * c
+    rate = operators.diffusion(c, p.faces, grid, boundary) - decay * c
     explicit = c + h * rate + 2 * h * supply
-    stage = solvers.solve_shifted(shift, h, explicit, faces, grid, boundary, x0=c)
+    stage = solvers.solve_shifted(shift, h, explicit, p.faces, grid, boundary, c, p.preconditioner)
     rhs = (stage - (1 - gamma) ** 2 * c) / (gamma * (2 - gamma)) + h * supply
-    return solvers.solve_shifted(shift, h, rhs, faces, grid, boundary, x0=stage)
+    return solvers.solve_shifted(shift, h, rhs, p.faces, grid, boundary, stage, p.preconditioner)
 
 
 def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
@@ -315,11 +318,12 @@ def dose_dt(model: Model):
 class Imex:
     """Strang splitting, second order: sinks(dt/2), drift(dt/2), linear part with production
     (dt), drift(dt/2), sinks(dt/2). The linear part (diffusion, decay) is exact in spectral
-    space for constant D and decay on neumann/periodic faces, and TR-BDF2 with preconditioned
-    CG otherwise; production and sources enter it as forcing (exponential trapezoidal rule),
-    sinks are exponential. Stable and non-negative at any dt. Like every splitting, a sink
-    split from diffusion next to a non-zero dirichlet face loses order near that face in the
-    pre-asymptotic range (measured orders 1.4 to 1.8 on refinement)."""
+    space for constant D and decay on neumann, dirichlet and periodic faces, and TR-BDF2 with
+    spectrally preconditioned CG otherwise (robin faces, varying D or decay); production and
+    sources enter it as forcing (exponential trapezoidal rule), sinks are exponential. Stable
+    and non-negative at any dt. Like every splitting, a sink split from diffusion next to a
+    non-zero dirichlet face loses order near that face in the pre-asymptotic range (measured
+    orders 1.4 to 1.8 on refinement)."""
 
     tolerance: float = 1e-3
     name: str = "imex"
@@ -364,9 +368,20 @@ class QuasiSteady:
 
     def prepare(self, model: Model, dt):
         populations = tuple(p.name for p in model.populations)
-        return face_diffusivities(model), prepare_diffusion(model, dt, populations)
+        preconditioners = {
+            s.name: spectral.preconditioner(
+                model.diffusivity(s),
+                model.grid,
+                model.boundary(s),
+                jnp.result_type(model.diffusivity(s)),
+            )
+            for s in model.species
+        }
+        return face_diffusivities(model), preconditioners, prepare_diffusion(model, dt, populations)
 
-    def relax(self, model: Model, faces, fields: Fields, t, supply: Fields) -> Fields:
+    def relax(
+        self, model: Model, faces, preconditioners, fields: Fields, t, supply: Fields
+    ) -> Fields:
         """The species' steady state for the current populations and a supply (nM/s)."""
         floor = 10 * solvers.tolerance(next(iter(fields.values())).dtype)
 
@@ -377,7 +392,14 @@ class QuasiSteady:
                 rhs = production.get(s.name, 0.0) + supply.get(s.name, 0.0)
                 rhs = jnp.broadcast_to(jnp.asarray(rhs, u[s.name].dtype), model.grid.shape)
                 solution = solvers.solve_shifted(
-                    loss[s.name], 1.0, rhs, faces[s.name], model.grid, model.boundary(s), u[s.name]
+                    loss[s.name],
+                    1.0,
+                    rhs,
+                    faces[s.name],
+                    model.grid,
+                    model.boundary(s),
+                    u[s.name],
+                    preconditioners[s.name],
                 )
                 out[s.name] = jnp.maximum(solution, 0)
             return out
@@ -407,16 +429,16 @@ class QuasiSteady:
         return relaxed
 
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        faces, diffusion = prepared
+        faces, preconditioners, diffusion = prepared
         populations = tuple(p.name for p in model.populations)
         supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
-        fields = self.relax(model, faces, fields, t, supply)
+        fields = self.relax(model, faces, preconditioners, fields, t, supply)
         fields = sink_substep(model, fields, t, dt / 2, populations)
         fields = drift_substep(model, faces, fields, dt / 2)
         fields = production_step(model, diffusion, fields, t, dt, populations)
         fields = drift_substep(model, faces, fields, dt / 2)
         fields = sink_substep(model, fields, t + dt / 2, dt / 2, populations)
-        return self.relax(model, faces, fields, t + dt, supply)
+        return self.relax(model, faces, preconditioners, fields, t + dt, supply)
 
     def stable_dt(self, model: Model, fields: Fields):
         """The populations' accuracy target and the doses set the step (species are always at

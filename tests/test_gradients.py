@@ -39,11 +39,11 @@ KEYS = [
     "terms[0].rate",
     "terms[0].activators[0].K",
 ]
-CASES = {  # the CG case (absorbing faces: TR-BDF2) checks the parameters of the solve
+CASES = {  # the CG case (robin faces: TR-BDF2) checks the parameters of the solve
     "explicit": ({"time.stepper": "explicit"}, KEYS),
     "imex spectral": ({"time.stepper": "imex", "time.dt": 20.0}, KEYS),
     "imex cg": (
-        {"time.stepper": "imex", "time.dt": 20.0, "grid.boundary": {"dirichlet": 0.0}},
+        {"time.stepper": "imex", "time.dt": 20.0, "grid.boundary": {"robin": {"h": 0.5}}},
         KEYS[:2],
     ),
 }

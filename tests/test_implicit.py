@@ -6,7 +6,7 @@ import pytest
 from scipy.linalg import expm
 
 import engine
-from engine import operators, regions
+from engine import operators, regions, solvers, spectral
 from engine.model import face_diffusivities
 from engine.terms import MOLECULES_PER_UM3_PER_NM
 
@@ -95,6 +95,7 @@ def semi_discrete_matrix(grid, D, boundary):
     [
         ("periodic", 50.0),  # spectral (FFT) linear part
         ("neumann", 50.0),  # spectral (DCT) linear part
+        ("dirichlet", 50.0),  # spectral (sine basis) linear part
         ("dirichlet", "varying"),  # TR-BDF2 with conjugate gradients
     ],
 )
@@ -190,19 +191,45 @@ def test_auto_dt_of_implicit_steppers_follows_the_accuracy_target():
     assert sim.time_step(sim.initial_state()) == np.inf
 
 
-def test_face_coefficients_are_shared_by_explicit_and_implicit_paths():
-    """The CG solve inverts exactly the explicit operator: (I - a A) x = b checked by A."""
+@pytest.mark.parametrize(
+    "case, shift", [(c, 1.0) for c in steady_cases()[2]] + [("robin", 0.0), ("dirichlet", 0.0)]
+)
+def test_cg_solves_invert_the_explicit_operator(case, shift):
+    """The CG solve inverts exactly the explicit operator: (shift - a A) x = b checked by A, on
+    every kind of face, with varying D, and without a shift where faces absorb (the spectral
+    preconditioner then has no decay on its neumann stand-in for the robin face)."""
     grid, spot, cases = steady_cases()
-    boundary, D = cases["varying D"]
+    boundary, D = cases[case]
     species = engine.Species("c", diffusion=D, boundary=boundary)
     model = engine.Model(grid, species=(species,)).cast("float64")
     faces = face_diffusivities(model)["c"]
     rhs = np.where(spot, 1.0, 0.0)
-    from engine.solvers import solve_shifted
+    preconditioner = spectral.preconditioner(model.species[0].diffusion, grid, boundary, "float64")
+    x = solvers.solve_shifted(shift, 30.0, rhs, faces, grid, boundary, rhs, preconditioner)
+    residual = shift * x - 30.0 * operators.diffusion(x, faces, grid, boundary) - rhs
+    assert np.max(np.abs(residual)) < 1e-8 * np.max(rhs)
 
-    x = solve_shifted(1.0, 30.0, rhs, faces, grid, boundary, x0=rhs)
-    residual = x - 30.0 * operators.diffusion(x, faces, grid, boundary) - rhs
-    assert np.max(np.abs(residual)) < 1e-8
+
+@pytest.mark.parametrize(
+    "faces",
+    [
+        {"x_min": "dirichlet"},
+        {"x_max": "dirichlet", "y_min": "dirichlet", "y_max": "dirichlet"},
+        {"y_min": "periodic", "y_max": "periodic", "x_min": "dirichlet"},
+        {},
+    ],
+)
+def test_the_spectral_preconditioner_is_the_exact_inverse_for_constant_coefficients(faces):
+    grid = engine.Grid((12, 9), spacing=(4.0, 7.0))
+    kinds = {"dirichlet": engine.Dirichlet(), "periodic": engine.Periodic()}
+    boundary = engine.Boundary.from_faces(2, **{k: kinds[v] for k, v in faces.items()})
+    D, shift, scale = 30.0, 0.7, 2.0
+    r = np.random.default_rng(3).standard_normal(grid.shape)
+    preconditioner = spectral.preconditioner(D, grid, boundary, "float64")
+    x = spectral.apply_shifted_inverse(r, shift, scale, preconditioner)
+    D_faces = operators.face_diffusivity(np.float64(D), grid, boundary)
+    applied = shift * x - scale * operators.diffusion(x, D_faces, grid, boundary)
+    np.testing.assert_allclose(applied, r, atol=1e-12 * np.abs(r).max())
 
 
 def test_adaptive_stepping_keeps_the_error_near_the_tolerance(v5_reference):
@@ -227,11 +254,83 @@ def test_the_cosine_transform_is_scipys_orthonormal_dct(shape, axes, float64):
     """The matrix-product DCT-II of the spectral solves equals SciPy's, and DCT-III inverts it."""
     import scipy.fft
 
-    from engine.spectral import cosine_transform
+    from engine.spectral import basis_transform
 
     x = np.random.default_rng(4).standard_normal(shape)
-    forward = np.asarray(cosine_transform(jax.numpy.asarray(x), axes))
+    forward = np.asarray(basis_transform(jax.numpy.asarray(x), axes))
     expected = scipy.fft.dctn(x, type=2, axes=axes, norm="ortho")
     np.testing.assert_allclose(forward, expected, rtol=0, atol=1e-13 * np.abs(x).max())
-    back = np.asarray(cosine_transform(jax.numpy.asarray(forward), axes, inverse=True))
+    back = np.asarray(basis_transform(jax.numpy.asarray(forward), axes, inverse=True))
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-13 * np.abs(x).max())
+
+
+@pytest.mark.parametrize(
+    "faces",
+    [
+        {"x_min": 1.0},
+        {"x_max": 2.0, "y_min": 0.5},
+        {"x_min": 1.0, "x_max": 0.3, "y_min": 0.0, "y_max": 0.8},
+        {"y_max": 0.4, "x_min": "periodic", "x_max": "periodic"},
+    ],
+)
+def test_spectral_imex_is_exact_with_dirichlet_faces(faces):
+    """Diffusion, decay and a source with non-zero dirichlet values on any mix of faces: one
+    imex step of any length is the exact solution (expm) of the semi-discrete system."""
+    grid = engine.Grid((10, 7), spacing=(5.0, 8.0))
+    kinds = {
+        name: engine.Periodic() if value == "periodic" else engine.Dirichlet(value)
+        for name, value in faces.items()
+    }
+    boundary = engine.Boundary.from_faces(2, **kinds)
+    rng = np.random.default_rng(5)
+    initial, source = rng.random(grid.shape), 0.01 * rng.random(grid.shape)
+    D, decay, t_end = 40.0, 2e-3, 400.0
+    species = engine.Species("c", diffusion=D, decay=decay, boundary=boundary, initial=initial)
+    model = engine.Model(grid, species=(species,), sources=(engine.Source("c", source),))
+    D_faces = operators.face_diffusivity(np.float64(D), grid, boundary)
+    size = initial.size
+
+    def apply(c):
+        return np.asarray(operators.diffusion(c.reshape(grid.shape), D_faces, grid, boundary))
+
+    affine = apply(np.zeros(size)).ravel()
+    matrix = np.stack([apply(np.eye(size)[j]).ravel() - affine for j in range(size)], axis=1)
+    system = matrix - decay * np.eye(size)
+    propagator = expm(system * t_end)
+    forcing = affine + source.ravel()
+    exact = propagator @ initial.ravel() + np.linalg.solve(
+        system, (propagator - np.eye(size)) @ forcing
+    )
+    c = run(model, t_end, stepper="imex", dt=t_end)["c"].ravel()
+    np.testing.assert_allclose(c, exact, rtol=0, atol=1e-12 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16])
+@pytest.mark.parametrize(
+    "low, high",
+    [
+        ("neumann", "neumann"),
+        ("dirichlet", "dirichlet"),
+        ("dirichlet", "neumann"),
+        ("neumann", "dirichlet"),
+    ],
+)
+def test_each_axis_basis_is_orthonormal_and_diagonalises_the_laplacian(n, low, high):
+    """Rows of `basis_matrix` are orthonormal eigenvectors of the 3-point Laplacian with ghost
+    values mirrored (neumann) or negated (dirichlet, value 0) about each face, with the
+    eigenvalues `laplacian_eigenvalues` gives; DCT-II and DST-II where both faces agree."""
+    import scipy.fft
+
+    matrix = spectral.basis_matrix(n, low, high)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(n), atol=1e-13)
+    laplacian = -2 * np.eye(n) + np.eye(n, k=1) + np.eye(n, k=-1)
+    laplacian[0, 0] += 1 if low == "neumann" else -1
+    laplacian[-1, -1] += 1 if high == "neumann" else -1
+    faces = {"neumann": engine.Neumann(), "dirichlet": engine.Dirichlet()}
+    boundary = engine.Boundary(((faces[low], faces[high]),))
+    eigenvalues = spectral.laplacian_eigenvalues(engine.Grid((n,), spacing=1.0), boundary)[0]
+    np.testing.assert_allclose(matrix @ laplacian @ matrix.T, np.diag(eigenvalues), atol=1e-12)
+    if low == high:
+        transform = scipy.fft.dct if low == "neumann" else scipy.fft.dst
+        expected = transform(np.eye(n), type=2, norm="ortho", axis=0)
+        np.testing.assert_allclose(matrix, expected, atol=1e-13)
