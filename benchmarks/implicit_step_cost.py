@@ -4,7 +4,7 @@
 
 Cases: explicit ssprk3 (the unit), imex with the exact spectral linear step (constant D:
 cosines on neumann faces, a sine/cosine basis with a dirichlet face), imex with TR-BDF2 +
-spectrally preconditioned conjugate gradients (a robin face), each imex run at 50x the
+preconditioned conjugate gradients (a robin face), each imex run at 50x the
 explicit limit. Prints medians after warm-up and writes a JSON under
 benchmarks/results/ named after the device.
 """

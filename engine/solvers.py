@@ -1,21 +1,27 @@
 """Matrix-free linear solves with the diffusion operator: implicit steps and steady states.
 
 Both solve  shift * x - scale * div(D grad x) = rhs  (boundary values moved to the right), an
-SPD system for shift > 0, by conjugate gradients preconditioned with the exact inverse of a
-nearby constant-coefficient operator (`spectral.preconditioner`). Against the voxel diagonal
-(Jacobi) it took 2.2x less time per imex step at 64^3 and 128^3 (robin faces, dt D/h^2 = 60,
-float32, 2-core CPU), as fast at dt D/h^2 = 5, and a quasi_steady run of the infection scenario
-at 128^3 2.2x less.
+SPD system for shift > 0, by preconditioned conjugate gradients. Preconditioned with the voxel
+diagonal (Jacobi), CG needs about sqrt(stiffness) iterations, stiffness = largest diagonal /
+mean shift, each one stencil; with the exact inverse of a nearby constant-coefficient operator
+(`spectral.preconditioner`) a few at any stiffness and grid size, each two transforms (about 20
+stencils on a CPU). The solve picks the spectral one above `SPECTRAL_STIFFNESS`: on a 2-core CPU
+at 128^3 (float32) a quasi_steady run of the infection scenario took 2.2x less time with it,
+an imex step with a robin face at dt D/h^2 = 60 2.2x less, and at dt D/h^2 = 8 1.4x more.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.sparse.linalg import cg
 
 from engine import operators, spectral
 from engine.boundary import Boundary
 from engine.grid import Grid
+
+SPECTRAL_STIFFNESS = 100.0
+"""Stiffness above which CG is preconditioned spectrally rather than with the diagonal."""
 
 
 def tolerance(dtype) -> float:
@@ -37,7 +43,7 @@ def solve_shifted(
     """x with shift x - scale div(D grad x) = rhs, boundary values (dirichlet, robin) included.
 
     shift: 1/s or dimensionless (scalar or per voxel, > 0 or with absorbing faces), scale: s.
-    `preconditioner` is applied with the mean shift.
+    `preconditioner` is applied with the mean shift where the system is stiff.
     """
     affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
 
@@ -45,10 +51,17 @@ def solve_shifted(
         linear = operators.diffusion(x, D_faces, grid, boundary) - affine
         return shift * x - scale * linear
 
+    diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
     mean_shift = jnp.mean(shift)
+    stiff = jnp.max(diagonal) > SPECTRAL_STIFFNESS * mean_shift
 
     def precondition(r):
-        return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
+        return lax.cond(
+            stiff,
+            lambda r: spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner),
+            lambda r: r / diagonal,
+            r,
+        )
 
     b = rhs + scale * affine
     # relative to the right-hand side or, where that vanishes (a solution of 0), to the first

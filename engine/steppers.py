@@ -319,7 +319,7 @@ class Imex:
     """Strang splitting, second order: sinks(dt/2), drift(dt/2), linear part with production
     (dt), drift(dt/2), sinks(dt/2). The linear part (diffusion, decay) is exact in spectral
     space for constant D and decay on neumann, dirichlet and periodic faces, and TR-BDF2 with
-    spectrally preconditioned CG otherwise (robin faces, varying D or decay); production and
+    preconditioned CG otherwise (robin faces, varying D or decay); production and
     sources enter it as forcing (exponential trapezoidal rule), sinks are exponential. Stable
     and non-negative at any dt. Like every splitting, a sink split from diffusion next to a
     non-zero dirichlet face loses order near that face in the pre-asymptotic range (measured
