@@ -146,10 +146,17 @@ def with_ghosts(c, D_faces: tuple, grid: Grid, boundary: Boundary):
     wrapped voxels), stored once: what `diffusion` reads its neighbours from. Its interior
     (`interior_of`) equals `c`; terms that read their fields from it read no other buffer,
     which lets a step overwrite the fields in place without first copying them."""
-    couplings = [
-        _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
-    ]
-    return _padded(c, [(low[1], high[1]) for low, high in couplings])
+    return _padded(c, _outside_values(_couplings(D_faces, grid, boundary, c.dtype)))
+
+
+def _couplings(D_faces: tuple, grid: Grid, boundary: Boundary, dtype) -> list:
+    """`_face_couplings` of every axis."""
+    return [_face_couplings(D_faces, grid, boundary, axis, dtype) for axis in range(grid.ndim)]
+
+
+def _outside_values(couplings: list) -> list:
+    """(low, high) outside values of every axis: what `_padded` pads with."""
+    return [(low[1], high[1]) for low, high in couplings]
 
 
 def interior_of(padded):
@@ -160,10 +167,8 @@ def interior_of(padded):
 def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary, padded=None):
     """div(D grad c) with face coefficients from `face_diffusivity`; `padded`: `c` with its
     ghosts (`with_ghosts`) when the caller has it already (c then is its interior)."""
-    couplings = [
-        _face_couplings(D_faces, grid, boundary, axis, c.dtype) for axis in range(grid.ndim)
-    ]
-    padded = with_ghosts(c, D_faces, grid, boundary) if padded is None else padded
+    couplings = _couplings(D_faces, grid, boundary, c.dtype)
+    padded = _padded(c, _outside_values(couplings)) if padded is None else padded
     interior = [slice(1, n + 1) for n in grid.shape]
     total = jnp.zeros_like(c)
     for axis, ((low, _), (high, _)) in enumerate(couplings):

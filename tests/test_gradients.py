@@ -42,6 +42,14 @@ KEYS = [
 CASES = {  # the CG case (robin faces: TR-BDF2) checks the parameters of the solve
     "explicit": ({"time.stepper": "explicit"}, KEYS),
     "imex spectral": ({"time.stepper": "imex", "time.dt": 20.0}, KEYS),
+    "imex spectral dirichlet": (  # D also sets the inflow through the faces
+        {
+            "time.stepper": "imex",
+            "time.dt": 20.0,
+            "species.IL2.boundary": {"x_min": {"dirichlet": 0.5}},
+        },
+        KEYS[:2],
+    ),
     "imex cg": (
         {"time.stepper": "imex", "time.dt": 20.0, "grid.boundary": {"robin": {"h": 0.5}}},
         KEYS[:2],
