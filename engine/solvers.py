@@ -4,13 +4,13 @@ Both solve  shift * x - scale * div(D grad x) = rhs  (boundary values moved to t
 SPD system for shift > 0, by preconditioned conjugate gradients. Preconditioned with the voxel
 diagonal (Jacobi), CG needs about sqrt(stiffness) iterations, stiffness = largest diagonal /
 mean shift, each one stencil; with the exact inverse of a nearby constant-coefficient operator
-(`spectral.preconditioner`) a few at any stiffness and grid size, each two transforms (about 20
-stencils on a CPU). The solve picks the spectral one above `SPECTRAL_STIFFNESS`. On a 2-core
-CPU at 128^3 (float32), an imex step with a robin face (IL-2 and uptaking cells) took 302 ms
-with the diagonal and 346 spectral at a stiffness of 10, 453 and 293 at 36, 640 and 315 at 71,
-665 and 299 at 106; the implicit-step benchmark's robin case (stiffness 14) 137-157 and
-200-214; a quasi_steady run of the infection scenario (far stiffer) 39.1 s and 17.7 s.
-"""
+(`spectral.preconditioner`) a few at any stiffness, each two transforms (about 4-7 Jacobi
+iterations on a CPU at 128^3, more on longer axes). A solve picks the spectral one above
+`SPECTRAL_STIFFNESS` on grids up to `SPECTRAL_AXES`, and none at all when its start already
+meets the tolerance. On a 2-core CPU at 128^3 (float32), an imex step with a robin face (IL-2
+and uptaking cells) took 235-350 ms with the diagonal and 304-346 spectral at a stiffness of 10,
+453 and 293 at 36, 640 and 315 at 71, 665 and 299 at 106; a quasi_steady run of the infection
+scenario (far stiffer) 39.1 s and 17.1 s."""
 
 from __future__ import annotations
 
@@ -23,7 +23,21 @@ from engine.boundary import Boundary
 from engine.grid import Grid
 
 SPECTRAL_STIFFNESS = 25.0
-"""Stiffness above which CG is preconditioned spectrally rather than with the diagonal."""
+"""Stiffness (largest diagonal / mean shift) above which CG is preconditioned spectrally."""
+
+SPECTRAL_AXES = 512
+"""Largest sum of the grid's axis lengths with a spectral preconditioner: its transforms take
+about twice that many multiply-adds per voxel. On a 2-core CPU (float32), quasi_steady steps
+of `configs/infection_resolution.toml` took 1.7x less time with it at 128^2 and 1.2x more at
+1024^2; at 2048^2 the benchmark's quasi_steady step took 8.7x more."""
+
+
+def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> spectral.Preconditioner | None:
+    """The spectral preconditioner of a field's solves on grids where it can pay, else None
+    (the diagonal only)."""
+    if sum(grid.shape) > SPECTRAL_AXES:
+        return None
+    return spectral.preconditioner(D, grid, boundary, dtype)
 
 
 def tolerance(dtype) -> float:
@@ -39,13 +53,14 @@ def solve_shifted(
     grid: Grid,
     boundary: Boundary,
     x0,
-    preconditioner: spectral.Preconditioner,
+    preconditioner: spectral.Preconditioner | None,
     maxiter=2000,
 ):
     """x with shift x - scale div(D grad x) = rhs, boundary values (dirichlet, robin) included.
 
     shift: 1/s or dimensionless (scalar or per voxel, > 0 or with absorbing faces), scale: s.
-    `preconditioner` is applied with the mean shift where the system is stiff.
+    CG is preconditioned with the diagonal or, for a stiff system given a `preconditioner`
+    (`preconditioner`), with that one at the mean shift.
     """
     affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
 
@@ -54,33 +69,35 @@ def solve_shifted(
         return shift * x - scale * linear
 
     diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
-    mean_shift = jnp.mean(shift)
-    stiff = jnp.max(diagonal) > SPECTRAL_STIFFNESS * mean_shift
-
-    def precondition(r):
-        return lax.cond(
-            stiff,
-            lambda r: spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner),
-            lambda r: r / diagonal,
-            r,
-        )
-
     b = rhs + scale * affine
     # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
     # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
     # out of reach in rounding, and CG would break down (0/0) trying
     floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
     residual = b - matvec(x0)
-    target = tolerance(rhs.dtype) * jnp.maximum(jnp.linalg.norm(b), jnp.linalg.norm(residual))
-    # solved for the correction to x0, so CG's roundings scale with the (small) correction
-    # rather than with x: runs that round differently agree more closely
-    correction, _ = cg(
-        matvec,
-        residual,
-        x0=jnp.zeros_like(x0),
-        tol=0.0,
-        atol=target + floor,
-        maxiter=maxiter,
-        M=precondition,
-    )
+    atol = floor + tolerance(rhs.dtype) * jnp.maximum(jnp.linalg.norm(b), jnp.linalg.norm(residual))
+
+    def solve(r, precondition):
+        """The correction for residual r: solving for it rather than for x, CG's roundings
+        scale with the (small) correction, so runs that round differently agree closer."""
+        zero = jnp.zeros_like(r)
+        return cg(matvec, r, x0=zero, tol=0.0, atol=atol, maxiter=maxiter, M=precondition)[0]
+
+    def jacobi(r):
+        return solve(r, lambda r: r / diagonal)
+
+    if preconditioner is None:
+        return x0 + jacobi(residual)
+    mean_shift = jnp.mean(shift)
+
+    def spectrally(r):
+        return solve(
+            r, lambda r: spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
+        )
+
+    # converged already (a steady state that held): no solve, which for CG would still mean
+    # one application of the preconditioner
+    stiff = jnp.max(diagonal) > SPECTRAL_STIFFNESS * mean_shift
+    branch = jnp.where(jnp.linalg.norm(residual) <= atol, 0, jnp.where(stiff, 2, 1))
+    correction = lax.switch(branch, (jnp.zeros_like, jacobi, spectrally), residual)
     return x0 + correction

@@ -229,7 +229,7 @@ class ImplicitDiffusion:
 
     spectral: Any  # `spectral.propagators` of the step, or None: TR-BDF2 with CG
     faces: Any  # face coefficients for the CG solves
-    preconditioner: Any  # `spectral.preconditioner` of the CG solves (None when spectral)
+    preconditioner: Any  # `solvers.preconditioner` of the CG solves, or None
 
 
 def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
@@ -244,7 +244,7 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
             if spectral.eligible(D, decay, boundary):
                 multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
             else:
-                preconditioner = spectral.preconditioner(D, model.grid, boundary, dtype)
+                preconditioner = solvers.preconditioner(D, model.grid, boundary, dtype)
             prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name], preconditioner)
     return prepared
 
@@ -369,7 +369,7 @@ class QuasiSteady:
     def prepare(self, model: Model, dt):
         populations = tuple(p.name for p in model.populations)
         preconditioners = {
-            s.name: spectral.preconditioner(
+            s.name: solvers.preconditioner(
                 model.diffusivity(s),
                 model.grid,
                 model.boundary(s),

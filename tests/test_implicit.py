@@ -204,6 +204,7 @@ def test_cg_solves_invert_the_explicit_operator(case, shift, scale):
     stiffness = shift + scale * 100.0 * 4 / 10.0**2  # at least; a dirichlet face adds 1 scale
     assert (stiffness > solvers.SPECTRAL_STIFFNESS * shift) == (scale == 30.0)
     grid, spot, cases = steady_cases()
+    assert sum(grid.shape) <= solvers.SPECTRAL_AXES
     boundary, D = cases[case]
     species = engine.Species("c", diffusion=D, boundary=boundary)
     model = engine.Model(grid, species=(species,)).cast("float64")
@@ -213,6 +214,16 @@ def test_cg_solves_invert_the_explicit_operator(case, shift, scale):
     x = solvers.solve_shifted(shift, scale, rhs, faces, grid, boundary, rhs, preconditioner)
     residual = shift * x - scale * operators.diffusion(x, faces, grid, boundary) - rhs
     assert np.max(np.abs(residual)) < 1e-8 * np.max(rhs)
+    # started at its solution (to rounding), a solve returns it as it is
+    exact_rhs = rhs + residual
+    again = solvers.solve_shifted(shift, scale, exact_rhs, faces, grid, boundary, x, preconditioner)
+    np.testing.assert_array_equal(again, x)
+
+
+def test_spectral_preconditioners_are_kept_to_grids_where_they_pay():
+    boundary = engine.Boundary.uniform(2)
+    assert solvers.preconditioner(1.0, engine.Grid((128, 128), 1.0), boundary, "float32")
+    assert solvers.preconditioner(1.0, engine.Grid((512, 512), 1.0), boundary, "float32") is None
 
 
 @pytest.mark.parametrize(
