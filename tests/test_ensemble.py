@@ -64,12 +64,14 @@ def relative_difference(a, b) -> float:
         ("imex", "float32"),
         ("explicit", "float64"),
         ("imex", "float64"),
+        ("quasi_steady", "float32"),
         ("quasi_steady", "float64"),
     ],
 )
 def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64):
-    """quasi_steady in float32 measured 1.1e-6: its CG and Picard loops (converged to 1e-5)
-    carry the batch's other summation order further than a fixed number of steps does."""
+    """Within 1e-6 in float32 (quasi_steady's CG and Picard loops carry the batch's other
+    summation order further than a fixed number of steps does: 1.1e-6 with CG converged to
+    1e-5 rather than 1e-6)."""
     cfg = load_config(CONFIG, {"time.stepper": stepper, "time.dtype": dtype})
     result = engine.sweep(cfg, VARY)
     assert set(result.members) == set(VARY)
