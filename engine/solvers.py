@@ -43,7 +43,8 @@ def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> spectral.Precond
 def tolerance(dtype) -> float:
     """CG relative residual target: near the rounding floor of the dtype. In float32 1e-6
     rather than 1e-5 took 1.3x the time of a quasi_steady run of the infection scenario at
-    128^3 (21.6 against 17.1 s on the CPU) and brought sharded runs from 1.1e-6 to 6.6e-7 of single-device ones."""
+    128^3 (21.6 against 17.1 s on the CPU) and brought sharded runs from 1.1e-6 to 6.6e-7 of
+    single-device ones."""
     return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-11
 
 
