@@ -1,16 +1,18 @@
 """Matrix-free linear solves with the diffusion operator: implicit steps and steady states.
 
 Both solve  shift * x - scale * div(D grad x) = rhs  (boundary values moved to the right), an
-SPD system for shift > 0, by preconditioned conjugate gradients. Preconditioned with the voxel
-diagonal (Jacobi), CG needs about sqrt(stiffness) iterations, stiffness = largest diagonal /
-mean shift, each one stencil; with the exact inverse of a nearby constant-coefficient operator
-(`spectral.preconditioner`) a few at any stiffness, each two transforms (about 4-7 Jacobi
-iterations on a CPU at 128^3, more on longer axes). A solve picks the spectral one above
-`SPECTRAL_STIFFNESS` on grids up to `SPECTRAL_AXES`, and none at all when its start already
-meets the tolerance. On a 2-core CPU at 128^3 (float32), an imex step with a robin face (IL-2
-and uptaking cells) took 235-350 ms with the diagonal and 304-346 spectral at a stiffness of 10,
-453 and 293 at 36, 640 and 315 at 71, 665 and 299 at 106; a quasi_steady run of the infection
-scenario (far stiffer) 39.1 s and 17.1 s."""
+SPD system for shift > 0, by preconditioned conjugate gradients, and skip the solve when its
+start already meets the tolerance. Preconditioned with the voxel diagonal (Jacobi), CG needs
+about sqrt(stiffness) iterations, stiffness = largest diagonal / mean shift, each one stencil:
+right for imex steps, whose accuracy target keeps dt D/h^2 below 1 (stiffness about 2). With
+the exact inverse of a nearby constant-coefficient operator (`spectral.preconditioner`) it
+needs a few at any stiffness, each two transforms (4-7 Jacobi iterations on a CPU at 128^3,
+more on longer axes): right for the steady states of quasi_steady (stiffness 10^3 and more),
+on grids whose axes sum to at most `SPECTRAL_AXES`. On a 2-core CPU at 128^3 (float32), a
+quasi_steady run of the infection scenario took 39.1 s with the diagonal, 17.1 s spectral; an
+imex step with a robin face (IL-2 and uptaking cells) 235-350 ms with the diagonal and 304-346
+spectral at a stiffness of 10, 665 and 299 at 106 (dt D/h^2 = 60, ten times what the accuracy
+target allows). Choosing per solve would run both under `vmap` (sweeps)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,6 @@ from jax.scipy.sparse.linalg import cg
 from engine import operators, spectral
 from engine.boundary import Boundary
 from engine.grid import Grid
-
-SPECTRAL_STIFFNESS = 25.0
-"""Stiffness (largest diagonal / mean shift) above which CG is preconditioned spectrally."""
 
 SPECTRAL_AXES = 512
 """Largest sum of the grid's axis lengths with a spectral preconditioner: its transforms take
@@ -62,8 +61,8 @@ def solve_shifted(
     """x with shift x - scale div(D grad x) = rhs, boundary values (dirichlet, robin) included.
 
     shift: 1/s or dimensionless (scalar or per voxel, > 0 or with absorbing faces), scale: s.
-    CG is preconditioned with the diagonal or, for a stiff system given a `preconditioner`
-    (`preconditioner`), with that one at the mean shift.
+    CG is preconditioned with the diagonal or, given one (`preconditioner`), spectrally at
+    the mean shift.
     """
     affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
 
@@ -86,21 +85,19 @@ def solve_shifted(
         zero = jnp.zeros_like(r)
         return cg(matvec, r, x0=zero, tol=0.0, atol=atol, maxiter=maxiter, M=precondition)[0]
 
-    def jacobi(r):
-        return solve(r, lambda r: r / diagonal)
-
-    if preconditioner is None:
-        return x0 + jacobi(residual)
     mean_shift = jnp.mean(shift)
 
-    def spectrally(r):
-        return solve(
-            r, lambda r: spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
-        )
+    def precondition(r):
+        if preconditioner is None:
+            return r / diagonal
+        return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
 
     # converged already (a steady state that held): no solve, which for CG would still mean
     # one application of the preconditioner
-    stiff = jnp.max(diagonal) > SPECTRAL_STIFFNESS * mean_shift
-    branch = jnp.where(jnp.linalg.norm(residual) <= atol, 0, jnp.where(stiff, 2, 1))
-    correction = lax.switch(branch, (jnp.zeros_like, jacobi, spectrally), residual)
+    correction = lax.cond(
+        jnp.linalg.norm(residual) <= atol,
+        jnp.zeros_like,
+        lambda r: solve(r, precondition),
+        residual,
+    )
     return x0 + correction

@@ -229,7 +229,6 @@ class ImplicitDiffusion:
 
     spectral: Any  # `spectral.propagators` of the step, or None: TR-BDF2 with CG
     faces: Any  # face coefficients for the CG solves
-    preconditioner: Any  # `solvers.preconditioner` of the CG solves, or None
 
 
 def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
@@ -240,12 +239,10 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
         if f.name in names:
             D, decay, boundary = model.diffusivity(f), model.decay(f), model.boundary(f)
             dtype = jnp.result_type(D)
-            multipliers = preconditioner = None
+            multipliers = None
             if spectral.eligible(D, decay, boundary):
                 multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
-            else:
-                preconditioner = solvers.preconditioner(D, model.grid, boundary, dtype)
-            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name], preconditioner)
+            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name])
     return prepared
 
 
@@ -276,9 +273,9 @@ def _tr_bdf2(c, decay, supply, dt, p: ImplicitDiffusion, grid, boundary):
     shift = 1 + h * decay
     rate = operators.diffusion(c, p.faces, grid, boundary) - decay * c
     explicit = c + h * rate + 2 * h * supply
-    stage = solvers.solve_shifted(shift, h, explicit, p.faces, grid, boundary, c, p.preconditioner)
+    stage = solvers.solve_shifted(shift, h, explicit, p.faces, grid, boundary, c, None)
     rhs = (stage - (1 - gamma) ** 2 * c) / (gamma * (2 - gamma)) + h * supply
-    return solvers.solve_shifted(shift, h, rhs, p.faces, grid, boundary, stage, p.preconditioner)
+    return solvers.solve_shifted(shift, h, rhs, p.faces, grid, boundary, stage, None)
 
 
 def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
@@ -319,7 +316,7 @@ class Imex:
     """Strang splitting, second order: sinks(dt/2), drift(dt/2), linear part with production
     (dt), drift(dt/2), sinks(dt/2). The linear part (diffusion, decay) is exact in spectral
     space for constant D and decay on neumann, dirichlet and periodic faces, and TR-BDF2 with
-    preconditioned CG otherwise (robin faces, varying D or decay); production and
+    Jacobi-preconditioned CG otherwise (robin faces, varying D or decay); production and
     sources enter it as forcing (exponential trapezoidal rule), sinks are exponential. Stable
     and non-negative at any dt. Like every splitting, a sink split from diffusion next to a
     non-zero dirichlet face loses order near that face in the pre-asymptotic range (measured
