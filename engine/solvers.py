@@ -70,7 +70,6 @@ def solve_shifted(
         linear = operators.diffusion(x, D_faces, grid, boundary) - affine
         return shift * x - scale * linear
 
-    diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
     b = rhs + scale * affine
     # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
     # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
@@ -79,25 +78,24 @@ def solve_shifted(
     residual = b - matvec(x0)
     atol = floor + tolerance(rhs.dtype) * jnp.maximum(jnp.linalg.norm(b), jnp.linalg.norm(residual))
 
-    def solve(r, precondition):
+    if preconditioner is None:
+        diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
+
+        def precondition(r):
+            return r / diagonal
+    else:
+        mean_shift = jnp.mean(shift)
+
+        def precondition(r):
+            return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
+
+    def solve(r):
         """The correction for residual r: solving for it rather than for x, CG's roundings
         scale with the (small) correction, so runs that round differently agree closer."""
         zero = jnp.zeros_like(r)
         return cg(matvec, r, x0=zero, tol=0.0, atol=atol, maxiter=maxiter, M=precondition)[0]
 
-    mean_shift = jnp.mean(shift)
-
-    def precondition(r):
-        if preconditioner is None:
-            return r / diagonal
-        return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
-
     # converged already (a steady state that held): no solve, which for CG would still mean
     # one application of the preconditioner
-    correction = lax.cond(
-        jnp.linalg.norm(residual) <= atol,
-        jnp.zeros_like,
-        lambda r: solve(r, precondition),
-        residual,
-    )
+    correction = lax.cond(jnp.linalg.norm(residual) <= atol, jnp.zeros_like, solve, residual)
     return x0 + correction

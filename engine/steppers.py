@@ -238,9 +238,9 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
     for f in model.fields:
         if f.name in names:
             D, decay, boundary = model.diffusivity(f), model.decay(f), model.boundary(f)
-            dtype = jnp.result_type(D)
             multipliers = None
             if spectral.eligible(D, decay, boundary):
+                dtype = jnp.result_type(D)
                 multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
             prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name])
     return prepared
@@ -261,21 +261,21 @@ def linear_step(model: Model, prepared: dict, fields: Fields, forcing: Fields, d
                 new = spectral.propagate(c, supply, *p.spectral, boundary)
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
-                new = _tr_bdf2(c, model.decay(f), supply, dt, p, model.grid, boundary)
+                new = _tr_bdf2(c, model.decay(f), supply, dt, p.faces, model.grid, boundary)
             out[f.name] = jnp.maximum(new, 0)
     return out
 
 
-def _tr_bdf2(c, decay, supply, dt, p: ImplicitDiffusion, grid, boundary):
+def _tr_bdf2(c, decay, supply, dt, faces, grid, boundary):
     """One L-stable, second-order TR-BDF2 step of dc/dt = div(D grad c) - decay c + supply."""
     gamma = TR_BDF2_GAMMA
     h = gamma * dt / 2  # both stages solve (1 + h decay) x - h div(D grad x) = rhs
     shift = 1 + h * decay
-    rate = operators.diffusion(c, p.faces, grid, boundary) - decay * c
+    rate = operators.diffusion(c, faces, grid, boundary) - decay * c
     explicit = c + h * rate + 2 * h * supply
-    stage = solvers.solve_shifted(shift, h, explicit, p.faces, grid, boundary, c, None)
+    stage = solvers.solve_shifted(shift, h, explicit, faces, grid, boundary, c, None)
     rhs = (stage - (1 - gamma) ** 2 * c) / (gamma * (2 - gamma)) + h * supply
-    return solvers.solve_shifted(shift, h, rhs, p.faces, grid, boundary, stage, None)
+    return solvers.solve_shifted(shift, h, rhs, faces, grid, boundary, stage, None)
 
 
 def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
