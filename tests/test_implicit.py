@@ -79,14 +79,15 @@ def test_bounded_and_positive_at_1000x_the_explicit_limit(v5_reference, stepper)
 
 
 def semi_discrete_matrix(grid, D, boundary):
-    """The diffusion operator as (matrix, affine part) on a 1D grid, float64."""
+    """The diffusion operator as (matrix, affine part) on the flattened grid, float64."""
     faces = operators.face_diffusivity(np.asarray(D, float), grid, boundary)
-    n = grid.shape[0]
-    affine = np.asarray(operators.diffusion(np.zeros(n), faces, grid, boundary))
-    columns = [
-        np.asarray(operators.diffusion(np.eye(n)[j], faces, grid, boundary)) - affine
-        for j in range(n)
-    ]
+    size = int(np.prod(grid.shape))
+
+    def apply(c):
+        return np.asarray(operators.diffusion(c.reshape(grid.shape), faces, grid, boundary)).ravel()
+
+    affine = apply(np.zeros(size))
+    columns = [apply(np.eye(size)[j]) - affine for j in range(size)]
     return np.stack(columns, axis=1), affine
 
 
@@ -305,14 +306,8 @@ def test_spectral_imex_is_exact_with_dirichlet_faces(faces):
     D, decay, t_end = 40.0, 2e-3, 400.0
     species = engine.Species("c", diffusion=D, decay=decay, boundary=boundary, initial=initial)
     model = engine.Model(grid, species=(species,), sources=(engine.Source("c", source),))
-    D_faces = operators.face_diffusivity(np.float64(D), grid, boundary)
+    matrix, affine = semi_discrete_matrix(grid, D, boundary)
     size = initial.size
-
-    def apply(c):
-        return np.asarray(operators.diffusion(c.reshape(grid.shape), D_faces, grid, boundary))
-
-    affine = apply(np.zeros(size)).ravel()
-    matrix = np.stack([apply(np.eye(size)[j]).ravel() - affine for j in range(size)], axis=1)
     system = matrix - decay * np.eye(size)
     propagator = expm(system * t_end)
     forcing = affine + source.ravel()
