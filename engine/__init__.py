@@ -1,6 +1,6 @@
 """ilsim: interleukin transport and immune-cell response on Cartesian grids, in JAX."""
 
-from engine import analysis, regions
+from engine import analysis, parallel, regions
 from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.build import build_model
 from engine.config import Config, ConfigError, load_config
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analysis",
+    "parallel",
     "Config",
     "ConfigError",
     "build_model",

@@ -14,10 +14,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
+import re
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -26,9 +30,35 @@ MESH_AXES = ("shard_0", "shard_1", "shard_2")
 
 
 def use_cpu_devices(count: int) -> None:
-    """Split the host CPU into `count` JAX devices (for --devices N without accelerators).
-    Takes effect only before JAX first starts its backends."""
+    """Split the host CPU into `count` JAX devices (for --devices N without accelerators),
+    compiled without FMAs (`reproducible_cpu_math`), so that runs on any count agree. Takes
+    effect only before JAX first starts its backends."""
     jax.config.update("jax_num_cpu_devices", int(count))
+    reproducible_cpu_math()
+
+
+def cpu_split() -> bool:
+    """Whether this process asks for several CPU devices (`jax_num_cpu_devices`, or XLA's
+    `--xla_force_host_platform_device_count`)."""
+    forced = re.search(r"host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return jax.config.jax_num_cpu_devices > 1 or (forced is not None and int(forced[1]) > 1)
+
+
+def reproducible_cpu_math() -> None:
+    """Compile CPU code without fused multiply-adds (XLA's instruction set capped at AVX), so
+    that a field split over CPU devices rounds as it does whole. XLA fuses element-wise work
+    differently for different block shapes, so where a multiply-add becomes an FMA differs
+    with the split: a unit in the last place here and there, which growth and chemotaxis
+    carry on (float32 runs of configs/infection_resolution.toml on 4 devices were 3.5e-6
+    from one device after 12 simulated hours; bitwise with this). Costs 15-20% of an
+    explicit step on a CPU (measured on a 2-core x86-64 at 256^3), so the engine asks for it
+    only where the CPU is split (`cpu_split`, checked on import, and --devices). x86-64
+    only; takes effect only before JAX first starts its backends."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_max_isa" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa=AVX".strip()
 
 
 def initialize_distributed(heartbeat_timeout: float = 100.0) -> None:
@@ -242,9 +272,26 @@ def lay_out(x, whole_axis: int | None = None):
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
+def total(x):
+    """The sum of all of `x` (grid-shaped), rounded alike whether `x` is whole or split over
+    the current mesh: each line along the last axis (never split) sums on one device, then
+    every device adds all the line sums in one order. A plain sum of a split array adds
+    per-device partial sums, so CG solves on split fields rounded differently."""
+    if x.ndim < 2:
+        return jnp.sum(x)
+    lines = replicate(jnp.sum(x, axis=-1))
+    # a branch that XLA cannot fuse across: on one device too the line sums are their own
+    # loop, as they are where an all-gather separates them from the second sum
+    return lax.cond(jnp.isnan(lines[(0,) * lines.ndim]), jnp.sum, jnp.sum, lines)
+
+
 def replicate(x):
     """`x` whole on every device of the current mesh (unchanged outside one): a small operand,
     such as a transform matrix, that must not be split with the fields it multiplies."""
     if _current_mesh() is None:
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec())
+
+
+if cpu_split():  # on import, before JAX starts its backends: split runs round as whole ones
+    reproducible_cpu_math()

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.sparse.linalg import cg
 
-from engine import operators, spectral
+from engine import operators, parallel, spectral
 from engine.boundary import Boundary
 from engine.grid import Grid
 
@@ -76,7 +75,7 @@ def solve_shifted(
     # out of reach in rounding, and CG would break down (0/0) trying
     floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
     residual = b - matvec(x0)
-    atol = floor + tolerance(rhs.dtype) * jnp.maximum(jnp.linalg.norm(b), jnp.linalg.norm(residual))
+    atol = floor + tolerance(rhs.dtype) * jnp.maximum(_norm(b), _norm(residual))
 
     if preconditioner is None:
         diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
@@ -84,18 +83,56 @@ def solve_shifted(
         def precondition(r):
             return r / diagonal
     else:
-        mean_shift = jnp.mean(shift)
+        mean_shift = parallel.total(jnp.broadcast_to(shift, rhs.shape)) / rhs.size
 
         def precondition(r):
             return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
 
     def solve(r):
         """The correction for residual r: solving for it rather than for x, CG's roundings
-        scale with the (small) correction, so runs that round differently agree closer."""
-        zero = jnp.zeros_like(r)
-        return cg(matvec, r, x0=zero, tol=0.0, atol=atol, maxiter=maxiter, M=precondition)[0]
+        scale with the (small) correction, so runs that round differently agree closer.
+        Differentiated by solving the (symmetric) system again, not through the loop."""
+        return lax.custom_linear_solve(
+            matvec,
+            r,
+            lambda A, r: conjugate_gradients(A, r, atol, maxiter, precondition),
+            symmetric=True,
+        )
 
     # converged already (a steady state that held): no solve, which for CG would still mean
     # one application of the preconditioner
-    correction = lax.cond(jnp.linalg.norm(residual) <= atol, jnp.zeros_like, solve, residual)
+    correction = lax.cond(_norm(residual) <= atol, jnp.zeros_like, solve, residual)
     return x0 + correction
+
+
+def _dot(a, b):
+    """a . b, rounded alike on a whole or a split grid (`parallel.total`)."""
+    return parallel.total(a * b)
+
+
+def _norm(a):
+    return jnp.sqrt(_dot(a, a))
+
+
+def conjugate_gradients(matvec, b, atol, maxiter, precondition):
+    """x with matvec(x) = b (symmetric positive definite), from x = 0, by preconditioned
+    conjugate gradients until |b - matvec(x)| <= atol or after `maxiter` iterations. Its dot
+    products add in the same order on any split of the grid, so split runs round as
+    single-device ones (jax.scipy's cg adds per-device partial sums)."""
+    z = precondition(b)
+    start = (jnp.zeros_like(b), b, z, _dot(b, z), 0)
+
+    def unconverged(state):
+        _, r, _, _, k = state
+        return (_dot(r, r) > atol**2) & (k < maxiter)
+
+    def iteration(state):
+        x, r, p, rz, k = state
+        q = matvec(p)
+        alpha = rz / _dot(p, q)
+        x, r = x + alpha * p, r - alpha * q
+        z = precondition(r)
+        rz_next = _dot(r, z)
+        return x, r, z + (rz_next / rz) * p, rz_next, k + 1
+
+    return lax.while_loop(unconverged, iteration, start)[0]
