@@ -73,11 +73,13 @@ def measure(n_devices: int, shape: tuple[int, ...], stepper: str, steps: int, re
 
 
 def child(args) -> None:
-    """Measure in this process (its device count is already set) and print JSON rows."""
-    import jax
+    """Measure in this process (its device count is already set) and print JSON rows. CPU
+    devices compile without FMAs for every count, one included (`use_cpu_devices`), so the
+    counts compare like for like."""
+    from engine import parallel
 
     if args.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", args.child)
+        parallel.use_cpu_devices(args.child)
     rows = []
     for kind in ("strong", "weak"):
         size = args.size

@@ -3,9 +3,10 @@
 Fields are split into blocks over a device mesh laid on the leading grid axes (`mesh = [2, 2]`
 splits z over 2 and y over 2 devices in 3D). Every stepper runs unchanged on sharded fields:
 XLA's GSPMD partitioner turns the stencil's neighbour slices into halo exchanges between
-neighbouring devices and the conjugate-gradient dot products into all-reduces. Each spectral
-transform runs along an axis made whole on every device by an all-to-all (`lay_out`), so it
-sums as one device does. Output is written shard by shard (`host_parts`), so no process holds
+neighbouring devices; conjugate-gradient dot products sum whole lines on each device and
+gather the line sums (`dot`), so they add as on one device. Each spectral transform runs
+along an axis made whole on every device by an all-to-all (`lay_out`), so it sums as one
+device does. Output is written shard by shard (`host_parts`), so no process holds
 more than its own devices' blocks of a field.
 """
 
@@ -272,17 +273,29 @@ def lay_out(x, whole_axis: int | None = None):
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
-def total(x):
-    """The sum of all of `x` (grid-shaped), rounded alike whether `x` is whole or split over
-    the current mesh: each line along the last axis (never split) sums on one device, then
+def dot(a, b):
+    """The sum of a * b over the grid (grid-shaped a, b), rounded alike whether they are whole
+    or split over the current mesh: each line along the last axis sums on one device, then
     every device adds all the line sums in one order. A plain sum of a split array adds
-    per-device partial sums, so CG solves on split fields rounded differently."""
-    if x.ndim < 2:
-        return jnp.sum(x)
-    lines = replicate(jnp.sum(x, axis=-1))
-    # a branch that XLA cannot fuse across: on one device too the line sums are their own
-    # loop, as they are where an all-gather separates them from the second sum
-    return lax.cond(jnp.isnan(lines[(0,) * lines.ndim]), jnp.sum, jnp.sum, lines)
+    per-device partial sums, so CG solves on split fields rounded differently. Each sum runs
+    in a branch of its own, which XLA cannot fuse across: then the line sums read a and b in
+    the fields' blocks (whose last axis is whole) and are the same loop on one device and on
+    many, and the second sum reads the whole array of line sums on every device."""
+    a, b = lay_out(a), lay_out(b)
+    if a.ndim < 2:
+        return jnp.sum(a * b)
+
+    def line_sums(a, b):
+        return jnp.sum(a * b, axis=-1)
+
+    lines = lax.cond(_never(a), line_sums, line_sums, a, b)
+    lines = replicate(lines)
+    return lax.cond(_never(lines), jnp.sum, jnp.sum, lines)
+
+
+def _never(x):
+    """False, but only once x is known (a branch predicate XLA cannot fold)."""
+    return jnp.isnan(x[(0,) * x.ndim])
 
 
 def replicate(x):

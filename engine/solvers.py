@@ -83,7 +83,7 @@ def solve_shifted(
         def precondition(r):
             return r / diagonal
     else:
-        mean_shift = parallel.total(jnp.broadcast_to(shift, rhs.shape)) / rhs.size
+        mean_shift = parallel.dot(jnp.broadcast_to(shift, rhs.shape), jnp.ones_like(rhs)) / rhs.size
 
         def precondition(r):
             return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
@@ -105,13 +105,8 @@ def solve_shifted(
     return x0 + correction
 
 
-def _dot(a, b):
-    """a . b, rounded alike on a whole or a split grid (`parallel.total`)."""
-    return parallel.total(a * b)
-
-
 def _norm(a):
-    return jnp.sqrt(_dot(a, a))
+    return jnp.sqrt(parallel.dot(a, a))
 
 
 def conjugate_gradients(matvec, b, atol, maxiter, precondition):
@@ -120,19 +115,19 @@ def conjugate_gradients(matvec, b, atol, maxiter, precondition):
     products add in the same order on any split of the grid, so split runs round as
     single-device ones (jax.scipy's cg adds per-device partial sums)."""
     z = precondition(b)
-    start = (jnp.zeros_like(b), b, z, _dot(b, z), 0)
+    start = (jnp.zeros_like(b), b, z, parallel.dot(b, z), 0)
 
     def unconverged(state):
         _, r, _, _, k = state
-        return (_dot(r, r) > atol**2) & (k < maxiter)
+        return (parallel.dot(r, r) > atol**2) & (k < maxiter)
 
     def iteration(state):
         x, r, p, rz, k = state
         q = matvec(p)
-        alpha = rz / _dot(p, q)
+        alpha = rz / parallel.dot(p, q)
         x, r = x + alpha * p, r - alpha * q
         z = precondition(r)
-        rz_next = _dot(r, z)
+        rz_next = parallel.dot(r, z)
         return x, r, z + (rz_next / rz) * p, rz_next, k + 1
 
     return lax.while_loop(unconverged, iteration, start)[0]

@@ -210,7 +210,7 @@ def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
     )
     nearby = Boundary(faces)
     D = jnp.broadcast_to(jnp.asarray(D, dtype), grid.shape)
-    rates = mode_rates(parallel.total(D) / D.size, grid, nearby, dtype)
+    rates = mode_rates(parallel.dot(D, jnp.ones_like(D)) / D.size, grid, nearby, dtype)
     slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
     slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
     return Preconditioner(rates, slowest, transform_matrices(grid, nearby, dtype), nearby)
