@@ -53,8 +53,9 @@ def reproducible_cpu_math() -> None:
     carry on (float32 runs of configs/infection_resolution.toml on 4 devices were 3.5e-6
     from one device after 12 simulated hours; bitwise with this). Costs 15-20% of an
     explicit step on a CPU (measured on a 2-core x86-64 at 256^3), so the engine asks for it
-    only where the CPU is split (`cpu_split`, checked on import, and --devices). x86-64
-    only; takes effect only before JAX first starts its backends."""
+    only where the grid may be split over CPUs (`cpu_split`, checked on import; --devices;
+    multi-process runs). x86-64 only; takes effect only before JAX first starts its
+    backends."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return
     flags = os.environ.get("XLA_FLAGS", "")
@@ -66,9 +67,11 @@ def initialize_distributed(heartbeat_timeout: float = 100.0) -> None:
     """Join a multi-process run (one process per host or per GPU): JAX reads the coordinator,
     process count and id from the cluster environment (SLURM, Open MPI) or from
     JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU devices of different
-    processes talk through Gloo. A process silent for `heartbeat_timeout` s (one that died)
+    processes talk through Gloo, compiled without FMAs as any CPU split is
+    (`reproducible_cpu_math`). A process silent for `heartbeat_timeout` s (one that died)
     makes every other abort, rather than wait for it forever."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    reproducible_cpu_math()
     timeout = dict(heartbeat_timeout_seconds=max(1, math.ceil(heartbeat_timeout)))
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
