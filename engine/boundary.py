@@ -78,3 +78,13 @@ class Boundary:
 
     def is_periodic(self, axis: int) -> bool:
         return isinstance(self.faces[axis][0], Periodic)
+
+    @property
+    def inhomogeneous(self) -> bool:
+        """Whether a face holds a value other than 0 (dirichlet value, robin outside value):
+        then div(D grad c) of c = 0 is not 0."""
+        return any(
+            (isinstance(f, Dirichlet) and f.value != 0) or (isinstance(f, Robin) and f.outside != 0)
+            for pair in self.faces
+            for f in pair
+        )

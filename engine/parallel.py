@@ -281,24 +281,24 @@ def dot(a, b):
     or split over the current mesh: each line along the last axis sums on one device, then
     every device adds all the line sums in one order. A plain sum of a split array adds
     per-device partial sums, so CG solves on split fields rounded differently. Each sum runs
-    in a branch of its own, which XLA cannot fuse across: then the line sums read a and b in
-    the fields' blocks (whose last axis is whole) and are the same loop on one device and on
-    many, and the second sum reads the whole array of line sums on every device."""
+    behind a `fence`: then the line sums read a and b in the fields' blocks (whose last axis
+    is whole) and are the same loop on one device and on many, and the second sum reads the
+    whole array of line sums on every device."""
     a, b = lay_out(a), lay_out(b)
     if a.ndim < 2:
         return jnp.sum(a * b)
-
-    def line_sums(a, b):
-        return jnp.sum(a * b, axis=-1)
-
-    lines = lax.cond(_never(a), line_sums, line_sums, a, b)
-    lines = replicate(lines)
-    return lax.cond(_never(lines), jnp.sum, jnp.sum, lines)
+    lines = fence(lambda a, b: jnp.sum(a * b, axis=-1), a, b)
+    return fence(jnp.sum, replicate(lines))
 
 
-def _never(x):
-    """False, but only once x is known (a branch predicate XLA cannot fold)."""
-    return jnp.isnan(x[(0,) * x.ndim])
+def fence(function, *arrays):
+    """function(*arrays), computed as written from the arrays as they are stored: XLA fuses
+    and simplifies element-wise work differently on split fields (how many voxels a loop
+    covers, which collectives sit between two operations), and across this boundary it can
+    do neither. It is the branch of a conditional whose predicate is false, but known only
+    once the arrays are: optimization barriers do not last until fusion."""
+    never = jnp.isnan(arrays[0][(0,) * arrays[0].ndim])
+    return lax.cond(never, function, function, *arrays)
 
 
 def replicate(x):

@@ -69,7 +69,9 @@ def solve_shifted(
         linear = operators.diffusion(x, D_faces, grid, boundary) - affine
         return shift * x - scale * linear
 
-    b = rhs + scale * affine
+    b = rhs
+    if boundary.inhomogeneous:  # behind a fence: a split run forms the sum as a whole one
+        b = parallel.fence(lambda rhs, affine: rhs + scale * affine, rhs, affine)
     # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
     # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
     # out of reach in rounding, and CG would break down (0/0) trying

@@ -82,7 +82,7 @@ def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
     integrator = dt * phi1
     matrices = transform_matrices(grid, boundary, dtype)
     drive = None
-    if any(isinstance(f, Dirichlet) and f.value != 0 for pair in boundary.faces for f in pair):
+    if boundary.inhomogeneous:  # eligible faces: a dirichlet value
         D_faces = operators.face_diffusivity(jnp.asarray(D, dtype), grid, boundary)
         inflow = operators.diffusion(jnp.zeros(grid.shape, dtype), D_faces, grid, boundary)
         drive = integrator * _forward(inflow, *_axes(boundary), matrices)
