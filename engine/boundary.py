@@ -81,10 +81,11 @@ class Boundary:
 
     @property
     def inhomogeneous(self) -> bool:
-        """Whether a face holds a value other than 0 (dirichlet value, robin outside value):
-        then div(D grad c) of c = 0 is not 0."""
+        """Whether a face drives the field: a dirichlet value other than 0, or a robin face
+        with h > 0 and an outside value other than 0; then div(D grad c) of c = 0 is not 0."""
         return any(
-            (isinstance(f, Dirichlet) and f.value != 0) or (isinstance(f, Robin) and f.outside != 0)
+            (isinstance(f, Dirichlet) and f.value != 0)
+            or (isinstance(f, Robin) and f.h > 0 and f.outside != 0)
             for pair in self.faces
             for f in pair
         )

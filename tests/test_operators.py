@@ -691,3 +691,23 @@ def test_initial_state_survives_advance():
     np.testing.assert_array_equal(sim.initial_state().numpy()["c"], c0)
     again = sim.advance(sim.initial_state(), 1.0).numpy()["c"]
     np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize(
+    "faces",
+    [
+        {},
+        {"x_min": Dirichlet(0.0), "y_max": Robin(2.0)},
+        {"x_min": Dirichlet(0.5)},
+        {"y_max": Robin(2.0, 0.3)},
+        {"x_min": Periodic(), "x_max": Periodic(), "y_min": Robin(0.0, 1.0)},
+    ],
+)
+def test_inhomogeneous_faces_are_those_that_drive_a_zero_field(faces):
+    """`Boundary.inhomogeneous` (where CG solves fence their boundary values) holds exactly
+    when div(D grad 0) is not 0: a dirichlet value, or a robin outside value with h > 0."""
+    grid = Grid((6, 5), spacing=2.0)
+    boundary = Boundary.from_faces(2, **faces)
+    D_faces = operators.face_diffusivity(jnp.asarray(3.0), grid, boundary)
+    drive = operators.diffusion(jnp.zeros(grid.shape), D_faces, grid, boundary)
+    assert bool(jnp.any(drive != 0)) == boundary.inhomogeneous
