@@ -274,6 +274,21 @@ for shape, mesh_shape in [((32, 24), [4]), ((16, 16, 8), [2, 2]), ((64, 32, 16),
         assert outcome["error"] < 1e-6, case
 
 
+def test_a_fence_is_a_conditional_on_cpus_and_a_plain_call_elsewhere(monkeypatch):
+    """`parallel.fence` keeps XLA from fusing across it on CPUs (a branch it cannot see
+    through); on accelerators, where FMAs keep split runs from being bitwise anyway, it adds
+    nothing to the program."""
+    x = jax.numpy.arange(12.0).reshape(3, 4)
+
+    def program():
+        return str(jax.make_jaxpr(lambda x: parallel.fence(jax.numpy.sum, x))(x))
+
+    assert "cond" in program()
+    assert float(jax.jit(lambda x: parallel.fence(jax.numpy.sum, x))(x)) == 66.0
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert "cond" not in program()
+
+
 def xla_flags_of_a_process(env_flags: str | None, setup: str = "pass") -> str:
     """XLA_FLAGS after `import engine` in a fresh process (after `setup`)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
