@@ -51,10 +51,10 @@ def reproducible_cpu_math() -> None:
     differently for different block shapes, so where a multiply-add becomes an FMA differs
     with the split: a unit in the last place here and there, which growth and chemotaxis
     carry on (float32 runs of configs/infection_resolution.toml on 4 devices were 3.5e-6
-    from one device after 12 simulated hours; bitwise with this). Costs 15-20% of an
-    explicit step on a CPU (measured on a 2-core x86-64 at 256^3), so the engine asks for it
-    only where the grid may be split over CPUs (`cpu_split`, checked on import; --devices;
-    multi-process runs). x86-64 only; takes effect only before JAX first starts its
+    from one device after 12 simulated hours; bitwise with this). Costs 14-22% of an
+    explicit step on a CPU (measured on a 2-core x86-64 at 128^3 and 256^3), so the engine
+    asks for it only where the grid may be split over CPUs (`cpu_split`, checked on import;
+    --devices; multi-process runs). x86-64 only; takes effect only before JAX first starts its
     backends."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return
@@ -289,6 +289,15 @@ def dot(a, b):
         return jnp.sum(a * b)
     lines = fence(lambda a, b: jnp.sum(a * b, axis=-1), a, b)
     return fence(jnp.sum, replicate(lines))
+
+
+def mean(x):
+    """The mean of `x` over the grid, rounded alike whether it is whole or split (`dot`); a
+    scalar as it is."""
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        return x
+    return dot(x, jnp.ones_like(x)) / x.size
 
 
 def fence(function, *arrays):

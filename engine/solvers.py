@@ -77,7 +77,8 @@ def solve_shifted(
     # out of reach in rounding, and CG would break down (0/0) trying
     floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
     residual = b - matvec(x0)
-    atol = floor + tolerance(rhs.dtype) * jnp.maximum(_norm(b), _norm(residual))
+    residual_norm = _norm(residual)
+    atol = floor + tolerance(rhs.dtype) * jnp.maximum(_norm(b), residual_norm)
 
     if preconditioner is None:
         diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
@@ -85,7 +86,7 @@ def solve_shifted(
         def precondition(r):
             return r / diagonal
     else:
-        mean_shift = parallel.dot(jnp.broadcast_to(shift, rhs.shape), jnp.ones_like(rhs)) / rhs.size
+        mean_shift = parallel.mean(shift)
 
         def precondition(r):
             return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
@@ -103,7 +104,7 @@ def solve_shifted(
 
     # converged already (a steady state that held): no solve, which for CG would still mean
     # one application of the preconditioner
-    correction = lax.cond(_norm(residual) <= atol, jnp.zeros_like, solve, residual)
+    correction = lax.cond(residual_norm <= atol, jnp.zeros_like, solve, residual)
     return x0 + correction
 
 

@@ -209,8 +209,7 @@ def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
         tuple(Neumann() if isinstance(f, Robin) else f for f in pair) for pair in boundary.faces
     )
     nearby = Boundary(faces)
-    D = jnp.broadcast_to(jnp.asarray(D, dtype), grid.shape)
-    rates = mode_rates(parallel.dot(D, jnp.ones_like(D)) / D.size, grid, nearby, dtype)
+    rates = mode_rates(parallel.mean(jnp.asarray(D, dtype)), grid, nearby, dtype)
     slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
     slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
     return Preconditioner(rates, slowest, transform_matrices(grid, nearby, dtype), nearby)

@@ -306,7 +306,7 @@ def xla_flags_of_a_process(env_flags: str | None, setup: str = "pass") -> str:
     platform.machine().lower() not in ("x86_64", "amd64"), reason="XLA's ISA cap is x86-64's"
 )
 def test_only_a_cpu_split_into_devices_compiles_without_fma():
-    """FMAs cost an explicit step 15-20% when they go, so only processes that split the CPU
+    """FMAs cost an explicit step 14-22% when they go, so only processes that split the CPU
     into devices (where split and whole runs must round alike) give them up."""
     assert "max_isa" not in xla_flags_of_a_process(None)
     forced = xla_flags_of_a_process("--xla_force_host_platform_device_count=4")
