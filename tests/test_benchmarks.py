@@ -91,3 +91,21 @@ def test_results_tables_regenerate_with_the_verdicts():
     text = make_readme.results_markdown(Path(__file__).parent.parent / "benchmarks" / "results")
     assert "the Numba stencil (target 0.8x)" in text  # CPU targets
     assert "of the copy bandwidth (target 70%)" in text  # GPU target
+
+
+@pytest.mark.parametrize("layout, tiles", [("march", (4, 2, 8)), ("block", (2, 2, 8))])
+def test_pallas_kernels_lower_to_triton_for_a_gpu(layout, tiles):
+    """The kernels trace and lower to Triton on a machine without a GPU (they run only on one:
+    bench_pallas_stencil.py checks them against the plain stencil there)."""
+    import bench_pallas_stencil
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    step = bench_pallas_stencil.pallas_step((8, 4, 16), jnp.float32, 0.1, 0.99, layout, tiles, 4, 1)
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    exported = export.export(jax.jit(step), platforms=["cuda"], disabled_checks=[triton])(
+        jax.ShapeDtypeStruct((8, 4, 16), jnp.float32)
+    )
+    assert "xla.gpu.triton" in exported.mlir_module()
+    assert f"grid_x = {8 // tiles[0]}" in exported.mlir_module()

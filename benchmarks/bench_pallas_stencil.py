@@ -1,0 +1,179 @@
+"""How far hand-written Pallas (Triton) kernels of the one-field 3D euler step get on a GPU,
+against the engine's step and XLA's plain stencil, all measured in one run.
+
+    python benchmarks/bench_pallas_stencil.py [--size 512] [--repeats 5] [--steps 40]
+
+The step is `bench_solver`'s benchmark model with one field (zero-flux walls): out = (c + a lap
+c) / (1 + dt decay). Two kernel layouts, each over a few tile shapes:
+- march: a program owns a (ty, tz) column of `xc` planes and marches along the slowest axis
+  with three planes in registers; in-plane neighbours are masked loads shifted by one (served
+  by the cache);
+- block: a program owns a (tx, ty, tz) block and loads each of its six neighbours shifted.
+Every kernel is first checked against the plain stencil (max abs difference printed), then
+timed as `bench_solver` times the engine: a device loop of two steps per iteration, each
+writing the other's input. Prints ms per step and the fraction of the copy bandwidth at the
+minimal 8 bytes per voxel-step; writes results/pallas_stencil-<device>.json. GPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from bench_solver import DECAY, SPACING, D, copy_bandwidth, engine_case, xla_step
+from common import RESULTS, device_name, median_seconds
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+MARCH_TILES = [(32, 8, 128), (64, 4, 128), (32, 4, 64), (16, 8, 64), (64, 8, 64)]
+BLOCK_TILES = [(4, 8, 64), (2, 8, 128), (8, 4, 64), (4, 4, 128)]
+WARPS = (4, 8)
+
+
+def _shifted(ref, index, inside, centre):
+    """ref[index] where `inside`, else `centre` (the zero-flux ghost value)."""
+    return jnp.where(inside, plt.load(ref.at[index], mask=inside, other=0.0), centre)
+
+
+def march_kernel(c_ref, o_ref, *, a, gain, shape, xc, ty, tz):
+    nx, ny, nz = shape
+    x0, y0, z0 = (pl.program_id(i) * n for i, n in enumerate((xc, ty, tz)))
+    ys = y0 + lax.broadcasted_iota(jnp.int32, (ty, tz), 0)
+    zs = z0 + lax.broadcasted_iota(jnp.int32, (ty, tz), 1)
+    Y, Z = pl.ds(y0, ty), pl.ds(z0, tz)
+
+    def plane(x):
+        return plt.load(c_ref.at[x, Y, Z])
+
+    def body(i, carry):
+        below, centre = carry
+        x = x0 + i
+        above = plane(jnp.minimum(x + 1, nx - 1))
+        lap = below + above - 6 * centre
+        lap += _shifted(c_ref, (x, pl.ds(y0 - 1, ty), Z), ys > 0, centre)
+        lap += _shifted(c_ref, (x, pl.ds(y0 + 1, ty), Z), ys < ny - 1, centre)
+        lap += _shifted(c_ref, (x, Y, pl.ds(z0 - 1, tz)), zs > 0, centre)
+        lap += _shifted(c_ref, (x, Y, pl.ds(z0 + 1, tz)), zs < nz - 1, centre)
+        plt.store(o_ref.at[x, Y, Z], (centre + a * lap) * gain)
+        return centre, above
+
+    lax.fori_loop(0, xc, body, (plane(jnp.maximum(x0 - 1, 0)), plane(x0)))
+
+
+def block_kernel(c_ref, o_ref, *, a, gain, shape, tx, ty, tz):
+    tiles = (tx, ty, tz)
+    starts = [pl.program_id(i) * n for i, n in enumerate(tiles)]
+    centre = plt.load(c_ref.at[tuple(pl.ds(s, n) for s, n in zip(starts, tiles))])
+    lap = -6 * centre
+    for axis in range(3):
+        position = starts[axis] + lax.broadcasted_iota(jnp.int32, tiles, axis)
+        for shift, inside in ((-1, position > 0), (1, position < shape[axis] - 1)):
+            index = [pl.ds(s, n) for s, n in zip(starts, tiles)]
+            index[axis] = pl.ds(starts[axis] + shift, tiles[axis])
+            lap += _shifted(c_ref, tuple(index), inside, centre)
+    plt.store(
+        o_ref.at[tuple(pl.ds(s, n) for s, n in zip(starts, tiles))], (centre + a * lap) * gain
+    )
+
+
+def pallas_step(shape, dtype, a: float, gain: float, layout: str, tiles, warps: int, stages: int):
+    kernel = march_kernel if layout == "march" else block_kernel
+    names = ("xc", "ty", "tz") if layout == "march" else ("tx", "ty", "tz")
+    return pl.pallas_call(
+        functools.partial(kernel, a=a, gain=gain, shape=shape, **dict(zip(names, tiles))),
+        out_shape=jax.ShapeDtypeStruct(shape, dtype),
+        grid=tuple(n // t for n, t in zip(shape, tiles)),
+        compiler_params=plt.CompilerParams(num_warps=warps, num_stages=stages),
+    )
+
+
+def loop_seconds(step, c, steps: int, repeats: int) -> float:
+    """Seconds per step of `step` in a device loop of two steps per iteration."""
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def advance(c):
+        return lax.fori_loop(0, steps // 2, lambda i, c: step(step(c)), c)
+
+    holder = {"c": jnp.copy(c)}  # donated: the caller's `c` stays valid
+
+    def run():
+        holder["c"] = jax.block_until_ready(advance(holder["c"]))
+
+    return median_seconds(run, repeats) / (2 * (steps // 2))
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if jax.default_backend() != "gpu":
+        raise SystemExit("bench_pallas_stencil: needs a GPU (Pallas' Triton kernels)")
+    shape = (args.size,) * 3
+    dt = 0.1
+    a, gain = dt * D / SPACING**2, 1 / (1 + dt * DECAY)
+    c = jnp.asarray(np.random.default_rng(0).random(shape), jnp.float32)
+    expected = xla_step(c[None], a, dt)[0]
+    bandwidth = copy_bandwidth(args.repeats)
+    minimal_bytes = 8 * c.size
+    name = device_name()
+    output = args.output or RESULTS / f"pallas_stencil-{name}.json"
+    rows = []
+
+    def record(kernel, seconds, error=None, **extra):
+        fraction = minimal_bytes / seconds / bandwidth
+        rows.append(dict(kernel=kernel, seconds=seconds, fraction=fraction, error=error, **extra))
+        print(
+            f"{kernel:>28} {1e3 * seconds:8.3f} ms {fraction:6.1%}  max |diff| {error}", flush=True
+        )
+        output.write_text(
+            json.dumps(
+                dict(
+                    device=name,
+                    jax=jax.__version__,
+                    shape=shape,
+                    copy_bandwidth=bandwidth,
+                    rows=rows,
+                ),
+                indent=1,
+            )
+        )
+
+    print(f"device {name}; jax {jax.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    record(
+        "xla plain stencil",
+        loop_seconds(lambda u: xla_step(u[None], a, dt)[0], c, args.steps, args.repeats),
+    )
+    engine_seconds = engine_case(shape, 1, "float32", "euler", args.steps, args.repeats)["seconds"]
+    record("engine euler", engine_seconds)
+    cases = [("march", t, w, s) for t in MARCH_TILES for w in WARPS for s in (1, 3)]
+    cases += [("block", t, w, 1) for t in BLOCK_TILES for w in WARPS]
+    for layout, tiles, warps, stages in cases:
+        label = f"{layout} {'x'.join(map(str, tiles))} w{warps} s{stages}"
+        try:
+            step = jax.jit(pallas_step(shape, jnp.float32, a, gain, layout, tiles, warps, stages))
+            error = float(jnp.max(jnp.abs(step(c) - expected)))
+            record(
+                label,
+                loop_seconds(step, c, args.steps, args.repeats),
+                error,
+                layout=layout,
+                tiles=tiles,
+                warps=warps,
+                stages=stages,
+            )
+        except Exception as exc:  # a tile shape the compiler refuses: say so and go on
+            print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    return output
+
+
+if __name__ == "__main__":
+    main()
