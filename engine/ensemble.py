@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from engine import spectral
 from engine.config import Config, ConfigError, _available_memory, load_config
 from engine.model import Model
 from engine.parameters import (
@@ -269,7 +270,8 @@ class Ensemble:
             member = _substitute(model, leaves)
             return advance_fields(sim.stepper, member, fields, t0, dt, n, sim.compensated)
 
-        return jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0, 0)))
+        vmapped = jax.vmap(one, in_axes=(0, 0, None, 0, 0))
+        return jax.jit(vmapped, compiler_options=spectral.compiler_options())
 
 
 def _device_memory(device) -> float | None:

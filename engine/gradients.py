@@ -20,6 +20,7 @@ Which steppers reverse-mode differentiation goes through (forward mode goes thro
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from engine import spectral
 from engine.analysis import text_table
 from engine.config import Config, ConfigError
 from engine.model import Fields
@@ -186,9 +188,10 @@ def value_and_gradient(
 
     values = jnp.asarray(trajectory.values, trajectory.sim.dtype)
     if mode == "reverse":
-        value, grad = jax.jit(jax.value_and_grad(objective))(values)
+        compute = jax.value_and_grad(objective)
     else:
-        value, grad = jax.jit(lambda v: (objective(v), jax.jacfwd(objective)(v)))(values)
+        compute = lambda v: (objective(v), jax.jacfwd(objective)(v))  # noqa: E731
+    value, grad = jax.jit(compute, compiler_options=spectral.compiler_options())(values)
     return float(value), dict(zip(trajectory.keys, np.asarray(grad, dtype=np.float64).tolist()))
 
 
@@ -364,7 +367,7 @@ def fit(
     optimiser = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=spectral.compiler_options())
     def iterate(u, state):
         value, grad = value_and_grad(u, state=state)
         updates, state = optimiser.update(
@@ -380,7 +383,8 @@ def fit(
         u, state, _, norm = iterate(u, state)
         iterations += 1
         converged = float(norm) < tolerance
-    jacobian = np.asarray(jax.jit(jax.jacfwd(residuals))(u), np.float64)
+    jacobian = jax.jit(jax.jacfwd(residuals), compiler_options=spectral.compiler_options())
+    jacobian = np.asarray(jacobian(u), np.float64)
     r = np.asarray(residuals(u), np.float64)
     dof = max(r.size - len(start), 1)
     covariance = float(r @ r) / dof * np.linalg.pinv(jacobian.T @ jacobian)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import parallel
+from engine import parallel, spectral
 from engine.build import build_model
 from engine.config import Config
 from engine.model import Fields, Model, reaction_terms
@@ -127,9 +127,12 @@ class Simulation:
         self.dt = dt
         self.safety = safety
         self.trace_count = 0
-        self._advance = jax.jit(self._advance_traced, donate_argnums=1)
+        options = spectral.compiler_options()
+        self._advance = jax.jit(self._advance_traced, donate_argnums=1, compiler_options=options)
         self._stable_dt = jax.jit(self.stepper.stable_dt)
-        self._advance_adaptive = jax.jit(self._adaptive_traced, donate_argnums=1)
+        self._advance_adaptive = jax.jit(
+            self._adaptive_traced, donate_argnums=1, compiler_options=options
+        )
 
     def place(self, tree):
         """`tree` (fields, a model) on this simulation's devices: grid-shaped arrays split
