@@ -127,9 +127,9 @@ def basis_matrix(n: int, low: str = "neumann", high: str = "neumann") -> np.ndar
 def compiler_options() -> dict | None:
     """XLA options for the programs that run these transforms (`jax.jit(...,
     compiler_options=...)`). On a GPU XLA autotunes each matrix-product fusion as a Triton
-    kernel while compiling: 42 s of the 43 s that compiling infection_resolution_3d's 128^3
-    imex loop took on an H200, against 2.9 s with cuBLAS doing the products, which stepped
-    as fast (1.85 s against 1.81 s for 24 simulated hours). None elsewhere."""
+    kernel while compiling: infection_resolution_3d's 128^3 imex loop took 42.4 s to compile
+    on an H200 that way, 2.9 s with cuBLAS doing the products, which stepped as fast (1.85 s
+    against 1.81 s for 24 simulated hours). None elsewhere."""
     return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else None
 
 
