@@ -554,8 +554,8 @@ def test_fused_ghosts_and_paired_steps_compute_the_stored_path(options, float64,
     """Accelerators fuse the ghost padding into the stencil and run two steps per loop
     iteration (`operators.stored_ghosts`); the tests run on CPU, which stores the padded
     copies, so the accelerator path is checked here against it: every term of a seed
-    scenario (chemotaxis, secretion, uptake, killing, sources); an odd step count, so that
-    both the pairs and the last single step run."""
+    scenario (chemotaxis, secretion, uptake, killing, sources); 11 steps, so that a block of
+    pairs, a pair after it and the last single step all run."""
     cfg = load_config(_SCENARIO, {"grid.shape": [16, 16, 16], "grid.spacing": "80 um"})
 
     def run():
@@ -564,10 +564,31 @@ def test_fused_ghosts_and_paired_steps_compute_the_stored_path(options, float64,
         rng = np.random.default_rng(4)  # every field non-zero, so that every term acts
         fields = {k: jnp.asarray(rng.uniform(0.5, 1.5, v.shape)) for k, v in state.fields.items()}
         dt = float(sim.time_step(state))
-        return {k: _host(v) for k, v in sim.advance_steps(fields, 0.0, dt, 5).items()}
+        return {k: _host(v) for k, v in sim.advance_steps(fields, 0.0, dt, 11).items()}
 
     stored = run()
     monkeypatch.setattr(operators, "stored_ghosts", lambda: False)
     fused = run()
     for name, expected in stored.items():
         np.testing.assert_allclose(fused[name], expected, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_the_stepping_loop_runs_every_step_in_order(accelerator, monkeypatch):
+    """`steppers._loop` (in pairs and blocks of pairs on accelerators) is lax.fori_loop: the
+    same steps in the same order for every count, also with a count per batch member."""
+    from engine.steppers import PAIRS_PER_BLOCK, _loop
+
+    monkeypatch.setattr(operators, "stored_ghosts", lambda: not accelerator)
+
+    def body(i, c):  # exact and order-sensitive: a step skipped, repeated or swapped shows
+        return (c * 31 + i + 1) % 1_000_003
+
+    start = jnp.asarray(7, jnp.int32)
+    counts = np.arange(4 * PAIRS_PER_BLOCK + 4)
+    looped = jax.jit(jax.vmap(lambda n: _loop(n, body, start)))(jnp.asarray(counts))
+    for n, value in zip(counts, np.asarray(looped)):
+        expected = 7
+        for i in range(n):
+            expected = body(i, expected)
+        assert value == expected, n
