@@ -582,13 +582,13 @@ def test_the_stepping_loop_runs_every_step_in_order(accelerator, monkeypatch):
     monkeypatch.setattr(operators, "stored_ghosts", lambda: not accelerator)
 
     def body(i, c):  # exact and order-sensitive: a step skipped, repeated or swapped shows
-        return (c * 31 + i + 1) % 1_000_003
+        return (c * 31 + i.astype(c.dtype) + 1) % 1_000_003
 
     start = jnp.asarray(7, jnp.int32)
     counts = np.arange(4 * PAIRS_PER_BLOCK + 4)
-    looped = jax.jit(jax.vmap(lambda n: _loop(n, body, start)))(jnp.asarray(counts))
+    looped = jax.jit(jax.vmap(lambda n: _loop(n, body, start)))(jnp.asarray(counts, jnp.int32))
     for n, value in zip(counts, np.asarray(looped)):
         expected = 7
         for i in range(n):
-            expected = body(i, expected)
+            expected = (expected * 31 + i + 1) % 1_000_003
         assert value == expected, n
