@@ -25,6 +25,17 @@ def convergence_order():
     return _convergence_order
 
 
+@pytest.fixture(scope="module")
+def x64_module():
+    """JAX 64-bit mode for every test of a module (`pytestmark =
+    pytest.mark.usefixtures("x64_module")`), restored afterwards: switched on at import, it
+    would leak into every module collected after."""
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture
 def float64():
     """Switches on JAX 64-bit mode for the test (restoring the previous setting afterwards) and

@@ -10,7 +10,7 @@ from engine import operators, regions, solvers, spectral
 from engine.model import face_diffusivities
 from engine.terms import MOLECULES_PER_UM3_PER_NM
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def coupled_model(size=48):

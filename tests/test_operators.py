@@ -15,13 +15,7 @@ from engine.grid import Grid
 from engine.model import Model, Population, Species
 from engine.simulation import Simulation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def f64(x):

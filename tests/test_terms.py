@@ -1,6 +1,5 @@
 """The term library, scheduled sources and dosing, unit conversion, V4 (Fisher-KPP)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from engine.model import reaction_terms
 from engine.sources import Schedule, on_time
 from engine.terms import MOLECULES_PER_UM3_PER_NM as NA
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def fields(**values):
