@@ -212,8 +212,11 @@ def check_reference_agrees(numba_kernels) -> None:
         np.testing.assert_allclose(np.asarray(xla), expected, rtol=1e-12)
 
 
-def engine_case(shape, n_fields: int, dtype: str, stepper: str, steps: int, repeats: int) -> dict:
-    sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **STEPPERS[stepper])
+def engine_case(
+    shape, n_fields: int, dtype: str, stepper: str, steps: int, repeats: int, kernels="xla"
+) -> dict:
+    options = dict(STEPPERS[stepper], kernels=kernels if stepper in EXPLICIT else "xla")
+    sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **options)
     state = sim.initial_state()
     stats = sim.compile_stats(state)
     dt = sim.time_step(state)
@@ -243,7 +246,9 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
                 )
                 for stepper in args.steppers:
                     steps = args.steps if stepper in EXPLICIT else 2
-                    case = engine_case(shape, n_fields, dtype, stepper, steps, args.repeats)
+                    case = engine_case(
+                        shape, n_fields, dtype, stepper, steps, args.repeats, args.kernels
+                    )
                     row = dict(grid=grid_label(shape), voxels=voxels, fields=n_fields)
                     row.update(dtype=dtype, stepper=stepper, **case)
                     updates = voxels * n_fields / case["seconds"]
@@ -347,6 +352,12 @@ def main(argv=None) -> Path:
         help="references to time: NumPy and Numba on the CPU, a plain jnp stencil on the "
         "device (default all; none: only the engine and the bandwidth)",
     )
+    parser.add_argument(
+        "--kernels",
+        choices=["xla", "pallas"],
+        default="xla",
+        help="the explicit steps' kernels (pallas: experimental, engine.kernels; GPU)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
     args = parser.parse_args(argv)
     defaults = dict(
@@ -374,6 +385,7 @@ def main(argv=None) -> Path:
 
     def save(rows):
         result = dict(device=name, jax=jax.__version__, copy_bandwidth=bandwidth, rows=rows)
+        result["kernels"] = args.kernels
         output.write_text(json.dumps(result, indent=1))
 
     rows = run_matrix(args, bandwidth, numba_kernels, save)

@@ -146,11 +146,12 @@ def with_ghosts(c, D_faces: tuple, grid: Grid, boundary: Boundary):
     wrapped voxels), stored once: what `diffusion` reads its neighbours from. Its interior
     (`interior_of`) equals `c`; terms that read their fields from it read no other buffer,
     which lets a step overwrite the fields in place without first copying them."""
-    return _padded(c, _outside_values(_couplings(D_faces, grid, boundary, c.dtype)))
+    return _padded(c, _outside_values(face_couplings(D_faces, grid, boundary, c.dtype)))
 
 
-def _couplings(D_faces: tuple, grid: Grid, boundary: Boundary, dtype) -> list:
-    """`_face_couplings` of every axis."""
+def face_couplings(D_faces: tuple, grid: Grid, boundary: Boundary, dtype) -> list:
+    """`_face_couplings` of every axis: per axis ((low coefficients, outside value), (high
+    coefficients, outside value)); what `diffusion` and the fused kernels (`kernels`) apply."""
     return [_face_couplings(D_faces, grid, boundary, axis, dtype) for axis in range(grid.ndim)]
 
 
@@ -167,7 +168,7 @@ def interior_of(padded):
 def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary, padded=None):
     """div(D grad c) with face coefficients from `face_diffusivity`; `padded`: `c` with its
     ghosts (`with_ghosts`) when the caller has it already (c then is its interior)."""
-    couplings = _couplings(D_faces, grid, boundary, c.dtype)
+    couplings = face_couplings(D_faces, grid, boundary, c.dtype)
     padded = _padded(c, _outside_values(couplings)) if padded is None else padded
     interior = [slice(1, n + 1) for n in grid.shape]
     total = jnp.zeros_like(c)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine import kernels as kernels_module
 from engine import parallel, spectral
 from engine.build import build_model
 from engine.config import Config
@@ -82,6 +83,8 @@ class Simulation:
         mesh: split the fields over devices: None (one device), "auto", or devices per
             leading grid axis ([2, 2]); see `engine.parallel`.
         devices: how many devices to use (default: all for "auto", one without a mesh).
+        kernels: "xla" (default), or "pallas" (experimental) for each explicit stage as one
+            Pallas kernel (`engine.kernels`; on a GPU only it is fast).
     """
 
     def __init__(self, model: Model | Config, **options):
@@ -106,6 +109,7 @@ class Simulation:
         compensated: bool = True,
         mesh=None,
         devices: int | None = None,
+        kernels: str = "xla",
     ):
         number = isinstance(dt, int | float) and not isinstance(dt, bool)
         if not (dt == "auto" or (number and math.isfinite(dt) and dt > 0)):
@@ -118,7 +122,14 @@ class Simulation:
         self.model = self.place(model.cast(self.dtype))
         if not 0 < tolerance < 1:
             raise ValueError(f"time.tolerance: must be in (0, 1), got {tolerance}")
-        self.stepper = make_stepper(stepper, scheme, tolerance)
+        if kernels not in ("xla", "pallas"):
+            raise ValueError(f'kernels: must be "xla" or "pallas", got {kernels!r}')
+        fused = kernels == "pallas"
+        if fused and self.mesh is not None:
+            raise ValueError('kernels: "pallas" runs on one device; use "xla" with a mesh')
+        if fused and (reason := kernels_module.unfused_reason(model)) is not None:
+            raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+        self.stepper = make_stepper(stepper, scheme, tolerance, fused)
         self.adaptive = adaptive
         self.tolerance = tolerance
         self.max_steps = max_steps

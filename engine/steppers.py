@@ -16,12 +16,13 @@ from typing import Any, Protocol
 import jax.numpy as jnp
 from jax import lax
 
-from engine import operators, solvers, spectral
+from engine import kernels, operators, solvers, spectral
 from engine.model import (
     Fields,
     Model,
     chemotaxis_terms,
     diffusion_terms,
+    euler_change,
     face_diffusivities,
     reaction_terms,
     source_terms,
@@ -62,12 +63,17 @@ def ghost_copies(model: Model, faces, fields: Fields, names) -> Fields:
     }
 
 
-def positive_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t, dt):
+def positive_euler_increment(
+    model: Model, faces, fields: Fields, supply: Fields, t, dt, fused: bool = False
+):
     """The change over one forward-Euler step with the linear sinks implicit per voxel (as
     BioFVM):  f_new - f = dt (transport + production + supply - loss_rate f) / (1 + dt loss_rate).
 
     f_new is non-negative for any loss rate whenever dt is within the explicit transport limit.
+    `fused`: in one Pallas kernel (`kernels.fused_euler_increment`).
     """
+    if fused:
+        return kernels.fused_euler_increment(model, faces, fields, supply, t, dt)
     # every term reads the fields from their ghost-padded copies (see operators.with_ghosts)
     padded = ghost_copies(model, faces, fields, model.names)
     fields = {name: operators.interior_of(value) for name, value in padded.items()}
@@ -75,14 +81,7 @@ def positive_euler_increment(model: Model, faces, fields: Fields, supply: Fields
     for name, drift in chemotaxis_terms(model, fields).items():
         gain[name] = gain[name] + drift
     production, loss = reaction_terms(model, fields, t)
-    out = {}
-    for name in model.names:
-        rate = gain[name] + production.get(name, 0.0) + supply.get(name, 0.0)
-        if name in loss:
-            out[name] = dt * (rate - loss[name] * fields[name]) / (1 + dt * loss[name])
-        else:
-            out[name] = dt * rate
-    return out
+    return euler_change(model.names, fields, gain, production, supply, loss, dt)
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ class Explicit:
 
     scheme: str = "ssprk3"
     name: str = "explicit"
+    fused: bool = False  # each stage's increment in one Pallas kernel (`kernels`)
 
     def __post_init__(self):
         if self.scheme not in SSP_SCHEMES:
@@ -119,13 +119,14 @@ class Explicit:
         supply = source_terms(model, t, dt)
         scheme = SSP_SCHEMES[self.scheme]
         if len(scheme) == 1:
-            return positive_euler_increment(model, prepared, fields, supply, t, dt)
+            return positive_euler_increment(model, prepared, fields, supply, t, dt, self.fused)
         weights = jnp.asarray([b for _, b, _ in scheme], jnp.result_type(dt))
         offsets = jnp.asarray([c for _, _, c in scheme], weights.dtype)
 
         def stage(k, total):
             u = {name: fields[name] + total[name] for name in fields}
-            euler = positive_euler_increment(model, prepared, u, supply, t + offsets[k] * dt, dt)
+            at = t + offsets[k] * dt
+            euler = positive_euler_increment(model, prepared, u, supply, at, dt, self.fused)
             return {name: weights[k] * (total[name] + euler[name]) for name in fields}
 
         zeros = {name: jnp.zeros_like(value) for name, value in fields.items()}
@@ -454,16 +455,20 @@ class QuasiSteady:
 STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
 
 
-def make_stepper(name: str, scheme: str = "ssprk3", tolerance: float = 1e-3) -> Stepper:
+def make_stepper(
+    name: str, scheme: str = "ssprk3", tolerance: float = 1e-3, fused: bool = False
+) -> Stepper:
     """A stepper by name. `scheme` picks the explicit scheme; `tolerance` is the accuracy
     target that sets dt = "auto" for the implicit steppers (the explicit one is bound by
-    stability well before accuracy)."""
+    stability well before accuracy); `fused`: the explicit stages as Pallas kernels."""
     if name not in STEPPERS:
         raise ValueError(
             f"time.stepper: unknown stepper {name!r}; use one of {', '.join(STEPPERS)}"
         )
     if name == "explicit":
-        return Explicit(scheme=scheme)
+        return Explicit(scheme=scheme, fused=fused)
+    if fused:
+        raise ValueError(f'kernels: "pallas" fuses explicit steps only, not {name}; use "xla"')
     return STEPPERS[name](tolerance=tolerance)
 
 

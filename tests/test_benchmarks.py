@@ -68,6 +68,15 @@ def test_bench_solver_without_references_times_only_the_engine(tmp_path):
     assert row["seconds"] > 0 and not {"numpy_s", "numba_s", "xla_s"} & set(row)
 
 
+def test_bench_solver_times_the_fused_kernels_on_request(tmp_path):
+    output = tmp_path / "solver.json"
+    argv = ["--quick", "--grids", "8^3", "--fields", "2", "--steppers", "euler", "imex"]
+    bench_solver.main([*argv, "--references", "--kernels", "pallas", "--output", str(output)])
+    result = json.loads(output.read_text())
+    assert result["kernels"] == "pallas"  # for the explicit steps; imex keeps XLA's
+    assert [r["stepper"] for r in result["rows"]] == ["euler", "imex"]
+
+
 def test_scaling_benchmark_measures_sharded_and_isolated_blocks(tmp_path):
     import bench_scaling
 

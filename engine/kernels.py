@@ -1,0 +1,171 @@
+"""The explicit stepper's Euler increment of every field as one Pallas (Triton) kernel.
+
+XLA's fused stencil reached 62-70% of an H200's copy bandwidth on one 512^3 field; hand-written
+Pallas kernels of the same step reached 100% (benchmarks/bench_pallas_stencil.py). This kernel
+computes `steppers.positive_euler_increment` in one pass: each program owns a block of voxels,
+loads each field's block and its neighbours, traces the model's reaction terms on the block's
+values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
+and stores every field's increment. Loads use index arrays clamped to the grid, so every load
+stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
+it); stores use the unclamped positions under a mask.
+
+Experimental and opt-in (`Simulation(..., kernels="pallas")`): on a GPU the kernel is compiled
+by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: chemotaxis,
+per-voxel diffusivities, grids of more than three axes, sharded fields; sweeps and gradients
+build their own steppers without it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+from engine import operators
+from engine.model import Fields, Model, Population, euler_change, reaction_terms
+
+TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
+"""Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 ran at 100-102%
+of the copy bandwidth in bench_pallas_stencil.py on an H200 (512^3)."""
+WARPS = 8
+
+
+def unfused_reason(model: Model) -> str | None:
+    """Why `fused_euler_increment` cannot take `model`, or None."""
+    if model.grid.ndim > 3:
+        return f"a {model.grid.ndim}D grid (at most 3 axes)"
+    for f in model.fields:
+        if isinstance(f, Population) and f.chemotaxis_species is not None:
+            return f"chemotaxis of population {f.name}"
+        if jnp.ndim(model.diffusivity(f)) != 0:
+            return f"the per-voxel diffusivity of {f.name}"
+    for leaf in jax.tree.leaves(model):
+        if jnp.ndim(leaf) != 0 and jnp.shape(leaf) != tuple(model.grid.shape):
+            return f"a parameter of shape {jnp.shape(leaf)}, neither scalar nor the grid's"
+    return None
+
+
+def _tile(shape) -> tuple[int, ...]:
+    """TILES for this many axes, each no longer than the axis rounded up to a power of two."""
+    return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
+
+
+def fused_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t, dt) -> Fields:
+    """`steppers.positive_euler_increment` of every field, in one kernel (see the module)."""
+    reason = unfused_reason(model)
+    if reason is not None:
+        raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+    shape = tuple(model.grid.shape)
+    names = model.names
+    dtype = fields[names[0]].dtype
+    leaves, treedef = jax.tree.flatten(model)
+    couplings = [
+        operators.face_couplings(faces[f.name], model.grid, model.boundary(f), dtype)
+        for f in model.fields
+    ]
+    # inputs, each with how the kernel reads it: "grid" per block, "scalar", or "axis a"
+    inputs, kinds = [], []
+
+    def add(value, kind=None):
+        value = jnp.asarray(value)
+        if kind is None:
+            kind = "scalar" if value.ndim == 0 else "grid"
+        if kind == "grid" and value.shape != shape:
+            raise ValueError(f'kernels: "pallas" cannot fuse an input of shape {value.shape}')
+        inputs.append(value.reshape(-1) if kind != "grid" else value)
+        kinds.append(kind)
+
+    for name in names:
+        add(fields[name])
+    for leaf in leaves:
+        add(leaf)
+    supply_names = sorted(supply)
+    for name in supply_names:
+        add(supply[name])
+    add(t)
+    add(dt)
+    outside = []  # per field and axis: (low, high) outside values, None where periodic
+    for field_couplings in couplings:
+        outside.append([])
+        for axis, ((low, low_value), (high, high_value)) in enumerate(field_couplings):
+            add(jnp.reshape(low, -1), axis)
+            add(jnp.reshape(high, -1), axis)
+            outside[-1].append((low_value, high_value))
+    tile = _tile(shape)
+    kernel = functools.partial(
+        _kernel,
+        grid=model.grid,
+        names=names,
+        treedef=treedef,
+        kinds=tuple(kinds),
+        supply_names=tuple(supply_names),
+        outside=outside,
+        tile=tile,
+    )
+    gpu = jax.default_backend() == "gpu"
+    out = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(shape, dtype) for _ in names],
+        grid=tuple(pl.cdiv(n, t) for n, t in zip(shape, tile)),
+        interpret=not gpu,
+        compiler_params=plt.CompilerParams(num_warps=WARPS, num_stages=1) if gpu else None,
+    )(*inputs)
+    return dict(zip(names, out))
+
+
+def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
+    """One block of every field's increment. refs: the inputs in `fused_euler_increment`'s
+    order (fields, the model's leaves, supply, t, dt, coupling vectors), then the outputs."""
+    shape = tuple(grid.shape)
+    inputs, outputs = refs[: len(kinds)], refs[len(kinds) :]
+    position = [
+        pl.program_id(axis) * tile[axis] + lax.broadcasted_iota(jnp.int32, tile, axis)
+        for axis in range(len(shape))
+    ]
+    clamped = [jnp.minimum(p, n - 1) for p, n in zip(position, shape)]
+
+    def read(ref, kind):
+        if kind == "scalar":
+            return ref[0]
+        return plt.load(ref.at[clamped[kind]] if isinstance(kind, int) else ref.at[tuple(clamped)])
+
+    values = [read(ref, kind) for ref, kind in zip(inputs, kinds)]
+    n_fields, n_leaves = len(names), treedef.num_leaves
+    fields = dict(zip(names, values[:n_fields]))
+    block_model = jax.tree.unflatten(treedef, values[n_fields : n_fields + n_leaves])
+    rest = values[n_fields + n_leaves :]
+    supply = dict(zip(supply_names, rest[: len(supply_names)]))
+    t, dt = rest[len(supply_names)], rest[len(supply_names) + 1]
+    vectors = iter(rest[len(supply_names) + 2 :])
+
+    def neighbour(ref, axis, shift, outside_value):
+        """The voxel `shift` along `axis`: wrapped where periodic, else the outside value
+        beyond the grid's face (the ghost voxel of `operators.with_ghosts`)."""
+        n = shape[axis]
+        index = list(clamped)
+        if outside_value is None:
+            index[axis] = (clamped[axis] + shift + n) % n
+            return plt.load(ref.at[tuple(index)])
+        index[axis] = jnp.clip(clamped[axis] + shift, 0, n - 1)
+        edge = clamped[axis] == (0 if shift < 0 else n - 1)
+        return jnp.where(edge, outside_value, plt.load(ref.at[tuple(index)]))
+
+    gain = {}
+    for i, name in enumerate(names):
+        c = fields[name]
+        total = jnp.zeros_like(c)
+        for axis, (low_value, high_value) in enumerate(outside[i]):
+            low, high = next(vectors), next(vectors)
+            lower = neighbour(inputs[i], axis, -1, low_value)
+            upper = neighbour(inputs[i], axis, 1, high_value)
+            total = total + (low * (lower - c) + high * (upper - c)) / grid.spacing[axis] ** 2
+        gain[name] = total
+    production, loss = reaction_terms(block_model, fields, t)
+    change = euler_change(names, fields, gain, production, supply, loss, dt)
+    inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
+    for name, out in zip(names, outputs):
+        plt.store(out.at[tuple(position)], change[name].astype(out.dtype), mask=inside)
