@@ -10,8 +10,8 @@ stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how t
 it); stores use the unclamped positions under a mask.
 
 Experimental and opt-in (`Simulation(..., kernels="pallas")`): on a GPU the kernel is compiled
-by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: chemotaxis,
-per-voxel diffusivities, grids of more than three axes, sharded fields; sweeps and gradients
+by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: per-voxel
+diffusivities, grids of more than three axes, sharded fields; sweeps and gradients
 build their own steppers without it.
 """
 
@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from engine import operators
-from engine.model import Fields, Model, Population, euler_change, reaction_terms
+from engine.model import Fields, Model, euler_change, reaction_terms
 
 TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
 """Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 ran at 100-102%
@@ -39,8 +39,6 @@ def unfused_reason(model: Model) -> str | None:
     if model.grid.ndim > 3:
         return f"a {model.grid.ndim}D grid (at most 3 axes)"
     for f in model.fields:
-        if isinstance(f, Population) and f.chemotaxis_species is not None:
-            return f"chemotaxis of population {f.name}"
         if jnp.ndim(model.diffusivity(f)) != 0:
             return f"the per-voxel diffusivity of {f.name}"
     for leaf in jax.tree.leaves(model):
@@ -145,14 +143,38 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
     def neighbour(ref, axis, shift, outside_value):
         """The voxel `shift` along `axis`: wrapped where periodic, else the outside value
         beyond the grid's face (the ghost voxel of `operators.with_ghosts`)."""
-        n = shape[axis]
-        index = list(clamped)
+        value = shifted(ref, axis, shift)
         if outside_value is None:
-            index[axis] = (clamped[axis] + shift + n) % n
-            return plt.load(ref.at[tuple(index)])
-        index[axis] = jnp.clip(clamped[axis] + shift, 0, n - 1)
-        edge = clamped[axis] == (0 if shift < 0 else n - 1)
-        return jnp.where(edge, outside_value, plt.load(ref.at[tuple(index)]))
+            return value
+        edge = clamped[axis] == (0 if shift < 0 else shape[axis] - 1)
+        return jnp.where(edge, outside_value, value)
+
+    def shifted(ref, axis, offset):
+        """ref at the voxels `offset` along `axis`, wrapped around the grid."""
+        index = list(clamped)
+        index[axis] = (clamped[axis] + offset + shape[axis]) % shape[axis]
+        return plt.load(ref.at[tuple(index)])
+
+    def face_flux(n_ref, c_ref, chi, axis, side, periodic):
+        """Upwind flux of chi n grad c through the face between the voxels `side` and
+        `side` + 1 along `axis` (none through a non-periodic grid face)."""
+        c_left, n_left = shifted(c_ref, axis, side), shifted(n_ref, axis, side)
+        c_right, n_right = shifted(c_ref, axis, side + 1), shifted(n_ref, axis, side + 1)
+        velocity = chi * (c_right - c_left) / grid.spacing[axis]
+        flux = jnp.maximum(velocity, 0) * n_left + jnp.minimum(velocity, 0) * n_right
+        left = clamped[axis] + side
+        return flux if periodic else jnp.where((left >= 0) & (left < shape[axis] - 1), flux, 0)
+
+    def chemotaxis(n_index, c_index, chi):
+        """-div(chi n grad c) of field `n_index` up the gradient of field `c_index`, as
+        `operators.chemotaxis`."""
+        refs = inputs[n_index], inputs[c_index]
+        total = jnp.zeros_like(fields[names[n_index]])
+        for axis, dx in enumerate(grid.spacing):
+            periodic = outside[n_index][axis][0] is None
+            high, low = (face_flux(*refs, chi, axis, side, periodic) for side in (0, -1))
+            total = total - (high - low) / dx
+        return total
 
     gain = {}
     for i, name in enumerate(names):
@@ -164,6 +186,12 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
             upper = neighbour(inputs[i], axis, 1, high_value)
             total = total + (low * (lower - c) + high * (upper - c)) / grid.spacing[axis] ** 2
         gain[name] = total
+    for p in block_model.populations:
+        if p.chemotaxis_species is not None:
+            c_index = names.index(p.chemotaxis_species)
+            n_index = names.index(p.name)
+            drift = chemotaxis(n_index, c_index, p.chemotaxis_sensitivity)
+            gain[p.name] = gain[p.name] + drift
     production, loss = reaction_terms(block_model, fields, t)
     change = euler_change(names, fields, gain, production, supply, loss, dt)
     inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
