@@ -45,7 +45,7 @@ def _simulation(args):
         from engine.parallel import initialize_distributed
 
         initialize_distributed(cfg.parallel.heartbeat_timeout)
-    return engine.Simulation(cfg, devices=devices)
+    return engine.Simulation(cfg, devices=devices, kernels=getattr(args, "kernels", "xla"))
 
 
 def _select_devices(devices: int | None) -> None:
@@ -591,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="split the fields over N devices (the [parallel] mesh, or slabs); "
         "on a CPU-only machine the CPU is split into N devices",
+    )
+    run.add_argument(
+        "--kernels",
+        choices=("xla", "pallas"),
+        default="xla",
+        help="pallas: each explicit stage in one Pallas kernel (experimental; GPU)",
     )
     _output_options(run)
     run.set_defaults(handler=_run)

@@ -95,6 +95,19 @@ def test_run_writes_every_frame_and_matches_the_python_api(tmp_path):
     assert not (tmp_path / "out.h5.partial").exists()
 
 
+def test_run_with_the_fused_kernels_writes_the_xla_run(tmp_path):
+    """--kernels pallas (here in Pallas' interpreter): the same frames as the default run."""
+    config = write_config(tmp_path, n=12, end="4 min", stepper="explicit", checkpoint="2 min")
+    runs = {}
+    for kernels in ("xla", "pallas"):
+        out = tmp_path / f"{kernels}.h5"
+        assert main(["run", str(config), "-o", str(out), "--quiet", "--kernels", kernels]) == 0
+        with engine.open_output(out) as result:
+            runs[kernels] = result.frame("IL2", -1), result.frame("T", -1)
+    for fused, xla in zip(runs["pallas"], runs["xla"]):
+        np.testing.assert_allclose(fused, xla, rtol=1e-5, atol=1e-7 * np.abs(xla).max())
+
+
 def test_existing_output_is_never_clobbered(tmp_path, capsys):
     config = write_config(tmp_path)
     out = tmp_path / "out.h5"
@@ -119,6 +132,7 @@ def test_existing_output_is_never_clobbered(tmp_path, capsys):
         (["validate", "{config}", "--set", "terms[0].species=IL7"], "terms[0].species"),
         (["run", "{broken}"], "broken.toml"),
         (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
+        (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
