@@ -34,8 +34,14 @@ of the copy bandwidth in bench_pallas_stencil.py on an H200 (512^3)."""
 WARPS = 8
 
 
-def unfused_reason(model: Model) -> str | None:
-    """Why `fused_euler_increment` cannot take `model`, or None."""
+def require_fusable(model: Model) -> None:
+    """Raises ValueError naming what in `model` `fused_euler_increment` cannot take."""
+    reason = _unfused_reason(model)
+    if reason is not None:
+        raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+
+
+def _unfused_reason(model: Model) -> str | None:
     if model.grid.ndim > 3:
         return f"a {model.grid.ndim}D grid (at most 3 axes)"
     for f in model.fields:
@@ -54,9 +60,7 @@ def _tile(shape) -> tuple[int, ...]:
 
 def fused_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t, dt) -> Fields:
     """`steppers.positive_euler_increment` of every field, in one kernel (see the module)."""
-    reason = unfused_reason(model)
-    if reason is not None:
-        raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+    require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
     dtype = fields[names[0]].dtype
@@ -140,26 +144,29 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
     t, dt = rest[len(supply_names)], rest[len(supply_names) + 1]
     vectors = iter(rest[len(supply_names) + 2 :])
 
-    def neighbour(ref, axis, shift, outside_value):
-        """The voxel `shift` along `axis`: wrapped where periodic, else the outside value
-        beyond the grid's face (the ghost voxel of `operators.with_ghosts`)."""
-        value = shifted(ref, axis, shift)
+    def neighbour(field, axis, shift, outside_value):
+        """Field number `field` at the voxel `shift` along `axis`: wrapped where periodic,
+        else the outside value beyond the grid's face (the ghost of `operators.with_ghosts`)."""
+        value = shifted(field, axis, shift)
         if outside_value is None:
             return value
         edge = clamped[axis] == (0 if shift < 0 else shape[axis] - 1)
         return jnp.where(edge, outside_value, value)
 
-    def shifted(ref, axis, offset):
-        """ref at the voxels `offset` along `axis`, wrapped around the grid."""
+    def shifted(field, axis, offset):
+        """Field number `field` at the voxels `offset` along `axis`, wrapped around the grid
+        (offset 0: the block as already loaded)."""
+        if offset == 0:
+            return values[field]
         index = list(clamped)
         index[axis] = (clamped[axis] + offset + shape[axis]) % shape[axis]
-        return plt.load(ref.at[tuple(index)])
+        return plt.load(inputs[field].at[tuple(index)])
 
-    def face_flux(n_ref, c_ref, chi, axis, side, periodic):
+    def face_flux(n_field, c_field, chi, axis, side, periodic):
         """Upwind flux of chi n grad c through the face between the voxels `side` and
         `side` + 1 along `axis` (none through a non-periodic grid face)."""
-        c_left, n_left = shifted(c_ref, axis, side), shifted(n_ref, axis, side)
-        c_right, n_right = shifted(c_ref, axis, side + 1), shifted(n_ref, axis, side + 1)
+        c_left, n_left = shifted(c_field, axis, side), shifted(n_field, axis, side)
+        c_right, n_right = shifted(c_field, axis, side + 1), shifted(n_field, axis, side + 1)
         velocity = chi * (c_right - c_left) / grid.spacing[axis]
         flux = jnp.maximum(velocity, 0) * n_left + jnp.minimum(velocity, 0) * n_right
         left = clamped[axis] + side
@@ -168,11 +175,10 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
     def chemotaxis(n_index, c_index, chi):
         """-div(chi n grad c) of field `n_index` up the gradient of field `c_index`, as
         `operators.chemotaxis`."""
-        refs = inputs[n_index], inputs[c_index]
-        total = jnp.zeros_like(fields[names[n_index]])
+        total = jnp.zeros_like(values[n_index])
         for axis, dx in enumerate(grid.spacing):
             periodic = outside[n_index][axis][0] is None
-            high, low = (face_flux(*refs, chi, axis, side, periodic) for side in (0, -1))
+            high, low = (face_flux(n_index, c_index, chi, axis, s, periodic) for s in (0, -1))
             total = total - (high - low) / dx
         return total
 
@@ -182,8 +188,8 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
         total = jnp.zeros_like(c)
         for axis, (low_value, high_value) in enumerate(outside[i]):
             low, high = next(vectors), next(vectors)
-            lower = neighbour(inputs[i], axis, -1, low_value)
-            upper = neighbour(inputs[i], axis, 1, high_value)
+            lower = neighbour(i, axis, -1, low_value)
+            upper = neighbour(i, axis, 1, high_value)
             total = total + (low * (lower - c) + high * (upper - c)) / grid.spacing[axis] ** 2
         gain[name] = total
     for p in block_model.populations:

@@ -127,8 +127,8 @@ class Simulation:
         fused = kernels == "pallas"
         if fused and self.mesh is not None:
             raise ValueError('kernels: "pallas" runs on one device; use "xla" with a mesh')
-        if fused and (reason := kernels_module.unfused_reason(model)) is not None:
-            raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+        if fused:
+            kernels_module.require_fusable(model)
         self.stepper = make_stepper(stepper, scheme, tolerance, fused)
         self.adaptive = adaptive
         self.tolerance = tolerance
