@@ -176,7 +176,9 @@ def _validate(args) -> int:
 
     sim = _simulation(args)
     cfg = sim.config
-    report = sim.validate()
+    state = sim.initial_state()
+    sim.check_time_step(state)
+    report = sim.validate(state)
     frames = len(output_times(cfg.time.end, cfg.time.output_every))
     names = cfg.output.fields or list(sim.model.names)
     frame_bytes = len(names) * sim.model.grid.size * sim.dtype.itemsize

@@ -32,7 +32,7 @@ from engine.parameters import (
     display_key,
     model_leaves,
 )
-from engine.simulation import Simulation, State
+from engine.simulation import Simulation, State, refuse_unstable_dt
 from engine.steppers import advance_fields
 
 
@@ -234,6 +234,13 @@ class Ensemble:
         """Each member's largest stable step, compiled once (every advance asks for it)."""
         model, stepper = self.model, self.stepper
         return jax.jit(jax.vmap(lambda leaves, f: stepper.stable_dt(_substitute(model, leaves), f)))
+
+    def check_time_step(self, state: State) -> None:
+        """Refuse a fixed time.dt beyond any member's explicit stability limit
+        (`Simulation.check_time_step`)."""
+        sim = self.sim
+        if sim.stepper.name == "explicit" and sim.dt != "auto":
+            refuse_unstable_dt(sim.dt, float(np.min(self._map(self._stable_dt, state.fields))))
 
     def time_steps(self, state: State) -> np.ndarray:
         """The step (s) each member's single run would aim for."""

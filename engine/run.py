@@ -153,6 +153,7 @@ def run(
         path = output
     else:
         state = sim.initial_state()
+        sim.check_time_step(state)
         path = output.with_name(output.name + ".partial")
     device = jax.devices()[0]
     attrs = dict(

@@ -13,7 +13,7 @@ import numpy as np
 from engine import kernels as kernels_module
 from engine import parallel, spectral
 from engine.build import build_model
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.model import Fields, Model, reaction_terms
 from engine.steppers import Explicit, advance_adaptive, advance_fields, make_stepper
 
@@ -214,6 +214,12 @@ class Simulation:
             report["memory_bytes"] = self.config.memory_bytes()
         return report
 
+    def check_time_step(self, state: State) -> None:
+        """Refuse a fixed time.dt beyond the explicit stepper's stability limit for `state`
+        (`refuse_unstable_dt`): such a run blows up within a few steps."""
+        if self.stepper.name == "explicit" and self.dt != "auto" and not self.adaptive:
+            refuse_unstable_dt(self.dt, self.stable_dt(state))
+
     def stable_dt(self, state: State) -> float:
         """The stepper's largest stable step (s) for `state`, before the safety factor."""
         return float(self._stable_dt(self.model, state.fields))
@@ -286,4 +292,15 @@ class Simulation:
             jnp.asarray(t0, self.dtype),
             jnp.asarray(dt, self.dtype),
             jnp.asarray(n_steps, jnp.int32),
+        )
+
+
+def refuse_unstable_dt(dt: float, limit: float) -> None:
+    """ConfigError naming time.dt if the fixed step `dt` (s) exceeds the explicit stability
+    limit `limit` (s)."""
+    if dt > limit * (1 + 1e-6):
+        raise ConfigError(
+            f"time.dt: {dt:g} s exceeds the explicit stepper's stability limit, {limit:.4g} s "
+            f'at the start; use time.dt = "auto", a step of at most {limit:.4g} s, or '
+            'time.stepper = "imex"'
         )
