@@ -113,7 +113,6 @@ def test_sweeps_and_sharded_runs_keep_the_xla_path():
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     with pytest.raises(ValueError, match="one device"):
         engine.Simulation(cfg, kernels="pallas", mesh=[1, 1])
-    assert jax.default_backend() in ("cpu", "gpu")
 
 
 def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch):
