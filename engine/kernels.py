@@ -7,7 +7,8 @@ loads each field's block and its neighbours, traces the model's reaction terms o
 values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
 and stores every field's increment. Loads use index arrays clamped to the grid, so every load
 stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
-it); stores use the unclamped positions under a mask.
+it); stores use the unclamped positions under a mask. Where an axis divides into whole tiles the
+clamp (the last axis: contiguous rows for Triton) or the mask (all axes) is left out.
 
 Experimental and opt-in (`Simulation(..., kernels="pallas")`): on a GPU the kernel is compiled
 by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: per-voxel
@@ -129,6 +130,8 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
         for axis in range(len(shape))
     ]
     clamped = [jnp.minimum(p, n - 1) for p, n in zip(position, shape)]
+    if shape[-1] % tile[-1] == 0:  # unclamped along the contiguous axis: Triton sees whole rows
+        clamped[-1] = position[-1]
 
     def read(ref, kind):
         if kind == "scalar":
@@ -200,6 +203,8 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
             gain[p.name] = gain[p.name] + drift
     production, loss = reaction_terms(block_model, fields, t)
     change = euler_change(names, fields, gain, production, supply, loss, dt)
-    inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
+    inside = None  # whole blocks: every store in the grid
+    if any(n % t for n, t in zip(shape, tile)):
+        inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
     for name, out in zip(names, outputs):
         plt.store(out.at[tuple(position)], change[name].astype(out.dtype), mask=inside)

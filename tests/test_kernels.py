@@ -48,7 +48,14 @@ CASES = {
         "grid.boundary": "periodic",
         "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 2.0},
     },
+    "3D whole blocks": {"grid.shape": [8, 4, 32]},  # no clamp along z, no store mask
+    "3D whole blocks periodic chemotaxis": {
+        "grid.shape": [8, 4, 32],
+        "grid.boundary": "periodic",
+        "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 2.0},
+    },
     "2D": {"grid.shape": [9, 140], "regions.core.sphere.center": ["30 um", "25 um"]},
+    "2D whole rows": {"grid.shape": [9, 128], "regions.core.sphere.center": ["30 um", "25 um"]},
     "1D periodic": {
         "grid.shape": [1030],
         "grid.boundary": "periodic",
