@@ -59,8 +59,11 @@ def _tile(shape) -> tuple[int, ...]:
     return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
 
 
-def fused_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t, dt) -> Fields:
-    """`steppers.positive_euler_increment` of every field, in one kernel (see the module)."""
+def fused_euler_increment(
+    model: Model, faces, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
+) -> Fields:
+    """`steppers.positive_euler_increment` of every field, in one kernel (see the module);
+    `add_fields`: the fields plus it instead (the Euler step, in the same pass over memory)."""
     require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
@@ -108,6 +111,7 @@ def fused_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t
         supply_names=tuple(supply_names),
         outside=outside,
         tile=tile,
+        add_fields=add_fields,
     )
     gpu = jax.default_backend() == "gpu"
     out = pl.pallas_call(
@@ -120,9 +124,10 @@ def fused_euler_increment(model: Model, faces, fields: Fields, supply: Fields, t
     return dict(zip(names, out))
 
 
-def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
-    """One block of every field's increment. refs: the inputs in `fused_euler_increment`'s
-    order (fields, the model's leaves, supply, t, dt, coupling vectors), then the outputs."""
+def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add_fields):
+    """One block of every field's increment (`add_fields`: plus the field). refs: the inputs in
+    `fused_euler_increment`'s order (fields, the model's leaves, supply, t, dt, coupling
+    vectors), then the outputs."""
     shape = tuple(grid.shape)
     inputs, outputs = refs[: len(kinds)], refs[len(kinds) :]
     position = [
@@ -207,4 +212,5 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile):
     if any(n % t for n, t in zip(shape, tile)):
         inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
     for name, out in zip(names, outputs):
-        plt.store(out.at[tuple(position)], change[name].astype(out.dtype), mask=inside)
+        value = fields[name] + change[name] if add_fields else change[name]
+        plt.store(out.at[tuple(position)], value.astype(out.dtype), mask=inside)

@@ -64,8 +64,10 @@ CASES = {
 }
 
 
-def increments(cfg, kernels, scheme, dtype, steps=3):
-    sim = engine.Simulation(cfg, kernels=kernels, scheme=scheme, dtype=dtype)
+def increments(cfg, kernels, scheme, dtype, steps=3, compensated=True):
+    sim = engine.Simulation(
+        cfg, kernels=kernels, scheme=scheme, dtype=dtype, compensated=compensated
+    )
     state = sim.initial_state()
     rng = np.random.default_rng(1)  # every field non-zero, so that every term acts
     fields = {
@@ -75,24 +77,28 @@ def increments(cfg, kernels, scheme, dtype, steps=3):
     return {k: np.asarray(v) for k, v in sim.advance_steps(fields, 0.0, dt, steps).items()}
 
 
+@pytest.mark.parametrize("scheme", ["ssprk3", "euler"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_fused_kernel_computes_the_xla_step(case, float64):
-    """float64: every term, boundary kind and grid shape, ssprk3 (three stages a step)."""
+def test_the_fused_kernel_computes_the_xla_step(case, scheme, float64):
+    """float64: every term, boundary kind and grid shape; ssprk3 (three stages a step, each
+    the kernel's increment) and euler (the kernel adds the fields itself)."""
     cfg = load_config(CONFIG, CASES[case])
-    xla = increments(cfg, "xla", "ssprk3", float64)
-    fused = increments(cfg, "pallas", "ssprk3", float64)
+    xla = increments(cfg, "xla", scheme, float64)
+    fused = increments(cfg, "pallas", scheme, float64)
     for name, expected in xla.items():
         np.testing.assert_allclose(fused[name], expected, rtol=1e-13, atol=1e-15, err_msg=name)
 
 
+@pytest.mark.parametrize("compensated", [True, False])
 @pytest.mark.parametrize("scenario", ["il2_therapy", "infection_resolution"])
-def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario):
+def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario, compensated):
     """Coarsened 2D seed scenarios (secretion, uptake, killing, recruitment, chemotaxis, doses),
-    euler, float32."""
+    euler, float32; compensated: the kernel's increment added with Kahan summation, else the
+    kernel's own sum."""
     overrides = {"grid.shape": [24, 24], "grid.spacing": "50 um", "time.stepper": "explicit"}
     cfg = load_config(f"configs/{scenario}.toml", overrides)
-    xla = increments(cfg, "xla", "euler", "float32", steps=4)
-    fused = increments(cfg, "pallas", "euler", "float32", steps=4)
+    xla = increments(cfg, "xla", "euler", "float32", steps=4, compensated=compensated)
+    fused = increments(cfg, "pallas", "euler", "float32", steps=4, compensated=compensated)
     for name, expected in xla.items():
         scale = np.abs(expected).max()
         np.testing.assert_allclose(
