@@ -33,7 +33,9 @@ def _ratio(row: dict, key: str) -> str:
 def solver_section(path: Path) -> list[str]:
     result = json.loads(path.read_text())
     lines = [
-        f"### Solver throughput: `{result['device']}` (jax {result['jax']}, {path.name})",
+        f"### Solver throughput: `{result['device']}` (jax {result['jax']}"
+        f"{', kernels ' + result['kernels'] if result.get('kernels', 'xla') != 'xla' else ''}"
+        f", {path.name})",
         "",
         f"Copy bandwidth measured in the same run: {result['copy_bandwidth'] / 1e9:.1f} GB/s. "
         "Ratios to NumPy, Numba (on the CPU) and a plain jnp stencil (XLA, on the device) are "
