@@ -87,8 +87,8 @@ def fused_euler_increment(
 
     for name in names:
         add(fields[name])
-    for leaf, read in zip(leaves, _leaves_read(model, fields, t)):
-        add(leaf if read else jnp.zeros((), jnp.result_type(leaf)))  # unread: not loaded
+    for leaf in leaves:
+        add(leaf)
     supply_names = sorted(supply)
     for name in supply_names:
         add(supply[name])
@@ -122,22 +122,6 @@ def fused_euler_increment(
         compiler_params=plt.CompilerParams(num_warps=WARPS, num_stages=1) if gpu else None,
     )(*inputs)
     return dict(zip(names, out))
-
-
-def _leaves_read(model: Model, fields: Fields, t) -> list[bool]:
-    """Whether the kernel's terms read each of the model's leaves (initial fields, say, they do
-    not): an unread grid-sized leaf would cost the kernel a load per voxel. Found by tracing
-    the reaction terms and the chemotactic sensitivities, the kernel's uses of the model."""
-    leaves, treedef = jax.tree.flatten(model)
-
-    def uses(leaves):
-        block_model = jax.tree.unflatten(treedef, leaves)
-        sensitivities = [p.chemotaxis_sensitivity for p in block_model.populations]
-        return reaction_terms(block_model, fields, t), sensitivities
-
-    jaxpr = jax.make_jaxpr(uses)(leaves).jaxpr
-    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
-    return [id(v) in read for v in jaxpr.invars]
 
 
 def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add_fields):

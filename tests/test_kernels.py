@@ -143,23 +143,3 @@ def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch):
     text = exported.mlir_module()
     assert text.count("xla.gpu.triton") >= 1
     assert "num_warps = 8" in text
-
-
-def test_grid_sized_leaves_the_terms_do_not_read_are_not_loaded():
-    """Initial fields and source rates (given to the kernel as supply) would cost a load per
-    voxel; the recruitment mask is read by its term."""
-    from engine import kernels
-
-    sim = engine.Simulation(load_config(CONFIG, CASES["3D chemotaxis"]))
-    state = sim.initial_state()
-    paths = jax.tree_util.tree_flatten_with_path(sim.model)[0]
-    read = kernels._leaves_read(sim.model, state.fields, 0.0)
-    grid_read = {
-        jax.tree_util.keystr(path): r for (path, leaf), r in zip(paths, read) if np.ndim(leaf) == 3
-    }
-    assert grid_read == {
-        ".populations[0].initial": False,
-        ".sources[0].rate": False,
-        ".terms[2].mask": True,
-    }
-    assert read[[jax.tree_util.keystr(p) for p, _ in paths].index(".terms[0].rate")]
