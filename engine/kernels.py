@@ -26,7 +26,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from engine import operators
 from engine.model import Fields, Model, euler_change, reaction_terms
 
 TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
@@ -60,19 +59,16 @@ def _tile(shape) -> tuple[int, ...]:
 
 
 def fused_euler_increment(
-    model: Model, faces, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
+    model: Model, couplings, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
 ) -> Fields:
     """`steppers.positive_euler_increment` of every field, in one kernel (see the module);
-    `add_fields`: the fields plus it instead (the Euler step, in the same pass over memory)."""
+    `couplings`: `model.field_couplings`; `add_fields`: the fields plus it instead (the Euler
+    step, in the same pass over memory)."""
     require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
     dtype = fields[names[0]].dtype
     leaves, treedef = jax.tree.flatten(model)
-    couplings = [
-        operators.face_couplings(faces[f.name], model.grid, model.boundary(f), dtype)
-        for f in model.fields
-    ]
     # inputs, each with how the kernel reads it: "grid" per block, "scalar", or "axis a"
     inputs, kinds = [], []
 
@@ -95,9 +91,9 @@ def fused_euler_increment(
     add(t)
     add(dt)
     outside = []  # per field and axis: (low, high) outside values, None where periodic
-    for field_couplings in couplings:
+    for name in names:
         outside.append([])
-        for axis, ((low, low_value), (high, high_value)) in enumerate(field_couplings):
+        for axis, ((low, low_value), (high, high_value)) in enumerate(couplings[name]):
             add(jnp.reshape(low, -1), axis)
             add(jnp.reshape(high, -1), axis)
             outside[-1].append((low_value, high_value))

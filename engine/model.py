@@ -137,14 +137,26 @@ def face_diffusivities(model: Model) -> dict:
     }
 
 
-def diffusion_terms(model: Model, faces: Mapping, fields: Mapping, padded=None) -> Fields:
-    """div(D grad f) for every field; `padded`: the fields with their ghosts, if at hand."""
+def field_couplings(model: Model) -> dict:
+    """`operators.face_couplings` of every field (face coefficients and outside values, in its
+    diffusivity's dtype): what the explicit terms apply, built once before a stepping loop."""
+    faces = face_diffusivities(model)
     return {
-        f.name: operators.diffusion(
+        f.name: operators.face_couplings(
+            faces[f.name], model.grid, model.boundary(f), jnp.result_type(model.diffusivity(f))
+        )
+        for f in model.fields
+    }
+
+
+def diffusion_terms(model: Model, couplings: Mapping, fields: Mapping, padded=None) -> Fields:
+    """div(D grad f) for every field from its `field_couplings`; `padded`: the fields with
+    their ghosts, if at hand."""
+    return {
+        f.name: operators.coupled_diffusion(
             fields[f.name],
-            faces[f.name],
+            couplings[f.name],
             model.grid,
-            model.boundary(f),
             None if padded is None else padded[f.name],
         )
         for f in model.fields

@@ -141,17 +141,18 @@ def stored_ghosts() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def with_ghosts(c, D_faces: tuple, grid: Grid, boundary: Boundary):
-    """`c` with one layer of ghost voxels per face (the boundary's outside values, or the
-    wrapped voxels), stored once: what `diffusion` reads its neighbours from. Its interior
-    (`interior_of`) equals `c`; terms that read their fields from it read no other buffer,
-    which lets a step overwrite the fields in place without first copying them."""
-    return _padded(c, _outside_values(face_couplings(D_faces, grid, boundary, c.dtype)))
+def with_ghosts(c, couplings: list):
+    """`c` with one layer of ghost voxels per face (the outside values of its `face_couplings`,
+    or the wrapped voxels), stored once: what `coupled_diffusion` reads its neighbours from.
+    Its interior (`interior_of`) equals `c`; terms that read their fields from it read no
+    other buffer, which lets a step overwrite the fields in place without first copying them."""
+    return _padded(c, _outside_values(couplings))
 
 
 def face_couplings(D_faces: tuple, grid: Grid, boundary: Boundary, dtype) -> list:
     """`_face_couplings` of every axis: per axis ((low coefficients, outside value), (high
-    coefficients, outside value)); what `diffusion` and the fused kernels (`kernels`) apply."""
+    coefficients, outside value)); what `coupled_diffusion` and the fused kernels (`kernels`)
+    apply. Loop-invariant: steppers build them once per `advance`."""
     return [_face_couplings(D_faces, grid, boundary, axis, dtype) for axis in range(grid.ndim)]
 
 
@@ -165,10 +166,14 @@ def interior_of(padded):
     return padded[tuple(slice(1, n - 1) for n in padded.shape)]
 
 
-def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary, padded=None):
-    """div(D grad c) with face coefficients from `face_diffusivity`; `padded`: `c` with its
-    ghosts (`with_ghosts`) when the caller has it already (c then is its interior)."""
-    couplings = face_couplings(D_faces, grid, boundary, c.dtype)
+def diffusion(c, D_faces: tuple, grid: Grid, boundary: Boundary):
+    """div(D grad c) with face coefficients from `face_diffusivity`."""
+    return coupled_diffusion(c, face_couplings(D_faces, grid, boundary, c.dtype), grid)
+
+
+def coupled_diffusion(c, couplings: list, grid: Grid, padded=None):
+    """div(D grad c) from the faces' `face_couplings`; `padded`: `c` with its ghosts
+    (`with_ghosts`) when the caller has it already (c then is its interior)."""
     padded = _padded(c, _outside_values(couplings)) if padded is None else padded
     interior = [slice(1, n + 1) for n in grid.shape]
     total = jnp.zeros_like(c)

@@ -24,6 +24,7 @@ from engine.model import (
     diffusion_terms,
     euler_change,
     face_diffusivities,
+    field_couplings,
     reaction_terms,
     source_terms,
     transport_rate,
@@ -53,31 +54,29 @@ SSP_SCHEMES: dict[str, tuple[tuple[float, float, float], ...]] = {
 SSP_ORDER = {"euler": 1, "ssprk2": 2, "ssprk3": 3}
 
 
-def ghost_copies(model: Model, faces, fields: Fields, names) -> Fields:
+def ghost_copies(couplings, fields: Fields, names) -> Fields:
     """The fields in `names` with one layer of ghost voxels per face, stored once
-    (`operators.with_ghosts`): what stencils read their neighbours from."""
-    return {
-        f.name: operators.with_ghosts(fields[f.name], faces[f.name], model.grid, model.boundary(f))
-        for f in model.fields
-        if f.name in names
-    }
+    (`operators.with_ghosts`, from each field's `field_couplings`): what stencils read their
+    neighbours from."""
+    return {name: operators.with_ghosts(fields[name], couplings[name]) for name in names}
 
 
 def positive_euler_increment(
-    model: Model, faces, fields: Fields, supply: Fields, t, dt, fused: bool = False
+    model: Model, couplings, fields: Fields, supply: Fields, t, dt, fused: bool = False
 ):
     """The change over one forward-Euler step with the linear sinks implicit per voxel (as
     BioFVM):  f_new - f = dt (transport + production + supply - loss_rate f) / (1 + dt loss_rate).
 
     f_new is non-negative for any loss rate whenever dt is within the explicit transport limit.
-    `fused`: in one Pallas kernel (`kernels.fused_euler_increment`).
+    `couplings`: `field_couplings(model)`. `fused`: in one Pallas kernel
+    (`kernels.fused_euler_increment`).
     """
     if fused:
-        return kernels.fused_euler_increment(model, faces, fields, supply, t, dt)
+        return kernels.fused_euler_increment(model, couplings, fields, supply, t, dt)
     # every term reads the fields from their ghost-padded copies (see operators.with_ghosts)
-    padded = ghost_copies(model, faces, fields, model.names)
+    padded = ghost_copies(couplings, fields, model.names)
     fields = {name: operators.interior_of(value) for name, value in padded.items()}
-    gain = diffusion_terms(model, faces, fields, padded)
+    gain = diffusion_terms(model, couplings, fields, padded)
     for name, drift in chemotaxis_terms(model, fields).items():
         gain[name] = gain[name] + drift
     production, loss = reaction_terms(model, fields, t)
@@ -109,7 +108,9 @@ class Explicit:
         return SSP_ORDER[self.scheme]
 
     def prepare(self, model: Model, dt):
-        return face_diffusivities(model)
+        """The face couplings, built once: rebuilt in the loop they cost small device
+        kernels every step (XLA does not hoist a vector built from a scalar)."""
+        return field_couplings(model)
 
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         """u^{n+1} - u^n. The stages run as a device loop: its carry stores each stage's
@@ -200,9 +201,9 @@ def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
     return worst
 
 
-def drift_substep(model: Model, faces, fields: Fields, h) -> Fields:
-    """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL limit;
-    `faces`: every field's face coefficients (`face_diffusivities`), for its ghost copy."""
+def drift_substep(model: Model, fields: Fields, h) -> Fields:
+    """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL
+    limit."""
     drifting = [p for p in model.populations if p.chemotaxis_species is not None]
     if not drifting:
         return fields
@@ -218,9 +219,10 @@ def drift_substep(model: Model, faces, fields: Fields, h) -> Fields:
     # fields' producers the same way whether the fields are split over devices or not, and a
     # split run rounds as a single-device one (bitwise, measured in tests/test_parallel.py)
     needed = {p.name for p in drifting} | {p.chemotaxis_species for p in drifting}
+    couplings = field_couplings(model)
 
     def body(_, u):
-        padded = ghost_copies(model, faces, u, needed)
+        padded = ghost_copies(couplings, u, needed)
         drift = chemotaxis_terms(
             model, {**u, **{k: operators.interior_of(v) for k, v in padded.items()}}
         )
@@ -336,11 +338,10 @@ class Imex:
         return prepare_diffusion(model, dt, model.names)
 
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        faces = {name: p.faces for name, p in prepared.items()}
         fields = sink_substep(model, fields, t, dt / 2, model.names)
-        fields = drift_substep(model, faces, fields, dt / 2)
+        fields = drift_substep(model, fields, dt / 2)
         fields = production_step(model, prepared, fields, t, dt, model.names)
-        fields = drift_substep(model, faces, fields, dt / 2)
+        fields = drift_substep(model, fields, dt / 2)
         return sink_substep(model, fields, t + dt / 2, dt / 2, model.names)
 
     def stable_dt(self, model: Model, fields: Fields):
@@ -438,9 +439,9 @@ class QuasiSteady:
         supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
         fields = self.relax(model, faces, preconditioners, fields, t, supply)
         fields = sink_substep(model, fields, t, dt / 2, populations)
-        fields = drift_substep(model, faces, fields, dt / 2)
+        fields = drift_substep(model, fields, dt / 2)
         fields = production_step(model, diffusion, fields, t, dt, populations)
-        fields = drift_substep(model, faces, fields, dt / 2)
+        fields = drift_substep(model, fields, dt / 2)
         fields = sink_substep(model, fields, t + dt / 2, dt / 2, populations)
         return self.relax(model, faces, preconditioners, fields, t + dt, supply)
 

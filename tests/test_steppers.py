@@ -592,3 +592,35 @@ def test_the_stepping_loop_runs_every_step_in_order(accelerator, monkeypatch):
         for i in range(n):
             expected = (expected * 31 + i + 1) % 1_000_003
         assert value == expected, n
+
+
+def _loop_equations(jaxpr, inside: bool = False):
+    """The equations of `jaxpr` that run inside a loop (`while`), nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if inside:
+            yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from _loop_equations(sub, inside or eqn.primitive.name == "while")
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+@pytest.mark.parametrize("scheme", ["euler", "ssprk3"])
+def test_the_explicit_loop_builds_its_face_couplings_once(scheme, accelerator, monkeypatch):
+    """The face couplings (a vector along each axis per field) are loop-invariant: built by
+    `prepare`, not in every step, where each was a small device kernel per step on a GPU."""
+    monkeypatch.setattr(operators, "stored_ghosts", lambda: not accelerator)
+    cfg = load_config(_SCENARIO, {"grid.shape": [8, 10, 12], "grid.spacing": "80 um"})
+    sim = Simulation(cfg, stepper="explicit", scheme=scheme)
+    state = sim.initial_state()
+    args = (sim.model, state.fields, jnp.float32(0), jnp.float32(1), jnp.int32(5))
+    jaxpr = jax.make_jaxpr(sim._advance_traced)(*args).jaxpr
+    axis_vectors = {(8, 1, 1), (1, 10, 1), (1, 1, 12)}
+    built = [
+        eqn.primitive.name
+        for eqn in _loop_equations(jaxpr)
+        if any(getattr(v.aval, "shape", None) in axis_vectors for v in eqn.outvars)
+    ]
+    assert built == []
