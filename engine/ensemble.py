@@ -238,9 +238,9 @@ class Ensemble:
     def check_time_step(self, state: State) -> None:
         """Refuse a fixed time.dt beyond any member's explicit stability limit
         (`Simulation.check_time_step`)."""
-        sim = self.sim
-        if sim.stepper.name == "explicit" and sim.dt != "auto":
-            refuse_unstable_dt(sim.dt, float(np.min(self._map(self._stable_dt, state.fields))))
+        if self.sim.fixed_explicit_step:
+            limit = float(np.min(self._map(self._stable_dt, state.fields)))
+            refuse_unstable_dt(self.sim.dt, limit)
 
     def time_steps(self, state: State) -> np.ndarray:
         """The step (s) each member's single run would aim for."""

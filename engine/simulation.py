@@ -214,10 +214,16 @@ class Simulation:
             report["memory_bytes"] = self.config.memory_bytes()
         return report
 
+    @property
+    def fixed_explicit_step(self) -> bool:
+        """Whether every step is the explicit stepper's fixed time.dt (not "auto", not
+        adaptive): a step its stability limit bounds."""
+        return self.stepper.name == "explicit" and self.dt != "auto" and not self.adaptive
+
     def check_time_step(self, state: State) -> None:
         """Refuse a fixed time.dt beyond the explicit stepper's stability limit for `state`
         (`refuse_unstable_dt`): such a run blows up within a few steps."""
-        if self.stepper.name == "explicit" and self.dt != "auto" and not self.adaptive:
+        if self.fixed_explicit_step:
             refuse_unstable_dt(self.dt, self.stable_dt(state))
 
     def stable_dt(self, state: State) -> float:
