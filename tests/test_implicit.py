@@ -292,9 +292,19 @@ def test_the_cosine_transform_is_scipys_orthonormal_dct(shape, axes, float64):
         {"y_max": 0.4, "x_min": "periodic", "x_max": "periodic"},
     ],
 )
-def test_spectral_imex_is_exact_with_dirichlet_faces(faces):
+@pytest.mark.parametrize("fft_min_length", [1024, 8, 1])
+def test_spectral_imex_is_exact_with_dirichlet_faces(faces, fft_min_length, monkeypatch):
     """Diffusion, decay and a source with non-zero dirichlet values on any mix of faces: one
-    imex step of any length is the exact solution (expm) of the semi-discrete system."""
+    imex step of any length is the exact solution (expm) of the semi-discrete system, with
+    the axes transformed by matrix products, the long one by FFTs, or both by FFTs."""
+    monkeypatch.setattr(spectral, "FFT_MIN_LENGTH", fft_min_length)
+    fft_axes = []
+    transform = spectral.fft_basis_transform
+    monkeypatch.setattr(
+        spectral,
+        "fft_basis_transform",
+        lambda x, axis, *args, **kw: fft_axes.append(axis) or transform(x, axis, *args, **kw),
+    )
     grid = engine.Grid((10, 7), spacing=(5.0, 8.0))
     kinds = {
         name: engine.Periodic() if value == "periodic" else engine.Dirichlet(value)
@@ -316,18 +326,39 @@ def test_spectral_imex_is_exact_with_dirichlet_faces(faces):
     )
     c = run(model, t_end, stepper="imex", dt=t_end)["c"].ravel()
     np.testing.assert_allclose(c, exact, rtol=0, atol=1e-12 * np.abs(exact).max())
+    periodic = {axis for axis in (0, 1) if boundary.is_periodic(axis)}
+    long = {axis for axis in (0, 1) if grid.shape[axis] >= fft_min_length} - periodic
+    assert set(fft_axes) == long
+
+
+BASES = [
+    ("neumann", "neumann"),
+    ("dirichlet", "dirichlet"),
+    ("dirichlet", "neumann"),
+    ("neumann", "dirichlet"),
+]
+
+
+@pytest.mark.parametrize("low, high", BASES)
+@pytest.mark.parametrize("shape, axis", [((1,), 0), ((2, 3), 1), ((7, 4, 3), 0), ((3, 16, 5), 1)])
+def test_fft_transforms_equal_the_basis_matrix_products(low, high, shape, axis, float64):
+    """`fft_basis_transform` (long axes) is the product with `basis_matrix` along its axis,
+    forward and back, for every pair of face kinds and odd and even lengths; its gradient
+    is the transpose product."""
+    x = np.random.default_rng(8).standard_normal(shape)
+    matrix = spectral.basis_matrix(shape[axis], low, high)
+    expected = np.moveaxis(np.moveaxis(x, axis, -1) @ matrix.T, -1, axis)
+    forward = np.asarray(spectral.fft_basis_transform(jax.numpy.asarray(x), axis, low, high))
+    np.testing.assert_allclose(forward, expected, rtol=0, atol=1e-13 * np.abs(x).max())
+    back = spectral.fft_basis_transform(jax.numpy.asarray(expected), axis, low, high, inverse=True)
+    np.testing.assert_allclose(np.asarray(back), x, rtol=0, atol=1e-13 * np.abs(x).max())
+    _, pullback = jax.vjp(lambda y: spectral.fft_basis_transform(y, axis, low, high), x)
+    (gradient,) = pullback(jax.numpy.asarray(expected))  # orthonormal: M^T M x = x
+    np.testing.assert_allclose(np.asarray(gradient), x, rtol=0, atol=1e-13 * np.abs(x).max())
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16])
-@pytest.mark.parametrize(
-    "low, high",
-    [
-        ("neumann", "neumann"),
-        ("dirichlet", "dirichlet"),
-        ("dirichlet", "neumann"),
-        ("neumann", "dirichlet"),
-    ],
-)
+@pytest.mark.parametrize("low, high", BASES)
 def test_each_axis_basis_is_orthonormal_and_diagonalises_the_laplacian(n, low, high):
     """Rows of `basis_matrix` are orthonormal eigenvectors of the 3-point Laplacian with ghost
     values mirrored (neumann) or negated (dirichlet, value 0) about each face, with the

@@ -219,7 +219,8 @@ def test_split_transforms_equal_single_device_transforms_bitwise(tmp_path):
     """Each DCT of a split field runs as the single-device product does: whole lines on every
     device, the same row-major (lines, n) x (n, n) product, its result kept in that layout.
     Without that, XLA folded the transposes into the product differently, or split the matrix
-    instead of the lines, and 3D transforms differed in most voxels (float32)."""
+    instead of the lines, and 3D transforms differed in most voxels (float32). The FFTs of
+    long axes too, with whole lines."""
     runs = run_child(
         """
 from engine import parallel, spectral
@@ -235,10 +236,20 @@ for shape, mesh_shape in [((128, 128), [4]), ((32, 32, 16), [2, 2]), ((64, 32, 1
         split = jax.jit(lambda x: transform(x, mesh))(parallel.place(x, mesh, shape))
         key = f"{shape} {mesh_shape} inverse={inverse}"
         result[key] = int(np.count_nonzero(np.asarray(single) != np.asarray(split)))
+        for kinds in [("neumann", "neumann"), ("dirichlet", "neumann")]:
+            def fft(x, mesh):
+                with parallel.layout(mesh):
+                    for axis in range(len(shape)):
+                        x = spectral.fft_basis_transform(x, axis, *kinds, inverse=inverse)
+                    return x
+            single = jax.jit(lambda x: fft(x, None))(x)
+            split = jax.jit(lambda x: fft(x, mesh))(parallel.place(x, mesh, shape))
+            key = f"FFT {kinds} {shape} {mesh_shape} inverse={inverse}"
+            result[key] = int(np.count_nonzero(np.asarray(single) != np.asarray(split)))
 """,
         tmp_path,
     )
-    assert len(runs) == 6
+    assert len(runs) == 18
     assert all(differing == 0 for differing in runs.values()), runs
 
 
