@@ -8,8 +8,11 @@ right for imex steps, whose accuracy target keeps dt D/h^2 below 1 (stiffness ab
 the exact inverse of a nearby constant-coefficient operator (`spectral.preconditioner`) it
 needs a few at any stiffness, each two transforms (4-7 Jacobi iterations on a CPU at 128^3,
 more on longer axes): right for the steady states of quasi_steady (stiffness 10^3 and more),
-on grids whose axes sum to at most `SPECTRAL_AXES`. On a 2-core CPU at 128^3 (float32), a
-quasi_steady run of the infection scenario took 39.1 s with the diagonal, 17.1 s spectral; an
+on every grid. On a 2-core CPU (float32), a quasi_steady run of the infection scenario at
+128^3 took 39.1 s with the diagonal and 17.1 s spectral; a step of it, an hour in, 13.1
+against 3.1 s at 192^3, and of its 2D form 457 against 89 ms at 512^2 and 4058 against 599 ms
+at 1024^2. In float64 (CG tolerance 1e-11) the diagonal fares worse: the benchmark's
+quasi_steady step took 1773 against 12 ms at 1024^2 and 8554 against 70 ms at 2048^2. An
 imex step with a robin face (IL-2 and uptaking cells) 235-350 ms with the diagonal and 304-346
 spectral at a stiffness of 10, 665 and 299 at 106 (dt D/h^2 = 60, ten times what the accuracy
 target allows). Choosing per solve would run both under `vmap` (sweeps)."""
@@ -22,20 +25,6 @@ from jax import lax
 from engine import operators, parallel, spectral
 from engine.boundary import Boundary
 from engine.grid import Grid
-
-SPECTRAL_AXES = 512
-"""Largest sum of the grid's axis lengths with a spectral preconditioner: its transforms take
-about twice that many multiply-adds per voxel. On a 2-core CPU (float32), quasi_steady steps
-of `configs/infection_resolution.toml` took 1.7x less time with it at 128^2 and 1.2x more at
-1024^2; at 2048^2 the benchmark's quasi_steady step took 8.7x more."""
-
-
-def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> spectral.Preconditioner | None:
-    """The spectral preconditioner of a field's solves on grids where it can pay, else None
-    (the diagonal only)."""
-    if sum(grid.shape) > SPECTRAL_AXES:
-        return None
-    return spectral.preconditioner(D, grid, boundary, dtype)
 
 
 def tolerance(dtype) -> float:

@@ -373,7 +373,7 @@ class QuasiSteady:
     def prepare(self, model: Model, dt):
         populations = tuple(p.name for p in model.populations)
         preconditioners = {
-            s.name: solvers.preconditioner(
+            s.name: spectral.preconditioner(
                 model.diffusivity(s),
                 model.grid,
                 model.boundary(s),
