@@ -194,11 +194,12 @@ def fft_basis_transform(x, axis: int, low: str, high: str, inverse: bool = False
         z = first_n(spectrum) * along(np.exp(-1j * theta), complex_dtype)
         out = (-z.imag if sine else z.real) * along(weights, dtype)
     else:
-        v = x * along(weights * np.exp(1j * theta), complex_dtype)
+        series = weights * np.exp(1j * theta)
         if shift == 0:  # a real series: irfft counts every mode twice but k = 0
-            doubled = np.ones(n)
-            doubled[0] = 2
-            out = first_n(jnp.fft.irfft(v * along(doubled, dtype), n=2 * n, axis=axis)) * n
+            series[0] *= 2
+        v = x * along(series, complex_dtype)
+        if shift == 0:
+            out = first_n(jnp.fft.irfft(v, n=2 * n, axis=axis)) * n
         else:
             z = first_n(jnp.fft.ifft(v, n=2 * n, axis=axis)) * along(
                 2 * n * ramp.conj(), complex_dtype

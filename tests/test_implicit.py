@@ -224,7 +224,7 @@ def test_cg_solves_invert_the_explicit_operator(case, shift, scale, spectrally):
 
 def test_quasi_steady_preconditions_spectrally_on_grids_of_any_size():
     """Long axes are transformed by FFTs, so the spectral preconditioner pays on large grids
-    too (in float64 the diagonal alone took 100x longer at 1024^2)."""
+    too (in float64 the diagonal alone took about 150x longer at 1024^2)."""
     grid = engine.Grid((1024, 1024), spacing=10.0)
     species = engine.Species("c", diffusion=10.0, decay=1e-3)
     model = engine.Model(grid, species=(species,))
