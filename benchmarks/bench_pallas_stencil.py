@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_solver import DECAY, SPACING, D, copy_bandwidth, engine_case, xla_step
+from bench_solver import COPY_METHOD, DECAY, SPACING, D, copy_bandwidth, engine_case, xla_step
 from common import RESULTS, device_name, median_seconds
 from jax import lax
 from jax.experimental import pallas as pl
@@ -141,6 +141,7 @@ def main(argv=None) -> Path:
                     jax=jax.__version__,
                     shape=shape,
                     copy_bandwidth=bandwidth,
+                    copy_method=COPY_METHOD,
                     rows=rows,
                 ),
                 indent=1,
