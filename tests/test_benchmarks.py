@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
@@ -47,6 +48,18 @@ def test_time_to_solution_runs_and_measures_error(tmp_path):
     assert [r["stepper"] for r in rows] == ["reference", "imex"]
     assert all(r["wall_s"] > r["compile_s"] > 0 and r["steps"] > 0 for r in rows)
     assert 0 < rows[1]["error"] < 0.05  # imex against the converged reference
+    assert rows[1]["error"] == max(rows[1]["errors"].values())  # over the trajectory
+    assert 0 < rows[1]["end_error"] == max(rows[1]["end_errors"].values())
+
+
+def test_trajectory_error_is_relative_to_the_largest_size_over_the_frames():
+    import bench_time_to_solution
+
+    deviation = bench_time_to_solution.Deviation()
+    deviation.add({"a": np.array([0.0, 5.0])}, {"a": np.array([0.0, 10.0])})  # |d| 5, |ref| 10
+    deviation.add({"a": np.array([1e-20])}, {"a": np.array([1e-25])})  # vanished by the end
+    assert deviation.relative() == {"a": pytest.approx(0.5)}
+    assert deviation.end == {"a": pytest.approx(1e5 - 1)}
 
 
 def test_time_to_solution_without_reference_gives_wall_times_only(tmp_path):
