@@ -159,18 +159,18 @@ def main(argv=None) -> Path:
         if reference_options is not None:
             runs["reference"] = Run.start(cfg, **reference_options)
         runs.update({s: Run.start(cfg, stepper=s, dtype="float32") for s in args.steppers})
-        deviations = {stepper: Deviation() for stepper in args.steppers}
+        deviations = {s: Deviation() for s in args.steppers} if "reference" in runs else {}
         for t in output_times(cfg.time.end, cfg.time.output_every)[1:]:
             for run in runs.values():
                 run.advance(t)
-            if "reference" in runs:
+            if deviations:
                 reference = runs["reference"].fields()
                 for stepper, deviation in deviations.items():
                     deviation.add(runs[stepper].fields(), reference)
         for stepper, run in runs.items():
             row = dict(scenario=config, stepper=stepper, error=None, **run.timing())
             deviation = deviations.get(stepper)
-            if deviation is not None and deviation.largest:
+            if deviation is not None:
                 errors, end = deviation.relative(), deviation.end
                 row.update(error=max(errors.values()), errors=errors)
                 row.update(end_error=max(end.values()), end_errors=end)

@@ -118,7 +118,7 @@ def test_results_tables_regenerate_with_the_verdicts():
     assert "not established (see the copy bandwidth)" in text
 
 
-def test_copy_bandwidth_flag_is_absent_from_results_measured_in_place(tmp_path):
+def test_copy_bandwidth_flag_is_absent_from_results_measured_in_place():
     import make_readme
 
     result = {"copy_bandwidth": 5e10, "copy_method": bench_solver.COPY_METHOD}
