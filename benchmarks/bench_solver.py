@@ -9,9 +9,11 @@ and decaying (1e-3 /s), coupled in a chain: field i converts into field i + 1 at
 references implement the engine's euler step of that model: NumPy with one array operation at
 a time, Numba as one parallel pass over all fields (`pip install -e ".[bench]"`).
 
-Per case: median seconds per step after warm-up (synchronised), voxel-updates per second per
-field, effective bandwidth at the minimal 2 x itemsize bytes per field per voxel-step and its
-fraction of the copy bandwidth, compile time, the compiled loop's peak memory, and the ratios
+Per case: median seconds per step after warm-up (synchronised), each timed call advancing as
+many steps as take about `--call-seconds` (as a run advances an output interval per call; at
+least `--steps`), voxel-updates per second per field, effective bandwidth at the minimal
+2 x itemsize bytes per field per voxel-step and its fraction of the copy bandwidth, compile
+time, the compiled loop's peak memory, the host's page faults per timed call, and the ratios
 to NumPy and Numba (euler only: the other steppers do different work per step; their cost is
 also given in euler steps). Writes benchmarks/results/bench_solver-<device>.json and a plot of
 throughput against grid size.
@@ -27,6 +29,8 @@ import argparse
 import functools
 import json
 import math
+import resource
+import time
 from pathlib import Path
 
 import jax
@@ -178,24 +182,43 @@ def xla_step(c, a: float, dt: float):
     return gain / (1 + dt * sinks).reshape((n_fields,) + (1,) * ndim).astype(c.dtype)
 
 
-def xla_seconds(shape, n_fields: int, dtype: str, steps: int, repeats: int) -> float:
-    """Seconds per step of `xla_step`, `steps` per call in a device loop of two steps per
+def timed_steps(advance, least_steps: int, call_seconds: float, repeats: int) -> dict:
+    """Median seconds per step of `advance(steps)` (which synchronises), each timed call
+    advancing as many steps as a probe call says take about `call_seconds`, at least
+    `least_steps`: as a run advances a whole output interval per call, so that each call's
+    fixed cost is spread over its steps as in a run. On the CPU that cost is chiefly the page
+    faults of the call's fresh temporaries: 8,586 a call (about 9 ms) for the four-field euler
+    step at 128^3, which at 20 steps a call made 4.9-5.0 ms of a step that takes 3.9-4.6.
+    Also returns the steps per call and the host's minor page faults per timed call."""
+    advance(least_steps)  # compiles
+    start = time.perf_counter()
+    advance(least_steps)
+    probe = time.perf_counter() - start
+    steps = max(least_steps, math.ceil(call_seconds * least_steps / probe))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = median_seconds(lambda: advance(steps), repeats) / steps
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return dict(seconds=seconds, steps_per_call=steps, page_faults_per_call=faults / (repeats + 1))
+
+
+def xla_seconds(shape, n_fields: int, dtype: str, least_steps: int, call_seconds, repeats):
+    """Seconds per step of `xla_step` (`timed_steps`), in a device loop of two steps per
     iteration (each writes the buffer the other read, so XLA copies nothing)."""
     c = jnp.asarray(np.random.default_rng(0).random((n_fields, *shape)), dtype)
     dt = 0.1
     a = dt * D / SPACING**2
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def advance(c):
+    def advance(c, pairs):
         pair = lambda i, c: xla_step(xla_step(c, a, dt), a, dt)  # noqa: E731
-        return jax.lax.fori_loop(0, steps // 2, pair, c)
+        return jax.lax.fori_loop(0, pairs, pair, c)
 
     holder = {"c": c}
 
-    def run():
-        holder["c"] = jax.block_until_ready(advance(holder["c"]))
+    def run(steps):
+        holder["c"] = jax.block_until_ready(advance(holder["c"], steps // 2))
 
-    return median_seconds(run, repeats) / (2 * (steps // 2))
+    return timed_steps(run, 2 * max(1, least_steps // 2), call_seconds, repeats)["seconds"]
 
 
 def reference_seconds(step, shape, n_fields: int, dtype: str, repeats: int) -> float:
@@ -224,7 +247,7 @@ def check_reference_agrees(numba_kernels) -> None:
 
 
 def engine_case(
-    shape, n_fields: int, dtype: str, stepper: str, steps: int, repeats: int, kernels="xla"
+    shape, n_fields, dtype, stepper, least_steps, call_seconds, repeats, kernels="xla"
 ) -> dict:
     options = dict(STEPPERS[stepper], kernels=kernels if stepper in EXPLICIT else "xla")
     sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **options)
@@ -233,13 +256,12 @@ def engine_case(
     dt = sim.time_step(state)
     holder = {"fields": state.fields}
 
-    def run():
+    def run(steps):
         holder["fields"] = jax.block_until_ready(
             sim.advance_steps(holder["fields"], 0.0, dt, steps)
         )
 
-    seconds = median_seconds(run, repeats) / steps
-    return dict(seconds=seconds, dt=dt, **stats)
+    return dict(dt=dt, **timed_steps(run, least_steps, call_seconds, repeats), **stats)
 
 
 def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
@@ -252,13 +274,18 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
             voxels = math.prod(shape)
             for n_fields in args.fields:
                 # the references run first: XLA's worker threads linger busy after a run
-                references = reference_times(
-                    shape, n_fields, dtype, args.repeats, args.steps, args.references, numba_kernels
-                )
+                references = reference_times(shape, n_fields, dtype, args, numba_kernels)
                 for stepper in args.steppers:
                     steps = args.steps if stepper in EXPLICIT else 2
                     case = engine_case(
-                        shape, n_fields, dtype, stepper, steps, args.repeats, args.kernels
+                        shape,
+                        n_fields,
+                        dtype,
+                        stepper,
+                        steps,
+                        args.call_seconds,
+                        args.repeats,
+                        args.kernels,
                     )
                     row = dict(grid=grid_label(shape), voxels=voxels, fields=n_fields)
                     row.update(dtype=dtype, stepper=stepper, **case)
@@ -278,10 +305,13 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
     return rows
 
 
-def reference_times(shape, n_fields, dtype, repeats, steps, names, numba_kernels) -> dict:
+def reference_times(shape, n_fields, dtype, args, numba_kernels) -> dict:
+    """Seconds per step of each reference in `args.references` (NumPy and Numba: one step a
+    call, into an output array allocated once)."""
+    names, repeats = args.references, args.repeats
     out = {}
     if "xla" in names:
-        out["xla_s"] = xla_seconds(shape, n_fields, dtype, steps, repeats)
+        out["xla_s"] = xla_seconds(shape, n_fields, dtype, args.steps, args.call_seconds, repeats)
     if "numpy" in names:
         out["numpy_s"] = reference_seconds(numpy_step, shape, n_fields, dtype, repeats)
     if numba_kernels is not None and len(shape) in numba_kernels:
@@ -291,7 +321,7 @@ def reference_times(shape, n_fields, dtype, repeats, steps, names, numba_kernels
 
 
 HEADER = (
-    f"{'grid':>9} {'F':>2} {'dtype':>7} {'stepper':>17} {'ms/step':>9} {'Gupd/s':>7} "
+    f"{'grid':>9} {'F':>2} {'dtype':>7} {'stepper':>17} {'ms/step':>9} {'steps':>6} {'Gupd/s':>7} "
     f"{'of bw':>6} {'xNumPy':>7} {'xNumba':>7} {'xXLA':>6} {'euler':>6} {'compile':>8} "
     f"{'peak MB':>8}"
 )
@@ -307,7 +337,7 @@ def format_row(r: dict) -> str:
     euler = f"{r['euler_steps']:.1f}" if "euler_steps" in r else "-"
     return (
         f"{r['grid']:>9} {r['fields']:>2} {r['dtype']:>7} {r['stepper']:>17} "
-        f"{1e3 * r['seconds']:>9.2f} {r['updates_per_s'] / 1e9:>7.3f} "
+        f"{1e3 * r['seconds']:>9.2f} {r['steps_per_call']:>6} {r['updates_per_s'] / 1e9:>7.3f} "
         f"{r['bandwidth_fraction']:>6.1%} {ratio('numpy_s'):>7} {ratio('numba_s'):>7} "
         f"{ratio('xla_s'):>6} "
         f"{euler:>6} {r['compile_s']:>7.1f}s {peak:>8}"
@@ -353,7 +383,16 @@ def main(argv=None) -> Path:
     parser.add_argument("--dtypes", nargs="+", help="default float32 float64")
     parser.add_argument("--steppers", nargs="+", default=list(STEPPERS), choices=list(STEPPERS))
     parser.add_argument("--repeats", type=int, help="timed calls per case (default 5)")
-    parser.add_argument("--steps", type=int, help="explicit steps per timed call (default 20)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="least explicit steps per timed call (default 20; implicit steppers: 2)",
+    )
+    parser.add_argument(
+        "--call-seconds",
+        type=float,
+        help="about how long each timed call runs, in steps of the case (default 0.5)",
+    )
     parser.add_argument("--quick", action="store_true", help="a small matrix in about a minute")
     parser.add_argument(
         "--references",
@@ -377,10 +416,11 @@ def main(argv=None) -> Path:
         dtypes=["float32", "float64"],
         repeats=5,
         steps=20,
+        call_seconds=0.5,
     )
     if args.quick:  # a small matrix; options given explicitly still apply
         defaults.update(grids=["256^2", "32^3"], fields=[1, 4], dtypes=["float32"], repeats=3)
-        defaults.update(steps=5)
+        defaults.update(steps=5, call_seconds=0.01)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -27,9 +27,30 @@ def test_bench_solver_quick_writes_every_case(tmp_path, capsys):
     for r in rows:
         assert r["seconds"] > 0 and r["compile_s"] > 0 and r["numpy_s"] > 0 and r["xla_s"] > 0
         assert r["updates_per_s"] == pytest.approx(r["voxels"] * 2 / r["seconds"])
+        least = 5 if r["stepper"] in bench_solver.EXPLICIT else 2  # --quick's --steps
+        assert r["steps_per_call"] >= least
+        assert r["page_faults_per_call"] >= 0
     assert result["copy_bandwidth"] > 0 and result["copy_method"] == bench_solver.COPY_METHOD
     assert output.with_suffix(".png").stat().st_size > 0
     assert "euler-compensated" in capsys.readouterr().out
+
+
+def test_timed_calls_advance_as_many_steps_as_fill_the_call_time():
+    """A probe call of the least steps sets the count; every timed call then advances it."""
+    import time
+
+    calls = []
+
+    def advance(steps):  # at least 1 ms a step
+        calls.append(steps)
+        time.sleep(1e-3 * steps)
+
+    timed = bench_solver.timed_steps(advance, 3, call_seconds=0.03, repeats=4)
+    steps = timed["steps_per_call"]
+    assert 3 <= steps <= 30  # the probe took at least 1 ms a step
+    assert calls == [3, 3] + [steps] * 5  # compile, probe, warm-up and 4 timed calls
+    assert timed["seconds"] >= 1e-3
+    assert bench_solver.timed_steps(advance, 4, 0.0, 1)["steps_per_call"] == 4
 
 
 @pytest.mark.parametrize("text, shape", [("256^3", (256,) * 3), ("64x32", (64, 32))])
