@@ -29,14 +29,12 @@ import argparse
 import functools
 import json
 import math
-import resource
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS, device_name, median_seconds
+from common import RESULTS, device_name, median_seconds, timed_steps
 
 import engine
 from engine.terms import Conversion
@@ -180,25 +178,6 @@ def xla_step(c, a: float, dt: float):
     gain = (c + a * total).at[1:].add(dt * RATE * c[:-1])
     sinks = DECAY + RATE * (jnp.arange(n_fields) < n_fields - 1)
     return gain / (1 + dt * sinks).reshape((n_fields,) + (1,) * ndim).astype(c.dtype)
-
-
-def timed_steps(advance, least_steps: int, call_seconds: float, repeats: int) -> dict:
-    """Median seconds per step of `advance(steps)` (which synchronises), each timed call
-    advancing as many steps as a probe call says take about `call_seconds`, at least
-    `least_steps`: as a run advances a whole output interval per call, so that each call's
-    fixed cost is spread over its steps as in a run. On the CPU that cost is chiefly the page
-    faults of the call's fresh temporaries: 8,586 a call (about 9 ms) for the four-field euler
-    step at 128^3, which at 20 steps a call made 4.9-5.0 ms of a step that takes 3.9-4.6.
-    Also returns the steps per call and the host's minor page faults per timed call."""
-    advance(least_steps)  # compiles
-    start = time.perf_counter()
-    advance(least_steps)
-    probe = time.perf_counter() - start
-    steps = max(least_steps, math.ceil(call_seconds * least_steps / probe))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    seconds = median_seconds(lambda: advance(steps), repeats) / steps
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return dict(seconds=seconds, steps_per_call=steps, page_faults_per_call=faults / (repeats + 1))
 
 
 def xla_seconds(shape, n_fields: int, dtype: str, least_steps: int, call_seconds, repeats):

@@ -1,21 +1,23 @@
 """Cost of one implicit step in units of one explicit step, on one field in 3D.
 
-    python benchmarks/implicit_step_cost.py [--sizes 128 256] [--repeats 3]
+    python benchmarks/implicit_step_cost.py [--sizes 128 256] [--repeats 3] [--call-seconds 0.5]
 
 Cases: explicit ssprk3 (the unit), imex with the exact spectral linear step (constant D:
 cosines on neumann faces, a sine/cosine basis with a dirichlet face), imex with TR-BDF2 +
 preconditioned conjugate gradients (a robin face), each imex run at 50x the
-explicit limit. Prints medians after warm-up and writes a JSON under
-benchmarks/results/ named after the device.
+explicit limit. Prints medians after warm-up, each timed call advancing as many steps as take
+about `--call-seconds` (at least 10 explicit or 2 imex steps; `common.timed_steps`), and writes
+a JSON under benchmarks/results/ named after the device.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import jax
-from common import RESULTS, device_name, median_seconds
+from common import RESULTS, device_name, timed_steps
 
 import engine
 
@@ -29,23 +31,25 @@ def model(size: int, boundary: engine.Boundary) -> engine.Model:
     )
 
 
-def time_per_step(sim: engine.Simulation, dt: float, steps: int, repeats: int) -> float:
-    """Median seconds per step over `repeats` runs of `steps` steps, after a warm-up run."""
+def time_per_step(sim: engine.Simulation, dt: float, least_steps: int, args) -> dict:
+    """Median seconds per step and steps per timed call (`common.timed_steps`)."""
     holder = {"fields": sim.initial_state().fields}
 
-    def run():  # the fields are donated: each run continues from the last
+    def run(steps):  # the fields are donated: each run continues from the last
         holder["fields"] = jax.block_until_ready(
             sim.advance_steps(holder["fields"], 0.0, dt, steps)
         )
 
-    return median_seconds(run, repeats) / steps
+    return timed_steps(run, least_steps, args.call_seconds, args.repeats)
 
 
-def main() -> None:
+def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--call-seconds", type=float, default=0.5)
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
+    args = parser.parse_args(argv)
     name = device_name()
     rows = []
     neumann = engine.Boundary.uniform(3)
@@ -54,18 +58,18 @@ def main() -> None:
     for size in args.sizes:
         explicit = engine.Simulation(model(size, neumann))
         dt_explicit = explicit.time_step(explicit.initial_state())
-        unit = time_per_step(explicit, dt_explicit, 10, args.repeats)
-        rows.append(dict(size=size, case="explicit ssprk3", solve="-", seconds=unit, ratio=1.0))
+        timed = time_per_step(explicit, dt_explicit, 10, args)
+        unit = timed["seconds"]
+        rows.append(dict(size=size, case="explicit ssprk3", solve="-", ratio=1.0, **timed))
         for label, boundary, solve in [
             ("imex, neumann", neumann, "spectral (DCT)"),
             ("imex, dirichlet face", dirichlet, "spectral (mixed)"),
             ("imex, robin face", robin, "TR-BDF2 + CG"),
         ]:
             sim = engine.Simulation(model(size, boundary), stepper="imex")
-            seconds = time_per_step(sim, 50 * dt_explicit, 2, args.repeats)
-            rows.append(
-                dict(size=size, case=label, solve=solve, seconds=seconds, ratio=seconds / unit)
-            )
+            timed = time_per_step(sim, 50 * dt_explicit, 2, args)
+            ratio = timed["seconds"] / unit
+            rows.append(dict(size=size, case=label, solve=solve, ratio=ratio, **timed))
     print(f"device: {name}; imex at 50x the explicit limit; float32, one field")
     header = ("size", "case", "solve", "ms/step", "explicit steps", "per sim. s")
     print("{:>6} {:<22} {:<16} {:>10} {:>15} {:>11}".format(*header))
@@ -75,9 +79,10 @@ def main() -> None:
             f"{r['size']:>5}^3 {r['case']:<22} {r['solve']:<16} {1e3 * r['seconds']:>10.1f} "
             f"{r['ratio']:>15.1f} {per_time:>11.2f}"
         )
-    out = RESULTS / f"implicit_step_cost-{name}.json"
+    out = args.output or RESULTS / f"implicit_step_cost-{name}.json"
     out.write_text(json.dumps(dict(device=name, jax=jax.__version__, rows=rows), indent=1))
     print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":

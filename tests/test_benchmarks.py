@@ -45,12 +45,14 @@ def test_timed_calls_advance_as_many_steps_as_fill_the_call_time():
         calls.append(steps)
         time.sleep(1e-3 * steps)
 
-    timed = bench_solver.timed_steps(advance, 3, call_seconds=0.03, repeats=4)
+    from common import timed_steps
+
+    timed = timed_steps(advance, 3, call_seconds=0.03, repeats=4)
     steps = timed["steps_per_call"]
     assert 3 <= steps <= 30  # the probe took at least 1 ms a step
     assert calls == [3, 3] + [steps] * 5  # compile, probe, warm-up and 4 timed calls
     assert timed["seconds"] >= 1e-3
-    assert bench_solver.timed_steps(advance, 4, 0.0, 1)["steps_per_call"] == 4
+    assert timed_steps(advance, 4, 0.0, 1)["steps_per_call"] == 4
 
 
 @pytest.mark.parametrize("text, shape", [("256^3", (256,) * 3), ("64x32", (64, 32))])
@@ -109,6 +111,24 @@ def test_bench_solver_times_the_fused_kernels_on_request(tmp_path):
     result = json.loads(output.read_text())
     assert result["kernels"] == "pallas"  # for the explicit steps; imex keeps XLA's
     assert [r["stepper"] for r in result["rows"]] == ["euler", "imex"]
+
+
+def test_implicit_step_cost_is_measured_in_explicit_steps(tmp_path):
+    import implicit_step_cost
+
+    argv = ["--sizes", "8", "--repeats", "1", "--call-seconds", "0.01"]
+    output = implicit_step_cost.main([*argv, "--output", str(tmp_path / "cost.json")])
+    rows = json.loads(output.read_text())["rows"]
+    assert [r["case"] for r in rows] == [
+        "explicit ssprk3",
+        "imex, neumann",
+        "imex, dirichlet face",
+        "imex, robin face",
+    ]
+    unit = rows[0]["seconds"]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["seconds"] / unit)
+        assert r["steps_per_call"] >= (10 if r["case"] == "explicit ssprk3" else 2)
 
 
 def test_scaling_benchmark_measures_sharded_and_isolated_blocks(tmp_path):
