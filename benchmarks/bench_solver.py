@@ -181,8 +181,9 @@ def xla_step(c, a: float, dt: float):
 
 
 def xla_seconds(shape, n_fields: int, dtype: str, least_steps: int, call_seconds, repeats):
-    """Seconds per step of `xla_step` (`timed_steps`), in a device loop of two steps per
-    iteration (each writes the buffer the other read, so XLA copies nothing)."""
+    """Seconds per step of `xla_step` (`timed_steps`, counting pairs of steps), in a device
+    loop of two steps per iteration (each writes the buffer the other read, so XLA copies
+    nothing)."""
     c = jnp.asarray(np.random.default_rng(0).random((n_fields, *shape)), dtype)
     dt = 0.1
     a = dt * D / SPACING**2
@@ -194,10 +195,11 @@ def xla_seconds(shape, n_fields: int, dtype: str, least_steps: int, call_seconds
 
     holder = {"c": c}
 
-    def run(steps):
-        holder["c"] = jax.block_until_ready(advance(holder["c"], steps // 2))
+    def run(pairs):
+        holder["c"] = jax.block_until_ready(advance(holder["c"], pairs))
 
-    return timed_steps(run, 2 * max(1, least_steps // 2), call_seconds, repeats)["seconds"]
+    least_pairs = max(1, least_steps // 2)
+    return timed_steps(run, least_pairs, call_seconds, repeats)["seconds"] / 2
 
 
 def reference_seconds(step, shape, n_fields: int, dtype: str, repeats: int) -> float:
