@@ -154,7 +154,16 @@ def main(argv=None) -> Path:
         loop_seconds(lambda u: xla_step(u[None], a, dt)[0], c, args.steps, args.repeats),
     )
     for kernels in ("xla", "pallas"):
-        case = engine_case(shape, 1, "float32", "euler", args.steps, 0.0, args.repeats, kernels)
+        case = engine_case(
+            shape,
+            1,
+            "float32",
+            "euler",
+            least_steps=args.steps,
+            call_seconds=0.0,
+            repeats=args.repeats,
+            kernels=kernels,
+        )
         record(f"engine euler ({kernels})", case["seconds"])
     cases = [("march", t, w, s) for t in MARCH_TILES for w in WARPS for s in (1, 3)]
     cases += [("block", t, w, 1) for t in BLOCK_TILES for w in WARPS]

@@ -228,8 +228,10 @@ def check_reference_agrees(numba_kernels) -> None:
 
 
 def engine_case(
-    shape, n_fields, dtype, stepper, least_steps, call_seconds, repeats, kernels="xla"
+    shape, n_fields, dtype, stepper, *, least_steps, call_seconds, repeats, kernels="xla"
 ) -> dict:
+    """Seconds per step of the engine's `stepper` on the chain model (`timed_steps`), with its
+    time step, compile time and peak memory."""
     options = dict(STEPPERS[stepper], kernels=kernels if stepper in EXPLICIT else "xla")
     sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **options)
     state = sim.initial_state()
@@ -263,10 +265,10 @@ def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:
                         n_fields,
                         dtype,
                         stepper,
-                        steps,
-                        args.call_seconds,
-                        args.repeats,
-                        args.kernels,
+                        least_steps=steps,
+                        call_seconds=args.call_seconds,
+                        repeats=args.repeats,
+                        kernels=args.kernels,
                     )
                     row = dict(grid=grid_label(shape), voxels=voxels, fields=n_fields)
                     row.update(dtype=dtype, stepper=stepper, **case)
