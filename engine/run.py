@@ -202,7 +202,9 @@ def run(
                 if bar is not None:
                     bar.update(state.t - bar.n)
                     rate = state.step / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{rate:.3g} steps/s", refresh=False)
+                    rejected = getattr(sim, "rejected_steps", 0)  # adaptive stepping's
+                    note = f", {rejected} rejected" if rejected else ""
+                    bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
                 due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
                 if following is None or stop or due:
                     writer.write_checkpoint(state.t, state.step, state.dt, host)

@@ -274,6 +274,17 @@ def test_adaptive_stepping_keeps_the_error_near_the_tolerance(v5_reference):
     assert errors[1] < errors[0] / 3
 
 
+def test_adaptive_stepping_rejects_and_counts_a_first_step_far_beyond_the_tolerance(v5_reference):
+    """A state proposing the whole span as its step: that step's error estimate exceeds the
+    tolerance, so it is rejected (counted in `rejected_steps`) and the result still meets it."""
+    model, _, reference = v5_reference
+    sim = engine.Simulation(model, stepper="imex", adaptive=True, tolerance=1e-3, dtype="float64")
+    start = sim.initial_state()
+    state = sim.advance(engine.State(t=0.0, fields=start.fields, dt=1800.0), 1800.0)
+    assert sim.rejected_steps >= 1 and state.step > 1
+    assert relative_error(state.numpy(), reference) < 1e-3
+
+
 @pytest.mark.parametrize(
     "shape, axes", [((17,), (0,)), ((6, 9), (0, 1)), ((5, 8, 7), (0, 2)), ((4, 6, 10), (0, 1, 2))]
 )
