@@ -38,9 +38,6 @@ from pydantic_core import PydanticCustomError
 from engine.grid import AXIS_NAMES
 from engine.units import ENGINE_UNITS, UnitError, to_engine
 
-AXES = AXIS_NAMES
-"""Axis names in array order (x last) for 1, 2 and 3 dimensions."""
-
 MEMORY_COPIES = 8
 """Copies of the state a step holds at once (state, stages, temporaries): the memory estimate."""
 
@@ -511,7 +508,7 @@ class GridConfig(_Model):
     @property
     def axes(self) -> tuple[str, ...]:
         """Axis names in array order, x last."""
-        return AXES[self.ndim]
+        return AXIS_NAMES[self.ndim]
 
     @property
     def lower(self) -> tuple[float, ...]:
