@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS, device_name, median_seconds, timed_steps
+from common import RESULTS, device_name, median_seconds, simulation_seconds, timed_steps
 
 import engine
 from engine.terms import Conversion
@@ -230,21 +230,15 @@ def check_reference_agrees(numba_kernels) -> None:
 def engine_case(
     shape, n_fields, dtype, stepper, *, least_steps, call_seconds, repeats, kernels="xla"
 ) -> dict:
-    """Seconds per step of the engine's `stepper` on the chain model (`timed_steps`), with its
-    time step, compile time and peak memory."""
+    """Seconds per step of the engine's `stepper` on the chain model
+    (`common.simulation_seconds`), with its time step, compile time and peak memory."""
     options = dict(STEPPERS[stepper], kernels=kernels if stepper in EXPLICIT else "xla")
     sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **options)
     state = sim.initial_state()
     stats = sim.compile_stats(state)
     dt = sim.time_step(state)
-    holder = {"fields": state.fields}
-
-    def run(steps):
-        holder["fields"] = jax.block_until_ready(
-            sim.advance_steps(holder["fields"], 0.0, dt, steps)
-        )
-
-    return dict(dt=dt, **timed_steps(run, least_steps, call_seconds, repeats), **stats)
+    timed = simulation_seconds(sim, state.fields, dt, least_steps, call_seconds, repeats)
+    return dict(dt=dt, **timed, **stats)
 
 
 def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:

@@ -6,8 +6,8 @@ Cases: explicit ssprk3 (the unit), imex with the exact spectral linear step (con
 cosines on neumann faces, a sine/cosine basis with a dirichlet face), imex with TR-BDF2 +
 preconditioned conjugate gradients (a robin face), each imex run at 50x the
 explicit limit. Prints medians after warm-up, each timed call advancing as many steps as take
-about `--call-seconds` (at least 10 explicit or 2 imex steps; `common.timed_steps`), and writes
-a JSON under benchmarks/results/ named after the device.
+about `--call-seconds` (at least 10 explicit or 2 imex steps; `common.simulation_seconds`),
+and writes a JSON under benchmarks/results/ named after the device.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import jax
-from common import RESULTS, device_name, timed_steps
+from common import RESULTS, device_name, simulation_seconds
 
 import engine
 
@@ -29,18 +29,6 @@ def model(size: int, boundary: engine.Boundary) -> engine.Model:
     return engine.Model(
         grid, species=(il2,), sources=(engine.point_source(grid, "IL2", centre, 1e3),)
     )
-
-
-def time_per_step(sim: engine.Simulation, dt: float, least_steps: int, args) -> dict:
-    """Median seconds per step and steps per timed call (`common.timed_steps`)."""
-    holder = {"fields": sim.initial_state().fields}
-
-    def run(steps):  # the fields are donated: each run continues from the last
-        holder["fields"] = jax.block_until_ready(
-            sim.advance_steps(holder["fields"], 0.0, dt, steps)
-        )
-
-    return timed_steps(run, least_steps, args.call_seconds, args.repeats)
 
 
 def main(argv=None) -> Path:
@@ -57,8 +45,11 @@ def main(argv=None) -> Path:
     robin = engine.Boundary.from_faces(3, x_min=engine.Robin(0.5))
     for size in args.sizes:
         explicit = engine.Simulation(model(size, neumann))
-        dt_explicit = explicit.time_step(explicit.initial_state())
-        timed = time_per_step(explicit, dt_explicit, 10, args)
+        start = explicit.initial_state()
+        dt_explicit = explicit.time_step(start)
+        timed = simulation_seconds(
+            explicit, start.fields, dt_explicit, 10, args.call_seconds, args.repeats
+        )
         unit = timed["seconds"]
         rows.append(dict(size=size, case="explicit ssprk3", solve="-", ratio=1.0, **timed))
         for label, boundary, solve in [
@@ -67,7 +58,14 @@ def main(argv=None) -> Path:
             ("imex, robin face", robin, "TR-BDF2 + CG"),
         ]:
             sim = engine.Simulation(model(size, boundary), stepper="imex")
-            timed = time_per_step(sim, 50 * dt_explicit, 2, args)
+            timed = simulation_seconds(
+                sim,
+                sim.initial_state().fields,
+                50 * dt_explicit,
+                2,
+                args.call_seconds,
+                args.repeats,
+            )
             ratio = timed["seconds"] / unit
             rows.append(dict(size=size, case=label, solve=solve, ratio=ratio, **timed))
     print(f"device: {name}; imex at 50x the explicit limit; float32, one field")

@@ -202,7 +202,7 @@ def run(
                 if bar is not None:
                     bar.update(state.t - bar.n)
                     rate = state.step / max(time.perf_counter() - started, 1e-9)
-                    rejected = getattr(sim, "rejected_steps", 0)  # adaptive stepping's
+                    rejected = getattr(sim, "rejected_steps", 0)  # adaptive steps; a sweep has none
                     note = f", {rejected} rejected" if rejected else ""
                     bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
                 due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
