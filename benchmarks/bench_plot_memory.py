@@ -47,8 +47,8 @@ print(json.dumps({"rc": code, "start": start, "imported": imported, "peak": stat
 
 def write_file(path: Path, size: int, frames: int, compression: str) -> float:
     """A 3D output of `frames` frames of a Gaussian bump; returns the seconds it took."""
-    from engine.grid import Grid
-    from engine.io import FieldInfo, OutputWriter
+    from engine.io.output import FieldInfo, OutputWriter
+    from engine.numerics.grid import Grid
 
     grid = Grid((size,) * 3, spacing=2.0)
     attrs = dict(stepper="imex", backend="cpu", device="cpu", dtype="float32", config="")

@@ -33,8 +33,8 @@ def measure(n_devices: int, shape: tuple[int, ...], stepper: str, steps: int, re
     from jax.sharding import PartitionSpec
 
     import engine
-    from engine import parallel
-    from engine.steppers import advance_fields
+    from engine.numerics import parallel
+    from engine.stepping.steppers import advance_fields
 
     def model(grid_shape):
         grid = engine.Grid(grid_shape, spacing=10.0)
@@ -76,7 +76,7 @@ def child(args) -> None:
     """Measure in this process (its device count is already set) and print JSON rows. CPU
     devices compile without FMAs for every count, one included (`use_cpu_devices`), so the
     counts compare like for like."""
-    from engine import parallel
+    from engine.numerics import parallel
 
     if args.cpu_devices:
         parallel.use_cpu_devices(args.child)

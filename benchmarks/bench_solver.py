@@ -37,7 +37,7 @@ import numpy as np
 from common import RESULTS, device_name, median_seconds, simulation_seconds, timed_steps
 
 import engine
-from engine.terms import Conversion
+from engine.model.terms import Conversion
 
 D, DECAY, RATE, SPACING = 100.0, 1e-3, 1e-3, 10.0
 STEPPERS = {
@@ -383,7 +383,7 @@ def main(argv=None) -> Path:
         "--kernels",
         choices=["xla", "pallas"],
         default="xla",
-        help="the explicit steps' kernels (pallas: experimental, engine.kernels; GPU)",
+        help="the explicit steps' kernels (pallas: experimental, engine.stepping.kernels; GPU)",
     )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
     args = parser.parse_args(argv)

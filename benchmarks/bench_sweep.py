@@ -40,9 +40,10 @@ import jax
 import numpy as np
 from common import RESULTS, device_name
 
-from engine.config import Config, load_config
-from engine.ensemble import Ensemble
-from engine.simulation import Simulation
+from engine.config.loading import load_config
+from engine.config.schema import Config
+from engine.runs.simulation import Simulation
+from engine.runs.sweep import Ensemble
 
 KEY = "species.IL2.diffusion"
 TOLERANCE = 1e-5  # largest relative difference allowed between a member and its single run

@@ -36,7 +36,7 @@ import numpy as np
 from common import RESULTS, device_name
 
 import engine
-from engine.run import output_times
+from engine.runs.driver import output_times
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 REFERENCE = dict(stepper="imex", dtype="float64", tolerance=1e-6)

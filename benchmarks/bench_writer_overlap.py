@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 
 import engine
-from engine.run import output_times
+from engine.runs.driver import output_times
 
 
 def config(size: int, frames: int) -> engine.Config:

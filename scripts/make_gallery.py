@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import engine
-from engine import analysis, plots
+from engine.post import analysis, plots
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {

@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from engine import analysis, open_output
-from engine.analysis import AnalysisError
-from engine.grid import Grid
-from engine.io import MOLECULES_PER_UM3_PER_NM, FieldInfo, OutputWriter
+from engine import open_output
+from engine.io.output import MOLECULES_PER_UM3_PER_NM, FieldInfo, OutputWriter
+from engine.numerics.grid import Grid
+from engine.post import analysis
+from engine.post.analysis import AnalysisError
 
 ATTRS = dict(
     ilsim_version="0.1.0",

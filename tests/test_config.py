@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import engine.config as config_module
-from engine.config import (
+from engine.config.schema import (
     Config,
     ConfigError,
     Conversion,
@@ -920,20 +920,20 @@ def test_memory_bytes_scales_with_fields_voxels_and_dtype():
 def test_memory_check_against_available_memory(monkeypatch):
     cfg = load_config(base())
     need = cfg.memory_bytes()
-    monkeypatch.setattr(config_module, "_available_memory", lambda: need * 5 // 4 + 8)
+    monkeypatch.setattr(config_module, "available_memory", lambda: need * 5 // 4 + 8)
     load_config(base())  # just below 80% of the available memory
-    monkeypatch.setattr(config_module, "_available_memory", lambda: need * 5 // 4 - 8)
+    monkeypatch.setattr(config_module, "available_memory", lambda: need * 5 // 4 - 8)
     with pytest.raises(ConfigError) as info:
         load_config(base())
     message = str(info.value)
     assert message.startswith("grid.shape: the run needs about")
     assert "GB" in message and "80%" in message and "smaller grid" in message
-    monkeypatch.setattr(config_module, "_available_memory", lambda: None)
+    monkeypatch.setattr(config_module, "available_memory", lambda: None)
     load_config(base(), overrides={"grid.shape": [10**6, 10**6]})
 
 
 def test_available_memory_is_positive():
-    available = config_module._available_memory()
+    available = config_module.available_memory()
     assert available is None or available > 0
 
 

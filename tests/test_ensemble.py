@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cli import main, parse_vary
-from engine.config import ConfigError, load_config
-from engine.ensemble import Ensemble, member_rows
-from engine.run import run
+from engine.cli.main import main, parse_vary
+from engine.config.errors import ConfigError
+from engine.config.loading import load_config
+from engine.runs.driver import run
+from engine.runs.sweep import Ensemble, member_rows
 
 CONFIG = {
     "grid": {"shape": [20, 16], "spacing": "10 um"},
@@ -199,18 +200,18 @@ def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path):
 
 
 def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch):
-    import engine.run
+    import engine.runs.driver
 
-    monkeypatch.setattr(engine.run, "processes", lambda: object())  # as if several
+    monkeypatch.setattr(engine.runs.driver, "processes", lambda: object())  # as if several
     ensemble = Ensemble(load_config(CONFIG), {"terms[1].k_on": [0.005, 0.05]})
-    with pytest.raises(engine.run.RunError, match="a sweep runs in one process"):
+    with pytest.raises(engine.runs.driver.RunError, match="a sweep runs in one process"):
         run(ensemble, tmp_path / "sweep.h5", quiet=True)
     assert not list(tmp_path.iterdir())
 
 
 def test_ilsim_sweep_and_member_options(tmp_path, capsys):
     config = tmp_path / "model.toml"
-    from engine.config import dump_toml
+    from engine.config.toml import dump_toml
 
     config.write_text(dump_toml(load_config(CONFIG, {"time.end": "4 min"})))
     out = tmp_path / "s.h5"
@@ -260,7 +261,7 @@ def test_members_split_over_devices_equal_one_device(tmp_path):
     import json, jax
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np, engine
-    from engine.ensemble import Ensemble
+    from engine.runs.sweep import Ensemble
     cfg = engine.load_config({json.dumps(CONFIG)}, {{"time.end": "4 min"}})
     vary = {{"terms[1].k_on": [0.001, 0.01, 0.1]}}
     split = engine.sweep(cfg, vary)

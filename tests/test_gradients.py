@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cli import main
-from engine.config import ConfigError, dump_toml, load_config
-from engine.gradients import Trajectory, fit, gradient, sensitivity, value_and_gradient
-from engine.parameters import Parameters, numeric_keys
+from engine.cli.main import main
+from engine.config.errors import ConfigError
+from engine.config.loading import load_config
+from engine.config.parameters import Parameters, numeric_keys
+from engine.config.toml import dump_toml
+from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
+from engine.runs.gradients import Trajectory, fit, gradient, sensitivity, value_and_gradient
 
 CONFIG = {
     "grid": {"shape": [12, 10], "spacing": "10 um"},
@@ -237,7 +240,7 @@ def test_sensitivities_rank_every_parameter(float64):
     k = by_key["species.IL2.decay"].value
     grid_volume = 10.0 * 10.0 * 10.0
     values = [float(np.sum(total(np.array([k * f]))["IL2"][-1])) for f in (1 + 1e-5, 1 - 1e-5)]
-    fd = (values[0] - values[1]) / (2e-5 * k) * grid_volume * engine.units.MOLECULES_PER_UM3_PER_NM
+    fd = (values[0] - values[1]) / (2e-5 * k) * grid_volume * MOLECULES_PER_UM3_PER_NM
     assert by_key["species.IL2.decay"].derivative == pytest.approx(fd, rel=1e-4)
 
 

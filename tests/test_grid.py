@@ -1,9 +1,9 @@
-"""engine.grid.Grid: normalisation, coordinates, voxel volumes, index_of and input errors."""
+"""engine.numerics.grid.Grid: normalisation, coordinates, voxel volumes, index_of and input errors."""
 
 import numpy as np
 import pytest
 
-from engine.grid import Grid
+from engine.numerics.grid import Grid
 
 
 @pytest.mark.parametrize(
@@ -159,6 +159,6 @@ def test_invalid_grid_raises(kwargs, match):
     ],
 )
 def test_wrong_number_of_per_axis_values_raises_clear_error(make, match):
-    # the error must name the offending parameter (as engine.grid._per_axis intends)
+    # the error must name the offending parameter (as engine.numerics.grid.per_axis intends)
     with pytest.raises(ValueError, match=match):
         make()

@@ -6,9 +6,11 @@ import pytest
 from scipy.linalg import expm
 
 import engine
-from engine import operators, regions, solvers, spectral
-from engine.model import face_diffusivities
-from engine.terms import MOLECULES_PER_UM3_PER_NM
+import engine.stepping.steppers
+from engine.model import regions
+from engine.model.rhs import face_diffusivities
+from engine.model.terms import MOLECULES_PER_UM3_PER_NM
+from engine.numerics import operators, solvers, spectral
 
 pytestmark = pytest.mark.usefixtures("x64_module")
 
@@ -228,7 +230,7 @@ def test_quasi_steady_preconditions_spectrally_on_grids_of_any_size():
     grid = engine.Grid((1024, 1024), spacing=10.0)
     species = engine.Species("c", diffusion=10.0, decay=1e-3)
     model = engine.Model(grid, species=(species,))
-    _, preconditioners, _ = engine.steppers.QuasiSteady().prepare(model, 60.0)
+    _, preconditioners, _ = engine.stepping.steppers.QuasiSteady().prepare(model, 60.0)
     assert isinstance(preconditioners["c"], spectral.Preconditioner)
 
 
@@ -292,7 +294,7 @@ def test_the_cosine_transform_is_scipys_orthonormal_dct(shape, axes, float64):
     """The matrix-product DCT-II of the spectral solves equals SciPy's, and DCT-III inverts it."""
     import scipy.fft
 
-    from engine.spectral import basis_transform
+    from engine.numerics.spectral import basis_transform
 
     x = np.random.default_rng(4).standard_normal(shape)
     forward = np.asarray(basis_transform(jax.numpy.asarray(x), axes))
@@ -413,8 +415,8 @@ def test_on_a_gpu_the_transforms_products_compile_for_cublas():
 def test_every_stepping_program_compiles_with_the_spectral_options(monkeypatch, float64):
     """An option XLA does not know fails each program that passes the options on: single
     runs (fixed and adaptive steps), sweeps, gradients and fits."""
-    from engine.config import load_config
-    from engine.gradients import fit, value_and_gradient
+    from engine.config.loading import load_config
+    from engine.runs.gradients import fit, value_and_gradient
 
     cfg = load_config(
         {

@@ -17,8 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.grid import Grid
-from engine.io import (
+from engine.io.output import (
     FORMAT_VERSION,
     MOLECULES_PER_UM3_PER_NM,
     FieldInfo,
@@ -28,6 +27,7 @@ from engine.io import (
     read_checkpoint,
     write_xdmf,
 )
+from engine.numerics.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_module_imports_neither_jax_nor_xarray_at_top_level():
 
 
 def test_molecule_constant_matches_the_reaction_terms():
-    from engine.terms import MOLECULES_PER_UM3_PER_NM as terms_value
+    from engine.model.terms import MOLECULES_PER_UM3_PER_NM as terms_value
 
     assert MOLECULES_PER_UM3_PER_NM == terms_value
 
@@ -230,7 +230,7 @@ def test_frames_are_readable_while_the_writer_is_open(tmp_path):
         f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from engine.io import open_output
+        from engine.io.output import open_output
         with open_output({str(path)!r}) as out:
             print(len(out.time), float(out.frame("IL2", 1)[0, 0]))
         """
@@ -249,8 +249,8 @@ def test_a_killed_writer_leaves_every_flushed_frame(tmp_path):
         import os, sys
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from engine.grid import Grid
-        from engine.io import FieldInfo, OutputWriter
+        from engine.numerics.grid import Grid
+        from engine.io.output import FieldInfo, OutputWriter
         grid = Grid((6, 8), spacing=2.0)
         writer = OutputWriter({str(path)!r}, grid, [FieldInfo("IL2", "species")], "float32",
                               {{}}, {{}})
@@ -277,8 +277,8 @@ def test_a_writer_killed_while_writing_leaves_every_completed_frame(tmp_path):
         import sys
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from engine.grid import Grid
-        from engine.io import FieldInfo, OutputWriter
+        from engine.numerics.grid import Grid
+        from engine.io.output import FieldInfo, OutputWriter
         grid = Grid((48, 48, 48), spacing=2.0)
         base = np.random.default_rng(0).random(grid.shape).astype(np.float32)
         with OutputWriter(sys.argv[1], grid, [FieldInfo("IL2", "species")], "float32",

@@ -1,4 +1,4 @@
-"""The fused Pallas kernel of the explicit stages (`engine.kernels`) against the XLA path: the
+"""The fused Pallas kernel of the explicit stages (`engine.stepping.kernels`) against the XLA path: the
 same increments for every term, boundary and grid shape. Here, without a GPU, the kernel runs
 in Pallas' interpreter; on a GPU the same tests check the compiled Triton kernel."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.config import load_config
+from engine.config.loading import load_config
 
 CONFIG = {  # ragged blocks: no axis a multiple of its tile
     "grid": {"shape": [6, 5, 20], "spacing": "10 um"},

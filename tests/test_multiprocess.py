@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.io import latest_checkpoint
+from engine.io.output import latest_checkpoint
 
 CONFIG = """
 [grid]

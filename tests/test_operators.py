@@ -1,5 +1,5 @@
-"""The mathematics of engine.operators, in float64: accuracy, conservation, face coefficients,
-boundary conditions against analytic steady states, periodic diffusion against its exact
+"""The mathematics of engine.numerics.operators, in float64: accuracy, conservation, face
+coefficients, boundary conditions against analytic steady states, periodic diffusion against its exact
 semi-discrete (Fourier) solution, and upwind chemotaxis against the Boltzmann equilibrium."""
 
 from functools import partial
@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import operators
-from engine.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
-from engine.grid import Grid
-from engine.model import Model, Population, Species
-from engine.simulation import Simulation
+from engine.model.model import Model, Population, Species
+from engine.numerics import operators
+from engine.numerics.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
+from engine.numerics.grid import Grid
+from engine.runs.simulation import Simulation
 
 pytestmark = pytest.mark.usefixtures("x64_module")
 

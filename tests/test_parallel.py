@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from engine import parallel
+from engine.numerics import parallel
 
 CHILD_SETUP = """
 import json, sys
@@ -27,7 +27,7 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np
 import engine
-from engine.terms import Conversion, Secretion, Uptake
+from engine.model.terms import Conversion, Secretion, Uptake
 """
 
 
@@ -124,8 +124,8 @@ def test_sharded_runs_equal_single_device_runs_over_meshes_dtypes_and_faces(tmp_
 
 CHECKPOINT_RESUME = """
 import shutil
-from engine.run import run
-from engine.io import open_output
+from engine.runs.driver import run
+from engine.io.output import open_output
 
 config = {
     "grid": {"shape": [16, 16, 8], "spacing": "10 um"},
@@ -223,7 +223,8 @@ def test_split_transforms_equal_single_device_transforms_bitwise(tmp_path):
     long axes too, with whole lines."""
     runs = run_child(
         """
-from engine import parallel, spectral
+from engine.numerics import parallel
+from engine.numerics import spectral
 result = {}
 for shape, mesh_shape in [((128, 128), [4]), ((32, 32, 16), [2, 2]), ((64, 32, 16), [4, 2])]:
     mesh = parallel.device_mesh(mesh_shape, shape)
@@ -259,7 +260,8 @@ def test_split_dot_products_equal_single_device_ones_bitwise(tmp_path):
     with a spectral preconditioner), and equals the exact sum to rounding."""
     runs = run_child(
         """
-from engine import parallel, spectral
+from engine.numerics import parallel
+from engine.numerics import spectral
 result = {}
 for shape, mesh_shape in [((32, 24), [4]), ((16, 16, 8), [2, 2]), ((64, 32, 16), [4, 2])]:
     mesh = parallel.device_mesh(mesh_shape, shape)
@@ -354,7 +356,7 @@ def test_transforms_inside_shard_map_leave_the_blocks_alone():
     must not constrain it (benchmarks advance blocks as independent domains this way)."""
     from jax.sharding import Mesh, PartitionSpec
 
-    from engine import spectral
+    from engine.numerics import spectral
 
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("shard_0",))
     values = np.random.default_rng(0).random((8, 6)).astype(np.float32)

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from test_analysis import ATTRS, LAMBDA, ReadCounter, write_output, yukawa
 
-from engine import analysis
-from engine.cli import main
-from engine.grid import Grid
+from engine.cli.main import main
+from engine.numerics.grid import Grid
+from engine.post import analysis
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from engine import Simulation
-from engine.cli import main
-from engine.examples import point_source_model
-from engine.terms import MOLECULES_PER_UM3_PER_NM
-from engine.validation import point_source_steady_state
+from engine.cli.main import main
+from engine.model.terms import MOLECULES_PER_UM3_PER_NM
+from engine.numerics.analytic import point_source_steady_state
+from engine.runs.examples import point_source_model
 
 
 def _shell_averages(model, c: np.ndarray, q: float, radii):

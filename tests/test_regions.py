@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import regions
-from engine.grid import Grid
+from engine.model import regions
+from engine.numerics.grid import Grid
 
 
 def _brute_force(grid, inside):

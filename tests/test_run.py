@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cli import main
+from engine.cli.main import main
 
 CONFIG = """
 [grid]
@@ -314,7 +314,7 @@ class _AskedProcesses:
 def test_every_process_asks_the_others_whether_a_field_diverged(here_bad, others_bad):
     """A process that finds a bad block must still join the others' question, else they wait
     for it forever; and a bad block elsewhere stops this process too."""
-    from engine.run import Diverged, _check_finite
+    from engine.runs.driver import Diverged, _check_finite
 
     block = np.array([np.nan if here_bad else 1.0])
     processes = _AskedProcesses(others_bad)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.build import build_grid, region_mask
+from engine.config.build import build_grid, region_mask
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))

@@ -25,11 +25,11 @@ from engine import (
     Source,
     Species,
     load_config,
-    operators,
     point_source,
 )
-from engine.steppers import SSP_ORDER, Explicit, advance_fields, make_stepper
-from engine.validation import heat_kernel
+from engine.numerics import operators
+from engine.numerics.analytic import heat_kernel
+from engine.stepping.steppers import SSP_ORDER, Explicit, advance_fields, make_stepper
 
 SCHEMES = tuple(SSP_ORDER)
 
@@ -577,7 +577,7 @@ def test_fused_ghosts_and_paired_steps_compute_the_stored_path(options, float64,
 def test_the_stepping_loop_runs_every_step_in_order(accelerator, monkeypatch):
     """`steppers._loop` (in pairs and blocks of pairs on accelerators) is lax.fori_loop: the
     same steps in the same order for every count, also with a count per batch member."""
-    from engine.steppers import PAIRS_PER_BLOCK, _loop
+    from engine.stepping.steppers import PAIRS_PER_BLOCK, _loop
 
     monkeypatch.setattr(operators, "stored_ghosts", lambda: not accelerator)
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine import regions, terms
-from engine.model import reaction_terms
-from engine.sources import Schedule, on_time
-from engine.terms import MOLECULES_PER_UM3_PER_NM as NA
+from engine.model import regions, terms
+from engine.model.rhs import reaction_terms
+from engine.model.sources import Schedule, on_time
+from engine.model.terms import MOLECULES_PER_UM3_PER_NM as NA
 
 pytestmark = pytest.mark.usefixtures("x64_module")
 

@@ -1,0 +1,1 @@
+"""The `ilsim` command line."""

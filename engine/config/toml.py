@@ -1,0 +1,1 @@
+from engine.config.schema import dump_toml  # noqa: F401

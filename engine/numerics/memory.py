@@ -1,0 +1,42 @@
+"""Memory: the estimate of a run's state while stepping, and what a machine can give it."""
+
+from __future__ import annotations
+
+import os
+
+STATE_COPIES = 8
+"""Copies of the state a step holds at once (state, stages, temporaries): the memory estimate."""
+
+PLANNING_FRACTION = 0.8
+"""Share of a device's (or the host's available) memory a run may plan to use."""
+
+
+def state_bytes(n_fields: int, n_voxels: int, itemsize: int) -> int:
+    """Estimated bytes while stepping: fields (at least one) x voxels x bytes per value x
+    STATE_COPIES."""
+    return max(n_fields, 1) * n_voxels * itemsize * STATE_COPIES
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available on this machine (MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_memory(device) -> float | None:
+    """Bytes a computation may plan to use on a JAX `device`: PLANNING_FRACTION of an
+    accelerator's memory, or of the host's available memory on a CPU (None when unknown)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return PLANNING_FRACTION * stats["bytes_limit"]
+    available = available_memory()
+    return None if available is None else PLANNING_FRACTION * available

@@ -1,0 +1,125 @@
+"""Matrix-free linear solves with the diffusion operator: implicit steps and steady states.
+
+Both solve  shift * x - scale * div(D grad x) = rhs  (boundary values moved to the right), an
+SPD system for shift > 0, by preconditioned conjugate gradients, and skip the solve when its
+start already meets the tolerance. Preconditioned with the voxel diagonal (Jacobi), CG needs
+about sqrt(stiffness) iterations, stiffness = largest diagonal / mean shift, each one stencil:
+right for imex steps, whose accuracy target keeps dt D/h^2 below 1 (stiffness about 2). With
+the exact inverse of a nearby constant-coefficient operator (`spectral.preconditioner`) it
+needs a few at any stiffness, each two transforms (4-7 Jacobi iterations on a CPU at 128^3,
+more on longer axes): right for the steady states of quasi_steady (stiffness 10^3 and more),
+on every grid. On a 2-core CPU (float32), a quasi_steady run of the infection scenario at
+128^3 took 39.1 s with the diagonal and 17.1 s spectral; a step of it, an hour in, 13.1
+against 3.1 s at 192^3, and of its 2D form 457 against 89 ms at 512^2 and 4058 against 599 ms
+at 1024^2. In float64 (CG tolerance 1e-11) the diagonal fares worse: the benchmark's
+quasi_steady step took 1773 against 12 ms at 1024^2 and 8554 against 70 ms at 2048^2. An
+imex step with a robin face (IL-2 and uptaking cells) 235-350 ms with the diagonal and 304-346
+spectral at a stiffness of 10, 665 and 299 at 106 (dt D/h^2 = 60, ten times what the accuracy
+target allows). Choosing per solve would run both under `vmap` (sweeps)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from engine.numerics import operators, parallel, spectral
+from engine.numerics.boundary import Boundary
+from engine.numerics.grid import Grid
+
+
+def tolerance(dtype) -> float:
+    """CG relative residual target: near the rounding floor of the dtype. In float32 1e-6
+    rather than 1e-5 took 1.3x the time of a quasi_steady run of the infection scenario at
+    128^3 (21.6 against 17.1 s on the CPU) and brought sharded runs from 1.1e-6 to 6.6e-7 of
+    single-device ones."""
+    return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-11
+
+
+def solve_shifted(
+    shift,
+    scale,
+    rhs,
+    D_faces,
+    grid: Grid,
+    boundary: Boundary,
+    x0,
+    preconditioner: spectral.Preconditioner | None,
+    maxiter=2000,
+):
+    """x with shift x - scale div(D grad x) = rhs, boundary values (dirichlet, robin) included.
+
+    shift: 1/s or dimensionless (scalar or per voxel, > 0 or with absorbing faces), scale: s.
+    CG is preconditioned with the diagonal or, given one (`preconditioner`), spectrally at
+    the mean shift.
+    """
+    affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
+
+    def matvec(x):
+        linear = operators.diffusion(x, D_faces, grid, boundary) - affine
+        return shift * x - scale * linear
+
+    b = rhs
+    if boundary.inhomogeneous:  # behind a fence: a split run forms the sum as a whole one
+        b = parallel.fence(lambda rhs, affine: rhs + scale * affine, rhs, affine)
+    # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
+    # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
+    # out of reach in rounding, and CG would break down (0/0) trying
+    floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
+    residual = b - matvec(x0)
+    residual_norm = _norm(residual)
+    atol = floor + tolerance(rhs.dtype) * jnp.maximum(_norm(b), residual_norm)
+
+    if preconditioner is None:
+        diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
+
+        def precondition(r):
+            return r / diagonal
+    else:
+        mean_shift = parallel.mean(shift)
+
+        def precondition(r):
+            return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
+
+    def solve(r):
+        """The correction for residual r: solving for it rather than for x, CG's roundings
+        scale with the (small) correction, so runs that round differently agree closer.
+        Differentiated by solving the (symmetric) system again, not through the loop."""
+        return lax.custom_linear_solve(
+            matvec,
+            r,
+            lambda A, r: conjugate_gradients(A, r, atol, maxiter, precondition),
+            symmetric=True,
+        )
+
+    # converged already (a steady state that held): no solve, which for CG would still mean
+    # one application of the preconditioner
+    correction = lax.cond(residual_norm <= atol, jnp.zeros_like, solve, residual)
+    return x0 + correction
+
+
+def _norm(a):
+    return jnp.sqrt(parallel.dot(a, a))
+
+
+def conjugate_gradients(matvec, b, atol, maxiter, precondition):
+    """x with matvec(x) = b (symmetric positive definite), from x = 0, by preconditioned
+    conjugate gradients until |b - matvec(x)| <= atol or after `maxiter` iterations. Its dot
+    products add in the same order on any split of the grid, so split runs round as
+    single-device ones (jax.scipy's cg adds per-device partial sums)."""
+    z = precondition(b)
+    start = (jnp.zeros_like(b), b, z, parallel.dot(b, z), 0)
+
+    def unconverged(state):
+        _, r, _, _, k = state
+        return (parallel.dot(r, r) > atol**2) & (k < maxiter)
+
+    def iteration(state):
+        x, r, p, rz, k = state
+        q = matvec(p)
+        alpha = rz / parallel.dot(p, q)
+        x, r = x + alpha * p, r - alpha * q
+        z = precondition(r)
+        rz_next = parallel.dot(r, z)
+        return x, r, z + (rz_next / rz) * p, rz_next, k + 1
+
+    return lax.while_loop(unconverged, iteration, start)[0]

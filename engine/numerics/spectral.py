@@ -1,0 +1,300 @@
+"""Exact solution of the semi-discrete diffusion equation for constant D and decay on axes whose
+faces are neumann, dirichlet or periodic.
+
+Along each axis the cell-centred 3-point Laplacian is diagonalised by a sine or cosine basis:
+the DCT-II between two zero-flux faces (eigenvalues -4/h^2 sin^2(pi k / 2N)), the DST-II between
+two dirichlet faces (a dirichlet value sits half a voxel out: the field is odd about the face;
+-4/h^2 sin^2(pi (k + 1) / 2N)), quarter-wave sines or cosines between one of each
+(-4/h^2 sin^2(pi (2k + 1) / 4N)), and the FFT on a periodic axis (-4/h^2 sin^2(pi k / N)).
+exp(dt D Laplacian) is then a multiplication in transform space: no time error, any dt. Non-zero
+dirichlet values act as a constant supply on the edge layers. The sine and cosine transforms are
+matrix products on axes shorter than `FFT_MIN_LENGTH`, FFTs of twice the length on longer ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from engine.numerics import operators, parallel
+from engine.numerics.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
+from engine.numerics.grid import Grid
+
+
+def eligible(D, decay, boundary: Boundary) -> bool:
+    """Constant D and decay with only neumann, dirichlet and periodic faces (static structure)."""
+    return (
+        jnp.ndim(D) == 0
+        and jnp.ndim(decay) == 0
+        and all(
+            isinstance(face, Neumann | Dirichlet | Periodic)
+            for pair in boundary.faces
+            for face in pair
+        )
+    )
+
+
+def _kinds(boundary: Boundary, axis: int) -> tuple[str, str]:
+    """The (low, high) face kinds of a non-periodic axis: "neumann" or "dirichlet"."""
+    return tuple(
+        "dirichlet" if isinstance(f, Dirichlet) else "neumann" for f in boundary.faces[axis]
+    )
+
+
+def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
+    """Eigenvalues (1/um^2, <= 0) of the discrete Laplacian along each axis, each shaped to
+    broadcast over the grid: an eigenvalue of the grid's Laplacian is their sum."""
+    eigenvalues = []
+    for axis, (n, h) in enumerate(zip(grid.shape, grid.spacing)):
+        if boundary.is_periodic(axis):
+            angle = np.pi * np.arange(n) / n
+        else:
+            angle = _angles(n, *_kinds(boundary, axis))
+        shape = [1] * grid.ndim
+        shape[axis] = n
+        eigenvalues.append((-4 / h**2 * np.sin(angle) ** 2).reshape(shape))
+    return eigenvalues
+
+
+def mode_rates(D, grid: Grid, boundary: Boundary, dtype):
+    """D lambda_k (1/s, <= 0) of every mode of the grid, summed on the device from opaque
+    per-axis vectors: a grid-sized array of eigenvalues would be captured into the compiled
+    program (8 MB per field at 128^3) and the exponentials folded while compiling (46 s for a
+    seed scenario on a GPU)."""
+    per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
+    per_axis = lax.optimization_barrier(per_axis)
+    return D * sum(per_axis[1:], per_axis[0])
+
+
+def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
+    """Transform-space multipliers of one step of dt (s) of dc/dt = D lap c - decay c + S:
+    exp(dt mu) for c and dt phi1(dt mu) for a supply S held constant over the step, with
+    mu = D lambda_k - decay; the basis matrix of each non-periodic axis (None on periodic
+    ones), made once here for every transform of the step (`transform_matrices`); and the
+    transform-space increment of one step from non-zero dirichlet values (None without)."""
+    x = dt * (decay - mode_rates(D, grid, boundary, dtype))
+    small = x < 1e-4
+    phi1 = jnp.where(small, 1 - x / 2, -jnp.expm1(-x) / jnp.where(small, 1, x))
+    integrator = dt * phi1
+    matrices = transform_matrices(grid, boundary, dtype)
+    drive = None
+    if boundary.inhomogeneous:  # eligible faces: a dirichlet value
+        D_faces = operators.face_diffusivity(jnp.asarray(D, dtype), grid, boundary)
+        inflow = operators.diffusion(jnp.zeros(grid.shape, dtype), D_faces, grid, boundary)
+        drive = integrator * _forward(inflow, boundary, matrices)
+    return jnp.exp(-x), integrator, matrices, drive
+
+
+def transform_matrices(grid: Grid, boundary: Boundary, dtype) -> tuple:
+    """The basis matrix of each axis transformed by a matrix product (None on the others:
+    periodic axes and those of at least `FFT_MIN_LENGTH`), opaque to XLA: with constant
+    matrices, the transform of a constant array (a uniform forcing) was evaluated while
+    compiling (54 s for a 2048^2 product on a GPU). Shared by every transform that uses them,
+    so that XLA still merges repeated transforms of the same field."""
+    products = _axes(boundary, grid.shape)[0]
+    matrices = [
+        jnp.asarray(basis_matrix(n, *_kinds(boundary, axis)), dtype) if axis in products else None
+        for axis, n in enumerate(grid.shape)
+    ]
+    return tuple(lax.optimization_barrier(matrices))
+
+
+def _angles(n: int, low: str, high: str) -> np.ndarray:
+    """theta_k of the n modes between faces of these kinds: the modes are cos or sin of
+    theta_k (2i + 1) (voxel i), the eigenvalues -4/h^2 sin^2 theta_k."""
+    k = np.arange(n)
+    if low == high:
+        return np.pi * (k + (low == "dirichlet")) / (2 * n)
+    return np.pi * (2 * k + 1) / (4 * n)
+
+
+@functools.lru_cache(maxsize=32)
+def basis_matrix(n: int, low: str = "neumann", high: str = "neumann") -> np.ndarray:
+    """The orthonormal basis (n, n), float64, of the 3-point Laplacian between faces of these
+    kinds, one mode per row: X_k = sum_i M[k, i] x_i, and M^T inverts it. A mode is even about
+    a neumann face and odd about a dirichlet one: cosines start at a neumann low face, sines at
+    a dirichlet one. neumann on both faces: the DCT-II; dirichlet on both: the DST-II."""
+    phase = _angles(n, low, high)[:, None] * (2 * np.arange(n)[None, :] + 1)
+    matrix = np.sin(phase) if low == "dirichlet" else np.cos(phase)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def compiler_options() -> dict | None:
+    """XLA options for the programs that run these transforms (`jax.jit(...,
+    compiler_options=...)`). On a GPU XLA autotunes each matrix-product fusion as a Triton
+    kernel while compiling: infection_resolution_3d's 128^3 imex loop took 42.4 s to compile
+    on an H200 that way, 2.9 s with cuBLAS doing the products, which stepped as fast (1.85 s
+    against 1.81 s for 24 simulated hours). None elsewhere."""
+    return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else None
+
+
+def basis_transform(x, axes, inverse: bool = False, matrices=None):
+    """Into the eigenbasis of each axis in `axes` (out of it with `inverse`), one matrix
+    product per axis, with `matrices[axis]` (`transform_matrices`), or the DCT-II (neumann
+    faces) without. XLA
+    computes `dctn` through a complex FFT of the extended signal; the products ran 4.7x
+    faster on a 2-core CPU at 128^3 (float32, 10 ms against 49 ms) and are what accelerators
+    do best. Full precision: no reduced-precision (TF32) products. Each product is the same
+    row-major (lines, n) x (n, n) one whether the field is split or not: the lines are moved
+    last behind a barrier (so that XLA cannot fold the transposes into the product, which it
+    did differently for split fields), and on split fields each device holds whole lines
+    before and after it (`parallel.lay_out`) and the whole matrix (`parallel.replicate`).
+    The result is then bitwise the single-device one."""
+    for axis in axes:
+        if matrices is None:
+            matrix = jnp.asarray(basis_matrix(x.shape[axis]), x.dtype)
+        else:
+            matrix = matrices[axis]
+        matrix = parallel.replicate(matrix if inverse else matrix.T)
+        x = parallel.lay_out(x, whole_axis=axis)
+        lines = lax.optimization_barrier(jnp.moveaxis(x, axis, -1))
+        product = jnp.matmul(lines, matrix, precision=lax.Precision.HIGHEST)
+        x = jnp.moveaxis(lax.optimization_barrier(product), -1, axis)
+        x = parallel.lay_out(x, whole_axis=axis)
+    return x
+
+
+def fft_basis_transform(x, axis: int, low: str, high: str, inverse: bool = False):
+    """Into the eigenbasis `basis_matrix(n, low, high)` along `axis` (out of it with `inverse`)
+    through an FFT of length 2n: O(log n) operations per voxel where a matrix product takes n.
+    The modes are cos or sin of theta_k (2i + 1), theta_k = pi (k + s) / 2n, so
+    X_k = w_k Re (or -Im) of exp(-i theta_k) FFT_2n(x_i exp(-i pi s i / n))_k, w_k the rows'
+    normalisation, and the inverse sums that series. Real FFTs where s = 0 (neumann faces).
+    On split fields the axis is whole on every device, as for `basis_transform`."""
+    n, dtype = x.shape[axis], x.dtype
+    complex_dtype = jnp.result_type(dtype, jnp.complex64)
+    theta = _angles(n, low, high)
+    shift = theta[0] * 2 * n / np.pi  # s: 0, 1 or 1/2
+    sine = low == "dirichlet"
+    weights = np.full(n, np.sqrt(2 / n))
+    if low == high:  # the constant mode (neumann) or the alternating sine (dirichlet)
+        weights[-1 if sine else 0] = np.sqrt(1 / n)
+    ramp = np.exp(-1j * np.pi * shift * np.arange(n) / n)
+
+    def along(vector, dtype):
+        shape = [1] * x.ndim
+        shape[axis] = n
+        return jnp.asarray(vector.reshape(shape), dtype)
+
+    def first_n(y):
+        return lax.slice_in_dim(y, 0, n, axis=axis)
+
+    x = parallel.lay_out(x, whole_axis=axis)
+    if not inverse:
+        if shift == 0:
+            spectrum = jnp.fft.rfft(x, n=2 * n, axis=axis)
+        else:
+            spectrum = jnp.fft.fft(x * along(ramp, complex_dtype), n=2 * n, axis=axis)
+        z = first_n(spectrum) * along(np.exp(-1j * theta), complex_dtype)
+        out = (-z.imag if sine else z.real) * along(weights, dtype)
+    else:
+        series = weights * np.exp(1j * theta)
+        if shift == 0:  # a real series: irfft counts every mode twice but k = 0
+            series[0] *= 2
+        v = x * along(series, complex_dtype)
+        if shift == 0:
+            out = first_n(jnp.fft.irfft(v, n=2 * n, axis=axis)) * n
+        else:
+            z = first_n(jnp.fft.ifft(v, n=2 * n, axis=axis)) * along(
+                2 * n * ramp.conj(), complex_dtype
+            )
+            out = z.imag if sine else z.real
+    return parallel.lay_out(out.astype(dtype), whole_axis=axis)
+
+
+def fourier_transform(x, axes, inverse: bool = False):
+    """FFT (inverse FFT with `inverse`) along `axes`, one whole axis at a time on split fields."""
+    transform = jnp.fft.ifft if inverse else jnp.fft.fft
+    for axis in axes:
+        x = transform(parallel.lay_out(x, whole_axis=axis), axis=axis)
+    return x
+
+
+FFT_MIN_LENGTH = 1024
+"""Non-periodic axes at least this long are transformed by FFTs (`fft_basis_transform`),
+shorter ones by matrix products (`basis_transform`). On a 2-core CPU (float32, a whole
+transform, medians of 7, two runs each): 128^3 11 ms by products against 33 by FFTs, 256^3
+245 against 248, 512^2 x 32 107 against 90, 1024^2 10.3 against 7-10, 2048^2 89 against
+51-57, 4096^2 742-752 against 238-241."""
+
+
+def _axes(boundary: Boundary, shape) -> tuple[list[int], list[int], list[int]]:
+    """(axes transformed by matrix products, non-periodic axes transformed by FFTs, periodic
+    axes transformed by FFTs)."""
+    axes = range(len(boundary.faces))
+    periodic = [a for a in axes if boundary.is_periodic(a)]
+    long = [a for a in axes if a not in periodic and shape[a] >= FFT_MIN_LENGTH]
+    return [a for a in axes if a not in periodic + long], long, periodic
+
+
+def _forward(x, boundary: Boundary, matrices):
+    products, long, periodic = _axes(boundary, x.shape)
+    x = basis_transform(x, products, matrices=matrices)
+    for axis in long:
+        x = fft_basis_transform(x, axis, *_kinds(boundary, axis))
+    return fourier_transform(x, periodic)
+
+
+def _inverse(x, boundary: Boundary, matrices, dtype):
+    products, long, periodic = _axes(boundary, x.shape)
+    if periodic:
+        x = fourier_transform(x, periodic, inverse=True).real.astype(dtype)
+    for axis in long:
+        x = fft_basis_transform(x, axis, *_kinds(boundary, axis), inverse=True)
+    return parallel.lay_out(basis_transform(x, products, inverse=True, matrices=matrices))
+
+
+def propagate(c, forcing, propagator, integrator, matrices, drive, boundary: Boundary):
+    """propagator * c + integrator * forcing (+ drive), the multipliers (`propagators`) applied
+    in the eigenbasis: two forward transforms and one inverse, or one forward and one inverse
+    where `forcing` is None (none)."""
+    mixed = propagator * _forward(c, boundary, matrices)
+    if forcing is not None:
+        mixed = mixed + integrator * _forward(forcing, boundary, matrices)
+    if drive is not None:
+        mixed = mixed + drive
+    return _inverse(mixed, boundary, matrices, c.dtype)
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """A constant-coefficient operator near div(D grad) that transforms invert exactly
+    (`preconditioner`): its mode rates (1/s, <= 0), the rate of its slowest decaying mode
+    (1/s, > 0; 1 for a single voxel), its basis matrices and faces."""
+
+    rates: Any
+    slowest: Any
+    matrices: tuple
+    boundary: Boundary
+
+
+def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
+    """The operator with D's mean and robin faces made neumann (transfer slower than diffusion
+    across a voxel, h dx < D, as for cytokines leaving tissue): as a CG preconditioner it
+    bounds the condition number by the spread of D and of the shift about their means,
+    whatever the grid size, where the voxel diagonal (Jacobi) leaves it growing as n^2."""
+    faces = tuple(
+        tuple(Neumann() if isinstance(f, Robin) else f for f in pair) for pair in boundary.faces
+    )
+    nearby = Boundary(faces)
+    rates = mode_rates(parallel.mean(jnp.asarray(D, dtype)), grid, nearby, dtype)
+    slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
+    slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
+    return Preconditioner(rates, slowest, transform_matrices(grid, nearby, dtype), nearby)
+
+
+def apply_shifted_inverse(r, shift, scale, p: Preconditioner):
+    """(shift - scale div(D grad))^-1 r for the operator of `p`: shift a scalar (1/s or
+    dimensionless), scale in s; homogeneous faces (r is a residual). A zero shift on zero-flux
+    faces leaves the mean undetermined: its mode is then scaled as the slowest decaying one
+    (the robin faces that make such a problem well posed remove it at about that rate)."""
+    operator = shift - scale * p.rates
+    operator = jnp.where(operator > 0, operator, scale * p.slowest)
+    mixed = _forward(r, p.boundary, p.matrices) / operator
+    return _inverse(mixed, p.boundary, p.matrices, r.dtype)

@@ -1,0 +1,413 @@
+"""Figures from ilsim output files: field maps, summary time series, profiles and movies.
+
+matplotlib with the Agg canvas (no display, no pyplot state); the command line imports this
+module only for `ilsim plot`, `profile` and `movie`. Every figure is exactly `size` pixels
+(width, height) at `dpi`. The data come from `engine.analysis`, which reads one frame, or one
+plane of a 3D frame, at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from engine.post import analysis
+from engine.post.analysis import AnalysisError
+
+DEFAULT_SIZE = (800, 600)
+MOVIE_SUFFIXES = (".gif", ".mp4")
+LOG_DECADES = 6
+"""With --log and no vmin: the colour scale spans at most this many decades below the max."""
+
+
+def _figure(size, dpi: int) -> Figure:
+    width, height = (int(v) for v in size)
+    if width < 50 or height < 50:
+        raise AnalysisError(f"figure size {width}x{height}: need at least 50x50 pixels")
+    if not 10 <= dpi <= 2000:
+        raise AnalysisError(f"dpi {dpi}: expected 10..2000")
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def image_formats() -> list[str]:
+    """File suffixes matplotlib can write (png, pdf, svg, ...)."""
+    return sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def check_figure_path(path) -> Path:
+    """`path` if its suffix is a format matplotlib writes and its folder exists."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    formats = image_formats()
+    if suffix not in formats:
+        raise AnalysisError(
+            f"{path}: unknown figure format {path.suffix or '(none)'!r}; use one of "
+            f"{', '.join('.' + f for f in formats)}"
+        )
+    _check_folder(path)
+    return path
+
+
+def _check_folder(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise AnalysisError(f"{path}: folder {folder} does not exist")
+
+
+def _save(figure: Figure, path) -> Path:
+    path = Path(path)
+    figure.savefig(path, dpi=figure.dpi)
+    return path
+
+
+def _label(name: str, units: str) -> str:
+    return f"{name} ({units})" if units else name
+
+
+def _norm(values, log: bool, vmin=None, vmax=None, what: str = ""):
+    """A colour normalisation; with `log`, over positive values, at most LOG_DECADES decades
+    below the maximum unless vmin is given."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if log:
+        positive = finite[finite > 0]
+        high = float(vmax) if vmax is not None else (float(positive.max()) if positive.size else 0)
+        if not high > 0:
+            raise AnalysisError(f"--log: {what} has no positive values to show on a log scale")
+        if vmin is not None:
+            low = float(vmin)
+            if not low > 0:
+                raise AnalysisError(f"--log: vmin {vmin} must be positive")
+        else:
+            low = float(positive.min()) if positive.size else high * 10.0**-LOG_DECADES
+            low = max(low, high * 10.0**-LOG_DECADES)
+        if low >= high:
+            low = high / 10
+        return LogNorm(vmin=low, vmax=high, clip=True)
+    low = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    high = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if high <= low:
+        pad = abs(high) * 1e-6 or 1e-12
+        low, high = low - pad, high + pad
+    return Normalize(vmin=low, vmax=high)
+
+
+def _masked(values, log: bool):
+    values = np.asarray(values, dtype=float)
+    return np.ma.masked_less_equal(values, 0) if log else values
+
+
+def _title(plane: analysis.Plane, n_frames: int, with_field: bool = True) -> str:
+    where = f", {plane.slice}" if plane.slice is not None else ""
+    head = f"{plane.field} at " if with_field else ""
+    return (
+        f"{head}t = {analysis.format_time(plane.time)} (frame {plane.frame + 1}/{n_frames}){where}"
+    )
+
+
+def _draw_plane(axes, plane: analysis.Plane, norm, cmap: str, colorbar: bool = True):
+    """Draw a plane on `axes`: an image for 2D (axes in um), a line for 1D. Returns the
+    artist (AxesImage or Line2D)."""
+    if plane.values.ndim == 1:
+        (line,) = axes.plot(plane.coordinates[0], plane.values, color="C0")
+        axes.set_xlabel(f"{plane.axes[0]} (um)")
+        axes.set_ylabel(_label(plane.field, plane.units))
+        if isinstance(norm, LogNorm):
+            axes.set_yscale("log")
+            axes.set_ylim(norm.vmin / 1.2, norm.vmax * 1.2)
+        else:
+            pad = 0.05 * (norm.vmax - norm.vmin)
+            axes.set_ylim(norm.vmin - pad, norm.vmax + pad)
+        axes.grid(True, alpha=0.3)
+        return line
+    image = axes.imshow(
+        _masked(plane.values, isinstance(norm, LogNorm)),
+        origin="lower",
+        extent=plane.extent,
+        norm=norm,
+        cmap=cmap,
+        interpolation="nearest",
+        aspect="equal",
+    )
+    axes.set_xlabel(f"{plane.axes[1]} (um)")
+    axes.set_ylabel(f"{plane.axes[0]} (um)")
+    if colorbar:
+        bar = axes.figure.colorbar(image, ax=axes, shrink=0.9)
+        bar.set_label(_label(plane.field, plane.units))
+    return image
+
+
+def field_map(
+    out,
+    fields,
+    path,
+    *,
+    time=None,
+    frame: int | None = None,
+    slice=None,
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    size=DEFAULT_SIZE,
+    dpi: int = 100,
+) -> Path:
+    """A map of one field, or a panel of several at one time: 2D outputs whole, 3D outputs one
+    plane (`slice`, default the middle z plane), 1D outputs as lines. Axes in um, a colour bar
+    per field labelled with its units, the time in the title."""
+    names = [fields] if isinstance(fields, str) else list(fields)
+    if not names:
+        raise AnalysisError("no field to plot")
+    for name in names:
+        analysis.check_field(out, name)
+    path = check_figure_path(path)
+    index = analysis.frame_index(out, time, frame)
+    planes = [analysis.read_plane(out, name, frame=index, slice=slice) for name in names]
+    figure = _figure(size, dpi)
+    columns = math.ceil(math.sqrt(len(planes)))
+    rows = math.ceil(len(planes) / columns)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes, plane in zip(grid.ravel(), planes):
+        norm = _norm(plane.values, log, vmin, vmax, what=f"{plane.field} at this time")
+        _draw_plane(axes, plane, norm, cmap)
+        axes.set_title(plane.field if len(planes) > 1 else _title(plane, out.n_frames))
+    for axes in grid.ravel()[len(planes) :]:
+        axes.set_visible(False)
+    if len(planes) > 1:
+        first = planes[0]
+        where = f", {first.slice}" if first.slice is not None else ""
+        figure.suptitle(
+            f"t = {analysis.format_time(first.time)} (frame {first.frame + 1}/{out.n_frames})"
+            f"{where}"
+        )
+    return _save(figure, path)
+
+
+def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 100) -> Path:
+    """Every summary series (domain totals and maxima of each field) against time, one panel
+    per field with the total on the left axis and the maximum on the right (log axes with
+    `log`)."""
+    path = check_figure_path(path)
+    series = analysis.summaries(out)
+    if not series:
+        raise AnalysisError(f"{out.path} holds no summaries")
+    groups: dict[str, list[analysis.Series]] = {}
+    for item in series.values():
+        groups.setdefault(item.field or item.name, []).append(item)
+    time = np.asarray(out.time, dtype=float)
+    unit, scale = analysis.time_unit(time.max() if time.size else 0.0)
+    figure = _figure(size, dpi)
+    columns = 1 if len(groups) < 3 else 2
+    rows = math.ceil(len(groups) / columns)
+    grid = figure.subplots(rows, columns, squeeze=False, sharex=True)
+    marker = "o" if time.size < 30 else None
+    for axes, (name, items) in zip(grid.ravel(), groups.items()):
+        totals = [s for s in items if s.stat == "total"]
+        others = [s for s in items if s.stat != "total"]
+        left = axes
+        if totals:
+            for s in totals:
+                _series_lines(left, time / scale, s.values, "C0", s.name, marker)
+            left.set_ylabel(f"total ({totals[0].units})", color="C0")
+        right = left.twinx() if totals and others else left
+        for k, s in enumerate(others):
+            _series_lines(right, time / scale, s.values, f"C{k + 1}", s.name, marker)
+        if others:
+            label = "max" if len(others) == 1 and others[0].stat == "max" else "value"
+            right.set_ylabel(f"{label} ({others[0].units})", color="C1")
+        if log:
+            for each in {left, right}:
+                each.set_yscale("log")
+        left.set_title(name)
+        left.grid(True, alpha=0.3)
+        left.set_xlabel(f"time ({unit})")
+    for axes in grid.ravel()[len(groups) :]:
+        axes.set_visible(False)
+    sweep = getattr(out, "is_sweep", False)
+    members = f", {out.n_members} members (thin) and their mean" if sweep else ""
+    figure.suptitle(f"{Path(out.path).name}: summaries{members}")
+    return _save(figure, path)
+
+
+def _series_lines(axes, time, values, colour: str, label: str, marker) -> None:
+    """One series against time; a sweep's (members, frames) series as a thin line per member
+    and a thick one for their mean."""
+    if values.ndim == 1:
+        axes.plot(time, values, color=colour, marker=marker, ms=3, label=label)
+        return
+    axes.plot(time, values.T, color=colour, lw=0.7, alpha=0.35)
+    axes.plot(time, values.mean(axis=0), color=colour, lw=2, label=f"{label} (mean)")
+
+
+def profile_plot(
+    profiles,
+    path,
+    *,
+    fits=None,
+    log: bool = False,
+    title: str | None = None,
+    size=DEFAULT_SIZE,
+    dpi: int = 100,
+) -> Path:
+    """Radial or line profiles (one curve per profile, e.g. per time) with their screening
+    length fits (a ScreeningFit or None per profile) drawn dashed."""
+    path = check_figure_path(path)
+    profiles = [profiles] if isinstance(profiles, analysis.Profile) else list(profiles)
+    fits = [None] * len(profiles) if fits is None else list(fits)
+    figure = _figure(size, dpi)
+    axes = figure.subplots()
+    for k, (profile, fit) in enumerate(zip(profiles, fits)):
+        color = f"C{k % 10}"
+        values = _masked(profile.values, log)
+        axes.plot(
+            profile.distance,
+            values,
+            color=color,
+            marker="o" if profile.kind == "radial" and profile.distance.size < 60 else None,
+            ms=3,
+            label=f"t = {analysis.format_time(profile.time)}",
+        )
+        if fit is not None:
+            r = np.linspace(fit.r_min, fit.r_max, 200)
+            axes.plot(
+                r,
+                fit.model(r),
+                color=color,
+                ls="--",
+                label=f"fit {fit.geometry}: screening length {fit.length:.4g} um",
+            )
+    first = profiles[0]
+    if log:
+        axes.set_yscale("log")
+    what = "distance from center" if first.kind == "radial" else "distance along the line"
+    axes.set_xlabel(f"{what} (um)")
+    axes.set_ylabel(_label(first.field, first.units))
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    if title is None:
+        title = describe_profile(first)
+    axes.set_title(title, fontsize="medium")
+    return _save(figure, path)
+
+
+def _point_text(profile: analysis.Profile, point) -> str:
+    pairs = sorted(zip(profile.axes, point), key=lambda item: "xyz".index(item[0]))
+    return "(" + ", ".join(f"{axis}={value:g}" for axis, value in pairs) + ") um"
+
+
+def describe_profile(profile: analysis.Profile) -> str:
+    """A one-line description: field, kind, where, and the plane of a 3D output."""
+    where = f" in the plane {profile.slice}" if profile.slice is not None else ""
+    if profile.kind == "radial":
+        return (
+            f"{profile.field}: radial profile around {_point_text(profile, profile.start)}{where}"
+        )
+    return (
+        f"{profile.field}: line profile {_point_text(profile, profile.start)} to "
+        f"{_point_text(profile, profile.end)}{where}"
+    )
+
+
+def ffmpeg_available() -> bool:
+    """Whether matplotlib finds ffmpeg (rcParams["animation.ffmpeg_path"], on PATH)."""
+    return shutil.which(matplotlib.rcParams["animation.ffmpeg_path"]) is not None
+
+
+def movie(
+    out,
+    name: str,
+    path,
+    *,
+    slice=None,
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    fps: float = 8.0,
+    cmap: str = "viridis",
+    size=DEFAULT_SIZE,
+    dpi: int = 100,
+    progress=None,
+) -> Path:
+    """Every frame of field `name` (a plane of a 3D output) with one colour scale for all
+    frames, as an animated GIF (pillow) or an MP4 (ffmpeg, when installed). Reads one plane at
+    a time; `progress(i, n)` is called after each frame if given."""
+    analysis.check_field(out, name)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MOVIE_SUFFIXES:
+        raise AnalysisError(
+            f"{path}: a movie must be .gif or .mp4, not {path.suffix or '(none)'!r}"
+        )
+    _check_folder(path)
+    if suffix == ".mp4" and not ffmpeg_available():
+        raise AnalysisError(
+            f"{path}: writing mp4 needs ffmpeg, which is not on PATH; install ffmpeg or write "
+            f"a .gif ({path.with_suffix('.gif').name})"
+        )
+    if not (math.isfinite(fps) and fps > 0):
+        raise AnalysisError(f"fps {fps}: must be positive")
+    if out.n_frames == 0:
+        raise AnalysisError(f"{out.path} holds no frames")
+    width, height = (int(v) for v in size)
+    if suffix == ".mp4":  # the usual encoders want even sizes
+        width, height = width - width % 2, height - height % 2
+    low, high = analysis.plane_range(out, name, slice=slice, positive=log)
+    bounds = np.asarray([low, high], dtype=float)
+    norm = _norm(bounds, log, vmin, vmax, what=f"{name} (in every frame)")
+    figure = _figure((width, height), dpi)
+    axes = figure.subplots()
+    plane = analysis.read_plane(out, name, frame=0, slice=slice)
+    artist = _draw_plane(axes, plane, norm, cmap)
+    title = axes.set_title(_title(plane, out.n_frames))
+    canvas = figure.canvas
+
+    def frames():
+        for index in range(out.n_frames):
+            current = (
+                plane if index == 0 else analysis.read_plane(out, name, frame=index, slice=slice)
+            )
+            if current.values.ndim == 1:
+                artist.set_ydata(current.values)
+            else:
+                artist.set_data(_masked(current.values, log))
+            title.set_text(_title(current, out.n_frames))
+            yield index
+
+    n = out.n_frames
+    if suffix == ".gif":
+        from PIL import Image
+
+        images = []
+        for index in frames():
+            canvas.draw()
+            rgba = np.asarray(canvas.buffer_rgba())
+            image = Image.fromarray(rgba[..., :3].copy())
+            images.append(image.quantize(colors=256, method=Image.Quantize.MEDIANCUT))
+            if progress:
+                progress(index + 1, n)
+        images[0].save(
+            path,
+            save_all=True,
+            append_images=images[1:],
+            duration=max(20, int(round(1000 / fps))),
+            loop=0,
+        )
+        return path
+    from matplotlib import animation
+
+    writer = animation.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"])
+    with writer.saving(figure, str(path), dpi):
+        for index in frames():
+            writer.grab_frame()
+            if progress:
+                progress(index + 1, n)
+    return path

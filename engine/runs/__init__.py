@@ -1,0 +1,1 @@
+"""Runs of configs: the run driver (frames, checkpoints, resume), sweeps, gradients and fits."""

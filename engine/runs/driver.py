@@ -1,0 +1,227 @@
+"""The run driver: a simulation advanced in compiled chunks between output times, frames and
+checkpoints written to HDF5 while the device computes, with safe failure and resume.
+
+Safety: a new file is written under a temporary name and renamed into place once its first
+frame is on disk; an existing file is never replaced without `overwrite`; SIGINT and SIGTERM
+finish the frame in hand, write a checkpoint, close the file and raise `Interrupted` (the CLI
+exits 130); `resume` continues from the checkpoint, dropping frames written after it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+
+import engine
+from engine.config.toml import dump_toml
+from engine.io.output import FieldInfo, OutputWriter, read_checkpoint
+from engine.model.model import Species
+from engine.numerics.parallel import Processes, host_parts, processes
+from engine.stepping.simulation import Simulation, State
+
+
+class RunError(ValueError):
+    """Bad input to a run (existing output, nothing to resume): exit status 2."""
+
+
+class Diverged(RuntimeError):
+    """A field became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+
+def output_times(end: float, every: float | None) -> np.ndarray:
+    """Frame times (s): 0, every `every`, and the end."""
+    if every is None:
+        return np.array([0.0, end])
+    count = math.floor(end / every * (1 + 1e-12))
+    times = every * np.arange(count + 1)
+    return times if math.isclose(times[-1], end) else np.append(times, end)
+
+
+def _field_infos(sim: Simulation, names) -> list[FieldInfo]:
+    kinds = {f.name: f for f in sim.model.fields}
+    return [
+        FieldInfo(n, "species", "nM")
+        if isinstance(kinds[n], Species)
+        else FieldInfo(n, "population", "cells/um^3")
+        for n in names
+    ]
+
+
+def _check_finite(fields: dict[str, list], t: float, processes: Processes | None) -> None:
+    """Raise Diverged (on every process) if a block of any process is not finite."""
+    bad = [n for n, parts in fields.items() if not all(np.all(np.isfinite(b)) for _, b in parts)]
+    # every process asks the others, also one that found a bad block (else they would wait)
+    if bad if processes is None else processes.any(bool(bad)):
+        name = bad[0] if bad else "of another process"
+        raise Diverged(
+            f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "
+            'time.dt = "auto", or another time.stepper (imex, quasi_steady)'
+        )
+
+
+@contextmanager
+def _stop_requests():
+    """Turn SIGINT/SIGTERM into a flag checked between frames (the frame in hand finishes)."""
+    requested = []
+    previous = {}
+
+    def handler(signum, frame):
+        requested.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _truncate_after(path: Path, t: float) -> None:
+    """Drop frames later than t (written after the last checkpoint before a kill)."""
+    with h5py.File(path, "a") as f:
+        keep = int(np.searchsorted(f["time"][:], t, side="right"))
+        axis = 1 if "members" in f else 0  # a sweep's fields lead with the member axis
+        for group in ("fields", "summary"):
+            for dataset in f[group].values():
+                dataset.resize(keep, axis=axis)
+        f["time"].resize(keep, axis=0)
+
+
+def _progress(total: float, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="s sim", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def run(
+    sim,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Path:
+    """Run a config-built simulation (`runs.simulation.Simulation`, or a sweep's
+    `runs.sweep.Ensemble`: anything with a `config`) to time.end, writing frames and
+    checkpoints to `output`."""
+    cfg = sim.config
+    if cfg is None:
+        raise RunError("run: the simulation needs a config (engine.Simulation(load_config(...)))")
+    output = Path(output)
+    team = processes()  # several: each writes its own blocks, the first all the rest
+    if team is not None and hasattr(sim, "members"):
+        raise RunError("run: a sweep runs in one process, its members split over its devices")
+    first = team is None or team.rank == 0
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other")
+    if output.exists() and not (resume or overwrite):
+        raise RunError(f"{output} exists; pass --overwrite to replace it or --resume to continue")
+    if resume and not output.exists():
+        raise RunError(f"{output} does not exist; nothing to resume")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise RunError(f"{output}: cannot write in {folder}; choose another -o path")
+    names = cfg.output.fields or list(sim.model.names)
+    times = output_times(cfg.time.end, cfg.time.output_every)
+    every_checkpoint = (
+        cfg.time.end if cfg.output.checkpoint_every is None else cfg.output.checkpoint_every
+    )
+
+    if resume:
+        t, step, dt, fields = read_checkpoint(output, load=sim.load_fields)
+        if team is not None:
+            team.barrier()  # every process has read its blocks
+        if first:
+            _truncate_after(output, t)
+        state = State(t=t, fields=fields, step=step, dt=dt)
+        path = output
+    else:
+        state = sim.initial_state()
+        sim.check_time_step(state)
+        path = output.with_name(output.name + ".partial")
+    device = jax.devices()[0]
+    attrs = dict(
+        ilsim_version=engine.__version__,
+        backend=device.platform,
+        device=getattr(device, "device_kind", str(device)),
+        dtype=str(sim.dtype),
+        stepper=sim.stepper.name,
+        config=dump_toml(cfg),
+    )
+    masks = {n: m.astype(np.uint8) for n, m in _region_masks(sim).items()} if first else {}
+    writer = OutputWriter(
+        path,
+        sim.model.grid,
+        _field_infos(sim, names),
+        str(sim.dtype),
+        attrs,
+        masks,
+        compression=cfg.output.compression,
+        resume=resume,
+        members=getattr(sim, "members", None),
+        processes=team,
+    )
+    bar = _progress(cfg.time.end, quiet or not first)
+    started = time.perf_counter()
+    last_checkpoint = state.t
+    targets = [t for t in times if t > state.t * (1 + 1e-12)]
+    write_current = not resume  # a resumed state's frame is already in the file
+    try:
+        with _stop_requests() as requests:
+            while True:
+                # every process stops at the same frame, when any of them was asked to
+                stop = bool(requests) if team is None else team.any(bool(requests))
+                # this chunk's blocks, copied to host memory shard by shard (waits for it only)
+                host = {name: host_parts(value) for name, value in state.fields.items()}
+                # dispatch the next chunk before writing: the device computes while the host
+                # compresses and writes (the input buffers are donated, the copy is ours)
+                following = sim.advance(state, targets.pop(0)) if targets and not stop else None
+                if write_current:
+                    _check_finite(host, state.t, team)
+                    writer.write_frame(state.t, {n: host[n] for n in names})
+                    if path != output:  # the run has started: move the file into place
+                        writer.move_to(output)
+                        path = output
+                write_current = True
+                if bar is not None:
+                    bar.update(state.t - bar.n)
+                    rate = state.step / max(time.perf_counter() - started, 1e-9)
+                    rejected = getattr(sim, "rejected_steps", 0)  # adaptive steps; a sweep has none
+                    note = f", {rejected} rejected" if rejected else ""
+                    bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
+                due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
+                if following is None or stop or due:
+                    writer.write_checkpoint(state.t, state.step, state.dt, host)
+                    last_checkpoint = state.t
+                if stop:
+                    raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")
+                if following is None:
+                    return output
+                state = following
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+
+
+def _region_masks(sim: Simulation) -> dict[str, np.ndarray]:
+    from engine.config.build import build_grid, region_mask
+
+    grid = build_grid(sim.config)
+    return {name: region_mask(grid, r, name) for name, r in sim.config.regions.items()}

@@ -1,0 +1,53 @@
+"""`engine.Simulation`: the stepping layer's `Simulation`, made from a `Model` or a `Config`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from engine.config.build import build_model, time_options
+from engine.config.errors import ConfigError
+from engine.config.memory import check_memory
+from engine.config.schema import Config
+from engine.model.model import Model
+from engine.numerics.memory import available_memory
+from engine.runs.driver import run
+from engine.stepping import simulation
+
+
+class Simulation(simulation.Simulation):
+    """A `stepping.Simulation` of a `Model`, or of a `Config` (from `load_config`): then the
+    config's [time] and [parallel] tables give the options (keywords override them), the run
+    is checked to fit this machine's memory, and `run` writes it to a file.
+
+    Options: see `engine.stepping.simulation.Simulation`.
+    """
+
+    def __init__(self, model: Model | Config, **options):
+        self.config = model if isinstance(model, Config) else None
+        if self.config is not None:
+            check_memory(self.config, available_memory())
+            options = {**time_options(self.config), **options}
+            model = build_model(self.config)
+        super().__init__(model, **options)
+
+    def check_time_step(self, state) -> None:
+        try:
+            super().check_time_step(state)
+        except simulation.UnstableStep as error:
+            raise ConfigError(str(error)) from None
+
+    def validate(self, state=None) -> dict:
+        """`stepping.Simulation.validate`, and for a config the number of steps to time.end
+        and the memory estimate (bytes)."""
+        report = super().validate(state)
+        if self.config is not None:
+            end = self.config.time.end
+            report["steps"] = max(1, math.ceil(end / report["dt"])) if report["dt"] < end else 1
+            report["memory_bytes"] = self.config.memory_bytes()
+        return report
+
+    def run(self, output: str | Path, **options) -> Path:
+        """The CLI's run of a config-built simulation, writing frames and checkpoints to
+        `output` (options: resume, overwrite, quiet); returns the output path."""
+        return run(self, output, **options)

@@ -1,0 +1,131 @@
+"""Parameter sweeps: a config's members (`--vary`) advanced together as one `Ensemble`.
+
+Each member is the config with some keys set to other values; its model leaves come from the
+config's one map of keys to model leaves (`config.parameters.Parameters`), so a member equals
+the single run of its config to rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.config.errors import ConfigError
+from engine.config.loading import load_config
+from engine.config.parameters import Parameters, config_value, display_key
+from engine.config.schema import Config
+from engine.runs.driver import output_times, run
+from engine.runs.simulation import Simulation
+from engine.stepping import ensemble
+from engine.stepping.simulation import UnstableStep
+
+
+def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list[tuple]]:
+    """The keys and, per member, their values: every combination (`product`) or the lists
+    zipped (all of one length)."""
+    if not vary:
+        raise ConfigError("sweep: nothing to vary; give at least one KEY=V1,V2,...")
+    keys = tuple(display_key(k) for k in vary)
+    lists = [list(v) if isinstance(v, list | tuple | np.ndarray) else [v] for v in vary.values()]
+    for key, values in zip(keys, lists):
+        if not values:
+            raise ConfigError(f"{key}: no values to vary over; give at least one")
+    if product:
+        return keys, list(itertools.product(*lists))
+    lengths = {len(v) for v in lists}
+    if len(lengths) > 1:
+        raise ConfigError(
+            "sweep: with product = False every key needs as many values; got "
+            + ", ".join(f"{k} ({len(v)})" for k, v in zip(keys, lists))
+        )
+    return keys, list(zip(*lists))
+
+
+class Ensemble(ensemble.Ensemble):
+    """The members of a sweep of `cfg`, stepped together (`stepping.ensemble.Ensemble`).
+
+    Arguments:
+        cfg: the base config.
+        vary: {key: [values]} with values in engine units or as in the config ("50 um^2/s").
+        product: every combination of the values (default), or the lists zipped.
+        chunk: members per device batch (default: as many as fit the memory budget).
+        devices: how many devices share the members (default: all).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        vary: dict,
+        product: bool = True,
+        chunk: int | None = None,
+        devices: int | None = None,
+    ):
+        if cfg.time.adaptive:
+            raise ConfigError(
+                "time.adaptive: sweeps step with a fixed or auto dt; set time.adaptive = false"
+            )
+        self.config = cfg
+        keys, rows = member_rows(vary, product)
+        parameters = Parameters.of(cfg, keys)
+        # each member's config, validated as its single run's would be, gives its values
+        configs = [load_config(cfg, dict(zip(keys, row))) for row in rows]
+        self.keys = parameters.keys
+        self.values = np.array(
+            [[config_value(c, k) for k in self.keys] for c in configs], dtype=np.float64
+        ).reshape(len(rows), len(self.keys))
+        super().__init__(
+            Simulation(cfg, mesh=None), parameters.member_leaves(self.values), chunk, devices
+        )
+
+    @property
+    def members(self) -> dict[str, np.ndarray]:
+        """Each varied key's value per member (engine units)."""
+        return {key: self.values[:, p] for p, key in enumerate(self.keys)}
+
+    def check_time_step(self, state) -> None:
+        try:
+            super().check_time_step(state)
+        except UnstableStep as error:
+            raise ConfigError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """An in-memory sweep: frames at `time` (s) of every field, (N, n_frames, *grid), and
+    each varied key's value per member (engine units)."""
+
+    time: np.ndarray
+    fields: dict[str, np.ndarray]
+    members: dict[str, np.ndarray]
+
+
+def sweep(
+    cfg: Config,
+    vary: dict,
+    product: bool = True,
+    output: str | Path | None = None,
+    **options,
+):
+    """Run every member of a sweep (see `Ensemble`) to time.end, frames at the output times.
+
+    With `output`, the frames go to one HDF5 file with a leading member axis and a /members
+    table (as `ilsim sweep`; options: overwrite, resume, quiet, chunk, devices) and its path is
+    returned; without, a `SweepResult` in memory (options: chunk, devices).
+    """
+    chunk, devices = options.pop("chunk", None), options.pop("devices", None)
+    members = Ensemble(cfg, vary, product, chunk=chunk, devices=devices)
+    if output is not None:
+        return run(members, output, **options)
+    if options:
+        raise TypeError(f"sweep: {', '.join(options)} only apply with output=")
+    times = output_times(cfg.time.end, cfg.time.output_every)
+    state = members.initial_state()
+    frames = []
+    for t in times:
+        state = members.advance(state, t)
+        frames.append({name: np.asarray(value) for name, value in state.fields.items()})
+    fields = {name: np.stack([f[name] for f in frames], axis=1) for name in frames[0]}
+    return SweepResult(times, fields, members.members)

@@ -1,0 +1,213 @@
+"""The explicit stepper's Euler increment of every field as one Pallas (Triton) kernel.
+
+XLA's fused stencil reached 62-70% of an H200's copy bandwidth on one 512^3 field; hand-written
+Pallas kernels of the same step reached 100% (benchmarks/bench_pallas_stencil.py). This kernel
+computes `steppers.positive_euler_increment` in one pass: each program owns a block of voxels,
+loads each field's block and its neighbours, traces the model's reaction terms on the block's
+values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
+and stores every field's increment. Loads use index arrays clamped to the grid, so every load
+stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
+it); stores use the unclamped positions under a mask. Where an axis divides into whole tiles the
+clamp (the last axis: contiguous rows for Triton) or the mask (all axes) is left out.
+
+Experimental and opt-in (`Simulation(..., kernels="pallas")`): on a GPU the kernel is compiled
+by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: per-voxel
+diffusivities, grids of more than three axes, sharded fields; sweeps and gradients
+build their own steppers without it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+from engine.model.model import Fields, Model
+from engine.model.rhs import euler_change, reaction_terms
+
+TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
+"""Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 ran at 100-102%
+of the copy bandwidth in bench_pallas_stencil.py on an H200 (512^3)."""
+WARPS = 8
+
+
+def require_fusable(model: Model) -> None:
+    """Raises ValueError naming what in `model` `fused_euler_increment` cannot take."""
+    reason = _unfused_reason(model)
+    if reason is not None:
+        raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
+
+
+def _unfused_reason(model: Model) -> str | None:
+    if model.grid.ndim > 3:
+        return f"a {model.grid.ndim}D grid (at most 3 axes)"
+    for f in model.fields:
+        if jnp.ndim(model.diffusivity(f)) != 0:
+            return f"the per-voxel diffusivity of {f.name}"
+    for leaf in jax.tree.leaves(model):
+        if jnp.ndim(leaf) != 0 and jnp.shape(leaf) != tuple(model.grid.shape):
+            return f"a parameter of shape {jnp.shape(leaf)}, neither scalar nor the grid's"
+    return None
+
+
+def _tile(shape) -> tuple[int, ...]:
+    """TILES for this many axes, each no longer than the axis rounded up to a power of two."""
+    return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
+
+
+def fused_euler_increment(
+    model: Model, couplings, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
+) -> Fields:
+    """`steppers.positive_euler_increment` of every field, in one kernel (see the module);
+    `couplings`: `model.field_couplings`; `add_fields`: the fields plus it instead (the Euler
+    step, in the same pass over memory)."""
+    require_fusable(model)
+    shape = tuple(model.grid.shape)
+    names = model.names
+    dtype = fields[names[0]].dtype
+    leaves, treedef = jax.tree.flatten(model)
+    # inputs, each with how the kernel reads it: "grid" per block, "scalar", or "axis a"
+    inputs, kinds = [], []
+
+    def add(value, kind=None):
+        value = jnp.asarray(value)
+        if kind is None:
+            kind = "scalar" if value.ndim == 0 else "grid"
+        if kind == "grid" and value.shape != shape:
+            raise ValueError(f'kernels: "pallas" cannot fuse an input of shape {value.shape}')
+        inputs.append(value.reshape(-1) if kind != "grid" else value)
+        kinds.append(kind)
+
+    for name in names:
+        add(fields[name])
+    for leaf in leaves:
+        add(leaf)
+    supply_names = sorted(supply)
+    for name in supply_names:
+        add(supply[name])
+    add(t)
+    add(dt)
+    outside = []  # per field and axis: (low, high) outside values, None where periodic
+    for name in names:
+        outside.append([])
+        for axis, ((low, low_value), (high, high_value)) in enumerate(couplings[name]):
+            add(jnp.reshape(low, -1), axis)
+            add(jnp.reshape(high, -1), axis)
+            outside[-1].append((low_value, high_value))
+    tile = _tile(shape)
+    kernel = functools.partial(
+        _kernel,
+        grid=model.grid,
+        names=names,
+        treedef=treedef,
+        kinds=tuple(kinds),
+        supply_names=tuple(supply_names),
+        outside=outside,
+        tile=tile,
+        add_fields=add_fields,
+    )
+    gpu = jax.default_backend() == "gpu"
+    out = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(shape, dtype) for _ in names],
+        grid=tuple(pl.cdiv(n, t) for n, t in zip(shape, tile)),
+        interpret=not gpu,
+        compiler_params=plt.CompilerParams(num_warps=WARPS, num_stages=1) if gpu else None,
+    )(*inputs)
+    return dict(zip(names, out))
+
+
+def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add_fields):
+    """One block of every field's increment (`add_fields`: plus the field). refs: the inputs in
+    `fused_euler_increment`'s order (fields, the model's leaves, supply, t, dt, coupling
+    vectors), then the outputs."""
+    shape = tuple(grid.shape)
+    inputs, outputs = refs[: len(kinds)], refs[len(kinds) :]
+    position = [
+        pl.program_id(axis) * tile[axis] + lax.broadcasted_iota(jnp.int32, tile, axis)
+        for axis in range(len(shape))
+    ]
+    clamped = [jnp.minimum(p, n - 1) for p, n in zip(position, shape)]
+    if shape[-1] % tile[-1] == 0:  # unclamped along the contiguous axis: Triton sees whole rows
+        clamped[-1] = position[-1]
+
+    def read(ref, kind):
+        if kind == "scalar":
+            return ref[0]
+        return plt.load(ref.at[clamped[kind]] if isinstance(kind, int) else ref.at[tuple(clamped)])
+
+    values = [read(ref, kind) for ref, kind in zip(inputs, kinds)]
+    n_fields, n_leaves = len(names), treedef.num_leaves
+    fields = dict(zip(names, values[:n_fields]))
+    block_model = jax.tree.unflatten(treedef, values[n_fields : n_fields + n_leaves])
+    rest = values[n_fields + n_leaves :]
+    supply = dict(zip(supply_names, rest[: len(supply_names)]))
+    t, dt = rest[len(supply_names)], rest[len(supply_names) + 1]
+    vectors = iter(rest[len(supply_names) + 2 :])
+
+    def neighbour(field, axis, shift, outside_value):
+        """Field number `field` at the voxel `shift` along `axis`: wrapped where periodic,
+        else the outside value beyond the grid's face (the ghost of `operators.with_ghosts`)."""
+        value = shifted(field, axis, shift)
+        if outside_value is None:
+            return value
+        edge = clamped[axis] == (0 if shift < 0 else shape[axis] - 1)
+        return jnp.where(edge, outside_value, value)
+
+    def shifted(field, axis, offset):
+        """Field number `field` at the voxels `offset` along `axis`, wrapped around the grid
+        (offset 0: the block as already loaded)."""
+        if offset == 0:
+            return values[field]
+        index = list(clamped)
+        index[axis] = (clamped[axis] + offset + shape[axis]) % shape[axis]
+        return plt.load(inputs[field].at[tuple(index)])
+
+    def face_flux(n_field, c_field, chi, axis, side, periodic):
+        """Upwind flux of chi n grad c through the face between the voxels `side` and
+        `side` + 1 along `axis` (none through a non-periodic grid face)."""
+        c_left, n_left = shifted(c_field, axis, side), shifted(n_field, axis, side)
+        c_right, n_right = shifted(c_field, axis, side + 1), shifted(n_field, axis, side + 1)
+        velocity = chi * (c_right - c_left) / grid.spacing[axis]
+        flux = jnp.maximum(velocity, 0) * n_left + jnp.minimum(velocity, 0) * n_right
+        left = clamped[axis] + side
+        return flux if periodic else jnp.where((left >= 0) & (left < shape[axis] - 1), flux, 0)
+
+    def chemotaxis(n_index, c_index, chi):
+        """-div(chi n grad c) of field `n_index` up the gradient of field `c_index`, as
+        `operators.chemotaxis`."""
+        total = jnp.zeros_like(values[n_index])
+        for axis, dx in enumerate(grid.spacing):
+            periodic = outside[n_index][axis][0] is None
+            high, low = (face_flux(n_index, c_index, chi, axis, s, periodic) for s in (0, -1))
+            total = total - (high - low) / dx
+        return total
+
+    gain = {}
+    for i, name in enumerate(names):
+        c = fields[name]
+        total = jnp.zeros_like(c)
+        for axis, (low_value, high_value) in enumerate(outside[i]):
+            low, high = next(vectors), next(vectors)
+            lower = neighbour(i, axis, -1, low_value)
+            upper = neighbour(i, axis, 1, high_value)
+            total = total + (low * (lower - c) + high * (upper - c)) / grid.spacing[axis] ** 2
+        gain[name] = total
+    for p in block_model.populations:
+        if p.chemotaxis_species is not None:
+            c_index = names.index(p.chemotaxis_species)
+            n_index = names.index(p.name)
+            drift = chemotaxis(n_index, c_index, p.chemotaxis_sensitivity)
+            gain[p.name] = gain[p.name] + drift
+    production, loss = reaction_terms(block_model, fields, t)
+    change = euler_change(names, fields, gain, production, supply, loss, dt)
+    inside = None  # whole blocks: every store in the grid
+    if any(n % t for n, t in zip(shape, tile)):
+        inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
+    for name, out in zip(names, outputs):
+        value = fields[name] + change[name] if add_fields else change[name]
+        plt.store(out.at[tuple(position)], value.astype(out.dtype), mask=inside)

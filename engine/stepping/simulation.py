@@ -1,0 +1,300 @@
+"""`Simulation`: a model, a stepper and a time step, advanced by one jitted device loop."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.model.model import Fields, Model
+from engine.model.rhs import reaction_terms
+from engine.numerics import parallel, spectral
+from engine.stepping import kernels as kernels_module
+from engine.stepping.steppers import Explicit, advance_adaptive, advance_fields, make_stepper
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class State:
+    """Fields at time `t` (s) after `step` steps; `dt` (s) is the step an adaptive run
+    proposes next (None until one has run)."""
+
+    t: float
+    fields: Fields
+    step: int = 0
+    dt: float | None = None
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(value) for name, value in self.fields.items()}
+
+
+def precision(dtype) -> contextlib.AbstractContextManager:
+    """The JAX precision a computation in `dtype` needs: 64-bit mode for float64, switched on
+    only inside the context (nothing else in the process sees it)."""
+    return jax.enable_x64(True) if jnp.dtype(dtype) == jnp.float64 else contextlib.nullcontext()
+
+
+def in_precision(method):
+    """Run a method of an object with a `dtype` in that dtype's `precision`."""
+
+    @functools.wraps(method)
+    def scoped(self, *args, **kwargs):
+        with precision(self.dtype):
+            return method(self, *args, **kwargs)
+
+    return scoped
+
+
+class UnstableStep(ValueError):
+    """A fixed time step beyond the explicit stepper's stability limit (bad input)."""
+
+
+class Simulation:
+    """Builds the stepper for a model and advances states with it.
+
+    Arguments:
+        model: the `Model` to simulate.
+        stepper: "explicit" | "imex" | "quasi_steady".
+        scheme: explicit scheme, "euler" | "ssprk2" | "ssprk3".
+        dt: time step (s), or "auto" for `safety` times the stepper's largest step (stability
+            for explicit, the accuracy target `tolerance` for the implicit steppers),
+            re-evaluated at the start of every `advance` (rates change with the fields).
+        dtype: "float32" (default) or "float64" (JAX's 64-bit mode is switched on inside this
+            simulation's calls only).
+        safety: fraction of the stable step used by dt = "auto".
+        tolerance: accuracy target of the implicit steppers' dt = "auto", and the local error
+            target (relative to each field's maximum) of adaptive stepping.
+        adaptive: control the step size by the local error (step doubling) instead of a fixed
+            or "auto" dt (which then only sets the first step).
+        max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
+        compensated: add float32 explicit steps with compensated (Kahan) summation, which
+            conserves the total to rounding over any number of steps at about twice the
+            memory traffic per step; False trades that for speed (float64 never needs it).
+        mesh: split the fields over devices: None (one device), "auto", or devices per
+            leading grid axis ([2, 2]); see `engine.parallel`.
+        devices: how many devices to use (default: all for "auto", one without a mesh).
+        kernels: "xla" (default), or "pallas" (experimental) for each explicit stage as one
+            Pallas kernel (`engine.kernels`; on a GPU only it is fast).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        stepper: str = "explicit",
+        scheme: str = "ssprk3",
+        dt: float | str = "auto",
+        dtype: str = "float32",
+        safety: float = 0.9,
+        tolerance: float = 1e-3,
+        adaptive: bool = False,
+        max_steps: int = 10_000_000,
+        compensated: bool = True,
+        mesh=None,
+        devices: int | None = None,
+        kernels: str = "xla",
+    ):
+        number = isinstance(dt, int | float) and not isinstance(dt, bool)
+        if not (dt == "auto" or (number and math.isfinite(dt) and dt > 0)):
+            raise ValueError(f'time.dt: must be "auto" or a positive number of seconds, got {dt!r}')
+        if not 0 < safety <= 1:
+            raise ValueError(f"time.safety: must be in (0, 1], got {safety}")
+        if dtype not in DTYPES:
+            raise ValueError(f"time.dtype: unknown dtype {dtype!r}; use float32 or float64")
+        self.dtype = jnp.dtype(dtype)
+        self.mesh = parallel.device_mesh(mesh, model.grid.shape, devices)
+        self._grid_shape = tuple(model.grid.shape)
+        with precision(self.dtype):
+            self.model = self.place(model.cast(self.dtype))
+        if not 0 < tolerance < 1:
+            raise ValueError(f"time.tolerance: must be in (0, 1), got {tolerance}")
+        if kernels not in ("xla", "pallas"):
+            raise ValueError(f'kernels: must be "xla" or "pallas", got {kernels!r}')
+        fused = kernels == "pallas"
+        if fused and self.mesh is not None:
+            raise ValueError('kernels: "pallas" runs on one device; use "xla" with a mesh')
+        if fused:
+            kernels_module.require_fusable(model)
+        self.stepper = make_stepper(stepper, scheme, tolerance, fused)
+        self.adaptive = adaptive
+        self.tolerance = tolerance
+        self.max_steps = max_steps
+        self.compensated = compensated
+        self.rejected_steps = 0  # by adaptive stepping, over the simulation's life
+        self.dt = dt
+        self.safety = safety
+        self.trace_count = 0
+        options = spectral.compiler_options()
+        self._advance = jax.jit(self._advance_traced, donate_argnums=1, compiler_options=options)
+        self._stable_dt = jax.jit(self.stepper.stable_dt)
+        self._advance_adaptive = jax.jit(
+            self._adaptive_traced, donate_argnums=1, compiler_options=options
+        )
+
+    def place(self, tree):
+        """`tree` (fields, a model) on this simulation's devices: grid-shaped arrays split
+        over the mesh, the rest replicated; unchanged on one device."""
+        return parallel.place(tree, self.mesh, self._grid_shape)
+
+    @in_precision
+    def load_fields(self, datasets) -> Fields:
+        """Fields read from arrays or HDF5 datasets ({name: dataset}, a checkpoint) onto this
+        simulation's devices: each process reads only its own devices' blocks."""
+        sharding = None
+        if self.mesh is not None:
+            sharding = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        return {k: parallel.read_blocks(d, sharding, self.dtype) for k, d in datasets.items()}
+
+    def _keep_layout(self, fields: Fields) -> Fields:
+        """Pin the fields' blocks to the mesh, so that every chunk returns them as it got them."""
+        if self.mesh is None:
+            return fields
+        blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        return {k: jax.lax.with_sharding_constraint(v, blocks) for k, v in fields.items()}
+
+    def _advance_traced(self, model, fields, t0, dt, n_steps):
+        self.trace_count += 1  # runs only while tracing: counts compilations
+        with parallel.layout(self.mesh):
+            fields = advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
+        return self._keep_layout(fields)
+
+    def _adaptive_traced(self, model, fields, t0, t_end, dt):
+        self.trace_count += 1
+        with parallel.layout(self.mesh):
+            return advance_adaptive(
+                self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps
+            )
+
+    @in_precision
+    def initial_state(self) -> State:
+        if self.mesh is None:
+            return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+        # made in place on the devices: no device ever holds a whole field
+        blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
+        make = jax.jit(lambda model: model.initial_fields(self.dtype), out_shardings=blocks)
+        return State(t=0.0, fields=make(self.model))
+
+    @in_precision
+    def validate(self, state: State | None = None) -> dict:
+        """What a run would do, computing nothing but rates: the stiffest reaction (field and
+        rate, 1/s), the explicit stability limit (s) and the step this stepper takes (s)."""
+        state = self.initial_state() if state is None else state
+        _, loss = reaction_terms(self.model, state.fields, state.t)
+        rates = {name: float(jnp.max(rate)) for name, rate in loss.items()}
+        stiffest = max(rates, key=rates.get, default=None)
+        report = dict(
+            stiffest_field=stiffest,
+            stiffest_rate=max(rates.get(stiffest, 0.0), float(self.model.growth_rate())),
+            explicit_limit=float(Explicit().stable_dt(self.model, state.fields)),
+            dt=self.time_step(state),
+            stepper=self.stepper.name,
+        )
+        return report
+
+    @property
+    def fixed_explicit_step(self) -> bool:
+        """Whether every step is the explicit stepper's fixed time.dt (not "auto", not
+        adaptive): a step its stability limit bounds."""
+        return self.stepper.name == "explicit" and self.dt != "auto" and not self.adaptive
+
+    def check_time_step(self, state: State) -> None:
+        """Refuse a fixed time.dt beyond the explicit stepper's stability limit for `state`
+        (`refuse_unstable_dt`): such a run blows up within a few steps."""
+        if self.fixed_explicit_step:
+            refuse_unstable_dt(self.dt, self.stable_dt(state))
+
+    @in_precision
+    def stable_dt(self, state: State) -> float:
+        """The stepper's largest stable step (s) for `state`, before the safety factor."""
+        return float(self._stable_dt(self.model, state.fields))
+
+    def time_step(self, state: State) -> float:
+        """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
+        return self.dt if self.dt != "auto" else self.safety * self.stable_dt(state)
+
+    @in_precision
+    def advance(self, state: State, t_end: float) -> State:
+        """The state at `t_end` (s), in equal steps no longer than `time_step`.
+
+        The input state's buffers are donated to the computation: use the returned state.
+        """
+        span = float(t_end) - state.t
+        if span < 0:
+            raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
+        if span == 0:
+            return state
+        if self.adaptive:
+            return self._advance_adaptively(state, float(t_end))
+        dt_max = self.time_step(state)
+        n_steps = max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
+        fields = self.advance_steps(state.fields, state.t, span / n_steps, n_steps)
+        return State(t=float(t_end), fields=fields, step=state.step + n_steps)
+
+    def _advance_adaptively(self, state: State, t_end: float) -> State:
+        dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
+        dt = min(dt, t_end - state.t)
+        fields, dt, accepted, rejected = self._advance_adaptive(
+            self.model,
+            state.fields,
+            jnp.asarray(state.t, self.dtype),
+            jnp.asarray(t_end, self.dtype),
+            jnp.asarray(dt, self.dtype),
+        )
+        accepted, rejected = int(accepted), int(rejected)
+        if accepted + rejected >= self.max_steps:
+            raise RuntimeError(
+                f"adaptive stepping took {self.max_steps} steps before t = {t_end} s; "
+                "raise time.tolerance or max_steps"
+            )
+        self.rejected_steps += rejected
+        return State(t=t_end, fields=fields, step=state.step + accepted, dt=float(dt))
+
+    @in_precision
+    def compile_stats(self, state: State, n_steps: int = 1) -> dict:
+        """Seconds XLA takes to compile `advance` for `state`'s fields, and the compiled loop's
+        peak memory in bytes (arguments, outputs and temporaries, less donated buffers)."""
+        dt = jnp.asarray(1.0, self.dtype)
+        start = time.perf_counter()
+        compiled = self._advance.lower(
+            self.model, state.fields, jnp.asarray(state.t, self.dtype), dt, jnp.int32(n_steps)
+        ).compile()
+        seconds = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        peak = None
+        if memory is not None:
+            peak = (
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                + memory.temp_size_in_bytes
+                - memory.alias_size_in_bytes
+            )
+        return dict(compile_s=seconds, peak_bytes=peak)
+
+    @in_precision
+    def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
+        """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`)."""
+        return self._advance(
+            self.model,
+            fields,
+            jnp.asarray(t0, self.dtype),
+            jnp.asarray(dt, self.dtype),
+            jnp.asarray(n_steps, jnp.int32),
+        )
+
+
+def refuse_unstable_dt(dt: float, limit: float) -> None:
+    """UnstableStep naming time.dt if the fixed step `dt` (s) exceeds the explicit stability
+    limit `limit` (s)."""
+    if dt > limit * (1 + 1e-6):
+        raise UnstableStep(
+            f"time.dt: {dt:g} s exceeds the explicit stepper's stability limit, {limit:.4g} s "
+            f'at the start; use time.dt = "auto", a step of at most {limit:.4g} s, or '
+            'time.stepper = "imex"'
+        )
