@@ -1,6 +1,6 @@
 """Memory of `ilsim plot` / `profile` / `movie` / `info` on a 3D output larger than memory budgets:
 each command runs in a fresh process that reports its resident memory at start, after
-`import engine.cli` (JAX included), and at its peak (VmHWM, reset after the imports).
+importing the command line, and at its peak (VmHWM, reset after the imports).
 
     python benchmarks/bench_plot_memory.py [--size 512] [--frames 2] [--compression none]
                                            [--commands plot,profile,...] [--save]
@@ -34,12 +34,12 @@ def status(key):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 start = status("VmRSS")
-import engine.cli
+from engine.cli.main import main
 imported = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the present RSS
     f.write("5")
 began = time.perf_counter()
-code = engine.cli.main(sys.argv[1:])
+code = main(sys.argv[1:])
 print(json.dumps({"rc": code, "start": start, "imported": imported, "peak": status("VmHWM"),
                   "seconds": time.perf_counter() - began}), file=sys.stderr)
 """
@@ -47,7 +47,8 @@ print(json.dumps({"rc": code, "start": start, "imported": imported, "peak": stat
 
 def write_file(path: Path, size: int, frames: int, compression: str) -> float:
     """A 3D output of `frames` frames of a Gaussian bump; returns the seconds it took."""
-    from engine.io.output import FieldInfo, OutputWriter
+    from engine.io.layout import FieldInfo
+    from engine.io.writer import OutputWriter
     from engine.numerics.grid import Grid
 
     grid = Grid((size,) * 3, spacing=2.0)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from engine import open_output
-from engine.io.output import MOLECULES_PER_UM3_PER_NM, FieldInfo, OutputWriter
+from engine.io.layout import FieldInfo
+from engine.io.writer import OutputWriter
+from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.numerics.grid import Grid
 from engine.post import analysis
 from engine.post.analysis import AnalysisError

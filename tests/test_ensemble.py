@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cli.main import main, parse_vary
+from engine.cli.batch import parse_vary
+from engine.cli.main import main
 from engine.config.errors import ConfigError
 from engine.config.loading import load_config
 from engine.runs.driver import run
@@ -259,8 +260,8 @@ def test_members_split_over_devices_equal_one_device(tmp_path):
     """Three members over two CPU devices (padded to four) equal the one-device sweep."""
     body = f"""
     import json, jax
-    jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np, engine
+    engine.parallel.use_cpu_devices(2)
     from engine.runs.sweep import Ensemble
     cfg = engine.load_config({json.dumps(CONFIG)}, {{"time.end": "4 min"}})
     vary = {{"terms[1].k_on": [0.001, 0.01, 0.1]}}

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.io.output import latest_checkpoint
+from engine.io.checkpoint import latest_checkpoint
 
 CONFIG = """
 [grid]
@@ -107,7 +107,8 @@ def runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("multiprocess")
     for distributed in (True, False):
         _write_configs(tmp_path, distributed)
-    _ilsim(["run", "long0.toml", "-o", "single.h5", "--quiet"], tmp_path, processes=1, devices=4)
+    single = ["run", "long0.toml", "-o", "single.h5", "--devices", "4", "--quiet"]
+    _ilsim(single, tmp_path, processes=1, devices=4)
     _ilsim(["run", "short1.toml", "-o", "multi.h5", "--quiet"], tmp_path, processes=2, devices=2)
     (tmp_path / "resumed.h5").write_bytes((tmp_path / "multi.h5").read_bytes())
     _ilsim(

@@ -1,6 +1,7 @@
 """The mathematics of engine.numerics.operators, in float64: accuracy, conservation, face
-coefficients, boundary conditions against analytic steady states, periodic diffusion against its exact
-semi-discrete (Fourier) solution, and upwind chemotaxis against the Boltzmann equilibrium."""
+coefficients, boundary conditions against analytic steady states, periodic diffusion against
+its exact semi-discrete (Fourier) solution, and upwind chemotaxis against the Boltzmann
+equilibrium."""
 
 from functools import partial
 

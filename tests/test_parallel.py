@@ -24,7 +24,8 @@ from engine.numerics import parallel
 CHILD_SETUP = """
 import json, sys
 import jax
-jax.config.update("jax_num_cpu_devices", 8)
+from engine.numerics import parallel
+parallel.use_cpu_devices(8)
 import numpy as np
 import engine
 from engine.model.terms import Conversion, Secretion, Uptake
@@ -125,7 +126,7 @@ def test_sharded_runs_equal_single_device_runs_over_meshes_dtypes_and_faces(tmp_
 CHECKPOINT_RESUME = """
 import shutil
 from engine.runs.driver import run
-from engine.io.output import open_output
+from engine.io.reader import open_output
 
 config = {
     "grid": {"shape": [16, 16, 8], "spacing": "10 um"},
@@ -303,11 +304,11 @@ def test_a_fence_is_a_conditional_on_cpus_and_a_plain_call_elsewhere(monkeypatch
 
 
 def xla_flags_of_a_process(env_flags: str | None, setup: str = "pass") -> str:
-    """XLA_FLAGS after `import engine` in a fresh process (after `setup`)."""
+    """XLA_FLAGS after `import engine` and `setup` in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if env_flags is not None:
         env["XLA_FLAGS"] = env_flags
-    code = f"import jax; {setup}; import engine, os; print(os.environ.get('XLA_FLAGS', ''))"
+    code = f"import engine, os; {setup}; print(os.environ.get('XLA_FLAGS', ''))"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
@@ -319,13 +320,15 @@ def xla_flags_of_a_process(env_flags: str | None, setup: str = "pass") -> str:
     platform.machine().lower() not in ("x86_64", "amd64"), reason="XLA's ISA cap is x86-64's"
 )
 def test_only_a_cpu_split_into_devices_compiles_without_fma():
-    """FMAs cost an explicit step 14-22% when they go, so only processes that split the CPU
-    into devices (where split and whole runs must round alike) give them up."""
-    assert "max_isa" not in xla_flags_of_a_process(None)
-    forced = xla_flags_of_a_process("--xla_force_host_platform_device_count=4")
-    assert forced.split() == ["--xla_force_host_platform_device_count=4", "--xla_cpu_max_isa=AVX"]
-    assert "--xla_cpu_max_isa=AVX" in xla_flags_of_a_process(None, CHILD_SETUP.split("\n")[3])
-    assert xla_flags_of_a_process("--xla_cpu_max_isa=AVX2") == "--xla_cpu_max_isa=AVX2"  # a choice
+    """Importing the engine sets no XLA flag; splitting the CPU into devices
+    (`parallel.use_cpu_devices`, as `--devices N` does) gives up FMAs, so that split and whole
+    runs round alike, and keeps an instruction set the user chose."""
+    split = "engine.parallel.use_cpu_devices(4)"
+    assert xla_flags_of_a_process(None) == ""
+    forced = "--xla_force_host_platform_device_count=4"
+    assert xla_flags_of_a_process(forced) == forced
+    assert xla_flags_of_a_process(None, split) == "--xla_cpu_max_isa=AVX"
+    assert xla_flags_of_a_process("--xla_cpu_max_isa=AVX2", split) == "--xla_cpu_max_isa=AVX2"
 
 
 def test_a_seed_scenario_on_4_devices_equals_its_run_on_one_bitwise(tmp_path):

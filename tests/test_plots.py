@@ -309,7 +309,7 @@ def test_plotting_a_frame_of_a_1gb_output_stays_under_300mb(tmp_path):
 
 
 def test_analysis_module_does_not_import_jax_or_matplotlib():
-    source = (REPO / "engine" / "analysis.py").read_text()
+    source = (REPO / "engine" / "post" / "analysis.py").read_text()
     for module in ("jax", "matplotlib"):
         assert f"import {module}" not in source and f"from {module}" not in source
     assert analysis.BLOCK_VALUES * 4 < 32e6

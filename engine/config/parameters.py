@@ -22,8 +22,9 @@ import numpy as np
 
 from engine.config.build import build_model
 from engine.config.errors import ConfigError
-from engine.config.loading import load_config, split_path, to_raw
+from engine.config.loading import load_config, split_path
 from engine.config.schema import Config
+from engine.config.toml import to_raw
 from engine.model.model import Model
 
 MODEL_SECTIONS = ("species", "populations", "terms", "sources")

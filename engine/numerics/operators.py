@@ -134,10 +134,10 @@ def _padded(c, outside: list):
 def stored_ghosts() -> bool:
     """Whether the ghost-padded copy of a field is stored (on CPU) or its padding fused into
     the stencil that reads it (on accelerators). On CPU, slices of a stored array fuse into
-    one vectorised pass, while a fused pad is re-evaluated per neighbour: the euler step of
-    one 64^3 field took 0.09 ms stored, 0.44 fused (2 cores). On a GPU the stored copy is an
-    extra pass over memory: 512^3, one field, float32 on an H200, 0.82 ms stored, 0.57 fused
-    (with `steppers.advance_fields` pairing the steps)."""
+    one vectorised pass, while a fused pad is re-evaluated per neighbour, several times slower.
+    On a GPU the stored copy is an extra pass over memory, and fusing the padding is faster
+    once `steppers.advance_fields` pairs the steps (measurements:
+    docs/performance-notes.md)."""
     return jax.default_backend() == "cpu"
 
 

@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import platform
-import re
 from collections.abc import Sequence
 
 import jax
@@ -31,18 +30,11 @@ MESH_AXES = ("shard_0", "shard_1", "shard_2")
 
 
 def use_cpu_devices(count: int) -> None:
-    """Split the host CPU into `count` JAX devices (for --devices N without accelerators),
-    compiled without FMAs (`reproducible_cpu_math`), so that runs on any count agree. Takes
-    effect only before JAX first starts its backends."""
+    """Split the host CPU into `count` JAX devices (`--devices N` without accelerators; in
+    Python, call it before JAX first starts its backends), compiled without FMAs
+    (`reproducible_cpu_math`), so that runs on any count agree bitwise."""
     jax.config.update("jax_num_cpu_devices", int(count))
     reproducible_cpu_math()
-
-
-def cpu_split() -> bool:
-    """Whether this process asks for several CPU devices (`jax_num_cpu_devices`, or XLA's
-    `--xla_force_host_platform_device_count`)."""
-    forced = re.search(r"host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
-    return jax.config.jax_num_cpu_devices > 1 or (forced is not None and int(forced[1]) > 1)
 
 
 def reproducible_cpu_math() -> None:
@@ -50,12 +42,10 @@ def reproducible_cpu_math() -> None:
     that a field split over CPU devices rounds as it does whole. XLA fuses element-wise work
     differently for different block shapes, so where a multiply-add becomes an FMA differs
     with the split: a unit in the last place here and there, which growth and chemotaxis
-    carry on (float32 runs of configs/infection_resolution.toml on 4 devices were 3.5e-6
-    from one device after 12 simulated hours; bitwise with this). Costs 14-22% of an
-    explicit step on a CPU (measured on a 2-core x86-64 at 128^3 and 256^3), so the engine
-    asks for it only where the grid may be split over CPUs (`cpu_split`, checked on import;
-    --devices; multi-process runs). x86-64 only; takes effect only before JAX first starts its
-    backends."""
+    carry on. FMAs make an explicit step faster (docs/performance-notes.md), so only the
+    start-up of a process that splits the CPU asks for this (`use_cpu_devices`, multi-process
+    runs); importing the engine never does. x86-64 only; takes effect only before JAX first
+    starts its backends."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return
     flags = os.environ.get("XLA_FLAGS", "")

@@ -6,16 +6,11 @@ start already meets the tolerance. Preconditioned with the voxel diagonal (Jacob
 about sqrt(stiffness) iterations, stiffness = largest diagonal / mean shift, each one stencil:
 right for imex steps, whose accuracy target keeps dt D/h^2 below 1 (stiffness about 2). With
 the exact inverse of a nearby constant-coefficient operator (`spectral.preconditioner`) it
-needs a few at any stiffness, each two transforms (4-7 Jacobi iterations on a CPU at 128^3,
-more on longer axes): right for the steady states of quasi_steady (stiffness 10^3 and more),
-on every grid. On a 2-core CPU (float32), a quasi_steady run of the infection scenario at
-128^3 took 39.1 s with the diagonal and 17.1 s spectral; a step of it, an hour in, 13.1
-against 3.1 s at 192^3, and of its 2D form 457 against 89 ms at 512^2 and 4058 against 599 ms
-at 1024^2. In float64 (CG tolerance 1e-11) the diagonal fares worse: the benchmark's
-quasi_steady step took 1773 against 12 ms at 1024^2 and 8554 against 70 ms at 2048^2. An
-imex step with a robin face (IL-2 and uptaking cells) 235-350 ms with the diagonal and 304-346
-spectral at a stiffness of 10, 665 and 299 at 106 (dt D/h^2 = 60, ten times what the accuracy
-target allows). Choosing per solve would run both under `vmap` (sweeps)."""
+needs a few at any stiffness, each two transforms: right for the steady states of
+quasi_steady (stiffness 10^3 and more), on every grid, and more so in float64, where the
+tighter tolerance multiplies the diagonal's iterations. The preconditioner is chosen per
+stepper, not per solve: a choice per solve would run both under `vmap` (sweeps). The
+measurements behind the choice are in docs/performance-notes.md."""
 
 from __future__ import annotations
 
@@ -28,10 +23,9 @@ from engine.numerics.grid import Grid
 
 
 def tolerance(dtype) -> float:
-    """CG relative residual target: near the rounding floor of the dtype. In float32 1e-6
-    rather than 1e-5 took 1.3x the time of a quasi_steady run of the infection scenario at
-    128^3 (21.6 against 17.1 s on the CPU) and brought sharded runs from 1.1e-6 to 6.6e-7 of
-    single-device ones."""
+    """CG relative residual target: near the rounding floor of the dtype. 1e-6 in float32
+    rather than 1e-5 costs some iterations and keeps runs that differ only in rounding closer
+    together (measurements: docs/performance-notes.md)."""
     return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-11
 
 

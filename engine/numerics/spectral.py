@@ -65,8 +65,8 @@ def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
 def mode_rates(D, grid: Grid, boundary: Boundary, dtype):
     """D lambda_k (1/s, <= 0) of every mode of the grid, summed on the device from opaque
     per-axis vectors: a grid-sized array of eigenvalues would be captured into the compiled
-    program (8 MB per field at 128^3) and the exponentials folded while compiling (46 s for a
-    seed scenario on a GPU)."""
+    program (8 MB per field at 128^3) and its exponentials evaluated while compiling, which
+    made compilation slow."""
     per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
     per_axis = lax.optimization_barrier(per_axis)
     return D * sum(per_axis[1:], per_axis[0])
@@ -94,9 +94,9 @@ def propagators(D, decay, dt, grid: Grid, boundary: Boundary, dtype):
 def transform_matrices(grid: Grid, boundary: Boundary, dtype) -> tuple:
     """The basis matrix of each axis transformed by a matrix product (None on the others:
     periodic axes and those of at least `FFT_MIN_LENGTH`), opaque to XLA: with constant
-    matrices, the transform of a constant array (a uniform forcing) was evaluated while
-    compiling (54 s for a 2048^2 product on a GPU). Shared by every transform that uses them,
-    so that XLA still merges repeated transforms of the same field."""
+    matrices, XLA evaluates the transform of a constant array (a uniform forcing) while
+    compiling, a full matrix product at compile time. Shared by every transform that uses
+    them, so that XLA still merges repeated transforms of the same field."""
     products = _axes(boundary, grid.shape)[0]
     matrices = [
         jnp.asarray(basis_matrix(n, *_kinds(boundary, axis)), dtype) if axis in products else None
@@ -128,9 +128,9 @@ def basis_matrix(n: int, low: str = "neumann", high: str = "neumann") -> np.ndar
 def compiler_options() -> dict | None:
     """XLA options for the programs that run these transforms (`jax.jit(...,
     compiler_options=...)`). On a GPU XLA autotunes each matrix-product fusion as a Triton
-    kernel while compiling: infection_resolution_3d's 128^3 imex loop took 42.4 s to compile
-    on an H200 that way, 2.9 s with cuBLAS doing the products, which stepped as fast (1.85 s
-    against 1.81 s for 24 simulated hours). None elsewhere."""
+    kernel while compiling, which took most of an imex loop's compile time; with cuBLAS doing
+    the products the loop compiles in a fraction of it and steps as fast
+    (docs/performance-notes.md). None elsewhere."""
     return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else None
 
 
@@ -138,9 +138,9 @@ def basis_transform(x, axes, inverse: bool = False, matrices=None):
     """Into the eigenbasis of each axis in `axes` (out of it with `inverse`), one matrix
     product per axis, with `matrices[axis]` (`transform_matrices`), or the DCT-II (neumann
     faces) without. XLA
-    computes `dctn` through a complex FFT of the extended signal; the products ran 4.7x
-    faster on a 2-core CPU at 128^3 (float32, 10 ms against 49 ms) and are what accelerators
-    do best. Full precision: no reduced-precision (TF32) products. Each product is the same
+    computes `dctn` through a complex FFT of the extended signal; on axes shorter than
+    `FFT_MIN_LENGTH` the products are faster on a CPU and are what accelerators do best.
+    Full precision: no reduced-precision (TF32) products. Each product is the same
     row-major (lines, n) x (n, n) one whether the field is split or not: the lines are moved
     last behind a barrier (so that XLA cannot fold the transposes into the product, which it
     did differently for split fields), and on split fields each device holds whole lines
@@ -218,10 +218,10 @@ def fourier_transform(x, axes, inverse: bool = False):
 
 FFT_MIN_LENGTH = 1024
 """Non-periodic axes at least this long are transformed by FFTs (`fft_basis_transform`),
-shorter ones by matrix products (`basis_transform`). On a 2-core CPU (float32, a whole
-transform, medians of 7, two runs each): 128^3 11 ms by products against 33 by FFTs, 256^3
-245 against 248, 512^2 x 32 107 against 90, 1024^2 10.3 against 7-10, 2048^2 89 against
-51-57, 4096^2 742-752 against 238-241."""
+shorter ones by matrix products (`basis_transform`): a product costs N operations per voxel
+and an FFT about log N; on a CPU the two are about even from 256 to 1024 voxels per axis and
+the FFTs well ahead beyond, while accelerators run the products best (measurements:
+docs/performance-notes.md)."""
 
 
 def _axes(boundary: Boundary, shape) -> tuple[list[int], list[int], list[int]]:

@@ -2,10 +2,11 @@
 profiles, the screening length fitted from a profile, the fraction of tissue above a threshold,
 and exposure per region.
 
-Every function takes the object `engine.open_output` returns (an `engine.io.Output`) and reads
-what it needs on demand: one frame (or one slice of it) at a time, and a large 3D frame in
-blocks of at most `BLOCK_VALUES` values, so that no function holds a whole 3D frame, let alone
-the whole file, in memory. NumPy only (no JAX, no matplotlib).
+Every function takes the object `engine.open_output` returns (an `engine.io.reader.Output`)
+and reads what it needs on demand: one frame (or one slice of it) at a time, and a large 3D
+frame in blocks of at most `BLOCK_VALUES` values, so that no function holds a whole 3D frame,
+let alone the whole file, in memory. NumPy only (no JAX, no matplotlib, no pint: units in
+requests are read by `engine.post.quantities`).
 
 Conventions:
 
@@ -30,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.io.output import TOTAL_UNITS
+from engine.io.layout import TOTAL_UNITS
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
+from engine.post.quantities import UnitError, read_quantity
 
 BLOCK_VALUES = 1 << 21
 """Most values read at once from a frame (2 Mi: 8 MB of float32, 16 MB in float64)."""
@@ -127,10 +129,8 @@ def to_seconds(value) -> float:
         try:
             t = float(text)
         except ValueError:
-            from engine.config.units import UnitError, to_engine
-
             try:
-                t = to_engine(text, "time")
+                t = read_quantity(text, "time")
             except UnitError as error:
                 raise AnalysisError(f"time {value!r}: {error}") from None
     else:
@@ -236,10 +236,8 @@ def parse_slice(grid, spec) -> Slice | None:
                 f"position in {o:g}..{upper:g} um, e.g. {name}={o + 0.5 * n * h:g}um)"
             )
     else:
-        from engine.config.units import UnitError, to_engine
-
         try:
-            position = to_engine(value, "length") if isinstance(value, str) else float(value)
+            position = read_quantity(value, "length") if isinstance(value, str) else float(value)
         except (UnitError, TypeError, ValueError):
             raise AnalysisError(
                 f"slice {spec!r}: expected a voxel index or a length such as 30um"
@@ -883,12 +881,10 @@ _UNIT_KINDS = {"nM": "concentration", "cells/um^3": "density"}
 
 def _to_units(value, units: str, what: str) -> float:
     """A number (already in `units`) or a string with a unit, as a float in `units`."""
-    from engine.config.units import UnitError, to_engine
-
     if isinstance(value, np.integer | np.floating):
         value = float(value)
     try:
-        return to_engine(value, _UNIT_KINDS[units])
+        return read_quantity(value, _UNIT_KINDS[units])
     except UnitError as error:
         raise AnalysisError(f"{what} {value!r}: {error}") from None
 

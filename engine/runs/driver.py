@@ -23,7 +23,9 @@ import numpy as np
 
 import engine
 from engine.config.toml import dump_toml
-from engine.io.output import FieldInfo, OutputWriter, read_checkpoint
+from engine.io.checkpoint import read_checkpoint, truncate_frames
+from engine.io.layout import FieldInfo
+from engine.io.writer import OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
 from engine.stepping.simulation import Simulation, State
@@ -90,17 +92,6 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _truncate_after(path: Path, t: float) -> None:
-    """Drop frames later than t (written after the last checkpoint before a kill)."""
-    with h5py.File(path, "a") as f:
-        keep = int(np.searchsorted(f["time"][:], t, side="right"))
-        axis = 1 if "members" in f else 0  # a sweep's fields lead with the member axis
-        for group in ("fields", "summary"):
-            for dataset in f[group].values():
-                dataset.resize(keep, axis=axis)
-        f["time"].resize(keep, axis=0)
-
-
 def _progress(total: float, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
@@ -148,7 +139,8 @@ def run(
         if team is not None:
             team.barrier()  # every process has read its blocks
         if first:
-            _truncate_after(output, t)
+            with h5py.File(output, "a") as f:
+                truncate_frames(f, after=t)
         state = State(t=t, fields=fields, step=step, dt=dt)
         path = output
     else:

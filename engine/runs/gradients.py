@@ -276,7 +276,7 @@ class Observed:
     def read(cls, source, names=None) -> Observed:
         """From an ilsim output file (path or open Output), a dict with "time" and fields,
         or an Observed; `names` picks fields (default: all of the source's)."""
-        from engine.io.output import Output, open_output
+        from engine.io.reader import Output, open_output
 
         if isinstance(source, Observed):
             observed = source

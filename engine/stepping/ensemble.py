@@ -23,9 +23,8 @@ from engine.stepping.simulation import Simulation, State, in_precision, refuse_u
 from engine.stepping.steppers import advance_fields
 
 CPU_BATCH_BYTES = 4 * 2**20
-"""Field state per device batch on a CPU: a larger batch streams from memory where smaller ones
-stay in cache (measured on a 2-core CPU, 64 members of a 256^2 two-field model, float32: batches
-of 8 (4 MB) ran 4x faster than one batch of 64, and 1.8x faster than batches of 16 or of 1)."""
+"""Field state per device batch on a CPU (bytes): a larger batch streams from memory where
+smaller ones stay in cache (the batch sizes compared: docs/performance-notes.md)."""
 
 
 def _substitute(model: Model, leaves: dict[int, jax.Array]) -> Model:

@@ -1,9 +1,10 @@
 """The explicit stepper's Euler increment of every field as one Pallas (Triton) kernel.
 
-XLA's fused stencil reached 62-70% of an H200's copy bandwidth on one 512^3 field; hand-written
-Pallas kernels of the same step reached 100% (benchmarks/bench_pallas_stencil.py). This kernel
-computes `steppers.positive_euler_increment` in one pass: each program owns a block of voxels,
-loads each field's block and its neighbours, traces the model's reaction terms on the block's
+Why: on a GPU hand-written Pallas kernels of the bare stencil run closer to the memory's
+bandwidth than XLA's fused stencil (benchmarks/bench_pallas_stencil.py; the readings, and
+what this kernel gained, are in docs/performance-notes.md). This kernel computes
+`steppers.positive_euler_increment` in one pass: each program owns a block of voxels, loads
+each field's block and its neighbours, traces the model's reaction terms on the block's
 values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
 and stores every field's increment. Loads use index arrays clamped to the grid, so every load
 stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
@@ -30,8 +31,8 @@ from engine.model.model import Fields, Model
 from engine.model.rhs import euler_change, reaction_terms
 
 TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
-"""Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 ran at 100-102%
-of the copy bandwidth in bench_pallas_stencil.py on an H200 (512^3)."""
+"""Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 was the fastest
+3D tile of bench_pallas_stencil.py on a GPU."""
 WARPS = 8
 
 

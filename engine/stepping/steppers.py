@@ -1,7 +1,7 @@
 """Time steppers: pure `step(model, prepared, fields, t, dt) -> fields` functions.
 
-Every stepper has the same interface, so the run loop, `Simulation` and later the implicit
-steppers share one `advance_fields` loop:
+Every stepper has the same interface, so every stepper runs in the one `advance_fields` loop
+that `Simulation` and `Ensemble` share:
 
 - `prepare(model, dt)`: loop-invariant work done once per `advance` (face coefficients, ...).
 - `step(model, prepared, fields, t, dt)`: one step from t to t + dt.
@@ -115,8 +115,8 @@ class Explicit:
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         """u^{n+1} - u^n. The stages run as a device loop: its carry stores each stage's
         increment once, where XLA would otherwise fuse it into the next stage's consumers
-        and recompute every earlier stage in each (measured: ssprk3 cost 10-30 euler steps
-        that way, 4-6 as a loop)."""
+        and recompute every earlier stage in each, which made ssprk3 several times costlier
+        (docs/performance-notes.md)."""
         supply = source_terms(model, t, dt)
         scheme = SSP_SCHEMES[self.scheme]
         if len(scheme) == 1:
@@ -217,7 +217,7 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     dh = h / cycles
     # read from stored ghost copies, as the explicit stepper's terms are: then XLA fuses the
     # fields' producers the same way whether the fields are split over devices or not, and a
-    # split run rounds as a single-device one (bitwise, measured in tests/test_parallel.py)
+    # split run rounds as a single-device one (bitwise, checked by tests/test_parallel.py)
     needed = {p.name for p in drifting} | {p.chemotaxis_species for p in drifting}
     couplings = field_couplings(model)
 
@@ -525,9 +525,9 @@ def _loop(n_steps, body, carry):
     False) two steps per iteration in blocks of a fixed count. Such a stencil reads its
     fields' neighbours directly and cannot overwrite its input, so XLA would copy each result
     back into the loop's buffer; two steps per iteration write alternately into each other's
-    input. Measured on an H200 (512^3, one field, float32, euler): 0.96 ms per step unpaired,
-    0.57 paired. The blocks (`PAIRS_PER_BLOCK`) spare the host a wait on the device at all
-    but one in that many iterations; their effect on a GPU is not measured yet."""
+    input, which on a GPU makes the fused stencil faster than the stored copy
+    (docs/performance-notes.md). The blocks (`PAIRS_PER_BLOCK`) spare the host a wait on the
+    device at all but one in that many iterations."""
     if operators.stored_ghosts():
         return lax.fori_loop(0, n_steps, body, carry)
 

@@ -1,0 +1,271 @@
+"""Checks of a config as a whole, run by `Config`'s validator once every table is valid:
+names, references between tables, faces, and geometry against the grid (coordinates per axis,
+regions and point sources inside it, each region holding a voxel centre). Lengths in um."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.config.errors import fail, key_part, listing
+
+if TYPE_CHECKING:
+    from engine.config.schema import Coefficient, Config, Initial
+
+
+def check_config(cfg: Config) -> None:
+    """Raise the first whole-config problem as a `fail` error, its key path in `at` (the
+    checks run inside `Config`'s validator, so pydantic collects it)."""
+    _Checker(cfg).run()
+
+
+class _Checker:
+    """Whole-config checks: names, references, faces, geometry."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.grid = cfg.grid
+
+    def run(self) -> None:
+        self.names()
+        self.faces()
+        self.regions()
+        self.fields()
+        self.terms()
+        self.sources()
+        for i, name in enumerate(self.cfg.output.fields or ()):
+            self.ref(name, "field", f"output.fields[{i}]")
+
+    # names --------------------------------------------------------------------------------
+    def names(self) -> None:
+        for table in ("species", "populations"):
+            for name in getattr(self.cfg, table):
+                if not name.isidentifier():
+                    raise fail(
+                        f"{name!r} is not a valid name; use letters, digits and _, "
+                        "not starting with a digit",
+                        at=f"{table}.{key_part(name)}",
+                    )
+        for name in self.cfg.populations:
+            if name in self.cfg.species:
+                raise fail(
+                    f'"{name}" is also a species; give every species and population its own name',
+                    at=f"populations.{name}",
+                )
+
+    def ref(self, name: str, want: str, at: str) -> None:
+        species, populations = self.cfg.species, self.cfg.populations
+        if want == "region":
+            if name not in self.cfg.regions:
+                raise fail(f'unknown region "{name}"; defined: {listing(self.cfg.regions)}', at=at)
+            return
+        if want == "field":
+            if name not in species and name not in populations:
+                defined = listing(list(species) + list(populations))
+                raise fail(f'unknown species or population "{name}"; defined: {defined}', at=at)
+            return
+        own, other, other_kind = (
+            (species, populations, "population")
+            if want == "species"
+            else (populations, species, "species")
+        )
+        if name in own:
+            return
+        if name in other:
+            plural = "species" if want == "species" else "populations"
+            raise fail(
+                f'"{name}" is a {other_kind}, not a {want}; {plural} defined: {listing(own)}',
+                at=at,
+            )
+        raise fail(f'unknown {want} "{name}"; defined: {listing(own)}', at=at)
+
+    # faces --------------------------------------------------------------------------------
+    def faces(self) -> None:
+        valid = self.grid.faces
+        for table in ("species", "populations"):
+            for name, field in getattr(self.cfg, table).items():
+                for face in field.boundary:
+                    if face not in valid:
+                        raise fail(
+                            f"not a face of a {self.grid.ndim}D grid; valid faces: "
+                            f"{', '.join(valid)}",
+                            at=f"{table}.{name}.boundary.{key_part(face)}",
+                        )
+                for axis in self.grid.axes:
+                    ends = (f"{axis}_min", f"{axis}_max")
+                    kinds = [field.boundary.get(end, self.grid.boundary).kind for end in ends]
+                    periodic = [kind == "periodic" for kind in kinds]
+                    if periodic[0] != periodic[1]:
+                        lonely = ends[0] if periodic[0] else ends[1]
+                        other = ends[1] if periodic[0] else ends[0]
+                        at = ends[0] if ends[0] in field.boundary else ends[1]
+                        raise fail(
+                            f"periodic on {lonely} but not on {other}; periodic applies to both "
+                            f'faces of an axis, set {other} = "periodic" too or neither',
+                            at=f"{table}.{name}.boundary.{at}",
+                        )
+
+    # geometry -----------------------------------------------------------------------------
+    def coordinates(self, values, at: str) -> None:
+        if len(values) != self.grid.ndim:
+            raise fail(
+                f"has {len(values)} coordinate{'s' * (len(values) != 1)}, the grid has "
+                f"{self.grid.ndim} axes "
+                f"({', '.join(self.grid.axes)}); give one per axis",
+                at=at,
+            )
+
+    def nearest_centre(self, axis: int, x: float) -> float:
+        o, h, n = self.grid.origin[axis], self.grid.spacing[axis], self.grid.shape[axis]
+        k = min(max(round((x - o) / h - 0.5), 0), n - 1)
+        return o + (k + 0.5) * h
+
+    def centre_range(self, axis: int, lo: float, up: float) -> bool:
+        """Whether some voxel centre on `axis` lies in [lo, up]."""
+        o, h, n = self.grid.origin[axis], self.grid.spacing[axis], self.grid.shape[axis]
+        first = max(math.ceil((lo - o) / h - 0.5), 0)
+        last = min(math.floor((up - o) / h - 0.5), n - 1)
+        return first <= last
+
+    def ball(self, name: str, shape: str, center, radius: float, axes) -> None:
+        lower, upper = self.grid.lower, self.grid.upper
+        box_distance = math.sqrt(
+            sum(max(lower[a] - center[a], 0.0, center[a] - upper[a]) ** 2 for a in axes)
+        )
+        if box_distance > radius:
+            raise fail(
+                f"the {shape} lies outside the grid {self.grid.extent()}; move its center "
+                "inside or enlarge the grid",
+                at=f"regions.{name}",
+            )
+        nearest = sum((self.nearest_centre(a, center[a]) - center[a]) ** 2 for a in axes)
+        if nearest > radius**2:
+            raise fail(
+                f"the {shape} (radius {radius:g} um) contains no voxel centre; enlarge its radius "
+                f"(spacing {', '.join(f'{h:g}' for h in self.grid.spacing)} um)",
+                at=f"regions.{name}.{shape}.radius",
+            )
+
+    def regions(self) -> None:
+        for name, region in self.cfg.regions.items():
+            here = f"regions.{key_part(name)}"
+            if region.sphere is not None:
+                self.coordinates(region.sphere.center, f"{here}.sphere.center")
+                shape = region.sphere
+                self.ball(name, "sphere", shape.center, shape.radius, range(self.grid.ndim))
+            elif region.cylinder is not None:
+                shape = region.cylinder
+                if shape.axis not in self.grid.axes:
+                    raise fail(
+                        f'"{shape.axis}" is not an axis of a {self.grid.ndim}D grid; '
+                        f"use one of {', '.join(self.grid.axes)}",
+                        at=f"{here}.cylinder.axis",
+                    )
+                self.coordinates(shape.center, f"{here}.cylinder.center")
+                along = self.grid.axes.index(shape.axis)
+                across = [a for a in range(self.grid.ndim) if a != along]
+                self.ball(name, "cylinder", shape.center, shape.radius, across)
+            elif region.box is not None:
+                box = region.box
+                self.coordinates(box.lower, f"{here}.box.lower")
+                self.coordinates(box.upper, f"{here}.box.upper")
+                for a, axis in enumerate(self.grid.axes):
+                    if box.lower[a] > box.upper[a]:
+                        raise fail(
+                            f"lower {box.lower[a]:g} exceeds upper {box.upper[a]:g} on axis "
+                            f"{axis}; swap them",
+                            at=f"{here}.box.lower",
+                        )
+                lower, upper = self.grid.lower, self.grid.upper
+                if any(
+                    box.upper[a] < lower[a] or box.lower[a] > upper[a]
+                    for a in range(self.grid.ndim)
+                ):
+                    raise fail(
+                        f"the box lies outside the grid {self.grid.extent()}; move it inside",
+                        at=here,
+                    )
+                if not all(
+                    self.centre_range(a, box.lower[a], box.upper[a]) for a in range(self.grid.ndim)
+                ):
+                    raise fail(
+                        "the box contains no voxel centre; enlarge it to span a voxel centre",
+                        at=here,
+                    )
+            elif region.file is not None:
+                try:
+                    shape = np.load(region.file, mmap_mode="r", allow_pickle=False).shape
+                except (OSError, ValueError) as error:
+                    raise fail(
+                        f"cannot read {region.file!r} as a .npy array ({error}); give a .npy mask",
+                        at=f"{here}.file",
+                    ) from None
+                if tuple(shape) != tuple(self.grid.shape):
+                    raise fail(
+                        f"the mask has shape {tuple(shape)}, the grid {tuple(self.grid.shape)}; "
+                        "give a mask of the grid's shape",
+                        at=f"{here}.file",
+                    )
+
+    def initial(self, initial: Initial, at: str) -> None:
+        if initial.kind == "region":
+            self.ref(initial.region, "region", f"{at}.region")
+        if initial.kind == "gaussian":
+            self.coordinates(initial.center, f"{at}.center")
+
+    def coefficient(self, coefficient: Coefficient, at: str) -> None:
+        for region in coefficient.regions:
+            self.ref(region, "region", f"{at}.regions.{key_part(region)}")
+
+    def fields(self) -> None:
+        for name, species in self.cfg.species.items():
+            self.coefficient(species.diffusion, f"species.{name}.diffusion")
+            self.initial(species.initial, f"species.{name}.initial")
+        for name, population in self.cfg.populations.items():
+            here = f"populations.{name}"
+            self.coefficient(population.motility, f"{here}.motility")
+            if population.chemotaxis is not None:
+                self.ref(population.chemotaxis.species, "species", f"{here}.chemotaxis.species")
+            self.initial(population.initial, f"{here}.initial")
+
+    def terms(self) -> None:
+        references = {
+            "species": "species",
+            "by": "population",
+            "population": "population",
+            "target": "population",
+            "from_": "population",
+            "to": "population",
+            "region": "region",
+        }
+        for i, term in enumerate(self.cfg.terms):
+            here = f"terms[{i}]"
+            for key, want in references.items():
+                if key in type(term).model_fields:
+                    alias = type(term).model_fields[key].alias or key
+                    self.ref(getattr(term, key), want, f"{here}.{alias}")
+            for k, name in enumerate(getattr(term, "crowding", None) or ()):
+                self.ref(name, "population", f"{here}.crowding[{k}]")
+            for group in ("activators", "inhibitors"):
+                for j, modulator in enumerate(getattr(term, group)):
+                    self.ref(modulator.of, "field", f"{here}.{group}[{j}].of")
+
+    def sources(self) -> None:
+        for i, source in enumerate(self.cfg.sources):
+            here = f"sources[{i}]"
+            self.ref(source.species, "species", f"{here}.species")
+            if source.type == "region":
+                self.ref(source.region, "region", f"{here}.region")
+            else:
+                self.coordinates(source.position, f"{here}.position")
+                lower, upper = self.grid.lower, self.grid.upper
+                if not all(lo <= p < up for p, lo, up in zip(source.position, lower, upper)):
+                    where = ", ".join(f"{p:g}" for p in source.position)
+                    extent = " x ".join(f"[{lo:g}, {up:g})" for lo, up in zip(lower, upper))
+                    raise fail(
+                        f"({where}) um lies outside the grid {extent} um (upper faces "
+                        "excluded); give a position inside it",
+                        at=f"{here}.position",
+                    )

@@ -1,0 +1,127 @@
+"""The checkpoint of an ilsim file: the full state, step, time and dt that `--resume` continues
+from, and the frames a resumed run drops.
+
+A checkpoint is written into /checkpoint_next, marked complete, then swapped with /checkpoint
+(through /checkpoint_swap), so that a kill at any point leaves one complete checkpoint:
+`latest_checkpoint` finds it, `settle_checkpoints` puts the copies back in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+
+from engine.io.layout import (
+    CHECKPOINT,
+    CHECKPOINT_GROUPS,
+    CHECKPOINT_NEXT,
+    CHECKPOINT_SWAP,
+    frame_chunks,
+    open_read,
+)
+
+
+def latest_checkpoint(f: h5py.File):
+    """The complete checkpoint group with the latest time (None: none complete): /checkpoint,
+    or the other copy where a kill came while they were being swapped."""
+    groups = [f[name] for name in CHECKPOINT_GROUPS if name in f]
+    complete = [g for g in groups if int(g.attrs.get("complete", 1)) == 1 and "time" in g.attrs]
+    return max(complete, key=lambda g: float(g.attrs["time"]), default=None)
+
+
+def settle_checkpoints(f: h5py.File) -> None:
+    """After a kill while the checkpoints were being swapped: the latest complete one as
+    /checkpoint, the other as /checkpoint_next (to be written next)."""
+    latest = latest_checkpoint(f)
+    if latest is not None and latest.name != f"/{CHECKPOINT}":
+        if CHECKPOINT in f:
+            del f[CHECKPOINT]
+        f.move(latest.name, CHECKPOINT)
+    if CHECKPOINT_SWAP in f:
+        if CHECKPOINT_NEXT in f:
+            del f[CHECKPOINT_SWAP]
+        else:
+            f.move(CHECKPOINT_SWAP, CHECKPOINT_NEXT)
+
+
+def prepare_checkpoint(
+    f: h5py.File, shapes: dict[str, tuple], dtypes: dict[str, np.dtype], compression: dict
+) -> None:
+    """/checkpoint_next with a dataset per field, reused when the shapes and dtypes match,
+    marked incomplete until `commit_checkpoint`."""
+    settle_checkpoints(f)
+    group = f.get(CHECKPOINT_NEXT)
+    reusable = group is not None and set(group.keys()) == set(shapes)
+    if reusable:
+        reusable = all(
+            group[name].shape == shape and group[name].dtype == dtypes[name]
+            for name, shape in shapes.items()
+        )
+    if not reusable:
+        if group is not None:
+            del f[CHECKPOINT_NEXT]
+        group = f.create_group(CHECKPOINT_NEXT, track_order=True)
+        for name, shape in shapes.items():
+            chunked = dict(chunks=frame_chunks(shape), **compression)
+            group.create_dataset(
+                name,
+                shape=shape,
+                dtype=dtypes[name],
+                **(chunked if shape and math.prod(shape) else {}),
+            )
+    group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
+
+
+def commit_checkpoint(f: h5py.File, t: float, step: int, dt: float | None) -> None:
+    """Mark /checkpoint_next (its data written) complete at time t (s) after `step` steps with
+    step size dt (None: NaN in the file), then swap it with /checkpoint. Flushed."""
+    group = f[CHECKPOINT_NEXT]
+    group.attrs["time"] = float(t)
+    group.attrs["step"] = int(step)
+    group.attrs["dt"] = math.nan if dt is None else float(dt)
+    group.attrs["complete"] = 1
+    f.flush()
+    if CHECKPOINT in f:
+        f.move(CHECKPOINT, CHECKPOINT_SWAP)
+    f.move(CHECKPOINT_NEXT, CHECKPOINT)
+    if CHECKPOINT_SWAP in f:
+        f.move(CHECKPOINT_SWAP, CHECKPOINT_NEXT)
+    f.flush()
+
+
+def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
+    """(time s, step, dt or None, {name: array}) from a file's /checkpoint. `load` turns the
+    checkpoint's datasets ({name: h5py.Dataset}) into the arrays, reading only what it needs
+    (`Simulation.load_fields` reads each process's own blocks); by default all of them."""
+    with open_read(path) as f:
+        group = latest_checkpoint(f)
+        if group is None:
+            if any(name in f for name in CHECKPOINT_GROUPS):
+                raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
+            raise ValueError(f"{path}: holds no checkpoint")
+        dt = float(group.attrs["dt"])
+        datasets = dict(group.items())
+        fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
+        return (
+            float(group.attrs["time"]),
+            int(group.attrs["step"]),
+            None if math.isnan(dt) else dt,
+            fields,
+        )
+
+
+def truncate_frames(f: h5py.File, after: float = math.inf) -> None:
+    """Drop the frames later than `after` (s): those written after the checkpoint a run
+    resumes from, which it writes again. Also drops the data of a frame that a kill left half
+    written (a frame counts once /time has its time)."""
+    time = f["time"]
+    keep = int(np.searchsorted(time[()], after, side="right"))
+    axis = 1 if "members" in f.attrs else 0  # a sweep's fields lead with the member axis
+    for group in ("fields", "summary"):
+        for data in f[group].values():
+            if data.shape[axis] != keep:
+                data.resize(keep, axis=axis)
+    if time.shape[0] != keep:
+        time.resize(keep, axis=0)

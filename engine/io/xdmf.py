@@ -1,0 +1,179 @@
+"""The XDMF sidecar `OUT.xdmf` beside `OUT.h5`, with which ParaView opens an ilsim file.
+
+It holds a temporal collection of uniform grids, 3DCoRectMesh / 2DCoRectMesh (1D: a
+2DCoRectMesh one cell of `depth` thick), cell-centred attributes read through a hyperslab of
+`OUT.h5:/fields/<name>` per frame (a sweep's member k as `<name>[k]`), and the region masks.
+Origin and spacing are listed z, y, x (the order ParaView's reader reverses into VTK's x, y,
+z); the topology counts points, shape + 1 per axis. The reference uses the h5 file's bare name
+so both files can move together. The writer rewrites the sidecar on every checkpoint and on
+close, to the file's current name, so a file renamed while open gets a matching sidecar;
+`write_xdmf` regenerates it. "lzf" compression is an h5py-only filter that ParaView cannot
+decode; use "gzip" or "none" for ParaView.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from engine.io.layout import check_format, open_read, read_grid
+
+
+def _number_type(dtype: np.dtype) -> tuple[str, str]:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return "Float", str(dtype.itemsize)
+    if dtype.kind == "u":
+        return ("UChar" if dtype.itemsize == 1 else "UInt"), str(dtype.itemsize)
+    return ("Char" if dtype.itemsize == 1 else "Int"), str(dtype.itemsize)
+
+
+def _dims(values) -> str:
+    return " ".join(str(int(v)) for v in values)
+
+
+def _floats(values) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def xdmf_text(f: h5py.File, h5_name: str) -> str:
+    """The XDMF document for an open ilsim file whose bare file name is `h5_name`."""
+    grid = read_grid(f)
+    fields = [(name, data.shape, data.dtype) for name, data in f["fields"].items()]
+    regions = (
+        [(name, data.shape, data.dtype) for name, data in f["regions"].items()]
+        if ("regions" in f)
+        else []
+    )
+    root = ET.Element("Xdmf", Version="2.0")
+    domain = ET.SubElement(root, "Domain")
+    series = ET.SubElement(
+        domain, "Grid", Name="ilsim", GridType="Collection", CollectionType="Temporal"
+    )
+    for index, t in enumerate(f["time"][()]):
+        uniform = _frame_grid(series, grid, index, t)
+        for field in fields:
+            for member in _members_of(field[1], grid.ndim):
+                _field_attribute(uniform, grid, h5_name, field, index, member)
+        for region in regions:
+            _region_attribute(uniform, h5_name, region)
+    ET.indent(root, space=" ")
+    return '<?xml version="1.0" ?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _mesh(grid) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """(cells, spacing, origin) of the mesh ParaView shows: the grid's, except that a 1D rod
+    is a 2D mesh one cell (of the rod's depth) thick."""
+    if grid.ndim == 1:
+        return (
+            (1, grid.shape[0]),
+            (grid.depth, grid.spacing[0]),
+            (-0.5 * grid.depth, grid.origin[0]),
+        )
+    return grid.shape, grid.spacing, grid.origin
+
+
+def _frame_grid(series: ET.Element, grid, index: int, t: float) -> ET.Element:
+    """The uniform grid of frame `index` at time t (s): its time, topology and geometry."""
+    cells, spacing, origin = _mesh(grid)
+    mesh_dims = 3 if len(cells) == 3 else 2
+    uniform = ET.SubElement(series, "Grid", Name=f"frame_{index:06d}", GridType="Uniform")
+    ET.SubElement(uniform, "Time", Value=repr(float(t)))
+    ET.SubElement(
+        uniform,
+        "Topology",
+        TopologyType=f"{mesh_dims}DCoRectMesh",
+        Dimensions=_dims(np.add(cells, 1)),
+    )
+    geometry_type = "ORIGIN_DXDYDZ" if mesh_dims == 3 else "ORIGIN_DXDY"
+    geometry = ET.SubElement(uniform, "Geometry", GeometryType=geometry_type)
+    for name, values in (("Origin", origin), ("Spacing", spacing)):
+        item = ET.SubElement(
+            geometry,
+            "DataItem",
+            Name=name,
+            Dimensions=str(mesh_dims),
+            NumberType="Float",
+            Precision="8",
+            Format="XML",
+        )
+        item.text = _floats(values)  # z, y, x: ParaView reverses them into x, y, z
+    return uniform
+
+
+def _members_of(data_shape, ndim: int) -> list:
+    """The member indices of a field dataset: [None] for a single run's."""
+    return list(range(data_shape[0])) if len(data_shape) == ndim + 2 else [None]
+
+
+def _field_attribute(
+    uniform: ET.Element, grid, h5_name: str, field: tuple, index: int, member: int | None
+) -> None:
+    """A field, (name, dataset shape, dtype), at frame `index` (of sweep member `member`) as
+    a cell attribute: a hyperslab of its dataset."""
+    name, data_shape, dtype = field
+    attribute = ET.SubElement(
+        uniform,
+        "Attribute",
+        Name=name if member is None else f"{name}[{member}]",
+        AttributeType="Scalar",
+        Center="Cell",
+    )
+    slab = ET.SubElement(
+        attribute, "DataItem", ItemType="HyperSlab", Dimensions=_dims(_mesh(grid)[0])
+    )
+    selection = ET.SubElement(slab, "DataItem", Dimensions=f"3 {len(data_shape)}", Format="XML")
+    lead = () if member is None else (member,)
+    selection.text = "  ".join(
+        (
+            _dims((*lead, index) + (0,) * grid.ndim),
+            _dims((1,) * len(data_shape)),
+            _dims((*(1 for _ in lead), 1, *grid.shape)),
+        )
+    )
+    _hdf_item(slab, f"{h5_name}:/fields/{name}", data_shape, dtype)
+
+
+def _region_attribute(uniform: ET.Element, h5_name: str, region: tuple) -> None:
+    """A region mask, (name, dataset shape, dtype), as a cell attribute."""
+    name, data_shape, dtype = region
+    attribute = ET.SubElement(
+        uniform, "Attribute", Name=f"region_{name}", AttributeType="Scalar", Center="Cell"
+    )
+    _hdf_item(attribute, f"{h5_name}:/regions/{name}", data_shape, dtype)
+
+
+def _hdf_item(parent: ET.Element, source: str, data_shape, dtype) -> None:
+    """A DataItem reading the whole HDF5 dataset `source` ("file.h5:/group/name")."""
+    number, precision = _number_type(dtype)
+    item = ET.SubElement(
+        parent,
+        "DataItem",
+        Dimensions=_dims(data_shape),
+        NumberType=number,
+        Precision=precision,
+        Format="HDF",
+    )
+    item.text = source
+
+
+def write_sidecar(f: h5py.File, h5_path) -> Path:
+    """Write the sidecar of the open ilsim file `f` whose name is `h5_path` beside it (through
+    a temporary file, so that a reader never sees half of it); returns its path."""
+    h5_path = Path(h5_path)
+    target = h5_path.with_suffix(".xdmf")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(xdmf_text(f, h5_path.name))
+    os.replace(temporary, target)
+    return target
+
+
+def write_xdmf(path) -> Path:
+    """(Re)write the sidecar `path.with_suffix(".xdmf")` of an ilsim file; returns its path."""
+    with open_read(path) as f:
+        check_format(f, path)
+        return write_sidecar(f, Path(path))
