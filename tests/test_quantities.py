@@ -1,0 +1,40 @@
+"""Post-processing reads "12 h", "30um", "10 pM" without pint: every unit and spelling it
+accepts agrees with the config layer's pint conversion, and anything else is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config.units import to_engine
+from engine.post.quantities import ALIASES, SCALES, UnitError, read_quantity
+
+SPELLINGS = [(kind, unit) for kind, units in SCALES.items() for unit in units] + [
+    (kind, alias) for alias, unit in ALIASES.items() for kind in SCALES if unit in SCALES[kind]
+]
+
+
+@pytest.mark.parametrize(("kind", "unit"), SPELLINGS)
+def test_every_unit_agrees_with_pint(kind, unit):
+    for text in (f"2.5 {unit}", f"2.5{unit}", f" 1e-2  {unit} "):
+        assert read_quantity(text, kind) == pytest.approx(to_engine(text, kind), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("3 nM", "time"),
+        ("3 h", "length"),
+        ("h", "time"),
+        ("3 furlongs", "length"),
+        (True, "time"),
+        ("inf h", "time"),
+    ],
+)
+def test_other_values_are_refused_in_one_line(value, kind):
+    with pytest.raises(UnitError) as error:
+        read_quantity(value, kind)
+    assert "\n" not in str(error.value)
+
+
+def test_numbers_are_engine_units():
+    assert read_quantity(7, "time") == 7.0 and read_quantity(0.5, "concentration") == 0.5
