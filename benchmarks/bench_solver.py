@@ -50,7 +50,7 @@ STEPPERS = {
 EXPLICIT = ("euler", "euler-compensated", "ssprk3")
 COPY_METHOD = "in_place"
 """How `copy_bandwidth` streams (results before it have no `copy_method`: a fresh output
-per call, which measured 0.4-0.56x the in-place rate on 2 CPU cores)."""
+per call, which understates the rate; docs/performance-notes.md)."""
 
 
 def parse_grid(text: str) -> tuple[int, ...]:
@@ -68,8 +68,8 @@ def grid_label(shape: tuple[int, ...]) -> str:
 def copy_bandwidth(repeats: int, passes: int = 20) -> float:
     """Bytes/s of the device streaming a 256 MiB array through memory (read + write) in a
     device loop, in place, the buffer donated and reused between calls as a stepper's fields
-    are. Each call making a fresh output instead (a copy of the input and, on the CPU, the new
-    pages' faults) measured 37-44 against 66-110 GB/s on 2 CPU cores."""
+    are. A fresh output per call instead adds a copy of the input and, on the CPU, the new
+    pages' faults, and understates the rate (docs/performance-notes.md)."""
     stream = jax.jit(
         lambda x: jax.lax.fori_loop(0, passes, lambda i, y: y + 1, x), donate_argnums=0
     )

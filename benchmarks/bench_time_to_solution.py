@@ -9,17 +9,15 @@ Each run advances in the config's output intervals (dt = "auto" re-evaluated at 
 `ilsim run` does) without writing files; the runs of a scenario advance frame by frame side by
 side, each frame's advance timed on its own. `--size N` coarsens the 128^3 grid to N^3 over the
 same tissue (the spacing scaled by 128 / N), for machines that cannot afford 128^3. The
-reference is imex in float64 at an accuracy target of 1e-6: converged (on il2_therapy at 32^3
-for 6 h, targets of 1e-5 and 1e-7 differ by 5e-6 in IL-2). An explicit reference cannot be
-made fine enough: its linear sinks are implicit per voxel, first order in the sink rate, and in
-IL-2's uptake-dominated tail after a dose its error fell only in proportion to the step (18%,
-9.8% and 2.4% at 0.9, 0.5 and 0.125 of the stable step), where 1e-3 would take 200x the steps
-of the default run. The error of a run is the largest over fields of
-max_t ||u(t) - u_ref(t)||_2 / max_t ||u_ref(t)||_2 over the output frames: the deviation
-anywhere along the trajectory, relative to the field's largest size, so that a field that
-vanishes by the end (IL-2 hours after the last dose, at 1e-25 nM) does not turn rounding into
-a large relative error; the end state's relative error is also recorded (`end_error`). Wall
-times include compilation, which is also given alone. Writes
+reference is imex in float64 at an accuracy target of 1e-6, which is converged. An explicit
+reference cannot be made fine enough: its linear sinks are implicit per voxel, first order in
+the sink rate, and in IL-2's uptake-dominated tail after a dose its error falls only in
+proportion to the step (the readings for both: docs/numerics.md). The error of a run is the
+largest over fields of max_t ||u(t) - u_ref(t)||_2 / max_t ||u_ref(t)||_2 over the output
+frames: the deviation anywhere along the trajectory, relative to the field's largest size, so
+that a field that vanishes by the end (IL-2 hours after the last dose, at 1e-25 nM) does not
+turn rounding into a large relative error; the end state's relative error is also recorded
+(`end_error`). Wall times include compilation, which is also given alone. Writes
 benchmarks/results/time_to_solution-<device>.json.
 """
 

@@ -36,9 +36,9 @@ def timed_steps(advance, least_steps: int, call_seconds: float, repeats: int) ->
     advancing as many steps as a probe call says take about `call_seconds`, at least
     `least_steps`: as a run advances a whole output interval per call, so that each call's
     fixed cost is spread over its steps as in a run. On the CPU that cost is chiefly the page
-    faults of the call's fresh temporaries: 8,586 a call (about 9 ms) for the four-field euler
-    step at 128^3, which at 20 steps a call made 4.9-5.0 ms of a step that takes 3.9-4.6.
-    Also returns the steps per call and the host's minor page faults per timed call."""
+    faults of the call's fresh temporaries, which at a fixed small number of steps a call
+    inflated the time per step (docs/performance-notes.md). Also returns the steps per call
+    and the host's minor page faults per timed call."""
     advance(least_steps)  # compiles
     start = time.perf_counter()
     advance(least_steps)

@@ -1,8 +1,12 @@
-"""Regenerate the results tables of benchmarks/README.md from the JSON files in results/.
+"""Regenerate the results of benchmarks/README.md from the JSON files in results/.
 
     python benchmarks/make_readme.py
 
-Everything between the results markers of the README is replaced; nothing is typed by hand.
+Everything between the results markers of the README is replaced; nothing there is typed by
+hand. Each target gets one table, made from the results file that is current for it
+(`CURRENT`), and a verdict computed from that file. Other files in results/ are earlier
+readings and experiments, discussed in docs/performance-notes.md; when a rerun should replace
+a current file under another name, change its entry in `CURRENT`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+
 TARGETS = {  # (grid, fields, dtype) of the euler cases the targets name: minimum ratio to Numba
     ("256^3", 1, "float32"): 0.8,
     ("128^3", 4, "float32"): 1.0,
@@ -19,6 +24,23 @@ TARGETS = {  # (grid, fields, dtype) of the euler cases the targets name: minimu
 ACCELERATOR_TARGETS = {  # the same on a GPU: minimum fraction of the measured copy bandwidth
     ("512^3", 1, "float32"): 0.7,
 }
+TIME_TO_SOLUTION_TARGET = 60.0
+"""Wall seconds (compilation included) for each 3D seed scenario at 128^3, 24 simulated hours
+with imex, on one GPU."""
+
+CURRENT = {
+    "cpu": ["bench_solver-cpu-cpu.json"],
+    "gpu": ["bench_solver-gpu-NVIDIA_H200-blocked_loop.json"],
+    "gpu_bound": ["pallas_stencil-gpu-NVIDIA_H200.json"],
+    "time_to_solution": [
+        "time_to_solution-cpu-cpu-3d.json",
+        "time_to_solution-gpu-NVIDIA_H200.json",
+    ],
+    "implicit": ["implicit_step_cost-cpu-cpu.json"],
+    "sweep": ["sweep-cpu-cpu.json", "sweep-cpu-cpu-256.json"],
+    "scaling": ["scaling-cpu-cpu-cpu_devices.json", "scaling-gpu-NVIDIA_H200.json"],
+}
+"""The results file(s) current for each section, in the order shown."""
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -26,8 +48,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _ratio(row: dict, key: str) -> str:
-    return f"{row[key] / row['seconds']:.2f}" if key in row else "-"
+def _load(results: Path, key: str) -> list[tuple[str, dict]]:
+    """(file name, parsed JSON) of each current file of a section that exists."""
+    paths = [results / name for name in CURRENT[key]]
+    return [(p.name, json.loads(p.read_text())) for p in paths if p.is_file()]
+
+
+def _missing(key: str) -> list[str]:
+    return [f"No results yet ({', '.join(CURRENT[key])} missing).", ""]
+
+
+def _span(values, fmt: str) -> str:
+    """'a-b' of the values (one value alone when they agree in this format)."""
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}-{high}"
 
 
 def _copy_bandwidth(result: dict, digits: int) -> str:
@@ -43,47 +77,17 @@ def _copy_bandwidth(result: dict, digits: int) -> str:
     return text
 
 
-def solver_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    lines = [
-        f"### Solver throughput: `{result['device']}` (jax {result['jax']}"
-        f"{', kernels ' + result['kernels'] if result.get('kernels', 'xla') != 'xla' else ''}"
-        f", {path.name})",
-        "",
-        f"{_copy_bandwidth(result, 1)}. Ratios to NumPy, Numba (on the CPU) and a plain jnp "
-        "stencil (XLA, on the device) are "
-        "given for the explicit steps, which do the same work as the references; `euler "
-        "steps` is the cost of one step in euler steps; `steps/call` the steps each timed call "
-        "advanced (- : 20 explicit or 2 implicit steps, before the count was fitted to "
-        "about 0.5 s a call).",
-        "",
-    ]
-    rows = []
-    for r in result["rows"]:
-        explicit = r["stepper"] in ("euler", "euler-compensated", "ssprk3")
-        rows.append(
-            [
-                r["grid"],
-                str(r["fields"]),
-                r["dtype"],
-                r["stepper"],
-                f"{1e3 * r['seconds']:.2f}",
-                str(r.get("steps_per_call", "-")),
-                f"{r['updates_per_s'] / 1e9:.3f}",
-                f"{r['bandwidth_fraction']:.0%}",
-                _ratio(r, "numpy_s") if explicit else "-",
-                _ratio(r, "numba_s") if explicit else "-",
-                _ratio(r, "xla_s") if explicit else "-",
-                f"{r['euler_steps']:.1f}" if "euler_steps" in r else "-",
-                f"{r['compile_s']:.1f}",
-                f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-",
-            ]
-        )
-    header = "grid|F|dtype|stepper|ms/step|steps/call|Gupd/s|of copy bw|x NumPy|x Numba|x XLA|"
-    header += "euler steps|compile s|peak MiB"
-    lines += _table(header.split("|"), rows)
-    targets = []
+def _verdict(row: dict, measured: str, met: bool | None) -> str:
+    """One line of a targets list (met None: not established)."""
+    case = f"{row['grid']}, {row['fields']} field(s), {row['dtype']}, explicit euler"
+    verdict = {True: "met", False: "missed", None: "not established (see the copy bandwidth)"}
+    return f"- **Target** {case}: {measured}: **{verdict[met]}**."
+
+
+def solver_verdicts(result: dict) -> list[str]:
+    """The verdict of every target case a solver result holds."""
     accelerator = not result["device"].startswith("cpu")
+    lines = []
     for r in result["rows"]:
         case = (r["grid"], r["fields"], r["dtype"])
         if r["stepper"] != "euler":
@@ -94,19 +98,91 @@ def solver_section(path: Path) -> list[str]:
             met = r["bandwidth_fraction"] >= goal
             if met and "copy_method" not in result:
                 met = None  # against an understated copy bandwidth: not established
-            targets.append(_verdict(r, measured, met))
+            lines.append(_verdict(r, measured, met))
         if not accelerator and case in TARGETS and "numba_s" in r:
             goal, ratio = TARGETS[case], r["numba_s"] / r["seconds"]
             measured = f"{ratio:.2f}x the Numba stencil (target {goal:.1f}x)"
-            targets.append(_verdict(r, measured, ratio >= goal))
-    return lines + ([""] + targets if targets else []) + [""]
+            lines.append(_verdict(r, measured, ratio >= goal))
+    return lines
 
 
-def _verdict(row: dict, measured: str, met: bool | None) -> str:
-    """One line of the targets list under a solver table (met None: not established)."""
-    case = f"{row['grid']}, {row['fields']} field(s), {row['dtype']}, explicit euler"
-    verdict = {True: "met", False: "missed", None: "not established (see the copy bandwidth)"}
-    return f"- {case}: {measured}: {verdict[met]}."
+def _ms(row: dict | None) -> str:
+    return "-" if row is None else f"{1e3 * row['seconds']:.2f}"
+
+
+def _ratio(row: dict | None, key: str) -> str:
+    return "-" if row is None or key not in row else f"{row[key] / row['seconds']:.2f}"
+
+
+def cpu_section(results: Path) -> list[str]:
+    """The CPU solver matrix as one row per (grid, fields): the explicit steps of both dtypes
+    side by side, the ratios to the references for euler."""
+    lines = ["### CPU: explicit step against NumPy and Numba (targets)", ""]
+    loaded = _load(results, "cpu")
+    if not loaded:
+        return lines + _missing("cpu")
+    for name, result in loaded:
+        lines += [
+            f"`{result['device']}`, jax {result['jax']}, `{name}`. "
+            f"{_copy_bandwidth(result, 1)}. Milliseconds per step; `x Numba`, `x NumPy`: the "
+            "reference's time over the engine's for the same euler step (above 1 the engine "
+            "is faster); `bw`: euler's share of the copy bandwidth; `comp.`: euler with "
+            "compensated summation (the float32 default).",
+            "",
+        ]
+        by_case = {(r["grid"], r["fields"], r["dtype"], r["stepper"]): r for r in result["rows"]}
+        cases = dict.fromkeys((r["grid"], r["fields"]) for r in result["rows"])
+        rows = []
+        for grid, fields in cases:
+            f32 = {s: by_case.get((grid, fields, "float32", s)) for s in ("euler", "ssprk3")}
+            comp = by_case.get((grid, fields, "float32", "euler-compensated"))
+            f64 = by_case.get((grid, fields, "float64", "euler"))
+            euler = f32["euler"]
+            bw = "-" if euler is None else f"{euler['bandwidth_fraction']:.0%}"
+            rows.append(
+                [grid, str(fields), _ms(euler), _ratio(euler, "numba_s"), _ratio(euler, "numpy_s")]
+                + [bw, _ms(comp), _ms(f32["ssprk3"]), _ms(f64), _ratio(f64, "numba_s")]
+            )
+        header = ["grid", "F", "euler f32", "x Numba", "x NumPy", "bw", "comp. f32"]
+        header += ["ssprk3 f32", "euler f64", "x Numba f64"]
+        lines += _table(header, rows) + [""] + solver_verdicts(result) + [""]
+    return lines
+
+
+def gpu_section(results: Path) -> list[str]:
+    lines = ["### GPU: explicit step against the copy bandwidth (target)", ""]
+    loaded = _load(results, "gpu")
+    if not loaded:
+        return lines + _missing("gpu")
+    for name, result in loaded:
+        lines += [
+            f"`{result['device']}`, jax {result['jax']}, `{name}`. "
+            f"{_copy_bandwidth(result, 1)}. `bw`: the share of it at the minimal traffic "
+            "(each field read and written once); `x XLA`: a plain jnp stencil's time over the "
+            "engine's.",
+            "",
+        ]
+        rows = [
+            [r["grid"], str(r["fields"]), r["dtype"], r["stepper"], _ms(r)]
+            + [f"{r['updates_per_s'] / 1e9:.0f}", f"{r['bandwidth_fraction']:.0%}"]
+            + [_ratio(r, "xla_s"), f"{r['compile_s']:.1f}"]
+            for r in result["rows"]
+        ]
+        header = ["grid", "F", "dtype", "stepper", "ms/step", "Gupd/s", "bw", "x XLA", "compile s"]
+        lines += _table(header, rows) + [""] + solver_verdicts(result)
+    for name, bound in _load(results, "gpu_bound"):
+        bare = [r for r in bound["rows"] if r["error"] is not None]
+        engine = [r for r in bound["rows"] if r["kernel"].startswith("engine euler (xla)")]
+        if bare and engine:
+            best = min(bare, key=lambda r: r["seconds"])
+            lines.append(
+                f"- Bound (`{name}`, {'x'.join(map(str, bound['shape']))}, one field): the "
+                f"fastest hand-written Pallas kernel of the bare step, `{best['kernel']}`, ran "
+                f"{1e3 * best['seconds']:.3f} ms per step ({best['fraction']:.0%} of that run's "
+                f"copy bandwidth), the engine's step {1e3 * engine[0]['seconds']:.3f} ms "
+                f"({engine[0]['fraction']:.0%}) in the same run."
+            )
+    return lines + [""]
 
 
 def _reference_text(result: dict) -> str:
@@ -115,160 +191,184 @@ def _reference_text(result: dict) -> str:
         return "explicit ssprk3, float64, half the stable step"
     reference = result["reference"]
     if reference is None:
-        return "none: this run measured wall times only"
+        return "none: wall times only"
     return ", ".join(f"{k} {v}" for k, v in reference.items())
 
 
-def time_to_solution_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    trajectory = result.get("error_measure") == "trajectory"
-    measure = (
-        "largest over fields of max_t ||u - u_ref||_2 / max_t ||u_ref||_2 over the output "
-        "frames; `end error`: the largest relative L2 difference at the end"
-        if trajectory
-        else "largest over fields of the relative L2 difference at the end"
-    )
-    lines = [
-        f"### Time to solution: `{result['device']}` ({result['size']}^3, end "
-        f"{result['end']}, {path.name})",
-        "",
-        f"Error against the reference ({_reference_text(result)}): {measure}; runs in float32.",
-        "",
-    ]
-
-    def error(r: dict, key: str) -> str:
-        return "-" if r.get(key) is None or r["stepper"] == "reference" else f"{r[key]:.2e}"
-
-    header = ["scenario", "stepper", "wall s", "compile s", "steps", "error"]
-    rows = []
-    for r in result["rows"]:
-        row = [r["scenario"], r["stepper"], f"{r['wall_s']:.1f}", f"{r['compile_s']:.1f}"]
-        row += [str(r["steps"]), error(r, "error")]
-        rows.append(row + ([error(r, "end_error")] if trajectory else []))
-    return lines + _table(header + (["end error"] if trajectory else []), rows)
-
-
-def scaling_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    lines = [
-        f"### Scaling: `{result['device']}` ({result['stepper']}, {path.name})",
-        "",
-        "`no exchange`: the same per-device work with each block advanced as an independent "
-        "domain (no halo exchange); `comm` = 1 - no exchange / sharded.",
-        "",
-    ]
-    rows = [
-        [
-            r["scaling"],
-            str(r["devices"]),
-            "x".join(map(str, r["shape"])),
-            f"{1e3 * r['seconds']:.2f}",
-            f"{1e3 * r['seconds_without_exchange']:.2f}",
-            f"{r['communication_share']:.0%}",
+def time_to_solution_section(results: Path) -> list[str]:
+    lines = ["### Time to solution: the 3D seed scenarios", ""]
+    loaded = _load(results, "time_to_solution")
+    if not loaded:
+        return lines + _missing("time_to_solution")
+    for name, result in loaded:
+        trajectory = result.get("error_measure") == "trajectory"
+        measure = (
+            "the largest over fields of max_t ||u - u_ref|| / max_t ||u_ref|| over the output "
+            "frames (relative L2)"
+            if trajectory
+            else "the largest relative L2 difference at the end"
+        )
+        lines += [
+            f"`{result['device']}`, {result['size']}^3, end {result['end']}, float32, "
+            f"`{name}`. Reference: {_reference_text(result)}; `error`: {measure}. Wall times "
+            "include compilation.",
+            "",
         ]
-        for r in result["rows"]
-    ]
-    header = ["scaling", "devices", "grid", "ms/step", "no exchange ms", "comm"]
-    return lines + _table(header, rows)
 
+        def error(r: dict) -> str:
+            value = r.get("error")
+            return "-" if value is None or r["stepper"] == "reference" else f"{value:.1e}"
 
-def implicit_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    lines = [
-        f"### Cost of one implicit step: `{result['device']}` ({path.name})",
-        "",
-        "imex at 50x the explicit limit, one field, float32; the unit is one explicit ssprk3 "
-        "step; `steps/call` as in the solver tables (- : 10 explicit or 2 imex steps a call).",
-        "",
-    ]
-    rows = [
-        [
-            f"{r['size']}^3",
-            r["case"],
-            r["solve"],
-            f"{1e3 * r['seconds']:.1f}",
-            str(r.get("steps_per_call", "-")),
-            f"{r['ratio']:.1f}",
+        rows = [
+            [r["scenario"], r["stepper"], f"{r['wall_s']:.1f}", f"{r['compile_s']:.1f}"]
+            + [str(r["steps"]), error(r)]
+            for r in result["rows"]
         ]
-        for r in result["rows"]
-    ]
-    header = ["grid", "case", "solve", "ms/step", "steps/call", "explicit steps"]
-    return lines + _table(header, rows)
+        lines += _table(["scenario", "stepper", "wall s", "compile s", "steps", "error"], rows)
+        lines += [""] + _time_verdicts(result) + [""]
+    return lines
 
 
-def sweep_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    rows = result["rows"]
-    low, high = rows[0]["diffusion"] if rows else (0, 0)
-    lines = [
-        f"### Sweep against separate runs: `{result['device']}` ({rows[0]['grid'] if rows else ''}"
-        f", end {result['end']}, {path.name})",
+def _time_verdicts(result: dict) -> list[str]:
+    """Per stepper, its errors and wall times; the GPU target's verdict where it applies."""
+    lines = []
+    steppers = dict.fromkeys(r["stepper"] for r in result["rows"] if r["stepper"] != "reference")
+    for stepper in steppers:
+        rows = [r for r in result["rows"] if r["stepper"] == stepper]
+        errors = [r["error"] for r in rows if r.get("error") is not None]
+        walls = [r["wall_s"] for r in rows]
+        text = f"- {stepper}: {_span(walls, '.1f')} s"
+        if errors:
+            text += f", error {_span([100 * e for e in errors], '.2g')}%"
+        target = (
+            not result["device"].startswith("cpu")
+            and result["size"] == 128
+            and result["end"] == "24 h"
+            and stepper == "imex"
+        )
+        if target:
+            met = max(walls) < TIME_TO_SOLUTION_TARGET
+            text += (
+                f". **Target** each scenario under {TIME_TO_SOLUTION_TARGET:.0f} s: "
+                f"**{'met' if met else 'missed'}**"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def implicit_section(results: Path) -> list[str]:
+    lines = ["### Implicit step cost", ""]
+    loaded = _load(results, "implicit")
+    if not loaded:
+        return lines + _missing("implicit")
+    for name, result in loaded:
+        lines += [
+            f"`{result['device']}`, jax {result.get('jax', '?')}, `{name}`. One field, float32, "
+            "imex at 50x the explicit limit; the unit is one explicit ssprk3 step.",
+            "",
+        ]
+        rows = [
+            [f"{r['size']}^3", r["case"], r["solve"], f"{1e3 * r['seconds']:.1f}"]
+            + [f"{r['ratio']:.1f}"]
+            for r in result["rows"]
+        ]
+        lines += _table(["grid", "case", "solve", "ms/step", "explicit steps"], rows) + [""]
+        implicit = [r for r in result["rows"] if r["case"].startswith("imex")]
+        if implicit:
+            per_time = [r["ratio"] / 50 for r in implicit]
+            lines += [
+                f"- One imex step costs {_span([r['ratio'] for r in implicit], '.1f')} explicit "
+                f"steps and covers 50: per simulated second {_span(per_time, '.2f')} of the "
+                "explicit stepper's time.",
+                "",
+            ]
+    return lines
+
+
+def sweep_section(results: Path) -> list[str]:
+    lines = ["### Sweep against separate runs", ""]
+    loaded = _load(results, "sweep")
+    if not loaded:
+        return lines + _missing("sweep")
+    first = loaded[0][1]
+    lines += [
+        f"`{first['device']}`, jax {first['jax']}, `{'`, `'.join(n for n, _ in loaded)}`. N "
+        f"members varying `{first['key']}`, float32; seconds. Cold: set-up, compilation and "
+        "the run; warm: the run again. `x` = separate / sweep (above 1 the sweep is faster).",
         "",
-        f"N members varying `{result['key']}` over [{low:g}, {high:g}] um^2/s, float32; times in "
-        "s. Cold: set-up, compilation and the run; warm: the run again. `x` = separate / sweep "
-        "(above 1 the sweep is faster); `runs`: separate runs timed (their sum scaled to N); "
+    ]
+    rows, cold, warm = [], [], []
+    for _, result in loaded:
+        for r in result["rows"]:
+            rows.append(
+                [r["grid"], result["end"], str(r["members"]), r["stepper"]]
+                + [f"{r['sweep_cold_s']:.2f}", f"{r['separate_cold_s']:.2f}"]
+                + [f"{r['ratio_cold']:.2f}", f"{r['sweep_warm_s']:.3f}"]
+                + [f"{r['separate_warm_s']:.3f}", f"{r['ratio_warm']:.2f}"]
+                + [f"{r['max_rel_diff']:.0e}"]
+            )
+            cold.append(r["ratio_cold"])
+            warm.append(r["ratio_warm"])
+    header = ["grid", "end", "N", "stepper", "sweep cold", "separate cold", "x cold"]
+    header += ["sweep warm", "separate warm", "x warm", "rel diff"]
+    lines += _table(header, rows) + [""]
+    return lines + [
+        f"- Cold the sweep is {_span(cold, '.1f')}x faster; warm {_span(warm, '.2f')}x. "
         "`rel diff`: largest relative difference between a member and its single run.",
         "",
     ]
-    body = [
-        [
-            str(r["members"]),
-            r["stepper"],
-            f"{r['steps']} ({r['member_steps']})",
-            f"{r['sweep_cold_s']:.2f}",
-            f"{r['separate_cold_s']:.2f}",
-            f"{r['ratio_cold']:.2f}",
-            f"{r['sweep_warm_s']:.3f}",
-            f"{r['separate_warm_s']:.3f}",
-            f"{r['ratio_warm']:.2f}",
-            f"{r['separate_runs']}",
-            f"{r['max_rel_diff']:.1e}",
-        ]
-        for r in rows
-    ]
-    header = "N|stepper|steps (members' own)|sweep cold|separate cold|x cold|sweep warm|"
-    header += "separate warm|x warm|runs|rel diff"
-    return lines + _table(header.split("|"), body)
 
 
-def pallas_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
-    shape = "x".join(map(str, result["shape"]))
-    lines = [
-        f"### Pallas kernels of the one-field euler step: `{result['device']}` ({shape}, "
-        f"jax {result['jax']}, {path.name})",
-        "",
-        f"{_copy_bandwidth(result, 0)}; `of copy bw` at the minimal 8 bytes per voxel-step; "
-        "`max diff` from the plain stencil.",
+def scaling_section(results: Path) -> list[str]:
+    lines = ["### Scaling over devices", ""]
+    loaded = _load(results, "scaling")
+    if not loaded:
+        return lines + _missing("scaling")
+    lines += [
+        "`no exchange`: the same per-device work with each block advanced as an independent "
+        "domain; `comm` = 1 - no exchange / sharded.",
         "",
     ]
     rows = [
-        [
-            r["kernel"],
-            f"{1e3 * r['seconds']:.3f}",
-            f"{r['fraction']:.0%}",
-            "-" if r["error"] is None else f"{r['error']:.1e}",
-        ]
+        [f"`{result['device']}`", result["stepper"], r["scaling"], str(r["devices"])]
+        + ["x".join(map(str, r["shape"])), f"{1e3 * r['seconds']:.2f}"]
+        + [f"{1e3 * r['seconds_without_exchange']:.2f}", f"{r['communication_share']:.0%}"]
+        for _, result in loaded
         for r in result["rows"]
     ]
-    return lines + _table(["kernel", "ms/step", "of copy bw", "max diff"], rows)
+    header = ["device", "stepper", "scaling", "devices", "grid", "ms/step", "no exchange ms"]
+    lines += _table(header + ["comm"], rows) + [""]
+    for name, result in loaded:
+        split = [r for r in result["rows"] if r["devices"] > 1]
+        if split:
+            share = [100 * r["communication_share"] for r in split]
+            devices = _span([r["devices"] for r in split], "d")
+            lines.append(
+                f"- `{result['device']}` (`{name}`): over {devices} devices the halo exchange "
+                f"takes {_span(share, '.0f')}% of a step."
+            )
+        else:
+            lines.append(
+                f"- `{result['device']}` (`{name}`): one device only; scaling over several is "
+                "not measured yet."
+            )
+    return lines + [""]
 
 
 SECTIONS = [
-    ("bench_solver-*.json", solver_section),
-    ("pallas_stencil-*.json", pallas_section),
-    ("implicit_step_cost-*.json", implicit_section),
-    ("time_to_solution-*.json", time_to_solution_section),
-    ("scaling-*.json", scaling_section),
-    ("sweep-*.json", sweep_section),
+    cpu_section,
+    gpu_section,
+    time_to_solution_section,
+    implicit_section,
+    sweep_section,
+    scaling_section,
 ]
 
 
 def results_markdown(results: Path) -> str:
     lines = []
-    for pattern, section in SECTIONS:
-        for path in sorted(results.glob(pattern)):
-            lines += section(path) + [""]
+    for section in SECTIONS:
+        lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 

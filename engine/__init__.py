@@ -16,6 +16,7 @@ _PUBLIC = {
     "analysis": "engine.post.analysis",
     "parallel": "engine.numerics.parallel",
     "regions": "engine.model.regions",
+    "terms": "engine.model.terms",
     "Boundary": "engine.numerics.boundary",
     "Dirichlet": "engine.numerics.boundary",
     "Neumann": "engine.numerics.boundary",
@@ -49,7 +50,7 @@ _PUBLIC = {
     "value_and_gradient": "engine.runs.gradients",
 }
 
-_MODULES = {"analysis", "parallel", "regions"}
+_MODULES = {"analysis", "parallel", "regions", "terms"}
 
 __all__ = sorted(_PUBLIC)
 
