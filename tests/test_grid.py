@@ -1,4 +1,5 @@
-"""engine.numerics.grid.Grid: normalisation, coordinates, voxel volumes, index_of and input errors."""
+"""engine.numerics.grid.Grid: normalisation, coordinates, voxel volumes, index_of and input
+errors."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
-"""The fused Pallas kernel of the explicit stages (`engine.stepping.kernels`) against the XLA path: the
-same increments for every term, boundary and grid shape. Here, without a GPU, the kernel runs
-in Pallas' interpreter; on a GPU the same tests check the compiled Triton kernel."""
+"""The fused Pallas kernel of the explicit stages (`engine.stepping.kernels`) against the XLA
+path: the same increments for every term, boundary and grid shape. Here, without a GPU, the
+kernel runs in Pallas' interpreter; on a GPU the same tests check the compiled Triton kernel."""
 
 from __future__ import annotations
 
