@@ -6,6 +6,7 @@ delivered equals rate x duration however the steps fall on the dose edges.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import jax
@@ -52,6 +53,28 @@ def on_time(schedule: Schedule, t, dt):
     full = jnp.where(done > 0, done * schedule.duration, 0.0)
     partial = jnp.minimum(x - jnp.where(begun > 0, begun * schedule.every, 0.0), schedule.duration)
     return current + jnp.where(later >= 1, full + jnp.where(begun < later, partial, 0.0), 0.0)
+
+
+def schedule_edges(schedule: Schedule, t0: float, t1: float) -> list[float]:
+    """Times (s) strictly inside (t0, t1) where the schedule switches on or off: the steps of
+    a run end there, so that no step straddles a dose's start or end. Host floats."""
+    start, duration, every, count = (float(x) for x in jax.tree.leaves(schedule))
+    if math.isinf(every) or count <= 1:
+        doses = range(1 if count >= 1 else 0)
+    else:  # only the doses that touch (t0, t1)
+        first = max(0, math.floor((t0 - start - duration) / every))
+        last = math.ceil((t1 - start) / every)
+        doses = range(first, int(min(last, count - 1)) + 1)
+    edges = []
+    for k in doses:
+        on = start + k * every if k else start  # (0 x an infinite period is no time)
+        edges += [on, on + duration]
+    return sorted(e for e in set(edges) if t0 < e < t1 and math.isfinite(e))
+
+
+def model_edges(sources, t0: float, t1: float) -> list[float]:
+    """`schedule_edges` of every source, merged and sorted."""
+    return sorted({e for s in sources for e in schedule_edges(s.schedule, t0, t1)})
 
 
 @jax.tree_util.register_dataclass

@@ -38,7 +38,7 @@ from engine.numerics import spectral
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.post.analysis import text_table
 from engine.runs.simulation import Simulation
-from engine.stepping.simulation import in_precision, precision
+from engine.stepping.simulation import in_precision, precision, steps_within, stretches
 
 MODES = ("reverse", "forward")
 
@@ -109,18 +109,23 @@ class Trajectory:
         """The parameters' values in the config (engine units)."""
         return self.parameters.values
 
-    def _intervals(self) -> list[tuple[int, int, float]]:
-        """Runs of equal intervals between frames: (frames in the run, steps per interval,
-        step size s), as Simulation.advance would split each interval."""
-        plan: list[tuple[int, int, float]] = []
+    def _intervals(self) -> list[tuple[int, tuple[tuple[int, float], ...]]]:
+        """Runs of equal intervals between frames: (frames in the run, the interval's
+        stretches between schedule edges as (steps, step size s)), as `Simulation.advance`
+        steps each interval; no stretches for a frame at t = 0."""
+        plan: list[tuple[int, tuple[tuple[int, float], ...]]] = []
         starts = np.concatenate([[0.0], self.times])
-        for span in np.diff(starts):
-            n = max(1, math.ceil(span / self.dt * (1 - 1e-12))) if span > 0 else 0
-            step = span / n if n else 0.0
-            if plan and plan[-1][1:] == (n, step):
-                plan[-1] = (plan[-1][0] + 1, n, step)
+        sources = self.sim.host_model.sources
+        for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            stretch_steps = [
+                (steps_within(end - start, self.dt), end - start)
+                for start, end in (stretches(sources, a, b) if b > a else [])
+            ]
+            segments = tuple((n, span / n) for n, span in stretch_steps)
+            if plan and plan[-1][1] == segments:
+                plan[-1] = (plan[-1][0] + 1, segments)
             else:
-                plan.append((1, n, step))
+                plan.append((1, segments))
         return plan
 
     @property
@@ -134,25 +139,28 @@ class Trajectory:
         fields = model.initial_fields(sim.dtype)
         frames = []
         t = 0.0
-        for count, n, dt in self._plan:
-            if n == 0:  # a frame at t = 0
+        for count, segments in self._plan:
+            if not segments:  # a frame at t = 0
                 frames.append(jax.tree.map(lambda x: x[None], fields))
                 continue
-            prepared = sim.stepper.prepare(model, dt)
+            prepared = [sim.stepper.prepare(model, dt) for _, dt in segments]
 
-            def step(u, time, prepared=prepared, dt=dt):
-                return sim.stepper.step(model, prepared, u, time, dt)
+            def interval(carry, _, segments=segments, prepared=prepared):
+                u, time = carry
+                for (n, dt), ready in zip(segments, prepared):
 
-            def interval(carry, _, n=n, dt=dt, step=step):
-                u, start = carry
-                u = _checkpointed_steps(step, u, start, dt, n, self.segment)
-                return (u, start + n * dt), u
+                    def step(u, time, ready=ready, dt=dt):
+                        return sim.stepper.step(model, ready, u, time, dt)
+
+                    u = _checkpointed_steps(step, u, time, dt, n, self.segment)
+                    time = time + n * dt
+                return (u, time), u
 
             (fields, _), block = lax.scan(
                 interval, (fields, jnp.asarray(t, sim.dtype)), None, length=count
             )
             frames.append(block)
-            t += count * n * dt
+            t += count * sum(n * dt for n, dt in segments)
         return {name: jnp.concatenate([f[name] for f in frames]) for name in model.names}
 
 

@@ -19,7 +19,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from engine.model.model import Model
 from engine.numerics import spectral
 from engine.numerics.memory import device_memory, state_bytes
-from engine.stepping.simulation import Simulation, State, in_precision, refuse_unstable_dt
+from engine.stepping.simulation import (
+    Simulation,
+    State,
+    in_precision,
+    refuse_unstable_dt,
+    steps_within,
+    stretches,
+)
 from engine.stepping.steppers import advance_fields
 
 CPU_BATCH_BYTES = 4 * 2**20
@@ -71,6 +78,12 @@ class Ensemble:
         self.model, self.dtype, self.stepper = sim.model, sim.dtype, sim.stepper
         self.moved = {i: np.asarray(v).astype(self.dtype) for i, v in moved.items()}
         self.size = len(next(iter(moved.values())))
+        # every member's sources: the batch steps end at the edges of any member's doses
+        self.sources = [
+            source
+            for m in range(self.size)
+            for source in _substitute(sim.host_model, {i: v[m] for i, v in moved.items()}).sources
+        ]
         available = jax.devices()
         if devices is not None and not 1 <= devices <= len(available):
             raise ValueError(
@@ -187,24 +200,27 @@ class Ensemble:
 
     @in_precision
     def advance(self, state: State, t_end: float) -> State:
-        """Every member at `t_end` (s), each in the equal steps its single run would take."""
+        """Every member at `t_end` (s), each in the steps its single run would take: equal
+        within each stretch between schedule edges (`simulation.stretches`; those of every
+        member's sources, so a sweep that varies a schedule steps at each member's edges)."""
         span = float(t_end) - state.t
         if span < 0:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
         if span == 0:
             return state
         dt_max = self.time_steps(state)
-        n_steps = np.array(
-            [max(1, math.ceil(span / d * (1 - 1e-12))) if math.isfinite(d) else 1 for d in dt_max]
-        )
-        dt = (span / n_steps).astype(self.dtype)
-        t0 = jnp.asarray(state.t, self.dtype)
+        fields, steps = state.fields, state.step
+        for start, end in stretches(self.sources, state.t, float(t_end)):
+            n_steps = np.array([steps_within(end - start, d) for d in dt_max])
+            dt = ((end - start) / n_steps).astype(self.dtype)
+            t0 = jnp.asarray(start, self.dtype)
 
-        def compute(leaves, fields, dt, n):
-            return self._advance_members(leaves, fields, t0, dt, n)
+            def compute(leaves, fields, dt, n, t0=t0):
+                return self._advance_members(leaves, fields, t0, dt, n)
 
-        fields = self._map(compute, state.fields, dt, n_steps.astype(np.int32))
-        return State(t=float(t_end), fields=fields, step=state.step + int(n_steps.max()))
+            fields = self._map(compute, fields, dt, n_steps.astype(np.int32))
+            steps += int(n_steps.max())
+        return State(t=float(t_end), fields=fields, step=steps)
 
     @functools.cached_property
     def _advance_members(self):

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
+from engine.model.sources import model_edges
 from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import Explicit, advance_adaptive, advance_fields, make_stepper
@@ -50,6 +51,18 @@ def in_precision(method):
             return method(self, *args, **kwargs)
 
     return scoped
+
+
+def stretches(sources, t0: float, t1: float) -> list[tuple[float, float]]:
+    """[t0, t1] cut at the sources' schedule edges (`model_edges`): the stretches a run steps
+    through, so that the supply is smooth within every step."""
+    times = [t0, *model_edges(sources, t0, t1), t1]
+    return list(zip(times[:-1], times[1:]))
+
+
+def steps_within(span: float, dt_max: float) -> int:
+    """The fewest equal steps of at most `dt_max` (s) that cover `span` (s)."""
+    return max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
 
 
 class UnstableStep(ValueError):
@@ -111,6 +124,7 @@ class Simulation:
         self.dtype = jnp.dtype(dtype)
         self.mesh = parallel.device_mesh(mesh, model.grid.shape, devices)
         self._grid_shape = tuple(model.grid.shape)
+        self.host_model = model  # its numbers as given: where the schedules' edges are read
         with precision(self.dtype):
             self.model = self.place(model.cast(self.dtype))
         if not 0 < tolerance < 1:
@@ -221,7 +235,8 @@ class Simulation:
 
     @in_precision
     def advance(self, state: State, t_end: float) -> State:
-        """The state at `t_end` (s), in equal steps no longer than `time_step`.
+        """The state at `t_end` (s), in steps no longer than `time_step` that end at every
+        start and end of a source's dose in between (`stretches`), equal within each stretch.
 
         The input state's buffers are donated to the computation: use the returned state.
         """
@@ -231,11 +246,16 @@ class Simulation:
         if span == 0:
             return state
         if self.adaptive:
-            return self._advance_adaptively(state, float(t_end))
+            for _, end in stretches(self.host_model.sources, state.t, float(t_end)):
+                state = self._advance_adaptively(state, end)
+            return state
         dt_max = self.time_step(state)
-        n_steps = max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
-        fields = self.advance_steps(state.fields, state.t, span / n_steps, n_steps)
-        return State(t=float(t_end), fields=fields, step=state.step + n_steps)
+        fields, steps = state.fields, state.step
+        for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
+            n_steps = steps_within(end - start, dt_max)
+            fields = self.advance_steps(fields, start, (end - start) / n_steps, n_steps)
+            steps += n_steps
+        return State(t=float(t_end), fields=fields, step=steps)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
