@@ -11,32 +11,33 @@ import pytest
 
 import engine
 from engine.config.loading import load_config
+from engine.stepping.simulation import State
 
-CONFIG = {  # ragged blocks: no axis a multiple of its tile
-    "grid": {"shape": [6, 5, 20], "spacing": "10 um"},
-    "time": {"end": "10 min", "output_every": "5 min", "stepper": "explicit"},
-    "regions": {"core": {"sphere": {"center": ["30 um", "25 um", "100 um"], "radius": "25 um"}}},
-    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s"}},
-    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
-    "terms": [
-        {
-            "type": "secretion",
-            "species": "IL2",
-            "by": "T",
-            "rate": "10 molecule/s",
-            "activators": [{"of": "IL2", "K": 0.5, "hill": 2}],
-        },
-        {"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000},
-        {  # a grid-sized parameter: the region's mask
-            "type": "recruitment",
-            "population": "T",
-            "region": "core",
-            "rate": "1e-7 1/(um^3 s)",
-            "activators": [{"of": "IL2", "K": 0.5, "hill": 1}],
-        },
-    ],
-    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.01 nM/s"}],
+SLOW = pytest.mark.slow
+
+# the shared IL-2/T-cell config (tests/conftest.py) in 3D, with ragged blocks (no axis a
+# multiple of its tile), and recruitment: a grid-sized parameter (the region's mask)
+CHANGES = {
+    "grid.shape": [6, 5, 20],
+    "regions.core.sphere.center": ["30 um", "25 um", "100 um"],
+    "terms[0].activators[0].hill": 2,
 }
+RECRUITMENT = {
+    "type": "recruitment",
+    "population": "T",
+    "region": "core",
+    "rate": "1e-7 1/(um^3 s)",
+    "activators": [{"of": "IL2", "K": 0.5, "hill": 1}],
+}
+
+
+@pytest.fixture
+def config(cells_config):
+    config = cells_config(CHANGES)
+    config["terms"].append(RECRUITMENT)
+    return config
+
+
 CASES = {
     "3D neumann": {},
     "3D dirichlet and robin": {
@@ -73,24 +74,47 @@ def increments(cfg, kernels, scheme, dtype, steps=3, compensated=True):
     fields = {
         k: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), dtype) for k, v in state.fields.items()
     }
-    dt = 0.5 * sim.time_step(state)
+    dt = 0.5 * sim.stable_dt(State(t=0.0, fields=fields))  # within the limit of these fields
     return {k: np.asarray(v) for k, v in sim.advance_steps(fields, 0.0, dt, steps).items()}
 
 
-@pytest.mark.parametrize("scheme", ["ssprk3", "euler"])
-@pytest.mark.parametrize("case", CASES)
-def test_the_fused_kernel_computes_the_xla_step(case, scheme, float64):
+# by default every face kind, term, block layout and dimension once; all cases with -m slow
+DEFAULT_CASES = {
+    ("3D dirichlet and robin", "ssprk3"),
+    ("3D whole blocks periodic chemotaxis", "ssprk3"),
+    ("2D whole rows", "ssprk3"),
+    ("1D periodic", "ssprk3"),
+    ("3D chemotaxis", "euler"),
+}
+
+
+@pytest.mark.parametrize(
+    "case, scheme",
+    [
+        pytest.param(case, scheme, marks=[] if (case, scheme) in DEFAULT_CASES else SLOW)
+        for scheme in ("ssprk3", "euler")
+        for case in CASES
+    ],
+)
+def test_the_fused_kernel_computes_the_xla_step(case, scheme, float64, config):
     """float64: every term, boundary kind and grid shape; ssprk3 (three stages a step, each
     the kernel's increment) and euler (the kernel adds the fields itself)."""
-    cfg = load_config(CONFIG, CASES[case])
+    cfg = load_config(config, CASES[case])
     xla = increments(cfg, "xla", scheme, float64)
     fused = increments(cfg, "pallas", scheme, float64)
     for name, expected in xla.items():
         np.testing.assert_allclose(fused[name], expected, rtol=1e-13, atol=1e-15, err_msg=name)
 
 
-@pytest.mark.parametrize("compensated", [True, False])
-@pytest.mark.parametrize("scenario", ["il2_therapy", "infection_resolution"])
+@pytest.mark.parametrize(  # each scenario once by default, with and without compensation
+    "scenario, compensated",
+    [
+        ("il2_therapy", True),
+        pytest.param("il2_therapy", False, marks=SLOW),
+        pytest.param("infection_resolution", True, marks=SLOW),
+        ("infection_resolution", False),
+    ],
+)
 def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario, compensated):
     """Coarsened 2D seed scenarios (secretion, uptake, killing, recruitment, chemotaxis, doses),
     euler, float32; compensated: the kernel's increment added with Kahan summation, else the
@@ -110,31 +134,31 @@ def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario, compensat
     "options, message",
     [({"stepper": "imex"}, "explicit steps only"), ({"kernels": "cuda"}, 'be "xla" or "pallas"')],
 )
-def test_what_the_kernel_cannot_fuse_is_refused_by_name(options, message):
+def test_what_the_kernel_cannot_fuse_is_refused_by_name(options, message, config):
     with pytest.raises(ValueError, match=message):
-        engine.Simulation(load_config(CONFIG), **{"kernels": "pallas", **options})
+        engine.Simulation(load_config(config), **{"kernels": "pallas", **options})
     grid = engine.Grid((4, 4), spacing=10.0)
     varying = engine.Species("c", diffusion=np.full((4, 4), 10.0))
     with pytest.raises(ValueError, match="per-voxel diffusivity of c"):
         engine.Simulation(engine.Model(grid, species=(varying,)), kernels="pallas")
 
 
-def test_sweeps_and_sharded_runs_keep_the_xla_path():
+def test_sweeps_and_sharded_runs_keep_the_xla_path(config):
     """A batch axis would be a fourth grid axis for Triton, and the kernel does not split over
     devices: ensembles build their steppers without it, and a mesh refuses it."""
-    cfg = load_config(CONFIG)
+    cfg = load_config(config)
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     with pytest.raises(ValueError, match="one device"):
         engine.Simulation(cfg, kernels="pallas", mesh=[1, 1])
 
 
-def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch):
+def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
     """On a machine without a GPU: the whole stepping loop, with the kernel built as for a GPU
     (every reaction term traced into it), lowers to one Triton kernel per stage."""
     from jax import export
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    cfg = load_config(CONFIG, CASES["3D chemotaxis"])
+    cfg = load_config(config, CASES["3D chemotaxis"])
     sim = engine.Simulation(cfg, kernels="pallas", scheme="euler")
     state = sim.initial_state()
     triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")

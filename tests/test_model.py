@@ -23,13 +23,15 @@ def growing_model(rate: float, crowding_capacity: float = 1.0, motility: float =
 
 @pytest.mark.parametrize("rate", [1e-3, 0.1, 5.0])
 def test_explicit_auto_dt_of_a_model_in_code_is_bounded_by_its_growth(rate):
-    """dt = "auto" is safety / (transport rate + growth rate): the growth term alone sets the
-    bound of a motionless population, and adds to the transport rate of a moving one."""
+    """dt = "auto" is safety / (transport + loss rate + growth rate): the growth term (its
+    growth and its crowding loss) alone sets the bound of a motionless population, and adds
+    to the transport rate of a moving one."""
+    crowding = 0.5 * rate  # the logistic loss rate r n / K at n = K / 2
     still = Simulation(growing_model(rate, motility=0.0), stepper="explicit", safety=0.9)
-    assert still.time_step(still.initial_state()) == pytest.approx(0.9 / rate, rel=1e-6)
+    assert still.time_step(still.initial_state()) == pytest.approx(0.9 / (rate + crowding))
     moving = Simulation(growing_model(rate), stepper="explicit", safety=0.9)
     transport = 2 * 2 * 10.0 / 10.0**2  # 2 ndim M / h^2 (1/s)
-    expected = 0.9 / (transport + rate)
+    expected = 0.9 / (transport + crowding + rate)
     assert moving.time_step(moving.initial_state()) == pytest.approx(expected, rel=1e-6)
 
 
@@ -120,4 +122,4 @@ params = { k = 0.01 }
 def test_stable_dt_of_the_explicit_stepper_reads_the_model_bound():
     model = growing_model(0.25, motility=0.0)
     limit = float(Explicit().stable_dt(model, model.initial_fields(jnp.float32)))
-    assert limit == pytest.approx(4.0, rel=1e-6)
+    assert limit == pytest.approx(1 / (0.25 + 0.125), rel=1e-6)

@@ -77,15 +77,15 @@ def reaction_terms(model: Model, fields: Mapping, t, decay: bool = True) -> tupl
 
 
 def euler_change(names, fields: Mapping, gain, production, supply, loss, dt) -> Fields:
-    """dt (gain + production + supply - loss f) / (1 + dt loss) for each field in `names`:
-    the forward-Euler change with the linear sinks implicit per voxel (`gain`: transport)."""
+    """dt (gain + production + supply - loss f) for each field in `names`: the forward-Euler
+    change (`gain`: transport). Non-negative f + change wherever dt (transport self-coupling
+    + loss rate) <= 1 (`positivity_rate`)."""
     out = {}
     for name in names:
         rate = gain[name] + production.get(name, 0.0) + supply.get(name, 0.0)
         if name in loss:
-            out[name] = dt * (rate - loss[name] * fields[name]) / (1 + dt * loss[name])
-        else:
-            out[name] = dt * rate
+            rate = rate - loss[name] * fields[name]
+        out[name] = dt * rate
     return out
 
 
@@ -97,10 +97,13 @@ def source_terms(model: Model, t, dt) -> Fields:
     return supply
 
 
-def transport_rate(model: Model, fields: Mapping):
-    """Largest explicit transport rate (1/s) of any voxel: its diffusive self-coupling (the
-    operator's diagonal, which includes dirichlet and robin faces) plus, for chemotactic
-    populations, the drift outflow."""
+def positivity_rate(model: Model, fields: Mapping, t=0.0):
+    """Largest rate (1/s) at which any voxel of any field loses its own content: its
+    diffusive self-coupling (the operator's diagonal, which includes dirichlet and robin
+    faces), for chemotactic populations the drift outflow, and its reaction loss rate (decay
+    and sinks). A forward-Euler step of at most 1 / this rate keeps every field
+    non-negative."""
+    _, loss = reaction_terms(model, fields, t)
     faces = face_diffusivities(model)
     rate = 0.0
     for f in model.fields:
@@ -116,5 +119,7 @@ def transport_rate(model: Model, fields: Mapping):
                 model.boundary(f),
             )
             coupling = coupling + drift
+        if f.name in loss:
+            coupling = coupling + loss[f.name]
         rate = jnp.maximum(rate, jnp.max(coupling))
     return rate

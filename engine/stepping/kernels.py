@@ -3,7 +3,7 @@
 Why: on a GPU hand-written Pallas kernels of the bare stencil run closer to the memory's
 bandwidth than XLA's fused stencil (benchmarks/bench_pallas_stencil.py; the readings, and
 what this kernel gained, are in docs/performance-notes.md). This kernel computes
-`steppers.positive_euler_increment` in one pass: each program owns a block of voxels, loads
+`steppers.euler_increment` in one pass: each program owns a block of voxels, loads
 each field's block and its neighbours, traces the model's reaction terms on the block's
 values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
 and stores every field's increment. Loads use index arrays clamped to the grid, so every load
@@ -63,7 +63,7 @@ def _tile(shape) -> tuple[int, ...]:
 def fused_euler_increment(
     model: Model, couplings, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
 ) -> Fields:
-    """`steppers.positive_euler_increment` of every field, in one kernel (see the module);
+    """`steppers.euler_increment` of every field, in one kernel (see the module);
     `couplings`: `model.field_couplings`; `add_fields`: the fields plus it instead (the Euler
     step, in the same pass over memory)."""
     require_fusable(model)

@@ -23,9 +23,9 @@ from engine.model.rhs import (
     euler_change,
     face_diffusivities,
     field_couplings,
+    positivity_rate,
     reaction_terms,
     source_terms,
-    transport_rate,
 )
 from engine.numerics import operators, solvers, spectral
 from engine.stepping import kernels
@@ -61,13 +61,13 @@ def ghost_copies(couplings, fields: Fields, names) -> Fields:
     return {name: operators.with_ghosts(fields[name], couplings[name]) for name in names}
 
 
-def positive_euler_increment(
+def euler_increment(
     model: Model, couplings, fields: Fields, supply: Fields, t, dt, fused: bool = False
 ):
-    """The change over one forward-Euler step with the linear sinks implicit per voxel (as
-    BioFVM):  f_new - f = dt (transport + production + supply - loss_rate f) / (1 + dt loss_rate).
+    """The change over one forward-Euler step of the whole right-hand side:
+    f_new - f = dt (transport + production + supply - loss_rate f).
 
-    f_new is non-negative for any loss rate whenever dt is within the explicit transport limit.
+    f_new is non-negative whenever dt is within the positivity limit (`positivity_rate`).
     `couplings`: `field_couplings(model)`. `fused`: in one Pallas kernel
     (`kernels.fused_euler_increment`).
     """
@@ -85,9 +85,10 @@ def positive_euler_increment(
 
 @dataclass(frozen=True)
 class Explicit:
-    """SSP Runge-Kutta (`euler`, `ssprk2`, `ssprk3`) built from positivity-preserving Euler
-    stages. Order 1, 2, 3 for transport and production; the implicit treatment of linear sinks
-    is first order in the sink rate (exact positivity is worth it for stiff uptake).
+    """SSP Runge-Kutta (`euler`, `ssprk2`, `ssprk3`) of the whole right-hand side: order 1, 2
+    and 3 with reactions, and non-negative at steps within the forward-Euler positivity limit
+    (`stable_dt`), which SSP schemes inherit. Sinks far faster than transport make that limit
+    small: the imex stepper takes them exactly.
 
     The step is formed as an increment of the state (stage k - u^n = b_k (previous increment +
     Euler increment)), so the loop can add it with compensated summation and conserve the total
@@ -120,14 +121,14 @@ class Explicit:
         supply = source_terms(model, t, dt)
         scheme = SSP_SCHEMES[self.scheme]
         if len(scheme) == 1:
-            return positive_euler_increment(model, prepared, fields, supply, t, dt, self.fused)
+            return euler_increment(model, prepared, fields, supply, t, dt, self.fused)
         weights = jnp.asarray([b for _, b, _ in scheme], jnp.result_type(dt))
         offsets = jnp.asarray([c for _, _, c in scheme], weights.dtype)
 
         def stage(k, total):
             u = {name: fields[name] + total[name] for name in fields}
             at = t + offsets[k] * dt
-            euler = positive_euler_increment(model, prepared, u, supply, at, dt, self.fused)
+            euler = euler_increment(model, prepared, u, supply, at, dt, self.fused)
             return {name: weights[k] * (total[name] + euler[name]) for name in fields}
 
         zeros = {name: jnp.zeros_like(value) for name, value in fields.items()}
@@ -143,9 +144,10 @@ class Explicit:
         return {k: fields[k] + change[k] for k in fields}
 
     def stable_dt(self, model: Model, fields: Fields):
-        """1 / (transport rate + reaction rate bound): the forward-Euler positivity limit,
-        which SSP schemes inherit (their SSP coefficient is 1)."""
-        return 1.0 / (transport_rate(model, fields) + model.growth_rate())
+        """1 / (largest transport + loss rate of a voxel + growth rate bound): the
+        forward-Euler positivity limit, which SSP schemes inherit (their SSP coefficient is 1),
+        and the explicit stability limit of growth."""
+        return 1.0 / (positivity_rate(model, fields) + model.growth_rate())
 
 
 # --- implicit-diffusion steppers -----------------------------------------------------------
