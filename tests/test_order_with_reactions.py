@@ -95,3 +95,35 @@ def test_fields_stay_non_negative_under_uptake_far_faster_than_diffusion():
         c = state.numpy()["IL2"]
         assert np.all(np.isfinite(c)) and c.min() >= 0.0, c.min()
     assert c[cells > 0].max() < 1e-3 * c[cells == 0].mean()
+
+
+STIFF = """
+[grid]
+shape = [16, 16]
+spacing = "10 um"
+[time]
+end = "1 h"
+stepper = "explicit"
+[species.IL2]
+diffusion = "10 um^2/s"
+decay = "1e-3 1/s"
+[populations.T]
+initial = 1e-3
+[[terms]]
+type = "uptake"
+species = "IL2"
+by = "T"
+k_on = "3.1e7 1/M/s"
+receptors = {receptors}
+"""
+
+
+@pytest.mark.parametrize("receptors", [1e4, 10.0])
+def test_validate_points_to_imex_where_sinks_set_the_explicit_limit(tmp_path, capsys, receptors):
+    from engine.cli.main import main
+
+    config = tmp_path / "stiff.toml"
+    config.write_text(STIFF.format(receptors=receptors))
+    assert main(["validate", str(config)]) == 0
+    noted = "IL2's sinks set most of the explicit limit" in capsys.readouterr().out
+    assert noted == (receptors > 1e3)  # uptake 0.5 1/s against diffusion's 0.4 1/s, or not
