@@ -4,33 +4,15 @@ reference whose own error is shown to be smaller than the smallest one measured.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import Boundary, Grid, Model, Periodic, Population, Simulation, Species
+from engine import Grid, Model, Population, Simulation, Species
 from engine.model import terms
+from engine.runs.examples import gray_scott_model
 
-FEED, KILL = 0.04, 0.06  # 1/s
 END = 20.0  # s
 STEPS = [0.4, 0.2, 0.1, 0.05]  # s, within the explicit limit (about 1.2 s here)
-
-
-def gray_scott(fields, t):
-    """u + 2v -> 3v, u fed at FEED, v removed at FEED + KILL: production >= 0, loss rates."""
-    u, v = fields["u"], fields["v"]
-    production = {"u": FEED * jnp.ones_like(u), "v": u * v**2}
-    loss = {"u": v**2 + FEED, "v": FEED + KILL + 0 * v}
-    return production, loss
-
-
-def reaction_diffusion(shape) -> Model:
-    grid = Grid(shape, spacing=1.0)
-    bump = np.prod([np.sin(np.pi * x / n) ** 2 for x, n in zip(grid.centres(), shape)], axis=0)
-    periodic = Boundary.uniform(len(shape), Periodic())
-    u = Species("u", diffusion=0.2, boundary=periodic, initial=1.0 - 0.5 * bump)
-    v = Species("v", diffusion=0.1, boundary=periodic, initial=0.25 * bump + 0.01)
-    return Model(grid, species=(u, v), reactions=gray_scott, reaction_rate=1.0)
 
 
 def solution(sim: Simulation, dt: float) -> dict[str, np.ndarray]:
@@ -47,7 +29,7 @@ def error(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module", params=[(64,), (20, 24)], ids=["1D", "2D"])
 def problem(request):
-    model = reaction_diffusion(request.param)
+    model = gray_scott_model(request.param)
     fine = Simulation(model, stepper="explicit", scheme="ssprk3", dtype="float64")
     reference = solution(fine, STEPS[-1] / 16)
     reference_error = error(solution(fine, STEPS[-1] / 8), reference)
