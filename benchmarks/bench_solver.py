@@ -34,13 +34,23 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS, device_name, median_seconds, simulation_seconds, timed_steps
+from common import RESULTS, device_name, median_seconds, timed_steps
 
 import engine
-from engine.model.terms import Conversion
+from engine.runs.bench import (
+    DECAY,
+    RATE,
+    SPACING,
+    D,
+    chain_model,
+    copy_bandwidth,
+    grid_label,
+    measure_case,
+    parse_grid,
+    random_fields,
+)
 from engine.stepping.simulation import precision
 
-D, DECAY, RATE, SPACING = 100.0, 1e-3, 1e-3, 10.0
 STEPPERS = {
     "euler": dict(stepper="explicit", scheme="euler", compensated=False),
     "euler-compensated": dict(stepper="explicit", scheme="euler", compensated=True),
@@ -52,46 +62,6 @@ EXPLICIT = ("euler", "euler-compensated", "ssprk3")
 COPY_METHOD = "in_place"
 """How `copy_bandwidth` streams (results before it have no `copy_method`: a fresh output
 per call, which understates the rate; docs/performance-notes.md)."""
-
-
-def parse_grid(text: str) -> tuple[int, ...]:
-    """'256^3' -> (256, 256, 256); '64x32' -> (64, 32)."""
-    if "^" in text:
-        size, ndim = text.split("^")
-        return (int(size),) * int(ndim)
-    return tuple(int(n) for n in text.split("x"))
-
-
-def grid_label(shape: tuple[int, ...]) -> str:
-    return f"{shape[0]}^{len(shape)}" if len(set(shape)) == 1 else "x".join(map(str, shape))
-
-
-def copy_bandwidth(repeats: int, passes: int = 20) -> float:
-    """Bytes/s of the device streaming a 256 MiB array through memory (read + write) in a
-    device loop, in place, the buffer donated and reused between calls as a stepper's fields
-    are. A fresh output per call instead adds a copy of the input and, on the CPU, the new
-    pages' faults, and understates the rate (docs/performance-notes.md)."""
-    stream = jax.jit(
-        lambda x: jax.lax.fori_loop(0, passes, lambda i, y: y + 1, x), donate_argnums=0
-    )
-    holder = {"x": jax.numpy.ones(2**26, jax.numpy.float32)}
-    nbytes = holder["x"].nbytes
-
-    def run():
-        holder["x"] = jax.block_until_ready(stream(holder["x"]))
-
-    return 2 * nbytes * passes / median_seconds(run, repeats)
-
-
-def chain_model(shape: tuple[int, ...], n_fields: int) -> engine.Model:
-    grid = engine.Grid(shape, spacing=SPACING)
-    rng = np.random.default_rng(0)
-    species = tuple(
-        engine.Species(f"c{i}", diffusion=D, decay=DECAY, initial=rng.random(shape))
-        for i in range(n_fields)
-    )
-    terms = tuple(Conversion(f"c{i}", f"c{i + 1}", RATE) for i in range(n_fields - 1))
-    return engine.Model(grid, species=species, terms=terms)
 
 
 # --- references: the engine's euler step of the chain model ---------------------------------
@@ -217,9 +187,9 @@ def check_reference_agrees(numba_kernels) -> None:
     for shape in ((6, 5), (5, 4, 3)):
         model = chain_model(shape, 3)
         sim = engine.Simulation(model, scheme="euler", dtype="float64")
-        state = sim.initial_state()
-        c = np.stack([np.asarray(state.fields[f"c{i}"]) for i in range(3)])
-        fields = sim.advance_steps(state.fields, 0.0, 0.1, 1)
+        fields = random_fields(sim)
+        c = np.stack([np.asarray(fields[f"c{i}"]) for i in range(3)])
+        fields = sim.advance_steps(fields, 0.0, 0.1, 1)
         expected = np.stack([np.asarray(fields[f"c{i}"]) for i in range(3)])
         out = np.empty_like(c)
         for step in [numpy_step] + ([numba_kernels[len(shape)]] if numba_kernels else []):
@@ -233,15 +203,11 @@ def check_reference_agrees(numba_kernels) -> None:
 def engine_case(
     shape, n_fields, dtype, stepper, *, least_steps, call_seconds, repeats, kernels="xla"
 ) -> dict:
-    """Seconds per step of the engine's `stepper` on the chain model
-    (`common.simulation_seconds`), with its time step, compile time and peak memory."""
+    """Seconds per step of the engine's `stepper` on the chain model, with its time step,
+    compile time and peak memory (`engine.runs.bench.measure_case`)."""
     options = dict(STEPPERS[stepper], kernels=kernels if stepper in EXPLICIT else "xla")
-    sim = engine.Simulation(chain_model(shape, n_fields), dtype=dtype, **options)
-    state = sim.initial_state()
-    stats = sim.compile_stats(state)
-    dt = sim.time_step(state)
-    timed = simulation_seconds(sim, state.fields, dt, least_steps, call_seconds, repeats)
-    return dict(dt=dt, **timed, **stats)
+    timing = dict(least_steps=least_steps, call_seconds=call_seconds, repeats=repeats)
+    return measure_case(shape, n_fields, dtype, options, **timing)
 
 
 def run_matrix(args, bandwidth: float, numba_kernels, save) -> list[dict]:

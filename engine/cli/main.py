@@ -1,8 +1,8 @@
 """The `ilsim` command line: the parser assembled from the command groups (`simulate`: run,
-validate, demo; `batch`: sweep, fit; `files`: info, plot, profile, movie) and `main`, which maps
-what a command raises to the exit status. Exit status: 0 done, 1 internal error or a diverged
-run, 2 bad input (one line on stderr, no traceback), 130 interrupted (file flushed,
-resumable).
+validate, demo; `batch`: sweep, fit; `files`: info, plot, profile, movie; `bench`: bench) and
+`main`, which maps what a command raises to the exit status. Exit status: 0 done, 1 internal
+error or a diverged run, 2 bad input (one line on stderr, no traceback), 130 interrupted (file
+flushed, resumable).
 
 JAX, pint and pydantic are imported by the handlers that need them, never here: `ilsim info`
 and the figures load none of them."""
@@ -14,7 +14,7 @@ import os
 import sys
 
 import engine
-from engine.cli import batch, files, simulate
+from engine.cli import batch, bench, files, simulate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.register(commands)
     batch.register(commands)
     files.register(commands)
+    bench.register(commands)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""`ilsim bench`: a quick run on a tinier matrix writes the documented JSON, prints its table,
+plots its figures, compares with an earlier run, and refuses bad outputs and inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.cli.main import main
+from engine.runs import bench
+
+GRIDS = ("8^3", "16^2")
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarking.md"
+
+TOP_KEYS = {"schema", "created", "mode", "device", "versions", "copy_bandwidth", "rows"}
+TOP_KEYS |= {"skipped", "largest"}
+DEVICE_KEYS = {"name", "platform", "kind", "count", "memory"}
+VERSION_KEYS = {"ilsim", "jax", "jaxlib", "numpy", "python"}
+ROW_KEYS = {
+    "grid",
+    "voxels",
+    "fields",
+    "dtype",
+    "stepper",
+    "dt",
+    "seconds_per_step",
+    "steps_per_call",
+    "updates_per_s",
+    "bandwidth",
+    "bandwidth_fraction",
+    "explicit_steps",
+    "compile_s",
+    "peak_bytes",
+    "peak_bytes_per_voxel_field",
+}
+LARGEST_KEYS = {"fields", "dtype", "memory", "predicted_shape", "bytes_per_voxel_field"}
+LARGEST_KEYS |= {"peak_bytes"}
+
+
+def ilsim(*args: str) -> tuple[int, str, str]:
+    """`ilsim ARGS` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `ilsim bench --quick` on GRIDS: (JSON path, its result, what it printed)."""
+    output = tmp_path_factory.mktemp("bench") / "bench.json"
+    status, printed, errors = ilsim("bench", "--quick", "--grids", *GRIDS, "-o", str(output))
+    assert status == 0, errors
+    return output, json.loads(output.read_text()), printed
+
+
+def test_the_json_has_every_documented_key_and_consistent_figures(quick):
+    _, result, _ = quick
+    documented = set(re.findall(r"^\| `(\w+)` \|", DOC.read_text(), re.MULTILINE))
+    assert set(result) == TOP_KEYS and set(result["device"]) == DEVICE_KEYS
+    assert set(result["versions"]) == VERSION_KEYS
+    assert all(set(r) == ROW_KEYS for r in result["rows"])
+    assert all(set(e) == LARGEST_KEYS for e in result["largest"].values())
+    assert TOP_KEYS | DEVICE_KEYS | ROW_KEYS | LARGEST_KEYS <= documented
+    assert result["schema"] == bench.SCHEMA and result["mode"] == "quick"
+    assert result["skipped"] == []
+    assert result["device"]["name"] == bench.device_name() and result["device"]["count"] >= 1
+    bandwidth = result["copy_bandwidth"]
+    assert math.isfinite(bandwidth) and bandwidth > 0
+
+    cases = {(r["grid"], r["fields"], r["dtype"], r["stepper"]): r for r in result["rows"]}
+    assert set(cases) == {
+        (grid, fields, dtype, stepper)
+        for grid in GRIDS
+        for fields in (1, 4)
+        for dtype in ("float32", "float64")
+        for stepper in bench.STEPPERS
+        if dtype == "float32" or stepper != "explicit-uncompensated"
+    }
+    for (grid, fields, dtype, stepper), r in cases.items():
+        figures = [r[k] for k in ROW_KEYS - {"grid", "fields", "dtype", "stepper"}]
+        assert all(math.isfinite(v) and v > 0 for v in figures), (r, figures)
+        assert r["voxels"] == math.prod(bench.parse_grid(grid))
+        assert r["updates_per_s"] == pytest.approx(r["voxels"] * fields / r["seconds_per_step"])
+        itemsize = np.dtype(dtype).itemsize
+        assert r["bandwidth"] == pytest.approx(2 * itemsize * r["updates_per_s"])
+        assert r["bandwidth_fraction"] == pytest.approx(r["bandwidth"] / bandwidth)
+        unit = cases[grid, fields, dtype, "explicit"]["seconds_per_step"]
+        assert r["explicit_steps"] == pytest.approx(r["seconds_per_step"] / unit)
+        assert r["peak_bytes_per_voxel_field"] == pytest.approx(
+            r["peak_bytes"] / (r["voxels"] * fields)
+        )
+        assert r["steps_per_call"] >= (2 if stepper == "imex" else 5)
+
+    assert set(result["largest"]) == {"explicit", "imex"}
+    for entry in result["largest"].values():
+        (n, *others) = entry["predicted_shape"]
+        assert others == [n, n] and n > 16 and entry["fields"] == 6
+        assert 0.5 * entry["memory"] < entry["peak_bytes"] <= entry["memory"]
+        assert entry["bytes_per_voxel_field"] == pytest.approx(entry["peak_bytes"] / (6 * n**3))
+
+
+def test_the_table_prints_every_case(quick):
+    _, result, printed = quick
+    lines = printed.splitlines()
+    assert bench.HEADER in lines
+    rows = [line.split() for line in lines if re.match(r"\s+\d+(\^\d|x)", line)]
+    assert len(rows) == len(result["rows"])
+    for words, r in zip(rows, result["rows"]):
+        assert words[:4] == [r["grid"], str(r["fields"]), r["dtype"], r["stepper"]]
+        assert float(words[4]) == pytest.approx(1e3 * r["seconds_per_step"], abs=6e-4)
+        assert float(words[6].rstrip("%")) == pytest.approx(100 * r["bandwidth_fraction"], abs=0.06)
+        assert float(words[7]) == pytest.approx(r["explicit_steps"], abs=6e-3)
+    assert sum("largest 3D grid of 6 float32 fields" in line for line in lines) == 2
+
+
+def test_the_figure_has_a_line_per_series_with_the_json_figures(quick):
+    output, result, _ = quick
+    assert output.with_suffix(".png").stat().st_size > 0
+    figure = bench.figure(result)
+    assert result["device"]["name"] in figure.get_suptitle()
+    plotted, copy_lines = {}, {}
+    for ax in figure.axes:
+        assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+        for line in ax.get_lines():
+            label = f"{ax.get_title()}: {line.get_label()}"
+            target = copy_lines if "copy bandwidth" in label else plotted
+            assert label not in target
+            target[label] = (list(line.get_xdata()), list(line.get_ydata()))
+    expected = {}
+    for r in sorted(result["rows"], key=lambda r: r["voxels"]):
+        ndim = len(bench.parse_grid(r["grid"]))
+        s = "s" if r["fields"] > 1 else ""
+        label = f"{ndim}D grids: {r['stepper']}, {r['fields']} field{s}, {r['dtype']}"
+        xs, ys = expected.setdefault(label, ([], []))
+        xs.append(r["voxels"])
+        ys.append(r["updates_per_s"])
+    assert plotted == expected
+    for label, (_, ys) in copy_lines.items():
+        dtype = label.rsplit(", ", 1)[1]
+        assert ys[0] == result["copy_bandwidth"] / (2 * np.dtype(dtype).itemsize)
+    assert len(copy_lines) == 2 * len(GRIDS)  # per panel, per dtype
+
+
+def test_compare_prints_the_ratios_to_an_earlier_run(quick, tmp_path):
+    output, result, _ = quick
+    old = json.loads(output.read_text())
+    old["device"]["name"] = "gpu-Elsewhere"
+    dropped = old["rows"].pop(0)
+    for r in old["rows"]:
+        r["seconds_per_step"] *= 3.0
+    doctored = tmp_path / "old.json"
+    doctored.write_text(json.dumps(old))
+    new_path = tmp_path / "new.json"
+    argv = ["--quick", "--grids", GRIDS[0], "--fields", "1", "-o", str(new_path)]
+    argv += ["--compare", str(doctored)]
+    status, printed, errors = ilsim("bench", *argv)
+    assert status == 0, errors
+    new = json.loads(new_path.read_text())
+    comparison = printed.split(f"compared with {doctored}:")[1]
+    assert "gpu-Elsewhere" in comparison and new["device"]["name"] in comparison
+    ratios = {
+        tuple(words[:4]): float(words[6])
+        for words in (line.split() for line in comparison.splitlines())
+        if len(words) == 7 and re.match(r"\d+(\^\d|x)", words[0])
+    }
+    before = {(r["grid"], str(r["fields"]), r["dtype"], r["stepper"]): r for r in old["rows"]}
+    expected = {
+        key: r["seconds_per_step"] / before[key]["seconds_per_step"]
+        for r in new["rows"]
+        if (key := (r["grid"], str(r["fields"]), r["dtype"], r["stepper"])) in before
+    }
+    assert len(expected) == len(new["rows"]) - 1  # the dropped row is new's first
+    assert (dropped["grid"], str(dropped["fields"]), dropped["dtype"]) == tuple(
+        next(iter(ratios))[:3]
+    )
+    assert ratios.keys() == expected.keys()
+    for key, ratio in ratios.items():
+        assert ratio == pytest.approx(expected[key], abs=6e-4)
+
+
+def test_existing_outputs_are_kept_without_overwrite(quick, tmp_path):
+    output, _, _ = quick
+    before = output.read_text()
+    status, printed, errors = ilsim("bench", "--quick", "-o", str(output))
+    assert status == 2 and printed == ""
+    assert errors.strip() == f"ilsim: error: {output} exists; pass --overwrite to replace it"
+    assert output.read_text() == before
+    figure = tmp_path / "taken.png"
+    figure.write_bytes(b"")
+    status, _, errors = ilsim("bench", "-o", str(tmp_path / "b.json"), "--figure", str(figure))
+    assert status == 2 and f"{figure} exists" in errors and len(errors.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text, why", [('{"rows": []}', 'no "schema": "ilsim-bench/1"'), ("not json", "not an ilsim")]
+)
+def test_a_compare_file_that_is_not_a_bench_result_exits_2(tmp_path, text, why):
+    old = tmp_path / "old.json"
+    old.write_text(text)
+    status, printed, errors = ilsim("bench", "-o", str(tmp_path / "b.json"), "--compare", str(old))
+    assert status == 2 and printed == "" and len(errors.splitlines()) == 1
+    assert why in errors and str(old) in errors
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_the_largest_grid_fits_the_memory_and_steps_there():
+    """Within 20 MB (a stand-in for a device's memory), the predicted cube's compiled peak
+    fits and one step runs on it."""
+    memory = 20e6
+    entry = bench.largest_grid("imex", memory, confirm=True)
+    n = entry["predicted_shape"][0]
+    assert 0.5 * memory < entry["peak_bytes"] <= memory
+    assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > memory
+    assert entry["confirmed"]["seconds"] > 0
+
+
+def test_a_case_beyond_the_memory_is_skipped_before_its_fields_are_made():
+    timing = dict(least_steps=1, call_seconds=0.0, repeats=1)
+    options = bench.STEPPERS["explicit"]
+    assert bench.measure_case((8, 8, 8), 1, "float32", options, **timing, memory=1e3) is None
