@@ -1,10 +1,104 @@
-"""Shared fixtures: 64-bit mode for reference runs and a convergence-order fit."""
+"""Shared fixtures: 64-bit mode for reference runs, a convergence-order fit, the configs that
+several test files build on, and the command line of a child process (tests/children/*.py)
+for the cases that need a fresh JAX; and one compilation per distinct program in a run."""
 
 from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+
+CHILDREN = Path(__file__).resolve().parent / "children"
+
+
+def pytest_configure(config):
+    """JAX's compilation cache in a folder of this run only (made now, removed at the end):
+    the many tests that build the same program again (a Simulation per time step, per sweep
+    member, per `ilsim` call in the same process) load it instead of compiling it again. A
+    hit is the same executable, so no number changes; tracing still runs (trace counts hold).
+    ILSIM_TEST_COMPILE_CACHE=0 compiles every program afresh."""
+    if os.environ.get("ILSIM_TEST_COMPILE_CACHE", "1") == "0":
+        return
+    config.jax_cache_folder = tempfile.mkdtemp(prefix="ilsim-tests-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", config.jax_cache_folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "jax_cache_folder", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# IL-2 secreted by T cells in a core region (self-activated), taken up by them, and supplied
+# by a source in the core: every kind of parameter (transport, Hill, uptake, source) on a
+# small 2D grid (tests/test_gradients.py, test_ensemble.py, test_kernels.py).
+CELLS_CONFIG = {
+    "grid": {"shape": [12, 10], "spacing": "10 um"},
+    "time": {"end": "10 min", "output_every": "5 min", "stepper": "explicit"},
+    "regions": {"core": {"sphere": {"center": ["60 um", "50 um"], "radius": "25 um"}}},
+    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s"}},
+    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
+    "terms": [
+        {
+            "type": "secretion",
+            "species": "IL2",
+            "by": "T",
+            "rate": "10 molecule/s",
+            "activators": [{"of": "IL2", "K": 0.5, "hill": 1}],
+        },
+        {"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000},
+    ],
+    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.01 nM/s"}],
+}
+
+# IL-2 from a source in a core region, taken up by T cells everywhere, on a small 3D grid
+# that splits over devices (tests/test_parallel.py, test_multiprocess.py).
+CORE_UPTAKE_CONFIG = {
+    "grid": {"shape": [16, 16, 8], "spacing": "10 um"},
+    "time": {"end": "6 min", "output_every": "3 min", "stepper": "imex"},
+    "regions": {"core": {"sphere": {"center": ["80 um", "80 um", "40 um"], "radius": "30 um"}}},
+    "species": {"IL2": {"diffusion": "100 um^2/s", "decay": "1e-3 1/s"}},
+    "populations": {"T": {"motility": "1 um^2/s", "initial": 1e-4}},
+    "terms": [
+        {"type": "uptake", "species": "IL2", "by": "T", "k_on": "1e9 1/M/s", "receptors": 1e3}
+    ],
+    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "1 nM/s"}],
+}
+
+
+def _with_changes(base: dict, changes: dict | None) -> dict:
+    """A deep copy of the config table `base` with `changes` ({dotted path: value}, as
+    `load_config` overrides spell them, `terms[0].rate`) set; missing tables are made."""
+    config = copy.deepcopy(base)
+    for path, value in (changes or {}).items():
+        keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+        *parents, last = keys
+        table = config
+        for key in parents:
+            table = table[key] if isinstance(key, int) else table.setdefault(key, {})
+        table[last] = copy.deepcopy(value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def cells_config():
+    """`cells_config(changes)`: a new copy of CELLS_CONFIG with `changes` set."""
+    return lambda changes=None: _with_changes(CELLS_CONFIG, changes)
+
+
+@pytest.fixture(scope="session")
+def core_uptake_config():
+    """`core_uptake_config(changes)`: a new copy of CORE_UPTAKE_CONFIG with `changes` set."""
+    return lambda changes=None: _with_changes(CORE_UPTAKE_CONFIG, changes)
 
 
 def _convergence_order(h, err) -> float:
@@ -44,3 +138,14 @@ def float64():
     jax.config.update("jax_enable_x64", True)
     yield "float64"
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def child():
+    """`child(name, *args)`: the command line that runs tests/children/NAME.py with `args` in
+    a fresh Python (for `subprocess`), where JAX starts with its own device count or flags."""
+
+    def command(name: str, *args) -> list[str]:
+        return [sys.executable, str(CHILDREN / f"{name}.py"), *map(str, args)]
+
+    return command

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ def test_the_import_contracts_hold(capsys):
         ("post/analysis.py", "import jax", "Files and figures need neither JAX"),
     ],
 )
-def test_an_upward_import_breaks_the_contracts(tmp_path, module, line, broken):
+def test_an_upward_import_breaks_the_contracts(tmp_path, child, module, line, broken):
     """A copy of the package with one forbidden import added fails `lint-imports`."""
     shutil.copytree(PACKAGE, tmp_path / "engine", ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "engine" / module
@@ -40,12 +39,7 @@ def test_an_upward_import_breaks_the_contracts(tmp_path, module, line, broken):
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from importlinter.cli import lint_imports_command; lint_imports_command()",
-            "--no-cache",
-        ],
+        child("lint_imports", "--no-cache"),
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -108,32 +102,13 @@ def test_the_private_name_check_finds_one(tmp_path):
     assert private_names_used(source) == ["engine.numerics.grid._hidden", "grid._other"]
 
 
-IMPORT_PROBE = """
-import json, os, sys
-import matplotlib
-backend = matplotlib.get_backend()
-flags = os.environ.get("XLA_FLAGS")
-import engine, engine.io.reader, engine.post.analysis, engine.post.plots
-light = sorted(m for m in ("jax", "pint", "pydantic") if m in sys.modules)
-engine.Simulation  # the heavy layers load on first use
-import jax
-print(json.dumps(dict(
-    light=light,
-    heavy="jax" in sys.modules,
-    backend_kept=matplotlib.get_backend() == backend,
-    flags_kept=os.environ.get("XLA_FLAGS") == flags,
-    x64=bool(jax.config.jax_enable_x64),
-)))
-"""
-
-
 @pytest.mark.slow
-def test_importing_engine_has_no_side_effects():
+def test_importing_engine_has_no_side_effects(child):
     """In a fresh process: files and figures load neither JAX nor pint nor pydantic; nothing
     changes XLA_FLAGS, matplotlib's backend or JAX's 64-bit mode."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MPLBACKEND")}
     done = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=env, timeout=120
+        child("import_probe"), capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

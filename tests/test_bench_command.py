@@ -52,6 +52,27 @@ def ilsim(*args: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def test_a_quick_run_of_one_grid_writes_its_rows_table_and_figure(tmp_path):
+    """The default run's `ilsim bench`: one grid, one field (the quick matrix of GRIDS, with
+    the checks below, runs with -m slow: a benchmark)."""
+    output = tmp_path / "bench.json"
+    argv = ["--quick", "--grids", "16^2", "--fields", "1", "-o", str(output)]
+    status, printed, errors = ilsim("bench", *argv)
+    assert status == 0, errors
+    result = json.loads(output.read_text())
+    assert set(result) == TOP_KEYS and result["schema"] == bench.SCHEMA
+    assert all(set(r) == ROW_KEYS for r in result["rows"])
+    assert {(r["grid"], r["fields"], r["dtype"], r["stepper"]) for r in result["rows"]} == {
+        ("16^2", 1, dtype, stepper)
+        for dtype in ("float32", "float64")
+        for stepper in bench.STEPPERS
+        if dtype == "float32" or stepper != "explicit-uncompensated"
+    }
+    rows = [line for line in printed.splitlines() if re.match(r"\s+\d+(\^\d|x)", line)]
+    assert len(rows) == len(result["rows"])
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """One `ilsim bench --quick` on GRIDS: (JSON path, its result, what it printed)."""
@@ -61,6 +82,7 @@ def quick(tmp_path_factory):
     return output, json.loads(output.read_text()), printed
 
 
+@pytest.mark.slow  # a timed run of the quick matrix, as are the tests that read it
 def test_the_json_has_every_documented_key_and_consistent_figures(quick):
     _, result, _ = quick
     documented = set(re.findall(r"^\| `(\w+)` \|", DOC.read_text(), re.MULTILINE))
@@ -107,6 +129,7 @@ def test_the_json_has_every_documented_key_and_consistent_figures(quick):
         assert entry["bytes_per_voxel_field"] == pytest.approx(entry["peak_bytes"] / (6 * n**3))
 
 
+@pytest.mark.slow
 def test_the_table_prints_every_case(quick):
     _, result, printed = quick
     lines = printed.splitlines()
@@ -121,6 +144,7 @@ def test_the_table_prints_every_case(quick):
     assert sum("largest 3D grid of 6 float32 fields" in line for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_the_figure_has_a_line_per_series_with_the_json_figures(quick):
     output, result, _ = quick
     assert output.with_suffix(".png").stat().st_size > 0
@@ -149,6 +173,7 @@ def test_the_figure_has_a_line_per_series_with_the_json_figures(quick):
     assert len(copy_lines) == 2 * len(GRIDS)  # per panel, per dtype
 
 
+@pytest.mark.slow  # a second timed run of the matrix
 def test_compare_prints_the_ratios_to_an_earlier_run(quick, tmp_path):
     output, result, _ = quick
     old = json.loads(output.read_text())
@@ -186,8 +211,9 @@ def test_compare_prints_the_ratios_to_an_earlier_run(quick, tmp_path):
         assert ratio == pytest.approx(expected[key], abs=6e-4)
 
 
-def test_existing_outputs_are_kept_without_overwrite(quick, tmp_path):
-    output, _, _ = quick
+def test_existing_outputs_are_kept_without_overwrite(tmp_path):
+    output = tmp_path / "bench.json"
+    output.write_text('{"schema": "an earlier run"}')
     before = output.read_text()
     status, printed, errors = ilsim("bench", "--quick", "-o", str(output))
     assert status == 2 and printed == ""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "bench_sweep.py"
 KEYS = {
     "members",
@@ -24,6 +26,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow  # runs the benchmark script in a process of its own
 def test_bench_sweep_quick_writes_every_case(tmp_path):
     output = tmp_path / "sweep.json"
     argv = ["--quick", "--members", "2", "4", "--size", "16", "--end", "2 min"]

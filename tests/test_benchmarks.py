@@ -1,4 +1,5 @@
-"""The benchmarks run end to end on a tiny matrix, so that they cannot rot."""
+"""The benchmarks run end to end on a tiny matrix, so that they cannot rot (those runs with
+-m slow); their helpers are checked in the default run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import bench_solver  # noqa: E402
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_bench_solver_quick_writes_every_case(tmp_path, capsys):
     output = tmp_path / "solver.json"
     bench_solver.main(
@@ -61,6 +63,7 @@ def test_grid_labels_round_trip(text, shape):
     assert bench_solver.grid_label(shape) == text
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_time_to_solution_runs_and_measures_error(tmp_path):
     import bench_time_to_solution
 
@@ -85,6 +88,7 @@ def test_trajectory_error_is_relative_to_the_largest_size_over_the_frames():
     assert deviation.end == {"a": pytest.approx(1e5 - 1)}
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_time_to_solution_without_reference_gives_wall_times_only(tmp_path):
     import bench_time_to_solution
 
@@ -96,6 +100,7 @@ def test_time_to_solution_without_reference_gives_wall_times_only(tmp_path):
     assert [(r["stepper"], r["error"]) for r in result["rows"]] == [("imex", None)]
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_bench_solver_without_references_times_only_the_engine(tmp_path):
     output = tmp_path / "solver.json"
     argv = ["--quick", "--grids", "8^3", "--fields", "1", "--steppers", "euler", "--references"]
@@ -104,6 +109,7 @@ def test_bench_solver_without_references_times_only_the_engine(tmp_path):
     assert row["seconds"] > 0 and not {"numpy_s", "numba_s", "xla_s"} & set(row)
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_bench_solver_times_the_fused_kernels_on_request(tmp_path):
     output = tmp_path / "solver.json"
     argv = ["--quick", "--grids", "8^3", "--fields", "2", "--steppers", "euler", "imex"]
@@ -113,6 +119,7 @@ def test_bench_solver_times_the_fused_kernels_on_request(tmp_path):
     assert [r["stepper"] for r in result["rows"]] == ["euler", "imex"]
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_implicit_step_cost_is_measured_in_explicit_steps(tmp_path):
     import implicit_step_cost
 
@@ -131,6 +138,7 @@ def test_implicit_step_cost_is_measured_in_explicit_steps(tmp_path):
         assert r["steps_per_call"] >= (10 if r["case"] == "explicit ssprk3" else 2)
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_scaling_benchmark_measures_sharded_and_isolated_blocks(tmp_path):
     import bench_scaling
 

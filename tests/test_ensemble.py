@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,24 +18,24 @@ from engine.config.loading import load_config
 from engine.runs.driver import run
 from engine.runs.sweep import Ensemble, member_rows
 
-CONFIG = {
-    "grid": {"shape": [20, 16], "spacing": "10 um"},
-    "time": {"end": "12 min", "output_every": "4 min", "stepper": "explicit"},
-    "regions": {"core": {"sphere": {"center": ["100 um", "80 um"], "radius": "30 um"}}},
-    "species": {"IL2": {"diffusion": "30 um^2/s", "decay": "1e-3 1/s"}},
-    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
-    "terms": [
-        {
-            "type": "secretion",
-            "species": "IL2",
-            "by": "T",
-            "rate": "5 molecule/s",
-            "activators": [{"of": "IL2", "K": 0.5, "hill": 2}],
-        },
-        {"type": "uptake", "species": "IL2", "by": "T", "k_on": "1e7 1/M/s", "receptors": 1e3},
-    ],
-    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.02 nM/s"}],
+# the shared IL-2/T-cell config (tests/conftest.py) on a 20 x 16 grid, its core moved along
+CHANGES = {
+    "grid.shape": [20, 16],
+    "time.end": "12 min",
+    "time.output_every": "4 min",
+    "regions.core.sphere": {"center": ["100 um", "80 um"], "radius": "30 um"},
+    "species.IL2.diffusion": "30 um^2/s",
+    "terms[0].rate": "5 molecule/s",
+    "terms[0].activators[0].hill": 2,
+    "terms[1].k_on": "1e7 1/M/s",
+    "sources[0].rate": "0.02 nM/s",
 }
+
+
+@pytest.fixture(scope="module")
+def config(cells_config):
+    return cells_config(CHANGES)
+
 
 VARY = {
     "species.IL2.diffusion": [10.0, "60 um^2/s"],  # "auto" dt differs between members
@@ -61,20 +59,20 @@ def relative_difference(a, b) -> float:
 
 @pytest.mark.parametrize(
     "stepper, dtype",
-    [
+    [  # explicit by default (imex: the sweep file below); every stepper and dtype with -m slow
         ("explicit", "float32"),
-        ("imex", "float32"),
-        ("explicit", "float64"),
-        ("imex", "float64"),
-        ("quasi_steady", "float32"),
-        ("quasi_steady", "float64"),
+        pytest.param("imex", "float32", marks=pytest.mark.slow),
+        pytest.param("explicit", "float64", marks=pytest.mark.slow),
+        pytest.param("imex", "float64", marks=pytest.mark.slow),
+        pytest.param("quasi_steady", "float32", marks=pytest.mark.slow),
+        pytest.param("quasi_steady", "float64", marks=pytest.mark.slow),
     ],
 )
-def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64):
+def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64, config):
     """Within 1e-6 in float32 (quasi_steady's CG and Picard loops carry the batch's other
     summation order further than a fixed number of steps does: 1.1e-6 with CG converged to
     1e-5 rather than 1e-6)."""
-    cfg = load_config(CONFIG, {"time.stepper": stepper, "time.dtype": dtype})
+    cfg = load_config(config, {"time.stepper": stepper, "time.dtype": dtype})
     result = engine.sweep(cfg, VARY)
     assert set(result.members) == set(VARY)
     assert result.fields["IL2"].shape == (4, len(result.time), 20, 16)
@@ -88,8 +86,8 @@ def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64):
     assert relative_difference(result.fields["IL2"][0, -1], result.fields["IL2"][3, -1]) > 0.05
 
 
-def test_member_values_convert_units_and_combine_or_zip():
-    cfg = load_config(CONFIG)
+def test_member_values_convert_units_and_combine_or_zip(config):
+    cfg = load_config(config)
     ensemble = Ensemble(cfg, {"species.IL2.diffusion": ["1 um^2/ms", 20], "terms[1].k_on": [1]})
     np.testing.assert_allclose(ensemble.members["species.IL2.diffusion"], [1000.0, 20.0])
     keys, rows = member_rows({"a": [1, 2], "b": [3, 4]}, product=True)
@@ -99,8 +97,8 @@ def test_member_values_convert_units_and_combine_or_zip():
         member_rows({"a": [1, 2], "b": [3]}, product=False)
 
 
-def test_chunked_sweeps_equal_one_batch():
-    cfg = load_config(CONFIG, {"time.end": "4 min"})
+def test_chunked_sweeps_equal_one_batch(config):
+    cfg = load_config(config, {"time.end": "4 min"})
     vary = {"terms[1].k_on": [0.001, 0.01, 0.1]}
     whole = engine.sweep(cfg, vary)
     chunked = engine.sweep(cfg, vary, chunk=2)  # a batch of 2, then one of 1
@@ -120,9 +118,9 @@ def test_chunked_sweeps_equal_one_batch():
         ({}, "nothing to vary"),
     ],
 )
-def test_bad_sweeps_are_one_line_config_errors(vary, message):
+def test_bad_sweeps_are_one_line_config_errors(vary, message, config):
     with pytest.raises(ConfigError, match=message) as error:
-        Ensemble(load_config(CONFIG), vary)
+        Ensemble(load_config(config), vary)
     assert "\n" not in str(error.value)
 
 
@@ -139,9 +137,9 @@ def test_vary_syntax():
 
 
 @pytest.fixture(scope="module")
-def sweep_file(tmp_path_factory):
+def sweep_file(tmp_path_factory, config):
     folder = tmp_path_factory.mktemp("sweep")
-    cfg = load_config(CONFIG, {"time.stepper": "imex"})
+    cfg = load_config(config, {"time.stepper": "imex"})
     path = engine.sweep(cfg, VARY, output=folder / "sweep.h5", quiet=True)
     return cfg, path
 
@@ -185,9 +183,9 @@ def test_the_sweep_file_opens_in_xarray_with_member_coordinates(sweep_file):
     raw.close()
 
 
-def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path):
-    cfg = load_config(CONFIG, {"time.end": "8 min"})
-    longer = load_config(CONFIG, {"time.end": "16 min"})
+def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path, config):
+    cfg = load_config(config, {"time.end": "8 min"})
+    longer = load_config(config, {"time.end": "16 min"})
     vary = {"terms[1].k_on": [0.005, 0.05]}
     run(Ensemble(cfg, vary), tmp_path / "resumed.h5", quiet=True)
     run(Ensemble(longer, vary), tmp_path / "resumed.h5", resume=True, quiet=True)
@@ -200,21 +198,21 @@ def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path):
         run(Ensemble(longer, {"terms[1].k_on": [1.0, 2.0]}), tmp_path / "straight.h5", resume=True)
 
 
-def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch):
+def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch, config):
     import engine.runs.driver
 
     monkeypatch.setattr(engine.runs.driver, "processes", lambda: object())  # as if several
-    ensemble = Ensemble(load_config(CONFIG), {"terms[1].k_on": [0.005, 0.05]})
+    ensemble = Ensemble(load_config(config), {"terms[1].k_on": [0.005, 0.05]})
     with pytest.raises(engine.runs.driver.RunError, match="a sweep runs in one process"):
         run(ensemble, tmp_path / "sweep.h5", quiet=True)
     assert not list(tmp_path.iterdir())
 
 
-def test_ilsim_sweep_and_member_options(tmp_path, capsys):
-    config = tmp_path / "model.toml"
+def test_ilsim_sweep_and_member_options(tmp_path, capsys, config):
     from engine.config.toml import dump_toml
 
-    config.write_text(dump_toml(load_config(CONFIG, {"time.end": "4 min"})))
+    table, config = config, tmp_path / "model.toml"
+    config.write_text(dump_toml(load_config(table, {"time.end": "4 min"})))
     out = tmp_path / "s.h5"
     code = main(
         [
@@ -256,27 +254,14 @@ def test_ilsim_sweep_and_member_options(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
-def test_members_split_over_devices_equal_one_device(tmp_path):
+@pytest.mark.slow
+def test_members_split_over_devices_equal_one_device(child, config):
     """Three members over two CPU devices (padded to four) equal the one-device sweep."""
-    body = f"""
-    import json, jax
-    import numpy as np, engine
-    engine.parallel.use_cpu_devices(2)
-    from engine.runs.sweep import Ensemble
-    cfg = engine.load_config({json.dumps(CONFIG)}, {{"time.end": "4 min"}})
-    vary = {{"terms[1].k_on": [0.001, 0.01, 0.1]}}
-    split = engine.sweep(cfg, vary)
-    one = engine.sweep(cfg, vary, devices=1)
-    ensemble = Ensemble(cfg, vary)
-    state = ensemble.advance(ensemble.initial_state(), 60.0)
-    diff = max(float(np.max(np.abs(split.fields[k] - v)) / np.max(np.abs(v)))
-               for k, v in one.fields.items())
-    print(json.dumps(dict(diff=diff, devices=len(state.fields["IL2"].sharding.device_set))))
-    """
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(body))
+    vary = {"terms[1].k_on": [0.001, 0.01, 0.1]}
+    short = {**config, "time": {**config["time"], "end": "4 min"}}
+    arguments = [json.dumps(table) for table in (short, vary)]
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        child("split_sweep", *arguments), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

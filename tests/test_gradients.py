@@ -18,30 +18,20 @@ from engine.config.toml import dump_toml
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.runs.gradients import Trajectory, fit, gradient, sensitivity, value_and_gradient
 
-CONFIG = {
-    "grid": {"shape": [12, 10], "spacing": "10 um"},
-    "time": {"end": "10 min", "output_every": "5 min", "dtype": "float64", "stepper": "explicit"},
-    "regions": {"core": {"sphere": {"center": ["60 um", "50 um"], "radius": "25 um"}}},
-    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s"}},
-    "populations": {"T": {"initial": {"region": "core", "value": 1e-4}, "motility": "0.5 um^2/s"}},
-    "terms": [
-        {
-            "type": "secretion",
-            "species": "IL2",
-            "by": "T",
-            "rate": "10 molecule/s",
-            "activators": [{"of": "IL2", "K": 0.5, "hill": 1}],
-        },
-        {"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000},
-    ],
-    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "0.01 nM/s"}],
-}
+
+@pytest.fixture
+def config(cells_config):
+    """The shared IL-2/T-cell config (tests/conftest.py) in float64."""
+    return cells_config({"time.dtype": "float64"})
+
+
 KEYS = [
     "species.IL2.decay",
     "species.IL2.diffusion",
     "terms[0].rate",
     "terms[0].activators[0].K",
 ]
+SLOW = pytest.mark.slow
 CASES = {  # the CG case (robin faces: TR-BDF2) checks the parameters of the solve
     "explicit": ({"time.stepper": "explicit"}, KEYS),
     "imex spectral": ({"time.stepper": "imex", "time.dt": 20.0}, KEYS),
@@ -82,10 +72,18 @@ def central_differences(trajectory, loss, relative=1e-5):
     return np.array(result)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_gradients_equal_central_finite_differences(case, float64):
+@pytest.mark.parametrize(  # by default every key, explicit (`ilsim fit` below goes through imex)
+    "case",
+    [
+        "explicit",
+        pytest.param("imex spectral", marks=SLOW),
+        pytest.param("imex spectral dirichlet", marks=SLOW),
+        pytest.param("imex cg", marks=SLOW),  # 30 s to compile
+    ],
+)
+def test_gradients_equal_central_finite_differences(case, float64, config):
     overrides, keys = CASES[case]
-    cfg = load_config(CONFIG, overrides)
+    cfg = load_config(config, overrides)
     trajectory = Trajectory(cfg, keys)
     target = 1.2 * np.asarray(trajectory(trajectory.values)["IL2"])
     loss = loss_against(target)
@@ -99,9 +97,9 @@ def test_gradients_equal_central_finite_differences(case, float64):
         assert forward[key] == pytest.approx(reverse[key], rel=1e-9), key
 
 
-def test_the_trajectory_is_the_run(float64):
+def test_the_trajectory_is_the_run(float64, config):
     """Frames of the differentiable trajectory equal those of Simulation.advance (same steps)."""
-    cfg = load_config(CONFIG, {"time.stepper": "imex", "time.dt": 30.0})
+    cfg = load_config(config, {"time.stepper": "imex", "time.dt": 30.0})
     trajectory = Trajectory(cfg, ["terms[1].k_on"])
     frames = trajectory(trajectory.values)
     sim = engine.Simulation(cfg)
@@ -112,8 +110,9 @@ def test_the_trajectory_is_the_run(float64):
             np.testing.assert_allclose(frames[name][index], value, rtol=1e-12, atol=1e-300)
 
 
-def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64):
-    cfg = load_config(CONFIG, {"time.end": "20 min", "time.output_every": "20 min"})
+@pytest.mark.slow  # five gradient programs to compile
+def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64, config):
+    cfg = load_config(config, {"time.end": "20 min", "time.output_every": "20 min"})
     loss = loss_against(0.0)
     by_segment = {s: gradient(cfg, loss, KEYS[:2], segment=s) for s in (1, 7, None)}
     for key in KEYS[:2]:
@@ -122,7 +121,7 @@ def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64):
 
     def temporary_bytes(segment):
         trajectory = Trajectory(cfg, KEYS[:2], segment=segment)
-        steps = trajectory._plan[-1][1]
+        steps = sum(n for n, _ in trajectory._plan[-1][1])
         grad = jax.jit(jax.grad(lambda v: loss(trajectory(v))))
         compiled = grad.lower(jnp.asarray(trajectory.values)).compile()
         return steps, compiled.memory_analysis().temp_size_in_bytes
@@ -133,16 +132,13 @@ def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64):
     assert checkpointed < whole / 4
 
 
-def test_reverse_mode_refuses_steppers_it_cannot_go_through(float64):
+def test_reverse_mode_refuses_steppers_it_cannot_go_through(float64, config):
     loss = loss_against(0.0)
-    cfg = load_config(CONFIG, {"time.stepper": "quasi_steady", "time.dt": 60.0})
+    cfg = load_config(config, {"time.stepper": "quasi_steady", "time.dt": 60.0})
     with pytest.raises(ConfigError, match="quasi_steady"):
         gradient(cfg, loss, KEYS[:1])
-    forward = gradient(cfg, loss, KEYS[:1], mode="forward")  # goes through the while loops
-    fd = central_differences(Trajectory(cfg, KEYS[:1]), loss)[0]
-    assert forward[KEYS[0]] == pytest.approx(fd, rel=1e-3)
     drifting = load_config(
-        CONFIG,
+        config,
         {
             "time.stepper": "imex",
             "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 10.0},
@@ -152,14 +148,23 @@ def test_reverse_mode_refuses_steppers_it_cannot_go_through(float64):
         gradient(drifting, loss, KEYS[:1])
 
 
-def test_parameters_are_affine_in_config_values(float64):
-    cfg = load_config(CONFIG, {"species.IL2.diffusion": {"value": 20.0, "regions": {"core": 5.0}}})
+@pytest.mark.slow  # forward mode through CG and Picard loops: 12 s to compile
+def test_forward_mode_goes_through_the_quasi_steady_loops(float64, config):
+    loss = loss_against(0.0)
+    cfg = load_config(config, {"time.stepper": "quasi_steady", "time.dt": 60.0})
+    forward = gradient(cfg, loss, KEYS[:1], mode="forward")  # goes through the while loops
+    fd = central_differences(Trajectory(cfg, KEYS[:1]), loss)[0]
+    assert forward[KEYS[0]] == pytest.approx(fd, rel=1e-3)
+
+
+def test_parameters_are_affine_in_config_values(float64, config):
+    cfg = load_config(config, {"species.IL2.diffusion": {"value": 20.0, "regions": {"core": 5.0}}})
     parameters = Parameters.of(cfg, ["species.IL2.diffusion", "sources[0].rate"])
     model = engine.build_model(cfg)
     moved = parameters.bind(model, np.array([40.0, 0.03]))
     rebuilt = engine.build_model(
         load_config(
-            CONFIG,
+            config,
             {
                 "species.IL2.diffusion": {"value": 40.0, "regions": {"core": 5.0}},
                 "sources[0].rate": 0.03,
@@ -190,6 +195,7 @@ FIT_CONFIG = {
 FIT_KEYS = ["species.IL2.diffusion", "terms[0].k_on"]
 
 
+@pytest.mark.slow  # `ilsim fit` below fits by default
 def test_a_fit_recovers_diffusion_and_uptake_from_noisy_data(float64):
     """IL-2 from a boundary source, taken up by T cells: profiles made with D = 20 um^2/s,
     k_on = 0.01 1/(nM s), with 2% multiplicative noise; the fit starts 3x off each."""
@@ -224,10 +230,10 @@ def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
     assert main(["fit", str(config), "--data", str(missing), "--param", FIT_KEYS[0]]) == 2
 
 
-def test_sensitivities_rank_every_parameter(float64):
+def test_sensitivities_rank_every_parameter(float64, config):
     """A linear model (no Hill factor) started empty: the IL2 total is proportional to the
     source rate (elasticity exactly 1)."""
-    linear = dict(CONFIG, terms=CONFIG["terms"][1:])
+    linear = dict(config, terms=config["terms"][1:])
     cfg = load_config(linear)
     rows = sensitivity(cfg, "IL2")
     by_key = {r.key: r for r in rows}
@@ -244,7 +250,7 @@ def test_sensitivities_rank_every_parameter(float64):
     assert by_key["species.IL2.decay"].derivative == pytest.approx(fd, rel=1e-4)
 
 
-def test_value_and_gradient_of_a_summary(float64):
-    cfg = load_config(CONFIG)
+def test_value_and_gradient_of_a_summary(float64, config):
+    cfg = load_config(config)
     value, grads = value_and_gradient(cfg, lambda f: jnp.max(f["IL2"][-1]), ["sources[0].rate"])
     assert value > 0 and grads["sources[0].rate"] > 0

@@ -13,6 +13,7 @@ from engine.model.terms import MOLECULES_PER_UM3_PER_NM
 from engine.numerics import operators, solvers, spectral
 
 pytestmark = pytest.mark.usefixtures("x64_module")
+SLOW = pytest.mark.slow
 
 
 def coupled_model(size=48):
@@ -93,13 +94,13 @@ def semi_discrete_matrix(grid, D, boundary):
     return np.stack(columns, axis=1), affine
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # a spectral linear part by default, every one with -m slow
     "boundary, D",
     [
-        ("periodic", 50.0),  # spectral (FFT) linear part
+        pytest.param("periodic", 50.0, marks=SLOW),  # spectral (FFT) linear part
         ("neumann", 50.0),  # spectral (DCT) linear part
-        ("dirichlet", 50.0),  # spectral (sine basis) linear part
-        ("dirichlet", "varying"),  # TR-BDF2 with conjugate gradients
+        pytest.param("dirichlet", 50.0, marks=SLOW),  # spectral (sine basis) linear part
+        pytest.param("dirichlet", "varying", marks=SLOW),  # TR-BDF2 with conjugate gradients
     ],
 )
 def test_imex_is_second_order_in_time(boundary, D):
@@ -143,6 +144,7 @@ def test_imex_is_second_order_in_time(boundary, D):
 
 
 def steady_cases():
+    """A 24 x 24 grid, a spot in it, and the faces and D of each case, by name."""
     grid = engine.Grid((24, 24), spacing=10.0)
     spot = regions.sphere(grid, (80.0, 150.0), 35.0)
     slow = regions.box(grid, (120.0, 0.0), (240.0, 240.0))
@@ -163,7 +165,12 @@ def steady_cases():
     )
 
 
-@pytest.mark.parametrize("case", list(steady_cases()[2]))
+CASES = list(steady_cases()[2])
+
+
+@pytest.mark.parametrize(  # CG solves (robin) by default, spectral ones with -m slow
+    "case", [c if c == "robin" else pytest.param(c, marks=SLOW) for c in CASES]
+)
 def test_implicit_steady_state_matches_long_explicit_run(case):
     grid, spot, cases = steady_cases()
     boundary, D = cases[case]
@@ -194,12 +201,20 @@ def test_auto_dt_of_implicit_steppers_follows_the_accuracy_target():
     assert sim.time_step(sim.initial_state()) == np.inf
 
 
-@pytest.mark.parametrize("spectrally", [False, True])
-@pytest.mark.parametrize(
-    "case, shift, scale",
-    [(c, 1.0, scale) for c in steady_cases()[2] for scale in (0.5, 30.0)]
-    + [("robin", 0.0, 30.0), ("dirichlet", 0.0, 30.0)],
-)
+def _cg_cases():
+    """By default long steps (scale 30) with robin faces and varying D (where imex solves by CG
+    too, not only quasi_steady), each preconditioner, and without a shift; all with -m slow."""
+    cases = [(c, 1.0, scale) for c in CASES for scale in (0.5, 30.0)]
+    cases += [("robin", 0.0, 30.0), ("dirichlet", 0.0, 30.0)]
+    for spectrally in (False, True):
+        for case, shift, scale in cases:
+            imex_cg = case in ("robin", "varying D") or not shift
+            default = scale == 30.0 and imex_cg and (spectrally or case == "varying D")
+            marks = () if default else SLOW
+            yield pytest.param(case, shift, scale, spectrally, marks=marks)
+
+
+@pytest.mark.parametrize("case, shift, scale, spectrally", list(_cg_cases()))
 def test_cg_solves_invert_the_explicit_operator(case, shift, scale, spectrally):
     """The CG solve inverts exactly the explicit operator: (shift - a A) x = b checked by A, on
     every kind of face, with varying D, preconditioned by the diagonal or spectrally, and
@@ -313,7 +328,9 @@ def test_the_cosine_transform_is_scipys_orthonormal_dct(shape, axes, float64):
         {"y_max": 0.4, "x_min": "periodic", "x_max": "periodic"},
     ],
 )
-@pytest.mark.parametrize("fft_min_length", [1024, 8, 1])
+@pytest.mark.parametrize(  # all axes by products or by FFTs; mixed with -m slow
+    "fft_min_length", [1024, pytest.param(8, marks=SLOW), 1]
+)
 def test_spectral_imex_is_exact_with_dirichlet_faces(faces, fft_min_length, monkeypatch):
     """Diffusion, decay and a source with non-zero dirichlet values on any mix of faces: one
     imex step of any length is the exact solution (expm) of the semi-discrete system, with
@@ -361,7 +378,15 @@ BASES = [
 
 
 @pytest.mark.parametrize("low, high", BASES)
-@pytest.mark.parametrize("shape, axis", [((1,), 0), ((2, 3), 1), ((7, 4, 3), 0), ((3, 16, 5), 1)])
+@pytest.mark.parametrize(  # an odd and an even length by default; lengths 1 and 3 with -m slow
+    "shape, axis",
+    [
+        pytest.param((1,), 0, marks=SLOW),
+        pytest.param((2, 3), 1, marks=SLOW),
+        ((7, 4, 3), 0),
+        ((3, 16, 5), 1),
+    ],
+)
 def test_fft_transforms_equal_the_basis_matrix_products(low, high, shape, axis, float64):
     """`fft_basis_transform` (long axes) is the product with `basis_matrix` along its axis,
     forward and back, for every pair of face kinds and odd and even lengths; its gradient

@@ -7,8 +7,6 @@ import ast
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -214,7 +212,34 @@ def test_large_3d_frames_are_tiled(tmp_path):
         assert f["fields"]["IL2"][0].sum() == grid.size
 
 
-def test_frames_are_readable_while_the_writer_is_open(tmp_path):
+def test_frames_are_flushed_as_written_and_read_under_another_writers_lock(tmp_path):
+    """In this process (the cases below start writers and readers of their own): the bytes
+    on disk while the writer is still open (what a kill leaves) hold every frame written, and
+    open_output reads a file that is locked for writing (as a writer in another process
+    holds it: HDF5 would refuse a plain open) without locking."""
+    import fcntl
+
+    grid = GRIDS[2]
+    path, copy = tmp_path / "live.h5", tmp_path / "copy.h5"
+    writer = OutputWriter(path, grid, FIELDS, "float32", ATTRS, regions_for(grid))
+    writer.write_frame(0.0, synthetic(grid, 0.0))
+    writer.write_frame(5.0, synthetic(grid, 5.0))
+    assert writer.n_frames == 2 and writer.last_time == 5.0
+    shutil.copy(path, copy)
+    with open(copy, "rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OSError, match="lock"):
+            h5py.File(copy, "r")
+        with open_output(copy) as out:
+            assert out.n_frames == 2 and float(out.frame("IL2", 1)[0, 0]) == 5.0
+            maxima = [synthetic(grid, t)["IL2"].max() for t in (0.0, 5.0)]
+            assert out.summary["IL2_max"].tolist() == maxima
+    writer.close()
+    writer.close()  # idempotent
+
+
+@pytest.mark.slow
+def test_frames_are_readable_while_the_writer_is_open(tmp_path, child):
     grid = GRIDS[2]
     path = tmp_path / "live.h5"
     writer = OutputWriter(path, grid, FIELDS, "float32", ATTRS, regions_for(grid))
@@ -222,41 +247,16 @@ def test_frames_are_readable_while_the_writer_is_open(tmp_path):
     writer.write_frame(5.0, synthetic(grid, 5.0))
     assert writer.n_frames == 2 and writer.last_time == 5.0
     # another process: the writer holds the HDF5 lock, open_output falls back to no locking
-    code = textwrap.dedent(
-        f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
-        from engine.io.reader import open_output
-        with open_output({str(path)!r}) as out:
-            print(len(out.time), float(out.frame("IL2", 1)[0, 0]))
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(child("writer", "read", path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "5.0"]
     writer.close()
-    writer.close()  # idempotent
 
 
-def test_a_killed_writer_leaves_every_flushed_frame(tmp_path):
+@pytest.mark.slow
+def test_a_killed_writer_leaves_every_flushed_frame(tmp_path, child):
     path = tmp_path / "killed.h5"
-    code = textwrap.dedent(
-        f"""
-        import os, sys
-        import numpy as np
-        sys.path.insert(0, {str(REPO)!r})
-        from engine.numerics.grid import Grid
-        from engine.io.layout import FieldInfo
-        from engine.io.writer import OutputWriter
-        grid = Grid((6, 8), spacing=2.0)
-        writer = OutputWriter({str(path)!r}, grid, [FieldInfo("IL2", "species")], "float32",
-                              {{}}, {{}})
-        for k in range(3):
-            writer.write_frame(10.0 * k, {{"IL2": np.full(grid.shape, k + 1.0)}})
-        os._exit(0)  # no close, no flush beyond write_frame's own
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(child("writer", "exit", path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["time"][()], [0.0, 10.0, 20.0])
@@ -266,32 +266,15 @@ def test_a_killed_writer_leaves_every_flushed_frame(tmp_path):
         assert out.n_frames == 3 and out.summary["IL2_max"].tolist() == [1.0, 2.0, 3.0]
 
 
-def test_a_writer_killed_while_writing_leaves_every_completed_frame(tmp_path):
+@pytest.mark.slow
+def test_a_writer_killed_while_writing_leaves_every_completed_frame(tmp_path, child):
     """SIGKILL while frames are being written back to back, so that it lands inside a write:
     the file still opens, with every frame the writer had finished and nothing else."""
-    code = textwrap.dedent(
-        f"""
-        import sys
-        import numpy as np
-        sys.path.insert(0, {str(REPO)!r})
-        from engine.numerics.grid import Grid
-        from engine.io.layout import FieldInfo
-        from engine.io.writer import OutputWriter
-        grid = Grid((48, 48, 48), spacing=2.0)
-        base = np.random.default_rng(0).random(grid.shape).astype(np.float32)
-        with OutputWriter(sys.argv[1], grid, [FieldInfo("IL2", "species")], "float32",
-                          {{}}, {{}}) as writer:
-            for k in range(10**6):
-                writer.write_frame(10.0 * k, {{"IL2": base + k}})
-                print(k, flush=True)
-        """
-    )
     base = np.random.default_rng(0).random((48, 48, 48)).astype(np.float32)
     for trial, delay in enumerate((0.3, 0.55, 0.8)):
         path = tmp_path / f"killed-{trial}.h5"
-        writer = subprocess.Popen(
-            [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
-        )
+        command = child("writer", "forever", path)
+        writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         writer.stdout.readline()  # the first frame is written
         time.sleep(delay)
         writer.kill()

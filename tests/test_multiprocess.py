@@ -17,48 +17,19 @@ import pytest
 
 from engine.io.checkpoint import latest_checkpoint
 
-CONFIG = """
-[grid]
-shape = [16, 8, 8]
-spacing = "10 um"
+pytestmark = pytest.mark.slow  # processes of their own, joined by jax.distributed
 
-[time]
-end = "{end}"
-output_every = "2 min"
-stepper = "explicit"
-dt = "auto"
-
-[species.IL2]
-diffusion = "10 um^2/s"  # few explicit steps: 4 CPU devices may share 2 cores
-decay = "1e-3 1/s"
-
-[populations.T]
-motility = "1 um^2/s"
-initial = 1e-4
-
-[regions.core]
-sphere = {{ center = ["40 um", "40 um", "40 um"], radius = "30 um" }}
-
-[[terms]]
-type = "uptake"
-species = "IL2"
-by = "T"
-k_on = "1e9 1/M/s"
-receptors = 1e3
-
-[[sources]]
-type = "region"
-species = "IL2"
-region = "core"
-rate = "1 nM/s"
-
-[output]
-checkpoint_every = "2 min"
-
-[parallel]
-mesh = "auto"
-{distributed}
-"""
+# the shared uptake config (tests/conftest.py) on a 16 x 8 x 8 grid, explicit steps
+CHANGES = {
+    "grid.shape": [16, 8, 8],
+    "time.output_every": "2 min",
+    "time.stepper": "explicit",
+    "time.dt": "auto",
+    "species.IL2.diffusion": "10 um^2/s",  # few explicit steps: 4 CPU devices may share 2 cores
+    "regions.core.sphere.center": ["40 um", "40 um", "40 um"],
+    "output.checkpoint_every": "2 min",
+    "parallel.mesh": "auto",
+}
 
 
 def _free_port() -> int:
@@ -93,20 +64,24 @@ def _ilsim(args, cwd, processes: int, devices: int) -> None:
         assert child.returncode == 0, err[-3000:]
 
 
-def _write_configs(tmp_path, distributed: bool):
-    line = "distributed = true" if distributed else ""
+def _write_configs(tmp_path, distributed: bool, core_uptake_config):
+    from engine.config.loading import load_config
+    from engine.config.toml import dump_toml
+
     for name, end in (("short", "4 min"), ("long", "8 min")):
-        (tmp_path / f"{name}{int(distributed)}.toml").write_text(
-            CONFIG.format(end=end, distributed=line)
-        )
+        changes = {**CHANGES, "time.end": end}
+        if distributed:
+            changes["parallel.distributed"] = True
+        config = load_config(core_uptake_config(changes))
+        (tmp_path / f"{name}{int(distributed)}.toml").write_text(dump_toml(config))
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, core_uptake_config):
     """Two-process runs (4 min, and resumed to 8 min) and one-process runs on four devices."""
     tmp_path = tmp_path_factory.mktemp("multiprocess")
     for distributed in (True, False):
-        _write_configs(tmp_path, distributed)
+        _write_configs(tmp_path, distributed, core_uptake_config)
     single = ["run", "long0.toml", "-o", "single.h5", "--devices", "4", "--quiet"]
     _ilsim(single, tmp_path, processes=1, devices=4)
     _ilsim(["run", "short1.toml", "-o", "multi.h5", "--quiet"], tmp_path, processes=2, devices=2)
@@ -162,8 +137,8 @@ def test_a_bad_resume_is_refused_by_every_process_in_one_line(runs):
         assert f["time"].shape[0] == 3 and f["fields"]["IL2"].dtype == np.float32
 
 
-def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
-    _write_configs(tmp_path, distributed=True)
+def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path, core_uptake_config):
+    _write_configs(tmp_path, True, core_uptake_config)
     args = ["run", "long1.toml", "-o", "stopped.h5", "--quiet", "--set", 'time.end="10 h"']
     children = _launch(args, tmp_path, processes=2, devices=2)
     deadline = time.monotonic() + 240
@@ -181,11 +156,13 @@ def test_a_signal_to_one_process_stops_both_with_a_checkpoint(tmp_path):
         assert np.all(np.isfinite(f["fields"]["IL2"][-1]))
 
 
-def test_a_process_that_dies_makes_the_others_abort_and_the_run_resumes(tmp_path):
+def test_a_process_that_dies_makes_the_others_abort_and_the_run_resumes(
+    tmp_path, core_uptake_config
+):
     """SIGKILL to one process: the other stops hearing its heartbeats and aborts after
     parallel.heartbeat_timeout instead of waiting forever; the file keeps its completed
     frames and last checkpoint, and the run resumes from it on two processes."""
-    _write_configs(tmp_path, distributed=True)
+    _write_configs(tmp_path, True, core_uptake_config)
     every = ["--set", 'time.output_every="30 s"', "--set", 'output.checkpoint_every="30 s"']
     args = ["run", "long1.toml", "-o", "crash.h5", "--quiet", *every]
     settings = ["--set", 'parallel.heartbeat_timeout="5 s"']

@@ -19,6 +19,9 @@ from engine.runs.simulation import Simulation
 pytestmark = pytest.mark.usefixtures("x64_module")
 
 
+SLOW = pytest.mark.slow
+
+
 def f64(x):
     return jnp.asarray(x, dtype=jnp.float64)
 
@@ -102,8 +105,19 @@ BOUNDARY_KINDS = {
 }
 
 
-@pytest.mark.parametrize("variable_D", [False, True], ids=["constD", "variableD"])
-@pytest.mark.parametrize(("ndim", "bc"), list(BOUNDARY_KINDS))
+@pytest.mark.parametrize(  # 3D with varying D with -m slow
+    ("ndim", "bc", "variable_D"),
+    [
+        pytest.param(ndim, bc, variable_D, marks=SLOW if ndim == 3 and variable_D else ())
+        for variable_D in (False, True)
+        for ndim, bc in BOUNDARY_KINDS
+    ],
+    ids=[
+        f"{ndim}-{bc}-{'variableD' if variable_D else 'constD'}"
+        for variable_D in (False, True)
+        for ndim, bc in BOUNDARY_KINDS
+    ],
+)
 def test_diffusion_is_second_order(ndim, bc, variable_D):
     kinds = BOUNDARY_KINDS[ndim, bc]
     boundary = Boundary(
@@ -348,8 +362,15 @@ STEADY_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(STEADY_CASES))
-@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize(  # in 3D only robin-robin by default, every case with -m slow
+    ("ndim", "case"),
+    [
+        pytest.param(ndim, case, marks=SLOW if ndim == 3 and case != "robin-robin" else ())
+        for ndim in (1, 2, 3)
+        for case in STEADY_CASES
+    ],
+    ids=[f"{ndim}-{case}" for ndim in (1, 2, 3) for case in STEADY_CASES],
+)
 def test_steady_linear_profile(ndim, case):
     low, high = STEADY_CASES[case]
     nx, length, D = 12, 6.0, 1.7
@@ -453,8 +474,25 @@ DIAGONAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("variable_D", [False, True], ids=["constD", "variableD"])
-@pytest.mark.parametrize("case", list(DIAGONAL_CASES))
+# every case with constant D by default, and varying D in two; all of them with -m slow
+DIAGONAL_VARYING = ("1d-dirichlet-robin", "2d-mixed")
+
+
+@pytest.mark.parametrize(
+    ("case", "variable_D"),
+    [
+        pytest.param(
+            case, variable_D, marks=SLOW if variable_D and case not in DIAGONAL_VARYING else ()
+        )
+        for variable_D in (False, True)
+        for case in DIAGONAL_CASES
+    ],
+    ids=[
+        f"{case}-{'variableD' if variable_D else 'constD'}"
+        for variable_D in (False, True)
+        for case in DIAGONAL_CASES
+    ],
+)
 def test_diffusion_diagonal_is_the_operator_diagonal(case, variable_D):
     # the Jacobi preconditioner of the implicit solvers: the diagonal of the matrix A of the
     # affine map c -> diffusion(c) = A c + b, for every boundary kind

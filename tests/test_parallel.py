@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import h5py
@@ -21,62 +20,20 @@ import pytest
 
 from engine.numerics import parallel
 
-CHILD_SETUP = """
-import json, sys
-import jax
-from engine.numerics import parallel
-parallel.use_cpu_devices(8)
-import numpy as np
-import engine
-from engine.model.terms import Conversion, Secretion, Uptake
-"""
 
-
-def run_child(body: str, tmp_path) -> dict:
-    """Run `body` (which sets `result`) in a child process with 8 CPU devices."""
-    script = tmp_path / "child.py"
-    code = CHILD_SETUP + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
-    script.write_text(code)
+def run_child(child, tmp_path, command: str, *args) -> dict:
+    """`tests/children/sharded.py COMMAND ARGS` (JSON arguments) with 8 CPU devices, in
+    `tmp_path`: the JSON it prints."""
+    arguments = [json.dumps(argument) for argument in args]
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        child("sharded", command, *arguments),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-SHARDED_STEPPERS = """
-def model(shape, faces):
-    grid = engine.Grid(shape, spacing=10.0)
-    rng = np.random.default_rng(1)
-    faces = {"neumann": {}, "dirichlet": {"x_min": engine.Dirichlet(0.5)},
-             "robin": {"x_min": engine.Robin(0.5, 0.3)}}[faces]
-    boundary = engine.Boundary.from_faces(len(shape), **faces)
-    il2 = engine.Species("IL2", diffusion=100.0, decay=1e-3, boundary=boundary,
-                         initial=rng.random(shape))
-    il10 = engine.Species("IL10", diffusion=60.0, decay=2e-3, boundary=boundary)
-    cells = engine.Population("T", motility=1.0, chemotaxis_species="IL2",
-                              chemotaxis_sensitivity=5.0, initial=1e-4 * (1 + rng.random(shape)))
-    terms = (Secretion("IL10", "T", 100.0), Secretion("IL2", "T", 50.0),
-             Uptake("IL2", "T", k_on=1.0, receptors=1e3),
-             Conversion("IL2", "IL10", 1e-3))
-    return engine.Model(grid, species=(il2, il10), populations=(cells,), terms=terms)
-
-result = {}
-for shape, mesh, stepper, dtype, faces in CASES:
-    m = model(tuple(shape), faces)
-    single = engine.Simulation(m, stepper=stepper, dtype=dtype)
-    dt = 20.0 if stepper != "explicit" else single.time_step(single.initial_state())
-    reference = single.advance_steps(single.initial_state().fields, 0.0, dt, 5)
-    sim = engine.Simulation(m, stepper=stepper, mesh=mesh, dtype=dtype)
-    fields = sim.advance_steps(sim.initial_state().fields, 0.0, dt, 5)
-    diff = max(
-        float(np.max(np.abs(np.asarray(v) - ref)) / np.max(np.abs(ref)))
-        for k, v in fields.items()
-        for ref in [np.asarray(reference[k])]
-    )
-    key = f"{len(shape)}D {stepper} {dtype} {faces} {mesh}"
-    result[key] = dict(diff=diff, devices=min(len(v.sharding.device_set) for v in fields.values()))
-"""
 
 
 STEPPERS = ("explicit", "imex", "quasi_steady")
@@ -97,7 +54,7 @@ ALL_CASES = [
 ]
 
 
-def check_sharded_runs(cases, tmp_path):
+def check_sharded_runs(cases, child, tmp_path):
     """Split runs round as single-device ones, bitwise: the CPU split into devices compiles
     without FMAs (`parallel.reproducible_cpu_math`), each transform sums whole lines as one
     device does (`test_split_transforms_equal_single_device_transforms_bitwise`), CG's dot
@@ -106,7 +63,7 @@ def check_sharded_runs(cases, tmp_path):
     right-hand side's own terms differently for split fields). Before, float32 runs
     differed by up to 2e-6 after these 5 steps: chemotaxis up this rough field carries on a
     unit in the last place here and there (float64: 1e-14)."""
-    runs = run_child(f"CASES = {cases!r}\n" + SHARDED_STEPPERS, tmp_path)
+    runs = run_child(child, tmp_path, "steppers", cases)
     assert len(runs) == len(cases)
     for case, outcome in runs.items():
         mesh = json.loads(case.split(" ", 4)[-1])
@@ -114,54 +71,24 @@ def check_sharded_runs(cases, tmp_path):
         assert outcome["diff"] == 0, f"{case}: relative difference {outcome['diff']:.2e}"
 
 
-def test_sharded_runs_of_every_stepper_equal_single_device_runs(tmp_path):
-    check_sharded_runs(FAST_CASES, tmp_path)
+@pytest.mark.slow
+def test_sharded_runs_of_every_stepper_equal_single_device_runs(child, tmp_path):
+    check_sharded_runs(FAST_CASES, child, tmp_path)
 
 
 @pytest.mark.slow
-def test_sharded_runs_equal_single_device_runs_over_meshes_dtypes_and_faces(tmp_path):
-    check_sharded_runs(ALL_CASES, tmp_path)
+def test_sharded_runs_equal_single_device_runs_over_meshes_dtypes_and_faces(child, tmp_path):
+    check_sharded_runs(ALL_CASES, child, tmp_path)
 
 
-CHECKPOINT_RESUME = """
-import shutil
-from engine.runs.driver import run
-from engine.io.reader import open_output
-
-config = {
-    "grid": {"shape": [16, 16, 8], "spacing": "10 um"},
-    "time": {"end": "6 min", "output_every": "3 min", "stepper": "imex", "dtype": "float64"},
-    "species": {"IL2": {"diffusion": "100 um^2/s", "decay": "1e-3 1/s"}},
-    "populations": {"T": {"motility": "1 um^2/s", "initial": 1e-4}},
-    "regions": {"core": {"sphere": {"center": ["80 um", "80 um", "40 um"], "radius": "30 um"}}},
-    "terms": [{"type": "secretion", "species": "IL2", "by": "T", "rate": "5 molecule/s"},
-              {"type": "uptake", "species": "IL2", "by": "T", "k_on": "1e9 1/M/s",
-               "receptors": 1e3}],
-    "sources": [{"type": "region", "species": "IL2", "region": "core", "rate": "1 nM/s"}],
-}
-longer = {**config, "time": {**config["time"], "end": "12 min"}}
-first = run(engine.Simulation(engine.load_config(config), devices=4), "four.h5", quiet=True)
-result = {"layout": str(engine.Simulation(engine.load_config(config), devices=4).mesh.shape)}
-for devices in (1, 8):
-    shutil.copy("four.h5", f"resumed{devices}.h5")
-    sim = engine.Simulation(engine.load_config(longer), devices=devices)
-    run(sim, f"resumed{devices}.h5", resume=True, quiet=True)
-run(engine.Simulation(engine.load_config(longer)), "straight.h5", quiet=True)
-with open_output("straight.h5") as straight:
-    expected = straight.frame("IL2", -1)
-    result["frames"] = straight.n_frames
-    for devices in (1, 8):
-        with open_output(f"resumed{devices}.h5") as out:
-            result[f"frames{devices}"] = out.n_frames
-            got = out.frame("IL2", -1)
-            result[f"diff{devices}"] = float(np.max(np.abs(got - expected)) / np.max(expected))
-            total, expected_total = out.summary["IL2_total"][-1], straight.summary["IL2_total"][-1]
-            result[f"summary{devices}"] = float(abs(total / expected_total - 1))
-"""
-
-
-def test_checkpoint_written_on_4_devices_resumes_on_1_and_8(tmp_path):
-    result = run_child(CHECKPOINT_RESUME, tmp_path)
+@pytest.mark.slow
+def test_checkpoint_written_on_4_devices_resumes_on_1_and_8(child, tmp_path, core_uptake_config):
+    """6 min written on 4 devices, resumed to 12 min on 1 and on 8: float64, imex, with
+    secretion added to the shared uptake config."""
+    config = core_uptake_config({"time.dtype": "float64"})
+    secretion = {"type": "secretion", "species": "IL2", "by": "T", "rate": "5 molecule/s"}
+    config["terms"].insert(0, secretion)
+    result = run_child(child, tmp_path, "checkpoint", config)
     assert "4" in result["layout"]
     for devices in (1, 8):
         assert result[f"frames{devices}"] == result["frames"] == 5
@@ -216,72 +143,52 @@ def test_host_parts_of_an_unsharded_array_is_the_whole_array():
     np.testing.assert_array_equal(block[index], values)
 
 
-def test_split_transforms_equal_single_device_transforms_bitwise(tmp_path):
+@pytest.mark.parametrize(  # imex (explicit reactions, CG solves) by default, each with -m slow
+    "stepper", [pytest.param(s, marks=pytest.mark.slow) if s != "imex" else s for s in STEPPERS]
+)
+def test_a_run_on_a_one_device_mesh_equals_the_run_without_one(stepper, core_uptake_config):
+    """In this process (splitting the CPU into devices takes a process of its own: the tests
+    above and below, -m slow): the sharded program (layouts, fences, dot products in one
+    order) on a mesh of this one device gives the unsharded run's numbers, bitwise; in 2D,
+    with robin faces, so that imex solves by CG."""
+    from engine import Simulation, load_config
+
+    changes = {
+        "time.stepper": stepper,
+        "grid": {"shape": [16, 16], "spacing": "10 um", "boundary": {"robin": {"h": 0.5}}},
+        "regions.core.sphere": {"center": ["80 um", "80 um"], "radius": "30 um"},
+    }
+    cfg = load_config(core_uptake_config(changes))
+    runs = []
+    for mesh in (None, [1]):
+        sim = Simulation(cfg, mesh=mesh)
+        state = sim.initial_state()
+        dt = 20.0 if stepper != "explicit" else sim.time_step(state)
+        fields = sim.advance_steps(state.fields, 0.0, dt, 5)
+        runs.append({name: np.asarray(value) for name, value in fields.items()})
+    assert sim.mesh is not None and sim.mesh.devices.size == 1
+    for name, whole in runs[0].items():
+        np.testing.assert_array_equal(runs[1][name], whole, err_msg=name)
+
+
+@pytest.mark.slow
+def test_split_transforms_equal_single_device_transforms_bitwise(child, tmp_path):
     """Each DCT of a split field runs as the single-device product does: whole lines on every
     device, the same row-major (lines, n) x (n, n) product, its result kept in that layout.
     Without that, XLA folded the transposes into the product differently, or split the matrix
     instead of the lines, and 3D transforms differed in most voxels (float32). The FFTs of
     long axes too, with whole lines."""
-    runs = run_child(
-        """
-from engine.numerics import parallel
-from engine.numerics import spectral
-result = {}
-for shape, mesh_shape in [((128, 128), [4]), ((32, 32, 16), [2, 2]), ((64, 32, 16), [4, 2])]:
-    mesh = parallel.device_mesh(mesh_shape, shape)
-    x = np.random.default_rng(0).random(shape).astype(np.float32)
-    for inverse in (False, True):
-        def transform(x, mesh):
-            with parallel.layout(mesh):
-                return spectral.basis_transform(x, range(len(shape)), inverse=inverse)
-        single = jax.jit(lambda x: transform(x, None))(x)
-        split = jax.jit(lambda x: transform(x, mesh))(parallel.place(x, mesh, shape))
-        key = f"{shape} {mesh_shape} inverse={inverse}"
-        result[key] = int(np.count_nonzero(np.asarray(single) != np.asarray(split)))
-        for kinds in [("neumann", "neumann"), ("dirichlet", "neumann")]:
-            def fft(x, mesh):
-                with parallel.layout(mesh):
-                    for axis in range(len(shape)):
-                        x = spectral.fft_basis_transform(x, axis, *kinds, inverse=inverse)
-                    return x
-            single = jax.jit(lambda x: fft(x, None))(x)
-            split = jax.jit(lambda x: fft(x, mesh))(parallel.place(x, mesh, shape))
-            key = f"FFT {kinds} {shape} {mesh_shape} inverse={inverse}"
-            result[key] = int(np.count_nonzero(np.asarray(single) != np.asarray(split)))
-""",
-        tmp_path,
-    )
+    runs = run_child(child, tmp_path, "transforms")
     assert len(runs) == 18
     assert all(differing == 0 for differing in runs.values()), runs
 
 
-def test_split_dot_products_equal_single_device_ones_bitwise(tmp_path):
+@pytest.mark.slow
+def test_split_dot_products_equal_single_device_ones_bitwise(child, tmp_path):
     """`parallel.dot` adds in one order on any split, also where XLA would fuse the factors'
     producers into the sum, or sum a transform's output in the transform's blocks (as in CG
     with a spectral preconditioner), and equals the exact sum to rounding."""
-    runs = run_child(
-        """
-from engine.numerics import parallel
-from engine.numerics import spectral
-result = {}
-for shape, mesh_shape in [((32, 24), [4]), ((16, 16, 8), [2, 2]), ((64, 32, 16), [4, 2])]:
-    mesh = parallel.device_mesh(mesh_shape, shape)
-    x = np.random.default_rng(0).random(shape).astype(np.float32)
-    def dots(x, mesh):
-        with parallel.layout(mesh):
-            y = jax.numpy.sin(x) * x + 0.5
-            z = spectral.basis_transform(y, range(len(shape)), inverse=True)
-            return parallel.dot(x, x), parallel.dot(y * (y - x), x), parallel.dot(y, z)
-    single = jax.jit(lambda x: dots(x, None))(x)
-    split = jax.jit(lambda x: dots(x, mesh))(parallel.place(x, mesh, shape))
-    exact = np.sum(x.astype(np.float64) ** 2)
-    result[f"{shape} {mesh_shape}"] = dict(
-        differing=[float(a) != float(b) for a, b in zip(single, split)],
-        error=abs(float(single[0]) - exact) / exact,
-    )
-""",
-        tmp_path,
-    )
+    runs = run_child(child, tmp_path, "dots")
     assert len(runs) == 3
     for case, outcome in runs.items():
         assert not any(outcome["differing"]), case
@@ -303,34 +210,52 @@ def test_a_fence_is_a_conditional_on_cpus_and_a_plain_call_elsewhere(monkeypatch
     assert "cond" not in program()
 
 
-def xla_flags_of_a_process(env_flags: str | None, setup: str = "pass") -> str:
-    """XLA_FLAGS after `import engine` and `setup` in a fresh process."""
+def xla_flags_of_a_process(child, env_flags: str | None, *devices: int) -> str:
+    """XLA_FLAGS after `import engine` (and `parallel.use_cpu_devices(DEVICES)` if given) in a
+    fresh process started with XLA_FLAGS=`env_flags` (None: unset)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if env_flags is not None:
         env["XLA_FLAGS"] = env_flags
-    code = f"import engine, os; {setup}; print(os.environ.get('XLA_FLAGS', ''))"
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        child("xla_flags", *devices), capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="XLA's ISA cap is x86-64's"
 )
-def test_only_a_cpu_split_into_devices_compiles_without_fma():
+def test_only_a_cpu_split_into_devices_compiles_without_fma(child):
     """Importing the engine sets no XLA flag; splitting the CPU into devices
     (`parallel.use_cpu_devices`, as `--devices N` does) gives up FMAs, so that split and whole
     runs round alike, and keeps an instruction set the user chose."""
-    split = "engine.parallel.use_cpu_devices(4)"
-    assert xla_flags_of_a_process(None) == ""
+    assert xla_flags_of_a_process(child, None) == ""
     forced = "--xla_force_host_platform_device_count=4"
-    assert xla_flags_of_a_process(forced) == forced
-    assert xla_flags_of_a_process(None, split) == "--xla_cpu_max_isa=AVX"
-    assert xla_flags_of_a_process("--xla_cpu_max_isa=AVX2", split) == "--xla_cpu_max_isa=AVX2"
+    assert xla_flags_of_a_process(child, forced) == forced
+    assert xla_flags_of_a_process(child, None, 4) == "--xla_cpu_max_isa=AVX"
+    assert xla_flags_of_a_process(child, "--xla_cpu_max_isa=AVX2", 4) == "--xla_cpu_max_isa=AVX2"
 
 
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="XLA's ISA cap is x86-64's"
+)
+def test_reproducible_cpu_math_caps_the_instruction_set_unless_the_user_chose_one(monkeypatch):
+    """In this process (the flags only take effect in a fresh one): what splitting the CPU
+    asks for (`parallel.reproducible_cpu_math`) adds the AVX cap to the user's flags, and
+    keeps a cap the user set."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    parallel.reproducible_cpu_math()
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_force_host_platform_device_count=4 --xla_cpu_max_isa=AVX"
+    )
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
+    parallel.reproducible_cpu_math()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2"
+
+
+@pytest.mark.slow
 def test_a_seed_scenario_on_4_devices_equals_its_run_on_one_bitwise(tmp_path):
     """The sharding tests' model aside, a seed scenario's terms (Hill activation and
     inhibition, killing, recruitment, growth) round alike on any split too: float32, imex."""

@@ -122,8 +122,7 @@ def test_existing_output_is_never_clobbered(tmp_path, capsys):
 
 UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 0.25 s
 
-
-@pytest.mark.parametrize(
+BAD_INPUT = pytest.mark.parametrize(
     "args, fragment",
     [
         (["run", "{missing}"], "missing.toml"),
@@ -137,7 +136,7 @@ UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 
         (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
         (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
         (["run", "{config}", *UNSTABLE], "time.dt"),
-        (["validate", "{config}", *UNSTABLE], "stability limit, 0.25 s"),
+        (["validate", "{config}", *UNSTABLE], "stability limit, 0.2468 s"),  # sinks count
         # stable for the member with D = 10 um^2/s (limit 2.5 s), not for D = 100 (0.25 s)
         (
             [
@@ -153,7 +152,10 @@ UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 
         ),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+
+
+def bad_input(tmp_path, args) -> tuple[Path, list[str]]:
+    """The config (and a broken one) the BAD_INPUT cases name, and their arguments."""
     config = write_config(tmp_path)
     broken = tmp_path / "broken.toml"
     broken.write_text("[grid\nshape = [4, 4]\n")
@@ -162,7 +164,36 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     )
     args = [a.format(**names) for a in args]
     if args[0] == "run" and "-o" not in args:
-        args += ["-o", tmp_path / "x.h5"]
+        args += ["-o", str(tmp_path / "x.h5")]
+    return config, args
+
+
+def exit_status(argv) -> int:
+    """`ilsim ARGV` in this process: what main returns, or the status argparse exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+@BAD_INPUT
+def test_bad_input_returns_2_with_one_line(tmp_path, capsys, args, fragment):
+    """In this process; the same cases as a process of their own (exit status) with -m slow."""
+    config, args = bad_input(tmp_path, args)
+    before = config.read_text()
+    status = exit_status(args)
+    err = capsys.readouterr().err
+    assert config.read_text() == before
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+@BAD_INPUT
+def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    config, args = bad_input(tmp_path, args)
     before = config.read_text()
     result = ilsim(*args)
     assert config.read_text() == before
@@ -172,7 +203,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_validate_reports_without_running(tmp_path):
+def test_validate_reports_without_running(tmp_path, capsys):
+    config = write_config(tmp_path, stepper="explicit")
+    assert main(["validate", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "explicit stability limit" in printed and "steps to 1200 s" in printed
+    assert "memory estimate" in printed and "[grid]" in printed
+    assert not list(tmp_path.glob("*.h5"))
+
+
+@pytest.mark.slow
+def test_ilsim_validate_reports_without_running(tmp_path):
     config = write_config(tmp_path, stepper="explicit")
     result = ilsim("validate", config)
     assert result.returncode == 0, result.stderr
@@ -226,6 +267,49 @@ def _start_long_run(tmp_path):
     return config, out, process
 
 
+def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
+    tmp_path, capsys, monkeypatch
+):
+    """In this process (with real signals to a process of its own: the two tests below, -m
+    slow): SIGINT after the fourth frame stops the run at the next frame, with a checkpoint
+    and status 130; the file as it was on disk right after that frame (what a kill then
+    leaves) opens with every frame; both resume to the frames of an uninterrupted run."""
+    import shutil
+
+    from engine.io.writer import OutputWriter
+
+    config = write_config(tmp_path, n=12, stepper="explicit")
+    out, killed = tmp_path / "stopped.h5", tmp_path / "killed.h5"
+    write_frame = OutputWriter.write_frame
+
+    def then_interrupt(writer, *args, **kwargs):
+        write_frame(writer, *args, **kwargs)
+        if writer.n_frames == 4:
+            shutil.copy(out, killed)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(OutputWriter, "write_frame", then_interrupt)
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    for partial in (out, killed):
+        with engine.open_output(partial) as stopped:
+            frames = len(stopped.time)
+            assert 4 <= frames < 11
+            np.testing.assert_allclose(stopped.time, 120.0 * np.arange(frames))
+            for index in range(frames):
+                assert np.all(np.isfinite(stopped.frame("IL2", index)))
+        assert main(["run", str(config), "-o", str(partial), "--resume", "--quiet"]) == 0
+    reference = tmp_path / "reference.h5"
+    assert main(["run", str(config), "-o", str(reference), "--quiet"]) == 0
+    for partial in (out, killed):
+        with engine.open_output(partial) as a, engine.open_output(reference) as b:
+            np.testing.assert_allclose(a.time, b.time)
+            for name in ("IL2", "T"):
+                np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
 def test_sigint_checkpoints_and_resume_completes_like_an_uninterrupted_run(tmp_path):
     config, out, process = _start_long_run(tmp_path)
     process.send_signal(signal.SIGINT)
@@ -247,6 +331,7 @@ def test_sigint_checkpoints_and_resume_completes_like_an_uninterrupted_run(tmp_p
             np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_every_flushed_frame_readable(tmp_path):
     config, out, process = _start_long_run(tmp_path)
     time.sleep(1.0)

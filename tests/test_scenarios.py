@@ -8,8 +8,11 @@ config runs, and the scenarios do what they claim over their full run:
 - autoimmune: inflammation persists, its IL-6 total at the end at least 5x that of
   autoimmune_healthy (whose stop signal is intact).
 
-The full runs take 5-20 s each on two CPU cores (imex); the explicit-stepper versions of the
-outcome checks take minutes each and are marked slow.
+The full runs take 5-20 s each on two CPU cores (imex), their explicit-stepper versions
+minutes each: the outcome checks run with -m slow, as do the validations of the 128^3
+configs (3 s each to build) and the 20 minute runs of the two controls (a term or a dose
+less than their scenarios); the default run loads every config, checks that each 3D one is
+its 2D one on a cube, validates the 2D ones and runs the others for 20 simulated minutes.
 """
 
 from __future__ import annotations
@@ -53,7 +56,12 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
         assert f"{name}_3d" in names, f"configs/{name}_3d.toml is missing"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
+def _validated(path: Path):
+    slow = not _is_2d(path)  # a 128^3 model to build
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("path", [_validated(path) for path in CONFIGS])
 def test_config_loads_and_validates(path):
     cfg = engine.load_config(path)
     report = engine.Simulation(cfg).validate()
@@ -74,7 +82,12 @@ def test_3d_variant_is_the_same_model_on_a_128_cube(name):
     assert set(cube.regions) == set(flat.regions)
 
 
-@pytest.mark.parametrize("path", CONFIGS_2D, ids=_ids(CONFIGS_2D))
+def _smoke_run(path: Path):
+    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy")  # the controls
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("path", [_smoke_run(path) for path in CONFIGS_2D])
 def test_2d_config_smoke_run(path):
     cfg = engine.load_config(path, overrides={"time.end": "20 min", "time.output_every": "10 min"})
     sim = engine.Simulation(cfg)
@@ -125,9 +138,10 @@ def scenario(name: str, stepper: str = "imex") -> dict:
     return {"t": np.array(frames), "total": total, "mean": mean}
 
 
-STEPPERS = ["imex", pytest.param("explicit", marks=pytest.mark.slow)]
+STEPPERS = ["imex", "explicit"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepper", STEPPERS)
 def test_infection_is_cleared_and_inflammation_resolves(stepper):
     run = scenario("infection_resolution", stepper)
@@ -142,6 +156,7 @@ def test_infection_is_cleared_and_inflammation_resolves(stepper):
     assert effector.max() > 0 and effector[-1] < 0.5 * effector.max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepper", STEPPERS)
 def test_il2_therapy_shrinks_the_tumour_below_the_untreated_control(stepper):
     treated = scenario("il2_therapy", stepper)
@@ -161,6 +176,7 @@ def test_il2_therapy_shrinks_the_tumour_below_the_untreated_control(stepper):
             assert peak == 0 and exposure == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepper", STEPPERS)
 def test_autoimmune_inflammation_persists_against_the_healthy_control(stepper):
     sick = scenario("autoimmune", stepper)["total"]["IL6"]
