@@ -19,7 +19,7 @@ from engine.cli import batch, bench, files, simulate
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"ilsim: error: {message} (see ilsim {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"ilsim: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
