@@ -404,7 +404,9 @@ def fit(
         return optax.apply_updates(u, updates), state, value, jnp.linalg.norm(grad)
 
     u = jnp.log(jnp.asarray(start, dtype))
-    state = optimiser.init(u)
+    # strong types from the start: the first update makes optax's weak-typed scalars strong,
+    # which would compile `iterate` a second time
+    state = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), optimiser.init(u))
     iterations = 0
     converged = False
     while iterations < max_iterations and not converged:
