@@ -65,7 +65,7 @@ class Run:
     compile_s: float
 
     @classmethod
-    def start(cls, cfg: engine.Config, **options) -> Run:
+    def start(cls, cfg: engine.Config | engine.Model, **options) -> Run:
         start = time.perf_counter()
         sim = engine.Simulation(cfg, **options)
         state = sim.initial_state()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -57,19 +56,6 @@ def settings(quick: bool) -> list[tuple[str, str, dict]]:
         for t in tolerances[:2]
     ]
     return runs
-
-
-class ModelRun(Run):
-    """A `Run` of a model built in code (Gray-Scott) rather than of a config."""
-
-    @classmethod
-    def of_model(cls, model: engine.Model, **options) -> ModelRun:
-        start = time.perf_counter()
-        sim = engine.Simulation(model, **options)
-        state = sim.initial_state()
-        setup = time.perf_counter() - start
-        compile_s = sim.compile_stats(state)["compile_s"]
-        return cls(sim, state, setup + compile_s, compile_s)
 
 
 def measure(problem: str, reference: Run, runs: dict, times) -> list[dict]:
@@ -110,10 +96,8 @@ def gray_scott_rows(chosen, quick: bool) -> list[dict]:
     finest = engine.Simulation(model, stepper="explicit", scheme="ssprk3")
     limit = finest.stable_dt(finest.initial_state())
     fixed_dt = min(SAFETIES) * limit / 16
-    reference = ModelRun.of_model(
-        model, stepper="explicit", scheme="ssprk3", dtype="float64", dt=fixed_dt
-    )
-    runs = {(s, label): ModelRun.of_model(model, dtype="float32", **o) for s, label, o in chosen}
+    reference = Run.start(model, stepper="explicit", scheme="ssprk3", dtype="float64", dt=fixed_dt)
+    runs = {(s, label): Run.start(model, dtype="float32", **o) for s, label, o in chosen}
     times = np.arange(1, round(GRAY_SCOTT["end"] / GRAY_SCOTT["every"]) + 1) * GRAY_SCOTT["every"]
     return measure("gray_scott", reference, runs, times)
 
