@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from engine.model.model import Model
 from engine.numerics.memory import available_memory
 from engine.runs.driver import run
 from engine.stepping import simulation
+
+
+@contextlib.contextmanager
+def unstable_step_as_config_error():
+    """A fixed time.dt beyond the stability limit (`stepping.simulation.UnstableStep`) raised
+    as the config's error, as every other bad key of a config-built run is."""
+    try:
+        yield
+    except simulation.UnstableStep as error:
+        raise ConfigError(str(error)) from None
 
 
 class Simulation(simulation.Simulation):
@@ -32,10 +43,8 @@ class Simulation(simulation.Simulation):
         super().__init__(model, **options)
 
     def check_time_step(self, state) -> None:
-        try:
+        with unstable_step_as_config_error():
             super().check_time_step(state)
-        except simulation.UnstableStep as error:
-            raise ConfigError(str(error)) from None
 
     def validate(self, state=None) -> dict:
         """`stepping.Simulation.validate`, and for a config the number of steps to time.end

@@ -18,9 +18,8 @@ from engine.config.loading import load_config
 from engine.config.parameters import Parameters, config_value, display_key
 from engine.config.schema import Config
 from engine.runs.driver import output_times, run
-from engine.runs.simulation import Simulation
+from engine.runs.simulation import Simulation, unstable_step_as_config_error
 from engine.stepping import ensemble
-from engine.stepping.simulation import UnstableStep
 
 
 def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list[tuple]]:
@@ -86,10 +85,8 @@ class Ensemble(ensemble.Ensemble):
         return {key: self.values[:, p] for p, key in enumerate(self.keys)}
 
     def check_time_step(self, state) -> None:
-        try:
+        with unstable_step_as_config_error():
             super().check_time_step(state)
-        except UnstableStep as error:
-            raise ConfigError(str(error)) from None
 
 
 @dataclass(frozen=True)
