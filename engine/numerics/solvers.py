@@ -47,37 +47,73 @@ def solve_shifted(
     the mean shift.
     """
     affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
-
-    def matvec(x):
-        linear = operators.diffusion(x, D_faces, grid, boundary) - affine
-        return shift * x - scale * linear
-
+    matvec = _shifted(shift, scale, D_faces, grid, boundary, affine)
     b = rhs
     if boundary.inhomogeneous:  # behind a fence: a split run forms the sum as a whole one
         b = parallel.fence(lambda rhs, affine: rhs + scale * affine, rhs, affine)
-    # relative to the right-hand side or, where that vanishes (a solution of 0), to the first
-    # residual, and never below a floor well clear of subnormal numbers: a residual of 0 is
-    # out of reach in rounding, and CG would break down (0/0) trying
-    floor = 1e-15 if rhs.dtype == jnp.float32 else 1e-140
-    residual = b - matvec(x0)
-    residual_norm = _norm(residual)
-    atol = floor + tolerance(rhs.dtype) * jnp.maximum(_norm(b), residual_norm)
-
     if preconditioner is None:
-        diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, rhs.dtype)
-
-        def precondition(r):
-            return r / diagonal
+        precondition = _jacobi(shift, scale, D_faces, grid, boundary, rhs.dtype)
     else:
         mean_shift = parallel.mean(shift)
 
         def precondition(r):
             return spectral.apply_shifted_inverse(r, mean_shift, scale, preconditioner)
 
+    return x0 + _correction(matvec, b, x0, precondition, maxiter)
+
+
+def solve_change(
+    shift, scale, rhs, D_faces, grid: Grid, boundary: Boundary, x0, field, maxiter=2000
+):
+    """x with shift x - scale L x = rhs, L the linear part of div(D grad) (boundary values
+    excluded): the change of `field` over an implicit step, by Jacobi-preconditioned CG from
+    x0 to `tolerance` relative to the field (as a solve for the new field would be). The
+    constant that makes the residual sum to zero is then added, so that the change's total is
+    what its equation says (zero on zero-flux faces without decay or supply) to rounding,
+    whatever CG's tolerance left in the residual's mean: in float32 that mean had made the
+    total drift by about 1e-8 per step. It changes x by less than the residual."""
+    affine = operators.diffusion(jnp.zeros_like(rhs), D_faces, grid, boundary)
+    matvec = _shifted(shift, scale, D_faces, grid, boundary, affine)
+    precondition = _jacobi(shift, scale, D_faces, grid, boundary, rhs.dtype)
+    x = x0 + _correction(matvec, rhs, x0, precondition, maxiter, _norm(shift * field))
+    ones = jnp.ones_like(rhs)
+    return x + _total(rhs - matvec(x)) / _total(matvec(ones))
+
+
+def _shifted(shift, scale, D_faces, grid: Grid, boundary: Boundary, affine):
+    """x -> shift x - scale L x, L the linear part of div(D grad) (`affine`: its value at 0)."""
+
+    def matvec(x):
+        linear = operators.diffusion(x, D_faces, grid, boundary) - affine
+        return shift * x - scale * linear
+
+    return matvec
+
+
+def _jacobi(shift, scale, D_faces, grid: Grid, boundary: Boundary, dtype):
+    """Division by the voxel diagonal of shift - scale div(D grad)."""
+    diagonal = shift - scale * operators.diffusion_diagonal(D_faces, grid, boundary, dtype)
+
+    def precondition(r):
+        return r / diagonal
+
+    return precondition
+
+
+def _correction(matvec, b, x0, precondition, maxiter, size=0.0):
+    """What CG adds to x0 to solve matvec(x) = b to `tolerance`: solving for it rather than for
+    x, CG's roundings scale with the (small) correction, so runs that round differently agree
+    closer. Differentiated by solving the (symmetric) system again, not through the loop.
+    `size`: a norm the tolerance is relative to where it exceeds the right-hand side's."""
+    # relative to the right-hand side (or `size`) or, where that vanishes (a solution of 0),
+    # to the first residual, and never below a floor well clear of subnormal numbers: a
+    # residual of 0 is out of reach in rounding, and CG would break down (0/0) trying
+    floor = 1e-15 if b.dtype == jnp.float32 else 1e-140
+    residual = b - matvec(x0)
+    residual_norm = _norm(residual)
+    atol = floor + tolerance(b.dtype) * jnp.maximum(jnp.maximum(_norm(b), residual_norm), size)
+
     def solve(r):
-        """The correction for residual r: solving for it rather than for x, CG's roundings
-        scale with the (small) correction, so runs that round differently agree closer.
-        Differentiated by solving the (symmetric) system again, not through the loop."""
         return lax.custom_linear_solve(
             matvec,
             r,
@@ -87,8 +123,12 @@ def solve_shifted(
 
     # converged already (a steady state that held): no solve, which for CG would still mean
     # one application of the preconditioner
-    correction = lax.cond(residual_norm <= atol, jnp.zeros_like, solve, residual)
-    return x0 + correction
+    return lax.cond(residual_norm <= atol, jnp.zeros_like, solve, residual)
+
+
+def _total(a):
+    """The sum of a's voxels, added in the same order on any split (`parallel.dot`)."""
+    return parallel.dot(a, jnp.ones_like(a))
 
 
 def _norm(a):

@@ -171,12 +171,12 @@ def sink_substep(model: Model, fields: Fields, t, h, names) -> Fields:
     return out
 
 
-def production_step(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
-    """The linear part (diffusion, decay) with production and supply over dt, for the fields
-    in `names`: exponential trapezoidal rule, exp(M dt) f + dt phi1(M dt) (mean forcing), the
-    forcing averaged between the start and a predictor. Second order, exact for constant
-    forcing, non-negative (production >= 0), and free of the order loss that splitting a
-    stiff diffusion from a sharply localised secretion would cause."""
+def production_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
+    """The change over dt of the fields in `names` under the linear part (diffusion, decay)
+    with production and supply: exponential trapezoidal rule, exp(M dt) f + dt phi1(M dt)
+    (mean forcing) - f, the forcing averaged between the start and a predictor. Second order,
+    exact for constant forcing, non-negative (production >= 0), and free of the order loss
+    that splitting a stiff diffusion from a sharply localised secretion would cause."""
     supply = source_terms(model, t, dt)
 
     def forcing(production):  # only the fields that have any
@@ -187,10 +187,11 @@ def production_step(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
         }
 
     start, _ = reaction_terms(model, fields, t, decay=False)
-    predictor = linear_step(model, prepared, fields, forcing(start), dt)
+    change = linear_change(model, prepared, fields, forcing(start), dt)
+    predictor = {k: v + change[k] if k in change else v for k, v in fields.items()}
     end, _ = reaction_terms(model, predictor, t + dt, decay=False)
     mean = {n: (start[n] + end[n]) / 2 for n in start}
-    return linear_step(model, prepared, fields, forcing(mean), dt)
+    return linear_change(model, prepared, fields, forcing(mean), dt)
 
 
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
@@ -233,6 +234,36 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     return lax.fori_loop(0, cycles, body, fields)
 
 
+def strang_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
+    """The change of every field over one Strang-split step of the fields in `names`:
+    sinks(dt/2), drift(dt/2), linear part with production (dt), drift(dt/2), sinks(dt/2).
+    The substeps' changes are summed apart from the fields, each rounded to its own size, so
+    that the loop can add the total with compensated summation (`advance_fields`): a field
+    that only diffuses then keeps its total to float32 rounding over any number of steps."""
+    total: Fields = {}
+
+    def add(change: Fields):
+        for k, v in change.items():
+            total[k] = total[k] + v if k in total else v
+
+    def moved(old: Fields, new: Fields) -> Fields:
+        # a substep that leaves a field alone returns it
+        add({k: new[k] - old[k] for k in old if new[k] is not old[k]})
+        return new
+
+    u = moved(fields, sink_substep(model, fields, t, dt / 2, names))
+    u = moved(u, drift_substep(model, u, dt / 2))
+    change = production_change(model, prepared, u, t, dt, names)
+    add(change)  # the change itself, not the rounded difference of the sum and the field
+    u = {k: v + change[k] if k in change else v for k, v in u.items()}
+    u = moved(u, drift_substep(model, u, dt / 2))
+    moved(u, sink_substep(model, u, t + dt / 2, dt / 2, names))
+    # u + change rounds to >= 0 where change >= -u: the sum of the rounded changes may not
+    return {
+        k: jnp.maximum(total[k], -v) if k in total else jnp.zeros_like(v) for k, v in fields.items()
+    }
+
+
 @dataclass(frozen=True)
 class ImplicitDiffusion:
     """Loop-invariant data of one field's implicit diffusion-decay-supply solve."""
@@ -256,11 +287,13 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
     return prepared
 
 
-def linear_step(model: Model, prepared: dict, fields: Fields, forcing: Fields, dt) -> Fields:
-    """exp(M dt) f + dt phi1(M dt) forcing for each prepared field, M = div(D grad) - decay,
+def linear_change(model: Model, prepared: dict, fields: Fields, forcing: Fields, dt) -> Fields:
+    """exp(M dt) f + dt phi1(M dt) forcing - f for each prepared field, M = div(D grad) - decay,
     the forcing (field units/s; a field without is unforced) held constant over the step:
-    exact in spectral space, or TR-BDF2. Rounding below 0 (FFT, CG tolerance) is clipped."""
-    out = dict(fields)
+    exact in spectral space, or TR-BDF2. Formed as a change, whose rounding scales with the
+    change rather than with the field (conservation in float32); a change below -f (rounding
+    below 0: transforms, CG tolerance) is clipped there."""
+    out = {}
     for f in model.fields:
         if f.name in prepared:
             p, boundary, c = prepared[f.name], model.boundary(f), fields[f.name]
@@ -268,24 +301,30 @@ def linear_step(model: Model, prepared: dict, fields: Fields, forcing: Fields, d
             if supply is not None:
                 supply = jnp.broadcast_to(jnp.asarray(supply, c.dtype), c.shape)
             if p.spectral is not None:
-                new = spectral.propagate(c, supply, *p.spectral, boundary)
+                change = spectral.propagate_change(c, supply, *p.spectral, boundary)
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
-                new = _tr_bdf2(c, model.decay(f), supply, dt, p.faces, model.grid, boundary)
-            out[f.name] = jnp.maximum(new, 0)
+                change = _tr_bdf2_change(
+                    c, model.decay(f), supply, dt, p.faces, model.grid, boundary
+                )
+            out[f.name] = jnp.maximum(change, -c)
     return out
 
 
-def _tr_bdf2(c, decay, supply, dt, faces, grid, boundary):
-    """One L-stable, second-order TR-BDF2 step of dc/dt = div(D grad c) - decay c + supply."""
+def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
+    """The change over one L-stable, second-order TR-BDF2 step of
+    dc/dt = div(D grad c) - decay c + supply. Both stages solve
+    (1 + h decay) x - h L x = rhs, h = gamma dt / 2, L the linear part of div(D grad); written
+    for the changes a = stage - c and b = new - c, their right-hand sides are the rate at c,
+    R = div(D grad c) - decay c + supply: 2 h R, then a / (gamma (2 - gamma)) + h R."""
     gamma = TR_BDF2_GAMMA
-    h = gamma * dt / 2  # both stages solve (1 + h decay) x - h div(D grad x) = rhs
+    h = gamma * dt / 2
     shift = 1 + h * decay
-    rate = operators.diffusion(c, faces, grid, boundary) - decay * c
-    explicit = c + h * rate + 2 * h * supply
-    stage = solvers.solve_shifted(shift, h, explicit, faces, grid, boundary, c, None)
-    rhs = (stage - (1 - gamma) ** 2 * c) / (gamma * (2 - gamma)) + h * supply
-    return solvers.solve_shifted(shift, h, rhs, faces, grid, boundary, stage, None)
+    rate = operators.diffusion(c, faces, grid, boundary) - decay * c + supply
+    zero = jnp.zeros_like(c)
+    stage = solvers.solve_change(shift, h, 2 * h * rate, faces, grid, boundary, zero, c)
+    rhs = stage / (gamma * (2 - gamma)) + h * rate
+    return solvers.solve_change(shift, h, rhs, faces, grid, boundary, stage, c)
 
 
 def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
@@ -339,12 +378,12 @@ class Imex:
     def prepare(self, model: Model, dt):
         return prepare_diffusion(model, dt, model.names)
 
+    def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        return strang_change(model, prepared, fields, t, dt, model.names)
+
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        fields = sink_substep(model, fields, t, dt / 2, model.names)
-        fields = drift_substep(model, fields, dt / 2)
-        fields = production_step(model, prepared, fields, t, dt, model.names)
-        fields = drift_substep(model, fields, dt / 2)
-        return sink_substep(model, fields, t + dt / 2, dt / 2, model.names)
+        change = self.increment(model, prepared, fields, t, dt)
+        return {k: fields[k] + change[k] for k in fields}
 
     def stable_dt(self, model: Model, fields: Fields):
         """No stability limit: the accuracy target (reactions, diffusion, doses) sets the step."""
@@ -435,17 +474,22 @@ class QuasiSteady:
         )
         return relaxed
 
-    def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+    def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        """The populations' change over a Strang-split step (`strang_change`), between the
+        species' steady states; a species' change is from its state at t to its new steady
+        state."""
         faces, preconditioners, diffusion = prepared
         populations = tuple(p.name for p in model.populations)
         supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
-        fields = self.relax(model, faces, preconditioners, fields, t, supply)
-        fields = sink_substep(model, fields, t, dt / 2, populations)
-        fields = drift_substep(model, fields, dt / 2)
-        fields = production_step(model, diffusion, fields, t, dt, populations)
-        fields = drift_substep(model, fields, dt / 2)
-        fields = sink_substep(model, fields, t + dt / 2, dt / 2, populations)
-        return self.relax(model, faces, preconditioners, fields, t + dt, supply)
+        relaxed = self.relax(model, faces, preconditioners, fields, t, supply)
+        change = strang_change(model, diffusion, relaxed, t, dt, populations)
+        moved = {k: v + change[k] if k in populations else v for k, v in relaxed.items()}
+        final = self.relax(model, faces, preconditioners, moved, t + dt, supply)
+        return {k: change[k] if k in populations else final[k] - v for k, v in fields.items()}
+
+    def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
+        change = self.increment(model, prepared, fields, t, dt)
+        return {k: fields[k] + change[k] for k in fields}
 
     def stable_dt(self, model: Model, fields: Fields):
         """The populations' accuracy target and the doses set the step (species are always at
@@ -507,7 +551,7 @@ def advance_fields(
         change = stepper.increment(model, prepared, u, t0 + i * dt, dt)
         new, new_lost = {}, {}
         for k in u:
-            y = change[k] - lost[k]
+            y = jnp.maximum(change[k] - lost[k], -u[k])  # never below 0 for what was lost
             new[k] = u[k] + y
             new_lost[k] = (new[k] - u[k]) - y
         return new, new_lost

@@ -6,6 +6,7 @@ CPU devices when it starts, so this process splits the CPU into 8 devices (as
     python tests/children/sharded.py checkpoint CONFIG_JSON   (writes into the working folder)
     python tests/children/sharded.py transforms
     python tests/children/sharded.py dots
+    python tests/children/sharded.py conservation CASES_JSON
 
 Each prints one JSON object, on its last line of output."""
 
@@ -78,6 +79,52 @@ def steppers(cases) -> dict:
         key = f"{len(shape)}D {stepper} {dtype} {faces} {mesh}"
         devices = min(len(v.sharding.device_set) for v in fields.values())
         result[key] = dict(diff=diff, devices=devices)
+    return result
+
+
+def diffusing_model(stepper: str, transport: str, shape):
+    """A rough field that only diffuses (imex) or a population that only moves, beside a
+    species (quasi_steady), with unequal spacing: `transport` "spectral" (constant D,
+    zero-flux faces), "periodic" (constant D, periodic faces) or "cg" (D varying by voxel,
+    zero-flux faces: TR-BDF2 with CG). Returns the model and the conserved field's name."""
+    import engine
+
+    rng = np.random.default_rng(4)
+    grid = engine.Grid(tuple(shape), spacing=(10.0, 12.0, 9.0)[: len(shape)])
+    face = engine.Periodic() if transport == "periodic" else engine.Neumann()
+    boundary = engine.Boundary.uniform(len(shape), face)
+    D = rng.uniform(20.0, 80.0, grid.shape) if transport == "cg" else 50.0
+    start = rng.uniform(0.0, 10.0, grid.shape)
+    if stepper == "quasi_steady":
+        cells = engine.Population("n", motility=D, initial=start, boundary=boundary)
+        species = engine.Species("c", diffusion=100.0, decay=1e-2)
+        return engine.Model(grid, species=(species,), populations=(cells,)), "n"
+    species = engine.Species("c", diffusion=D, initial=start, boundary=boundary)
+    return engine.Model(grid, species=(species,)), "c"
+
+
+def conservation(cases) -> dict:
+    """1,000 float32 steps of 20 s of each (stepper, transport, shape, mesh) case
+    (`diffusing_model`) on one device and split over the mesh: each run's relative change of
+    the total, the largest relative difference between them, and the devices that held the
+    split field."""
+    import engine
+
+    result = {}
+    for stepper, transport, shape, mesh in cases:
+        model, name = diffusing_model(stepper, transport, shape)
+        outcome = {}
+        for label, split in (("single", None), ("split", mesh)):
+            sim = engine.Simulation(model, stepper=stepper, mesh=split, dtype="float32")
+            start = sim.initial_state().fields
+            total = np.sum(np.asarray(start[name], np.float64))
+            fields = sim.advance_steps(start, 0.0, 20.0, 1000)
+            outcome[label] = np.asarray(fields[name])
+            outcome[f"drift_{label}"] = float(np.sum(outcome[label], dtype=np.float64) / total - 1)
+            outcome["devices"] = len(fields[name].sharding.device_set)
+        single, split = outcome.pop("single"), outcome.pop("split")
+        outcome["diff"] = float(np.max(np.abs(split - single)) / np.max(single))
+        result[f"{stepper} {transport} {shape} {mesh}"] = outcome
     return result
 
 
@@ -184,7 +231,7 @@ def main(argv: list[str]) -> None:
     parallel.use_cpu_devices(DEVICES)
     command, *rest = argv
     commands = {"steppers": steppers, "checkpoint": checkpoint, "transforms": transforms}
-    commands["dots"] = dots
+    commands.update(dots=dots, conservation=conservation)
     arguments = [json.loads(text) for text in rest]
     print(json.dumps(commands[command](*arguments)))
 
