@@ -156,27 +156,13 @@ TR_BDF2_GAMMA = 2 - 2**0.5
 """TR-BDF2 with this stage fraction solves the same matrix in both stages."""
 
 
-def sink_substep(model: Model, fields: Fields, t, h, names) -> Fields:
-    """The reaction sinks alone over h for the fields in `names`: f exp(-loss h), with the
-    loss rate at the exponential midpoint (second order, never negative)."""
-    _, start = reaction_terms(model, fields, t, decay=False)
-    sinking = [n for n in names if n in start]
-    midpoint = dict(fields)
-    for n in sinking:
-        midpoint[n] = fields[n] * jnp.exp(-start[n] * h / 2)
-    _, middle = reaction_terms(model, midpoint, t + h / 2, decay=False)
-    out = dict(fields)
-    for n in sinking:
-        out[n] = fields[n] * jnp.exp(-middle[n] * h)
-    return out
-
-
-def production_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
+def reaction_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
     """The change over dt of the fields in `names` under the linear part (diffusion, decay)
-    with production and supply: exponential trapezoidal rule, exp(M dt) f + dt phi1(M dt)
-    (mean forcing) - f, the forcing averaged between the start and a predictor. Second order,
-    exact for constant forcing, non-negative (production >= 0), and free of the order loss
-    that splitting a stiff diffusion from a sharply localised secretion would cause."""
+    with the reactions and supply: production and supply as forcing and sinks as per-voxel
+    loss rates, both averaged between the start and a predictor (second order), solved with
+    the linear part without splitting (`linear_change`). Exact for constant forcing and
+    sinks, non-negative, and free of the errors that splitting a stiff diffusion from sharply
+    localised secretion or from sinks that differ from voxel to voxel would cause."""
     supply = source_terms(model, t, dt)
 
     def forcing(production):  # only the fields that have any
@@ -186,12 +172,18 @@ def production_change(model: Model, prepared, fields: Fields, t, dt, names) -> F
             if n in production or n in supply
         }
 
-    start, _ = reaction_terms(model, fields, t, decay=False)
-    change = linear_change(model, prepared, fields, forcing(start), dt)
+    def sinks(loss):
+        return {n: v for n, v in loss.items() if n in names}
+
+    start, start_loss = reaction_terms(model, fields, t, decay=False)
+    change = linear_change(
+        model, prepared, fields, forcing(start), sinks(start_loss), dt, implicit=False
+    )
     predictor = {k: v + change[k] if k in change else v for k, v in fields.items()}
-    end, _ = reaction_terms(model, predictor, t + dt, decay=False)
+    end, end_loss = reaction_terms(model, predictor, t + dt, decay=False)
     mean = {n: (start[n] + end[n]) / 2 for n in start}
-    return linear_change(model, prepared, fields, forcing(mean), dt)
+    mean_loss = {n: (start_loss[n] + end_loss[n]) / 2 for n in sinks(start_loss)}
+    return linear_change(model, prepared, fields, forcing(mean), mean_loss, dt, implicit=True)
 
 
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
@@ -234,12 +226,12 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     return lax.fori_loop(0, cycles, body, fields)
 
 
-def strang_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
-    """The change of every field over one Strang-split step of the fields in `names`:
-    sinks(dt/2), drift(dt/2), linear part with production (dt), drift(dt/2), sinks(dt/2).
-    The substeps' changes are summed apart from the fields, each rounded to its own size, so
-    that the loop can add the total with compensated summation (`advance_fields`): a field
-    that only diffuses then keeps its total to float32 rounding over any number of steps."""
+def imex_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fields:
+    """The change of every field over one imex step of the fields in `names`: drift(dt/2),
+    the linear part with the reactions (dt, `reaction_change`), drift(dt/2). The substeps'
+    changes are summed apart from the fields, each rounded to its own size, so that the loop
+    can add the total with compensated summation (`advance_fields`): a field that only
+    diffuses then keeps its total to float32 rounding over any number of steps."""
     total: Fields = {}
 
     def add(change: Fields):
@@ -251,13 +243,11 @@ def strang_change(model: Model, prepared, fields: Fields, t, dt, names) -> Field
         add({k: new[k] - old[k] for k in old if new[k] is not old[k]})
         return new
 
-    u = moved(fields, sink_substep(model, fields, t, dt / 2, names))
-    u = moved(u, drift_substep(model, u, dt / 2))
-    change = production_change(model, prepared, u, t, dt, names)
+    u = moved(fields, drift_substep(model, fields, dt / 2))
+    change = reaction_change(model, prepared, u, t, dt, names)
     add(change)  # the change itself, not the rounded difference of the sum and the field
     u = {k: v + change[k] if k in change else v for k, v in u.items()}
-    u = moved(u, drift_substep(model, u, dt / 2))
-    moved(u, sink_substep(model, u, t + dt / 2, dt / 2, names))
+    moved(u, drift_substep(model, u, dt / 2))
     # u + change rounds to >= 0 where change >= -u: the sum of the rounded changes may not
     return {
         k: jnp.maximum(total[k], -v) if k in total else jnp.zeros_like(v) for k, v in fields.items()
@@ -268,7 +258,7 @@ def strang_change(model: Model, prepared, fields: Fields, t, dt, names) -> Field
 class ImplicitDiffusion:
     """Loop-invariant data of one field's implicit diffusion-decay-supply solve."""
 
-    spectral: Any  # `spectral.propagators` of the step, or None: TR-BDF2 with CG
+    spectral: Any  # `spectral.Propagation`, or None: TR-BDF2 with CG
     faces: Any  # face coefficients for the CG solves
 
 
@@ -279,34 +269,40 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
     for f in model.fields:
         if f.name in names:
             D, decay, boundary = model.diffusivity(f), model.decay(f), model.boundary(f)
-            multipliers = None
+            propagation = None
             if spectral.eligible(D, decay, boundary):
                 dtype = jnp.result_type(D)
-                multipliers = spectral.propagators(D, decay, dt, model.grid, boundary, dtype)
-            prepared[f.name] = ImplicitDiffusion(multipliers, faces[f.name])
+                propagation = spectral.propagation(D, decay, model.grid, boundary, dtype)
+            prepared[f.name] = ImplicitDiffusion(propagation, faces[f.name])
     return prepared
 
 
-def linear_change(model: Model, prepared: dict, fields: Fields, forcing: Fields, dt) -> Fields:
-    """exp(M dt) f + dt phi1(M dt) forcing - f for each prepared field, M = div(D grad) - decay,
-    the forcing (field units/s; a field without is unforced) held constant over the step:
-    exact in spectral space, or TR-BDF2. Formed as a change, whose rounding scales with the
-    change rather than with the field (conservation in float32); a change below -f (rounding
-    below 0: transforms, CG tolerance) is clipped there."""
+def linear_change(
+    model: Model, prepared: dict, fields: Fields, forcing: Fields, sinks: Fields, dt, implicit
+) -> Fields:
+    """The change over dt of each prepared field under M f - sink f + forcing,
+    M = div(D grad) - decay, with the forcing (field units/s) and the sink (1/s, per voxel)
+    held over the step (a field without either has none): exact in spectral space for M with
+    the sink's voxel-to-voxel part solved by fixed-point iteration
+    (`spectral.reaction_change`; `implicit` False: taken at the start, a predictor), or
+    TR-BDF2 with the sink in its implicit solves. Formed as a change, whose rounding scales
+    with the change rather than with the field (conservation in float32); a change below -f
+    (rounding below 0: transforms, CG tolerance) is clipped there."""
     out = {}
     for f in model.fields:
         if f.name in prepared:
             p, boundary, c = prepared[f.name], model.boundary(f), fields[f.name]
-            supply = forcing.get(f.name)
+            supply, sink = forcing.get(f.name), sinks.get(f.name)
             if supply is not None:
                 supply = jnp.broadcast_to(jnp.asarray(supply, c.dtype), c.shape)
             if p.spectral is not None:
-                change = spectral.propagate_change(c, supply, *p.spectral, boundary)
+                change = spectral.reaction_change(
+                    c, supply, sink, dt, p.spectral, boundary, implicit
+                )
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
-                change = _tr_bdf2_change(
-                    c, model.decay(f), supply, dt, p.faces, model.grid, boundary
-                )
+                decay = model.decay(f) if sink is None else model.decay(f) + sink
+                change = _tr_bdf2_change(c, decay, supply, dt, p.faces, model.grid, boundary)
             out[f.name] = jnp.maximum(change, -c)
     return out
 
@@ -329,7 +325,8 @@ def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
 
 def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
     """Largest step (s) for which the fastest reaction rate r of the fields in `names` keeps
-    the splitting error (r dt)^2 <= tolerance (decay is solved with diffusion, not split)."""
+    (r dt)^2 <= tolerance: the error of the reactions' second-order treatment (decay is solved
+    with diffusion exactly)."""
     _, loss = reaction_terms(model, fields, 0.0, decay=False)
     rate = model.growth_rate()
     for name in names:
@@ -362,14 +359,14 @@ def dose_dt(model: Model):
 
 @dataclass(frozen=True)
 class Imex:
-    """Strang splitting, second order: sinks(dt/2), drift(dt/2), linear part with production
-    (dt), drift(dt/2), sinks(dt/2). The linear part (diffusion, decay) is exact in spectral
-    space for constant D and decay on neumann, dirichlet and periodic faces, and TR-BDF2 with
-    Jacobi-preconditioned CG otherwise (robin faces, varying D or decay); production and
-    sources enter it as forcing (exponential trapezoidal rule), sinks are exponential. Stable
-    and non-negative at any dt. Like every splitting, a sink split from diffusion next to a
-    non-zero dirichlet face loses order near that face in the pre-asymptotic range (measured
-    orders 1.4 to 1.8 on refinement)."""
+    """Second order: chemotactic drift (dt/2), the linear part with the reactions (dt),
+    drift (dt/2). The linear part (diffusion, decay) takes the sinks as per-voxel loss rates
+    and production and sources as forcing, both averaged between the start and a predictor
+    (exponential trapezoidal rule, `reaction_change`): no splitting between diffusion and
+    reactions. It is exact in spectral space for constant D and decay on neumann, dirichlet
+    and periodic faces, with the sinks' voxel-to-voxel part solved by fixed-point iteration,
+    and TR-BDF2 with Jacobi-preconditioned CG otherwise (robin faces, varying D or decay),
+    the sinks inside its implicit solves. Stable and non-negative at any dt."""
 
     tolerance: float = 1e-3
     name: str = "imex"
@@ -379,7 +376,7 @@ class Imex:
         return prepare_diffusion(model, dt, model.names)
 
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        return strang_change(model, prepared, fields, t, dt, model.names)
+        return imex_change(model, prepared, fields, t, dt, model.names)
 
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         change = self.increment(model, prepared, fields, t, dt)
@@ -399,7 +396,7 @@ class Imex:
 @dataclass(frozen=True)
 class QuasiSteady:
     """Species relax to their steady state at every step (cytokines equilibrate in seconds,
-    cells respond over hours); populations then advance by the IMEX splitting with the species
+    cells respond over hours); populations then advance by the imex step with the species
     frozen, and the species relax again to the new populations.
 
     The steady state is found by Picard iteration on the nonlinear reactions, each iteration a
@@ -475,14 +472,14 @@ class QuasiSteady:
         return relaxed
 
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        """The populations' change over a Strang-split step (`strang_change`), between the
+        """The populations' change over an imex step (`imex_change`), between the
         species' steady states; a species' change is from its state at t to its new steady
         state."""
         faces, preconditioners, diffusion = prepared
         populations = tuple(p.name for p in model.populations)
         supply = source_terms(model, t, dt)  # the step's mean dose sets both steady states
         relaxed = self.relax(model, faces, preconditioners, fields, t, supply)
-        change = strang_change(model, diffusion, relaxed, t, dt, populations)
+        change = imex_change(model, diffusion, relaxed, t, dt, populations)
         moved = {k: v + change[k] if k in populations else v for k, v in relaxed.items()}
         final = self.relax(model, faces, preconditioners, moved, t + dt, supply)
         return {k: change[k] if k in populations else final[k] - v for k, v in fields.items()}
@@ -595,10 +592,13 @@ def advance_adaptive(
     stepper: Stepper, model: Model, fields: Fields, t0, t_end, dt, tolerance: float, max_steps
 ):
     """Steps from t0 to t_end with the step size controlled by the local error, estimated by
-    step doubling: one step of h against two of h/2, whose difference over 2^p - 1 is the
-    error of the two half steps (kept when within `tolerance`). This captures the splitting
-    error between reactions and diffusion as well as the reactions' own, which an embedded
-    pair of the reaction part alone misses. The next step is scaled by
+    step doubling: one step of h against two of h/2, whose difference bounds the error of the
+    two half steps (kept when within `tolerance`). Richardson's estimate, the difference over
+    2^p - 1, holds only where the scheme has reached its order p; imex's long steps over
+    reaction transients are short of it (1.2 to 1.6 measured), and with that estimate the
+    error over a run exceeded the tolerance. This captures the coupling between reactions and
+    diffusion as well as the reactions' own error, which an embedded pair of the reaction part
+    alone misses. The next step is scaled by
     0.9 error^(-1/(p+1)) within 0.2x..5x. One device loop.
 
     Returns the fields, the last proposed dt, and the accepted and rejected step counts."""
@@ -616,7 +616,7 @@ def advance_adaptive(
         halves = stepper.prepare(model, h / 2)
         half = stepper.step(model, halves, u, t, h / 2)
         half = stepper.step(model, halves, half, t + h / 2, h / 2)
-        difference = {k: (half[k] - full[k]) / (2**order - 1) for k in u}
+        difference = {k: half[k] - full[k] for k in u}
         error = error_norm([difference], half, tolerance)
         ok = error <= 1
         factor = jnp.clip(0.9 * jnp.maximum(error, 1e-12) ** (-1 / (order + 1)), 0.2, 5.0)
