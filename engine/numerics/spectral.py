@@ -116,7 +116,15 @@ def phi_functions(x):
 
 
 def reaction_change(
-    c, forcing, sink, dt, p: Propagation, boundary: Boundary, implicit: bool, max_iterations=30
+    c,
+    forcing,
+    sink,
+    dt,
+    p: Propagation,
+    boundary: Boundary,
+    implicit: bool,
+    guess=None,
+    max_iterations=30,
 ):
     """The change over dt of c under dc/dt = D lap c - decay c - sink c + forcing, with the
     sink (1/s, >= 0, per voxel; None: none) and the forcing (field units/s; None: none) held
@@ -128,7 +136,8 @@ def reaction_change(
     k dt / 2 and below 1 - min(sink) / k), each iterate non-negative, since every operator in
     it is; or, not `implicit`, taken at the start (first order, a predictor). Formed as a
     change, whose rounding scales with the change: the total of a field that only diffuses
-    between zero-flux faces gains nothing from the transforms' rounding."""
+    between zero-flux faces gains nothing from the transforms' rounding. `guess`: a change to
+    start the iteration from (a predictor's)."""
 
     def forward(x):
         return _forward(x, boundary, p.matrices)
@@ -136,7 +145,10 @@ def reaction_change(
     def inverse(x):
         return _inverse(x, boundary, p.matrices, c.dtype)
 
-    k = jnp.zeros((), c.dtype) if sink is None else jnp.max(sink)
+    if sink is not None and jnp.ndim(sink) == 0:  # uniform: exact with the linear part
+        k, sink = jnp.asarray(sink, c.dtype), None
+    else:
+        k = jnp.zeros((), c.dtype) if sink is None else jnp.max(sink)
     change, phi1, phi2 = phi_functions(dt * (p.rates + k))
     mixed = change * forward(c)
     if forcing is not None:
@@ -158,15 +170,20 @@ def reaction_change(
     floor = 1e-6 if c.dtype == jnp.float32 else 1e-13
 
     def solve(matvec, rhs):
-        return _fixed_point(matvec, rhs, floor * size, max_iterations)
+        return _fixed_point(
+            matvec, rhs, rhs if guess is None else guess, floor * size, max_iterations
+        )
+
+    def transpose_solve(vecmat, rhs):
+        return _fixed_point(vecmat, rhs, rhs, floor * size, max_iterations)
 
     # change = first + coupling(change): differentiated by solving the transposed system
     first = inverse(base + dt * phi2 * start)
-    return lax.custom_linear_solve(lambda x: x - coupling(x), first, solve, solve)
+    return lax.custom_linear_solve(lambda x: x - coupling(x), first, solve, transpose_solve)
 
 
-def _fixed_point(matvec, rhs, atol, max_iterations):
-    """x with matvec(x) = x - T x = rhs for a contraction T, by x <- rhs + T x from rhs until
+def _fixed_point(matvec, rhs, x0, atol, max_iterations):
+    """x with matvec(x) = x - T x = rhs for a contraction T, by x <- rhs + T x from x0 until
     an update moves x by at most `atol` or after `max_iterations`."""
 
     def iterate(carry):
@@ -174,7 +191,7 @@ def _fixed_point(matvec, rhs, atol, max_iterations):
         new = rhs + x - matvec(x)
         return i + 1, new, jnp.max(jnp.abs(new - x))
 
-    start = (0, rhs, jnp.asarray(jnp.inf, rhs.dtype))
+    start = (0, x0, jnp.asarray(jnp.inf, rhs.dtype))
     return lax.while_loop(
         lambda carry: (carry[0] < max_iterations) & (carry[2] > atol), iterate, start
     )[1]

@@ -183,7 +183,9 @@ def reaction_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
     end, end_loss = reaction_terms(model, predictor, t + dt, decay=False)
     mean = {n: (start[n] + end[n]) / 2 for n in start}
     mean_loss = {n: (start_loss[n] + end_loss[n]) / 2 for n in sinks(start_loss)}
-    return linear_change(model, prepared, fields, forcing(mean), mean_loss, dt, implicit=True)
+    return linear_change(
+        model, prepared, fields, forcing(mean), mean_loss, dt, implicit=True, guesses=change
+    )
 
 
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
@@ -278,13 +280,21 @@ def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
 
 
 def linear_change(
-    model: Model, prepared: dict, fields: Fields, forcing: Fields, sinks: Fields, dt, implicit
+    model: Model,
+    prepared: dict,
+    fields: Fields,
+    forcing: Fields,
+    sinks: Fields,
+    dt,
+    implicit: bool,
+    guesses: Fields | None = None,
 ) -> Fields:
     """The change over dt of each prepared field under M f - sink f + forcing,
     M = div(D grad) - decay, with the forcing (field units/s) and the sink (1/s, per voxel)
     held over the step (a field without either has none): exact in spectral space for M with
     the sink's voxel-to-voxel part solved by fixed-point iteration
-    (`spectral.reaction_change`; `implicit` False: taken at the start, a predictor), or
+    (`spectral.reaction_change`, from `guesses` of the change where given; `implicit` False:
+    taken at the start, a predictor), or
     TR-BDF2 with the sink in its implicit solves. Formed as a change, whose rounding scales
     with the change rather than with the field (conservation in float32); a change below -f
     (rounding below 0: transforms, CG tolerance) is clipped there."""
@@ -296,8 +306,9 @@ def linear_change(
             if supply is not None:
                 supply = jnp.broadcast_to(jnp.asarray(supply, c.dtype), c.shape)
             if p.spectral is not None:
+                guess = None if guesses is None else guesses.get(f.name)
                 change = spectral.reaction_change(
-                    c, supply, sink, dt, p.spectral, boundary, implicit
+                    c, supply, sink, dt, p.spectral, boundary, implicit, guess
                 )
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
