@@ -245,7 +245,7 @@ def test_quasi_steady_preconditions_spectrally_on_grids_of_any_size():
     grid = engine.Grid((1024, 1024), spacing=10.0)
     species = engine.Species("c", diffusion=10.0, decay=1e-3)
     model = engine.Model(grid, species=(species,))
-    _, preconditioners, _ = engine.stepping.steppers.QuasiSteady().prepare(model, 60.0)
+    _, preconditioners, _ = engine.stepping.steppers.QuasiSteady().prepare(model)
     assert isinstance(preconditioners["c"], spectral.Preconditioner)
 
 

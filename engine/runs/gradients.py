@@ -139,17 +139,17 @@ class Trajectory:
         fields = model.initial_fields(sim.dtype)
         frames = []
         t = 0.0
+        ready = sim.stepper.prepare(model)
         for count, segments in self._plan:
             if not segments:  # a frame at t = 0
                 frames.append(jax.tree.map(lambda x: x[None], fields))
                 continue
-            prepared = [sim.stepper.prepare(model, dt) for _, dt in segments]
 
-            def interval(carry, _, segments=segments, prepared=prepared):
+            def interval(carry, _, segments=segments):
                 u, time = carry
-                for (n, dt), ready in zip(segments, prepared):
+                for n, dt in segments:
 
-                    def step(u, time, ready=ready, dt=dt):
+                    def step(u, time, dt=dt):
                         return sim.stepper.step(model, ready, u, time, dt)
 
                     u = _checkpointed_steps(step, u, time, dt, n, self.segment)

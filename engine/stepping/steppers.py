@@ -3,7 +3,7 @@
 Every stepper has the same interface, so every stepper runs in the one `advance_fields` loop
 that `Simulation` and `Ensemble` share:
 
-- `prepare(model, dt)`: loop-invariant work done once per `advance` (face coefficients, ...).
+- `prepare(model)`: loop-invariant work done once per `advance` (face coefficients, ...).
 - `step(model, prepared, fields, t, dt)`: one step from t to t + dt.
 - `stable_dt(model, fields)`: the largest step (s) the scheme tolerates, before the safety factor.
 """
@@ -37,7 +37,8 @@ class Stepper(Protocol):
     @property
     def order(self) -> int: ...
 
-    def prepare(self, model: Model, dt) -> Any: ...
+    def prepare(self, model: Model) -> Any:
+        """Loop-invariant data of the steps (whatever their dt), made once per loop."""
 
     def step(self, model: Model, prepared: Any, fields: Fields, t, dt) -> Fields: ...
 
@@ -108,7 +109,7 @@ class Explicit:
     def order(self) -> int:
         return SSP_ORDER[self.scheme]
 
-    def prepare(self, model: Model, dt):
+    def prepare(self, model: Model):
         """The face couplings, built once: rebuilt in the loop they cost small device
         kernels every step (XLA does not hoist a vector built from a scalar)."""
         return field_couplings(model)
@@ -264,7 +265,7 @@ class ImplicitDiffusion:
     faces: Any  # face coefficients for the CG solves
 
 
-def prepare_diffusion(model: Model, dt, names) -> dict[str, ImplicitDiffusion]:
+def prepare_diffusion(model: Model, names) -> dict[str, ImplicitDiffusion]:
     """Implicit diffusion data of each field in `names`."""
     faces = face_diffusivities(model)
     prepared = {}
@@ -383,8 +384,8 @@ class Imex:
     name: str = "imex"
     order: int = 2
 
-    def prepare(self, model: Model, dt):
-        return prepare_diffusion(model, dt, model.names)
+    def prepare(self, model: Model):
+        return prepare_diffusion(model, model.names)
 
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         return imex_change(model, prepared, fields, t, dt, model.names)
@@ -419,7 +420,7 @@ class QuasiSteady:
     order: int = 1
     max_iterations: int = 50
 
-    def prepare(self, model: Model, dt):
+    def prepare(self, model: Model):
         populations = tuple(p.name for p in model.populations)
         preconditioners = {
             s.name: spectral.preconditioner(
@@ -430,7 +431,7 @@ class QuasiSteady:
             )
             for s in model.species
         }
-        return face_diffusivities(model), preconditioners, prepare_diffusion(model, dt, populations)
+        return face_diffusivities(model), preconditioners, prepare_diffusion(model, populations)
 
     def relax(
         self, model: Model, faces, preconditioners, fields: Fields, t, supply: Fields
@@ -541,7 +542,7 @@ def advance_fields(
     (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
     would otherwise be lost, and lost systematically (peaks lose their negative increments),
     breaking conservation. It costs a second state-sized array of memory traffic per step."""
-    prepared = stepper.prepare(model, dt)
+    prepared = stepper.prepare(model)
     compensate = (
         compensated
         and hasattr(stepper, "increment")
@@ -615,6 +616,7 @@ def advance_adaptive(
     Returns the fields, the last proposed dt, and the accepted and rejected step counts."""
     span = t_end - t0
     order = stepper.order
+    prepared = stepper.prepare(model)
 
     def cond(carry):
         t, _, _, accepted, rejected = carry
@@ -623,10 +625,9 @@ def advance_adaptive(
     def body(carry):
         t, dt, u, accepted, rejected = carry
         h = jnp.minimum(dt, t_end - t)
-        full = stepper.step(model, stepper.prepare(model, h), u, t, h)
-        halves = stepper.prepare(model, h / 2)
-        half = stepper.step(model, halves, u, t, h / 2)
-        half = stepper.step(model, halves, half, t + h / 2, h / 2)
+        full = stepper.step(model, prepared, u, t, h)
+        half = stepper.step(model, prepared, u, t, h / 2)
+        half = stepper.step(model, prepared, half, t + h / 2, h / 2)
         difference = {k: half[k] - full[k] for k in u}
         error = error_norm([difference], half, tolerance)
         ok = error <= 1
