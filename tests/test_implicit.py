@@ -328,8 +328,8 @@ def test_the_cosine_transform_is_scipys_orthonormal_dct(shape, axes, float64):
         {"y_max": 0.4, "x_min": "periodic", "x_max": "periodic"},
     ],
 )
-@pytest.mark.parametrize(  # all axes by products or by FFTs; mixed with -m slow
-    "fft_min_length", [1024, pytest.param(8, marks=SLOW), 1]
+@pytest.mark.parametrize(  # all axes by products by default; by FFTs or mixed with -m slow
+    "fft_min_length", [1024, pytest.param(8, marks=SLOW), pytest.param(1, marks=SLOW)]
 )
 def test_spectral_imex_is_exact_with_dirichlet_faces(faces, fft_min_length, monkeypatch):
     """Diffusion, decay and a source with non-zero dirichlet values on any mix of faces: one
@@ -378,13 +378,13 @@ BASES = [
 
 
 @pytest.mark.parametrize("low, high", BASES)
-@pytest.mark.parametrize(  # an odd and an even length by default; lengths 1 and 3 with -m slow
+@pytest.mark.parametrize(  # an odd length by default; lengths 1, 3 and 16 with -m slow
     "shape, axis",
     [
         pytest.param((1,), 0, marks=SLOW),
         pytest.param((2, 3), 1, marks=SLOW),
         ((7, 4, 3), 0),
-        ((3, 16, 5), 1),
+        pytest.param((3, 16, 5), 1, marks=SLOW),
     ],
 )
 def test_fft_transforms_equal_the_basis_matrix_products(low, high, shape, axis, float64):
