@@ -11,6 +11,7 @@ concentrations and densities non-negative.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.model import terms
+from engine.model.cells import CellType, exchange_terms
 from engine.model.sources import Source
 from engine.numerics.boundary import Boundary
 from engine.numerics.grid import Grid
@@ -75,6 +77,7 @@ class Model:
     reactions: Reactions | None = field(default=None, metadata=dict(static=True))
     reaction_rate: float = 0.0
     terms: tuple = ()
+    cells: tuple[CellType, ...] = ()
 
     def __post_init__(self):
         names = [f.name for f in self.fields]
@@ -95,6 +98,59 @@ class Model:
         for f in self.fields:
             if f.boundary is not None and len(f.boundary.faces) != self.grid.ndim:
                 raise ValueError(f"{f.name}.boundary: needs {self.grid.ndim} axes of faces")
+        self._check_cells(species)
+
+    def _check_cells(self, species: set[str]) -> None:
+        """Cell types name known species; their modulators read fields or their own state."""
+        types = [c.name for c in self.cells]
+        if len(set(types)) != len(types):
+            raise ValueError(f"cells: type names must be unique, got {types}")
+        defined = ", ".join(sorted(species))
+        for c in self.cells:
+            clash = set(c.state_names) & set(self.names)
+            if clash:
+                raise ValueError(
+                    f"cells.{c.name}.state: {sorted(clash)[0]!r} is also a field; rename it"
+                )
+            named = [("secretion", s.species) for s in c.secretion]
+            named += [("uptake", u.species) for u in c.uptake]
+            if c.chemotaxis_species is not None:
+                named.append(("chemotaxis.species", c.chemotaxis_species))
+            for key, name in named:
+                if name not in species:
+                    raise ValueError(
+                        f"cells.{c.name}.{key}: unknown species {name!r}; defined: {defined}"
+                    )
+            readable = set(self.names) | set(c.state_names)
+            groups = [("secretion", s.modulators) for s in c.secretion]
+            groups += [("uptake", u.modulators) for u in c.uptake]
+            groups += [("state_terms", t.modulators) for t in c.state_terms]
+            groups += [
+                (k, f.modulators)
+                for k, f in (("division", c.division), ("death", c.death))
+                if f is not None
+            ]
+            for key, modulators in groups:
+                for m in modulators:
+                    if m.of not in readable:
+                        raise ValueError(
+                            f"cells.{c.name}.{key}: a modulator reads {m.of!r}, neither a field "
+                            f"nor a state variable of {c.name}"
+                        )
+            for t in c.state_terms:
+                if t.variable not in c.state_names:
+                    raise ValueError(
+                        f"cells.{c.name}.state_terms: unknown state variable {t.variable!r}; "
+                        f"add it to cells.{c.name}.state"
+                    )
+
+    @property
+    def periodic_axes(self) -> tuple[bool, ...]:
+        """Axes on which cells wrap: those periodic for every field (else walls reflect)."""
+        return tuple(
+            bool(self.fields) and all(self.boundary(f).is_periodic(a) for f in self.fields)
+            for a in range(self.grid.ndim)
+        )
 
     @property
     def fields(self) -> tuple[Species | Population, ...]:
@@ -130,6 +186,18 @@ class Model:
     def cast(self, dtype) -> Model:
         """The model with every numeric leaf a device array of `dtype`."""
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), self)
+
+    def coupled(self, population: Mapping, fields: Mapping) -> Model:
+        """The model with its cells' secretion and uptake for the current positions, states
+        and fields appended to its terms (`cells.exchange_terms`); itself without cells."""
+        if not self.cells:
+            return self
+        exchange = exchange_terms(self.cells, population, fields, self.grid)
+        return dataclasses.replace(self, terms=self.terms + exchange)
+
+    def initial_cells(self, dtype) -> dict:
+        """Every cell type's `Cells` at t = 0 (`CellType.initial_cells`)."""
+        return {c.name: c.initial_cells(dtype) for c in self.cells}
 
     def initial_fields(self, dtype) -> Fields:
         """Initial fields as device arrays of the grid's shape."""

@@ -72,6 +72,11 @@ class Ensemble:
                 "parallel.mesh: a sweep splits its members over the devices, not "
                 "the grid; leave the mesh out"
             )
+        if sim.model.cells:
+            raise ValueError(
+                "cells: sweeps of runs with cells are not supported yet; run each member "
+                "with ilsim run --set"
+            )
         if not moved:
             raise ValueError("sweep: the members do not differ; vary a number of the model")
         self.sim = sim

@@ -6,18 +6,19 @@ import contextlib
 import functools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.model.cells import Cells
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
 from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
-from engine.stepping.steppers import Explicit, advance_adaptive, advance_fields, make_stepper
+from engine.stepping.steppers import Explicit, advance_adaptive, advance_state, make_stepper
 
 DTYPES = ("float32", "float64")
 
@@ -31,9 +32,42 @@ class State:
     fields: Fields
     step: int = 0
     dt: float | None = None
+    cells: dict[str, Cells] = field(default_factory=dict)
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.fields.items()}
+
+    def cells_numpy(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each cell type's arrays on the host: position, alive, id, each state variable,
+        next_id and overflow."""
+        return {name: cells_to_numpy(c) for name, c in self.cells.items()}
+
+
+def cells_to_numpy(cells: Cells) -> dict[str, np.ndarray]:
+    return {
+        "position": np.asarray(cells.position),
+        "alive": np.asarray(cells.alive),
+        "id": np.asarray(cells.id).astype(np.int64),
+        **{k: np.asarray(v) for k, v in cells.state.items()},
+        "next_id": np.asarray(cells.next_id).astype(np.int64),
+        "overflow": np.asarray(cells.overflow).astype(np.int64),
+    }
+
+
+def cells_from_numpy(arrays: dict, state_names, dtype) -> Cells:
+    """`Cells` from host arrays (`cells_to_numpy`, a checkpoint's)."""
+    return Cells(
+        position=jnp.asarray(arrays["position"], dtype),
+        alive=jnp.asarray(arrays["alive"], bool),
+        id=jnp.asarray(arrays["id"], jnp.int32),
+        state={k: jnp.asarray(arrays[k], dtype) for k in state_names},
+        next_id=jnp.asarray(arrays["next_id"], jnp.int32),
+        overflow=jnp.asarray(arrays["overflow"], jnp.int32),
+    )
+
+
+class CapacityExceeded(ValueError):
+    """Cells were born with no free slot left: the run must stop (bad input: the capacity)."""
 
 
 def precision(dtype) -> contextlib.AbstractContextManager:
@@ -95,6 +129,13 @@ class Simulation:
         devices: how many devices to use (default: all for "auto", one without a mesh).
         kernels: "xla" (default), or "pallas" (experimental) for each explicit stage as one
             Pallas kernel (`engine.kernels`; on a GPU only it is fast).
+        seed: the seed of the cells' random numbers (motion, division, death): step n of a
+            run draws from fold_in(key(seed), n), so a run is reproducible and resumes
+            bitwise.
+
+    A model with cells runs on one device with a fixed or "auto" dt (not adaptive, not the
+    Pallas kernels); each step advances the fields with the cells' exchange frozen, then the
+    cells (`steppers.advance_state`).
     """
 
     def __init__(
@@ -113,6 +154,7 @@ class Simulation:
         mesh=None,
         devices: int | None = None,
         kernels: str = "xla",
+        seed: int = 0,
     ):
         number = isinstance(dt, int | float) and not isinstance(dt, bool)
         if not (dt == "auto" or (number and math.isfinite(dt) and dt > 0)):
@@ -122,6 +164,9 @@ class Simulation:
         if dtype not in DTYPES:
             raise ValueError(f"time.dtype: unknown dtype {dtype!r}; use float32 or float64")
         self.dtype = jnp.dtype(dtype)
+        if model.cells:
+            refuse_with_cells(mesh, devices, adaptive, kernels)
+        self.seed = int(seed)
         self.mesh = parallel.device_mesh(mesh, model.grid.shape, devices)
         self._grid_shape = tuple(model.grid.shape)
         self.host_model = model  # its numbers as given: where the schedules' edges are read
@@ -145,9 +190,16 @@ class Simulation:
         self.dt = dt
         self.safety = safety
         self.trace_count = 0
+        self._no_step = jax.device_put(np.int32(0))  # a model without cells numbers no steps
         options = spectral.compiler_options()
-        self._advance = jax.jit(self._advance_traced, donate_argnums=1, compiler_options=options)
-        self._stable_dt = jax.jit(self.stepper.stable_dt)
+        self._advance = jax.jit(
+            self._advance_traced, donate_argnums=(1, 2), compiler_options=options
+        )
+        self._stable_dt = jax.jit(
+            lambda model, fields, cells: self.stepper.stable_dt(
+                model.coupled(cells, fields), fields
+            )
+        )
         self._advance_adaptive = jax.jit(
             self._adaptive_traced, donate_argnums=1, compiler_options=options
         )
@@ -173,11 +225,23 @@ class Simulation:
         blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
         return {k: jax.lax.with_sharding_constraint(v, blocks) for k, v in fields.items()}
 
-    def _advance_traced(self, model, fields, t0, dt, n_steps):
+    def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step):
         self.trace_count += 1  # runs only while tracing: counts compilations
+        key = jax.random.key(self.seed)
         with parallel.layout(self.mesh):
-            fields = advance_fields(self.stepper, model, fields, t0, dt, n_steps, self.compensated)
-        return self._keep_layout(fields)
+            fields, cells = advance_state(
+                self.stepper,
+                model,
+                fields,
+                cells,
+                t0,
+                dt,
+                n_steps,
+                first_step,
+                key,
+                self.compensated,
+            )
+        return self._keep_layout(fields), cells
 
     def _adaptive_traced(self, model, fields, t0, t_end, dt):
         self.trace_count += 1
@@ -189,7 +253,8 @@ class Simulation:
     @in_precision
     def initial_state(self) -> State:
         if self.mesh is None:
-            return State(t=0.0, fields=self.model.initial_fields(self.dtype))
+            fields = self.model.initial_fields(self.dtype)
+            return State(t=0.0, fields=fields, cells=self.model.initial_cells(self.dtype))
         # made in place on the devices: no device ever holds a whole field
         blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
         make = jax.jit(lambda model: model.initial_fields(self.dtype), out_shardings=blocks)
@@ -200,17 +265,26 @@ class Simulation:
         """What a run would do, computing nothing but rates: the stiffest reaction (field and
         rate, 1/s), the explicit stability limit (s) and the step this stepper takes (s)."""
         state = self.initial_state() if state is None else state
-        _, loss = reaction_terms(self.model, state.fields, state.t)
+        model = self.model.coupled(state.cells, state.fields)
+        _, loss = reaction_terms(model, state.fields, state.t)
         rates = {name: float(jnp.max(rate)) for name, rate in loss.items()}
         stiffest = max(rates, key=rates.get, default=None)
         report = dict(
             stiffest_field=stiffest,
             stiffest_rate=max(rates.get(stiffest, 0.0), float(self.model.growth_rate())),
-            explicit_limit=float(Explicit().stable_dt(self.model, state.fields)),
+            explicit_limit=float(Explicit().stable_dt(model, state.fields)),
             dt=self.time_step(state),
             stepper=self.stepper.name,
         )
         return report
+
+    @in_precision
+    def load_cells(self, arrays: dict) -> dict[str, Cells]:
+        """Every cell type's `Cells` from host arrays ({type: arrays}, a checkpoint's)."""
+        return {
+            c.name: cells_from_numpy(arrays[c.name], c.state_names, self.dtype)
+            for c in self.model.cells
+        }
 
     @property
     def fixed_explicit_step(self) -> bool:
@@ -226,8 +300,9 @@ class Simulation:
 
     @in_precision
     def stable_dt(self, state: State) -> float:
-        """The stepper's largest stable step (s) for `state`, before the safety factor."""
-        return float(self._stable_dt(self.model, state.fields))
+        """The stepper's largest stable step (s) for `state` (its cells' uptake included),
+        before the safety factor."""
+        return float(self._stable_dt(self.model, state.fields, state.cells))
 
     def time_step(self, state: State) -> float:
         """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
@@ -250,12 +325,13 @@ class Simulation:
                 state = self._advance_adaptively(state, end)
             return state
         dt_max = self.time_step(state)
-        fields, steps = state.fields, state.step
+        fields, cells, steps = state.fields, state.cells, state.step
         for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
             n_steps = steps_within(end - start, dt_max)
-            fields = self.advance_steps(fields, start, (end - start) / n_steps, n_steps)
+            dt = (end - start) / n_steps
+            fields, cells = self._advance_steps(fields, cells, start, dt, n_steps, steps)
             steps += n_steps
-        return State(t=float(t_end), fields=fields, step=steps)
+        return State(t=float(t_end), fields=fields, step=steps, cells=cells)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
@@ -283,7 +359,13 @@ class Simulation:
         dt = jnp.asarray(1.0, self.dtype)
         start = time.perf_counter()
         compiled = self._advance.lower(
-            self.model, state.fields, jnp.asarray(state.t, self.dtype), dt, jnp.int32(n_steps)
+            self.model,
+            state.fields,
+            state.cells,
+            jnp.asarray(state.t, self.dtype),
+            dt,
+            jnp.int32(n_steps),
+            jnp.int32(state.step),
         ).compile()
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
@@ -299,14 +381,45 @@ class Simulation:
 
     @in_precision
     def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
-        """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`)."""
+        """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`),
+        of a model without cells (`advance` steps cells too)."""
+        return self._advance_steps(fields, {}, t0, dt, n_steps, self._no_step)[0]
+
+    def _advance_steps(self, fields, cells, t0, dt, n_steps, first_step):
         return self._advance(
             self.model,
             fields,
+            cells,
             jnp.asarray(t0, self.dtype),
             jnp.asarray(dt, self.dtype),
             jnp.asarray(n_steps, jnp.int32),
+            jnp.asarray(first_step, jnp.int32),
         )
+
+
+def refuse_with_cells(mesh, devices, adaptive: bool, kernels: str) -> None:
+    """ValueError naming the option that runs with cells do not support."""
+    if mesh is not None or (devices is not None and devices > 1):
+        raise ValueError(
+            "parallel.mesh: runs with cells use one device; remove parallel.mesh and --devices"
+        )
+    if adaptive:
+        raise ValueError('time.adaptive: not supported with cells; use a fixed dt or "auto"')
+    if kernels != "xla":
+        raise ValueError('kernels: "pallas" does not step cells; use "xla"')
+
+
+def check_capacity(state: State) -> None:
+    """CapacityExceeded naming the cell type and the key to raise if any daughter found no
+    free slot by `state` (the run stops: cells are never silently dropped)."""
+    for name, cells in state.cells.items():
+        refused = int(cells.overflow)
+        if refused:
+            alive = int(cells.count)
+            raise CapacityExceeded(
+                f"cells.{name}.capacity: {refused} daughters found no free slot by "
+                f"t = {state.t:g} s ({alive} cells alive); raise cells.{name}.capacity"
+            )
 
 
 def refuse_unstable_dt(dt: float, limit: float) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
+from engine.model.cells import Cells, step_population
 from engine.model.model import Fields, Model
 from engine.model.rhs import (
     chemotaxis_terms,
@@ -536,7 +538,28 @@ def make_stepper(
 def advance_fields(
     stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps, compensated: bool = True
 ) -> Fields:
+    """`n_steps` steps of `dt` from t0 of a model without cells (`advance_state`)."""
+    return advance_state(stepper, model, fields, {}, t0, dt, n_steps, 0, None, compensated)[0]
+
+
+def advance_state(
+    stepper: Stepper,
+    model: Model,
+    fields: Fields,
+    population: dict[str, Cells],
+    t0,
+    dt,
+    n_steps,
+    first_step,
+    key,
+    compensated: bool = True,
+) -> tuple[Fields, dict[str, Cells]]:
     """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`).
+
+    With cells, each step advances the fields with the cells' secretion and uptake frozen at
+    the step's start (`Model.coupled`), then the cells on the new fields (`step_population`)
+    with the key `fold_in(key, step number)`: the random numbers of step n are the same
+    however the run is cut into loops, resumed or split over devices.
 
     In float32, a stepper that forms its step as an increment has it added with compensated
     (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
@@ -548,25 +571,32 @@ def advance_fields(
         and hasattr(stepper, "increment")
         and any(v.dtype == jnp.float32 for v in fields.values())
     )
-    if not compensate:
 
-        def body(i, u):
-            return stepper.step(model, prepared, u, t0 + i * dt, dt)
+    def cells_after(i, population, u):
+        if not population:
+            return population
+        step_key = jax.random.fold_in(key, first_step + i)
+        periodic = model.periodic_axes
+        return step_population(model.cells, population, u, model.grid, periodic, dt, step_key)
 
-        return _loop(n_steps, body, fields)
-
-    def compensated(i, carry):
-        u, lost = carry
-        change = stepper.increment(model, prepared, u, t0 + i * dt, dt)
+    def body(i, carry):
+        u, lost, population = carry
+        t = t0 + i * dt
+        coupled = model.coupled(population, u)
+        if not compensate:
+            new = stepper.step(coupled, prepared, u, t, dt)
+            return new, lost, cells_after(i, population, new)
+        change = stepper.increment(coupled, prepared, u, t, dt)
         new, new_lost = {}, {}
         for k in u:
             y = jnp.maximum(change[k] - lost[k], -u[k])  # never below 0 for what was lost
             new[k] = u[k] + y
             new_lost[k] = (new[k] - u[k]) - y
-        return new, new_lost
+        return new, new_lost, cells_after(i, population, new)
 
-    zeros = {k: jnp.zeros_like(v) for k, v in fields.items()}
-    return _loop(n_steps, compensated, (fields, zeros))[0]
+    lost = {k: jnp.zeros_like(v) for k, v in fields.items()} if compensate else {}
+    fields, _, population = _loop(n_steps, body, (fields, lost, population))
+    return fields, population
 
 
 PAIRS_PER_BLOCK = 4

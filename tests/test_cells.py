@@ -1,0 +1,327 @@
+"""Cells as individuals against theory: a secreting cell's steady state (3D and 2D), exact
+secretion totals for every stepper, the random walk's mean squared displacement, chemotactic
+drift, exponential growth by division and death, screening by many consuming cells, state
+ODEs, equivalence with a density field, reproducibility and the capacity guard."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine.model.cells import (
+    CellSecretion,
+    CellType,
+    CellUptake,
+    Fate,
+    StateTerm,
+    fold_into,
+    voxel_index,
+)
+from engine.model.model import Model, Population, Species
+from engine.model.terms import Hill, Secretion, Uptake
+from engine.numerics.analytic import point_source_steady_state
+from engine.numerics.boundary import Boundary, Dirichlet, Periodic
+from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
+from engine.numerics.grid import Grid
+from engine.stepping.simulation import CapacityExceeded, Simulation, State, check_capacity
+
+
+def one_type(grid, positions, capacity=None, **kwargs) -> CellType:
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, grid.ndim)
+    return CellType("T", capacity=capacity or max(len(positions), 1), initial=positions, **kwargs)
+
+
+def at_centres(grid, voxels) -> np.ndarray:
+    """The centres (um) of the voxels with the given index tuples."""
+    return np.array([[grid.coordinates(a)[i[a]] for a in range(grid.ndim)] for i in voxels])
+
+
+# --- secretion, uptake and the steady state -----------------------------------------------
+
+
+@pytest.mark.parametrize("ndim, size", [(3, 48), (2, 64)], ids=["3d", "2d"])
+def test_one_secreting_cell_reaches_the_analytic_steady_state(ndim, size):
+    q, D, k, h = 1e3, 100.0, 4e-2, 10.0  # screening length 5 voxels
+    grid = Grid((size,) * ndim, spacing=h)
+    centre = (size // 2,) * ndim
+    cell = one_type(grid, at_centres(grid, [centre]), secretion=(CellSecretion("IL2", q),))
+    model = Model(grid, species=(Species("IL2", diffusion=D, decay=k),), cells=(cell,))
+    sim = Simulation(model, stepper="quasi_steady", dt=100.0)
+    c = np.asarray(sim.advance(sim.initial_state(), 100.0).fields["IL2"], np.float64)
+    index = np.indices(grid.shape)
+    r = np.sqrt(sum((index[a] - centre[a]) ** 2 for a in range(ndim)))
+    errors = []
+    for radius in range(3, 16):
+        shell = np.abs(r - radius) <= 0.5
+        exact = point_source_steady_state(r[shell] * h, q, D, k, ndim, grid.depth)
+        errors.append(c[shell].mean() / exact.mean() - 1)
+    assert np.max(np.abs(errors)) <= 0.02, np.round(np.array(errors) * 100, 2)
+
+
+@pytest.mark.parametrize("stepper", ["explicit", "imex"])
+def test_secreted_molecules_are_exactly_what_the_field_gains(stepper):
+    grid = Grid((12, 10, 8), spacing=(10.0, 8.0, 12.0))
+    rng = np.random.default_rng(1)
+    positions = rng.uniform(grid.lower, grid.upper, (40, 3))
+    rates = (3.0, 11.0)
+    cell = one_type(
+        grid,
+        positions,
+        motility=2.0,
+        secretion=tuple(CellSecretion("IL2", r) for r in rates),
+    )
+    model = Model(grid, species=(Species("IL2", diffusion=25.0),), cells=(cell,))
+    sim = Simulation(model, stepper=stepper, dt=5.0 if stepper == "imex" else "auto")
+    t = 600.0
+    state = sim.advance(sim.initial_state(), t)
+    gained = float(np.sum(np.asarray(state.fields["IL2"], np.float64)))
+    gained *= grid.voxel_volume * MOLECULES_PER_UM3_PER_NM
+    assert gained == pytest.approx(sum(rates) * 40 * t, rel=2e-6)
+
+
+@pytest.mark.parametrize("stepper", ["explicit", "imex", "quasi_steady"])
+def test_cells_one_per_voxel_act_as_the_equivalent_density(stepper):
+    """Cells at the centres of every voxel of a region are the density field 1/V there: the
+    same secretion, first-order and saturable uptake, to rounding."""
+    grid = Grid((10, 12), spacing=10.0, depth=10.0)
+    voxels = [(i, j) for i in range(2, 8) for j in range(3, 9)]
+    density = np.zeros(grid.shape)
+    density[tuple(np.array(voxels).T)] = 1 / grid.voxel_volume
+    il2 = Species("IL2", diffusion=50.0, decay=1e-3, initial=0.5)
+    secretion, k_on, receptors, vmax, km = 20.0, 1e-3, 800.0, 30.0, 0.2
+    cell = one_type(
+        grid,
+        at_centres(grid, voxels),
+        secretion=(CellSecretion("IL2", secretion),),
+        uptake=(
+            CellUptake("IL2", k_on=k_on, receptors=receptors),
+            CellUptake("IL2", vmax=vmax, km=km),
+        ),
+    )
+    with_cells = Model(grid, species=(il2,), cells=(cell,))
+    as_density = Model(
+        grid,
+        species=(il2,),
+        populations=(Population("T", initial=density),),
+        terms=(
+            Secretion("IL2", "T", secretion),
+            Uptake("IL2", "T", k_on=k_on, receptors=receptors),
+            Uptake("IL2", "T", vmax=vmax, km=km),
+        ),
+    )
+    dt = 20.0 if stepper != "explicit" else 0.2
+    ends = []
+    for model in (with_cells, as_density):
+        sim = Simulation(model, stepper=stepper, dt=dt, dtype="float64")
+        ends.append(np.asarray(sim.advance(sim.initial_state(), 200.0).fields["IL2"]))
+    np.testing.assert_allclose(ends[0], ends[1], rtol=1e-9, atol=1e-12)
+    assert ends[0].min() > 0
+
+
+@pytest.mark.parametrize("stepper", ["explicit", "imex", "quasi_steady"])
+def test_uptake_far_faster_than_diffusion_keeps_the_field_non_negative(stepper):
+    grid = Grid((16, 16), spacing=10.0)
+    rng = np.random.default_rng(3)
+    cell = one_type(
+        grid,
+        rng.uniform(grid.lower, grid.upper, (60, 2)),
+        uptake=(CellUptake("IL2", k_on=1.0, receptors=1e4),),  # ~1e3 1/s per cell and voxel
+    )
+    il2 = Species("IL2", diffusion=100.0, decay=1e-4, initial=1.0)
+    model = Model(grid, species=(il2,), cells=(cell,))
+    sim = Simulation(model, stepper=stepper, dt="auto" if stepper == "explicit" else 30.0)
+    c = np.asarray(sim.advance(sim.initial_state(), 60.0).fields["IL2"])
+    assert np.all(np.isfinite(c)) and c.min() >= 0
+
+
+def test_many_consuming_cells_screen_a_source_with_the_density_length():
+    """A dirichlet face at x = 0 into a bar of uniformly spread consumers: the profile
+    decays as exp(-x / L) with L = sqrt(D / (k_on R rho))."""
+    n, h = 160, 5.0
+    grid = Grid((n,), spacing=h, depth=10.0)
+    D, k_on, receptors, per_voxel = 100.0, 1e-3, 400.0, 200
+    rng = np.random.default_rng(4)
+    count = n * per_voxel
+    cell = one_type(
+        grid,
+        rng.uniform(0, n * h, (count, 1)),
+        uptake=(CellUptake("IL2", k_on=k_on, receptors=receptors),),
+    )
+    face = Boundary.from_faces(1, x_min=Dirichlet(1.0))
+    model = Model(grid, species=(Species("IL2", diffusion=D, boundary=face),), cells=(cell,))
+    sim = Simulation(model, stepper="quasi_steady", dt=10.0, dtype="float64")
+    c = np.asarray(sim.advance(sim.initial_state(), 10.0).fields["IL2"])
+    rho = count / (n * h * grid.depth**2) / MOLECULES_PER_UM3_PER_NM  # nM-equivalents
+    length = np.sqrt(D / (k_on * receptors * rho))
+    x = grid.coordinates(0)
+    window = (x > length) & (x < 4 * length)
+    slope = np.polyfit(x[window], np.log(c[window]), 1)[0]
+    assert -1 / slope == pytest.approx(length, rel=0.03)
+
+
+# --- motion --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_random_walk_has_mean_squared_displacement_2_ndim_M_t(ndim):
+    grid = Grid((8,) * ndim, spacing=250.0)  # walls ~40 rms steps away
+    motility, t, count = 0.5, 400.0, 10_000
+    start = np.full((count, ndim), 1000.0)
+    cell = one_type(grid, start, motility=motility)
+    model = Model(grid, species=(Species("IL2"),), cells=(cell,))
+    sim = Simulation(model, stepper="imex", dt=20.0, seed=7)
+    end = np.asarray(sim.advance(sim.initial_state(), t).cells["T"].position, np.float64)
+    msd = np.mean(np.sum((end - start) ** 2, axis=1))
+    assert msd == pytest.approx(2 * ndim * motility * t, rel=0.05)
+
+
+def test_chemotaxis_drifts_at_chi_grad_c_in_a_fixed_linear_gradient():
+    grid = Grid((20, 40), spacing=10.0)
+    slope = 1e-3  # nM/um along x
+    ramp = np.broadcast_to(slope * grid.coordinates(1), grid.shape)
+    chi, motility, t, count = 200.0, 0.2, 300.0, 10_000
+    start = np.tile([100.0, 150.0], (count, 1))
+    cell = one_type(
+        grid, start, motility=motility, chemotaxis_species="C", chemotaxis_sensitivity=chi
+    )
+    model = Model(grid, species=(Species("C", initial=ramp),), cells=(cell,))
+    sim = Simulation(model, stepper="imex", dt=10.0, seed=2)
+    end = np.asarray(sim.advance(sim.initial_state(), t).cells["T"].position, np.float64)
+    velocity = np.mean(end - start, axis=0) / t
+    assert velocity[1] == pytest.approx(chi * slope, rel=0.05)
+    assert abs(velocity[0]) < 0.05 * chi * slope
+
+
+def test_positions_reflect_at_walls_and_wrap_on_periodic_axes():
+    lower, upper = (0.0, 0.0), (10.0, 10.0)
+    x = jnp.array([[-3.0, -3.0], [12.0, 12.0], [25.0, 25.0], [4.0, 4.0]])
+    folded = np.asarray(fold_into(x, lower, upper, (False, True)))
+    np.testing.assert_allclose(folded[:, 0], [3.0, 8.0, 5.0, 4.0], atol=1e-5)
+    np.testing.assert_allclose(folded[:, 1], [7.0, 2.0, 5.0, 4.0], atol=1e-5)
+    periodic = Boundary.uniform(2, Periodic())
+    grid = Grid((4, 5), spacing=2.0)
+    model = Model(grid, species=(Species("C", boundary=periodic),))
+    assert model.periodic_axes == (True, True)
+    index = voxel_index(grid, jnp.array([[0.1, 0.1], [7.9, 9.9], [3.0, 5.0], [8.0, 10.0]]))
+    np.testing.assert_array_equal(np.asarray(index), [0, 19, 7, 19])
+
+
+# --- state, division, death ---------------------------------------------------------------
+
+
+def test_receptors_follow_their_state_ode_exactly_at_a_fixed_field():
+    grid = Grid((4, 4), spacing=10.0)
+    P, k, K = 50.0, 2e-3, 0.1  # receptors/s, 1/s, nM
+    il2 = 0.3
+    term = StateTerm("R", production=P, decay=k, modulators=(Hill("IL2", K, 1.0),))
+    cell = one_type(grid, [[5.0, 5.0], [25.0, 35.0]], state={"R": 100.0}, state_terms=(term,))
+    model = Model(grid, species=(Species("IL2", initial=il2),), cells=(cell,))
+    sim = Simulation(model, stepper="imex", dt=50.0, dtype="float64")
+    t = 1000.0
+    R = np.asarray(sim.advance(sim.initial_state(), t).cells["T"].state["R"])[:2]
+    f = il2 / (K + il2)
+    exact = P / k + (100.0 - P / k) * np.exp(-k * f * t)
+    np.testing.assert_allclose(R, exact, rtol=1e-12)
+
+
+def test_division_and_death_grow_the_count_as_n0_exp_b_minus_d_t():
+    grid = Grid((10, 10), spacing=10.0)
+    rng = np.random.default_rng(5)
+    n0, b, d, t = 2000, 2e-4, 1e-4, 5000.0
+    cell = one_type(
+        grid,
+        rng.uniform(0, 100, (n0, 2)),
+        capacity=8000,
+        state={"R": 1.0},
+        division=Fate(b, halve=("R",)),
+        death=Fate(d),
+    )
+    model = Model(grid, species=(Species("IL2"),), cells=(cell,))
+    sim = Simulation(model, stepper="imex", dt=50.0, seed=11)
+    cells = sim.advance(sim.initial_state(), t).cells["T"]
+    count = int(cells.count)
+    growth = np.exp((b - d) * t)
+    mean = n0 * growth
+    standard_error = np.sqrt(n0 * (b + d) / (b - d) * growth * (growth - 1))
+    assert abs(count - mean) <= 3 * standard_error, (count, mean, standard_error)
+    alive = np.asarray(cells.alive)
+    ids = np.asarray(cells.id)[alive]
+    assert len(np.unique(ids)) == count and ids.max() < int(cells.next_id)
+    assert np.all(np.asarray(cells.id)[~alive] == -1)
+    R = np.asarray(cells.state["R"])[alive]
+    assert set(np.unique(R)) <= {2.0**-g for g in range(20)} and R.min() < 1
+
+
+def test_a_run_beyond_capacity_stops_with_the_key_to_raise():
+    grid = Grid((4, 4), spacing=10.0)
+    cell = one_type(grid, [[5.0, 5.0]] * 4, capacity=8, division=Fate(1e-2))
+    model = Model(grid, species=(Species("IL2"),), cells=(cell,))
+    sim = Simulation(model, stepper="imex", dt=10.0)
+    state = sim.advance(sim.initial_state(), 1000.0)
+    assert int(state.cells["T"].count) == 8
+    with pytest.raises(CapacityExceeded, match=r"cells\.T\.capacity: .*raise cells\.T\.capacity"):
+        check_capacity(state)
+
+
+def test_cells_reproduce_from_the_seed_and_resume_bitwise():
+    grid = Grid((8, 8), spacing=10.0)
+    rng = np.random.default_rng(6)
+    cell = one_type(
+        grid,
+        rng.uniform(0, 80, (50, 2)),
+        capacity=400,
+        motility=1.0,
+        secretion=(CellSecretion("IL2", 5.0),),
+        division=Fate(5e-3),
+        death=Fate(2e-3),
+    )
+    model = Model(grid, species=(Species("IL2", diffusion=20.0, decay=1e-3),), cells=(cell,))
+
+    def run(seed, cuts, state=None):
+        sim = Simulation(model, stepper="imex", dt=10.0, seed=seed)
+        state = sim.initial_state() if state is None else state
+        for t in cuts:
+            state = sim.advance(state, t)
+        return sim, state
+
+    _, whole = run(1, [300.0])
+    _, cut = run(1, [120.0, 300.0])
+    _, other = run(1 + 1, [300.0])
+    sim, half = run(1, [120.0])
+    resumed = State(  # as from a checkpoint: host arrays into a new simulation
+        t=half.t,
+        fields=sim.load_fields(half.numpy()),
+        step=half.step,
+        cells=sim.load_cells(half.cells_numpy()),
+    )
+    _, resumed = run(1, [300.0], resumed)
+    for name in ("position", "alive", "id"):
+        for state in (cut, resumed):
+            np.testing.assert_array_equal(
+                np.asarray(getattr(whole.cells["T"], name)),
+                np.asarray(getattr(state.cells["T"], name)),
+            )
+    np.testing.assert_array_equal(np.asarray(cut.fields["IL2"]), np.asarray(resumed.fields["IL2"]))
+    # an uncut run differs from a cut one only by the compensated sum's carry
+    np.testing.assert_allclose(whole.fields["IL2"], cut.fields["IL2"], rtol=1e-6)
+    assert not np.array_equal(
+        np.asarray(whole.cells["T"].position), np.asarray(other.cells["T"].position)
+    )
+
+
+def test_models_with_cells_refuse_what_they_do_not_support():
+    grid = Grid((4, 4), spacing=10.0)
+    model = Model(grid, species=(Species("IL2"),), cells=(one_type(grid, [[5.0, 5.0]]),))
+    with pytest.raises(ValueError, match="time.adaptive"):
+        Simulation(model, stepper="imex", adaptive=True)
+    with pytest.raises(ValueError, match="parallel.mesh"):
+        Simulation(model, stepper="imex", mesh=[2, 1])
+    bad = one_type(grid, [[5.0, 5.0]], secretion=(CellSecretion("IL6", 1.0),))
+    with pytest.raises(ValueError, match=r"cells\.T\.secretion: unknown species 'IL6'"):
+        Model(grid, species=(Species("IL2"),), cells=(bad,))
+    reads = dataclasses.replace(bad, secretion=(CellSecretion("IL2", 1.0, (Hill("S", 1.0),)),))
+    with pytest.raises(ValueError, match="reads 'S'"):
+        Model(grid, species=(Species("IL2"),), cells=(reads,))
