@@ -1,4 +1,5 @@
-"""From a validated config to the engine's model: grid, region masks, fields, terms, sources."""
+"""From a validated config to the engine's model: grid, region masks, fields, terms, sources,
+cell types."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
-from engine.model import regions, terms
+from engine.model import cells, regions, terms
 from engine.model.model import Model, Population, Species
 from engine.model.sources import Schedule, point_source, region_source
 from engine.numerics.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
@@ -166,6 +167,77 @@ def _schedule(schedule) -> Schedule:
     )
 
 
+def _fate(fate) -> cells.Fate | None:
+    """A [cells] division or death table as a `Fate` (None when absent)."""
+    if fate is None:
+        return None
+    return cells.Fate(fate.rate, _modulators(fate), tuple(getattr(fate, "halve", ())))
+
+
+def cell_positions(cfg: Config, index: int, grid: Grid, masks: dict) -> np.ndarray:
+    """The (count, ndim) float64 start positions (um) of the `index`-th cell type: the
+    positions file, or uniform at random (generator `np.random.default_rng([time.seed,
+    index])`) in the region (a voxel of its mask drawn uniformly with replacement, then a
+    uniform offset within it) or in the whole grid [lower, upper)."""
+    name, cell_type = list(cfg.cells.items())[index]
+    count, place = cell_type.count, cell_type.place
+    if place is not None and place.kind == "file":
+        return np.asarray(np.load(place.file, allow_pickle=False), dtype=np.float64)
+    rng = np.random.default_rng([cfg.time.seed, index])
+    lower = np.asarray(grid.lower, dtype=np.float64)
+    if place is None:
+        upper = np.asarray(grid.upper, dtype=np.float64)
+        return rng.uniform(lower, upper, size=(count, grid.ndim))
+    voxels = np.flatnonzero(masks[place.region])
+    if voxels.size == 0 and count > 0:
+        raise ConfigError(
+            f"cells.{name}.place.region: region {place.region!r} holds no voxel; place the "
+            "cells in a region that does"
+        )
+    chosen = voxels[rng.integers(0, max(voxels.size, 1), size=count)] if count else voxels[:0]
+    corner = np.stack(np.unravel_index(chosen, grid.shape), axis=1).astype(np.float64)
+    spacing = np.asarray(grid.spacing, dtype=np.float64)
+    return lower + (corner + rng.random((count, grid.ndim))) * spacing
+
+
+def build_cell_type(cfg: Config, index: int, grid: Grid, masks: dict) -> cells.CellType:
+    """The engine's `CellType` of the `index`-th [cells] table."""
+    name, c = list(cfg.cells.items())[index]
+    uptake = []
+    for u in c.uptake:
+        by_state = isinstance(u.receptors, str)
+        uptake.append(
+            cells.CellUptake(
+                u.species,
+                k_on=u.k_on,
+                receptors=None if by_state else u.receptors,
+                receptors_state=u.receptors if by_state else None,
+                vmax=u.vmax,
+                km=u.km,
+                modulators=_modulators(u),
+            )
+        )
+    return cells.CellType(
+        name,
+        capacity=c.capacity,
+        initial=cell_positions(cfg, index, grid, masks),
+        state=dict(c.state),
+        motility=c.motility,
+        chemotaxis_species=c.chemotaxis.species if c.chemotaxis else None,
+        chemotaxis_sensitivity=c.chemotaxis.sensitivity if c.chemotaxis else 0.0,
+        secretion=tuple(
+            cells.CellSecretion(s.species, s.rate, _modulators(s)) for s in c.secretion
+        ),
+        uptake=tuple(uptake),
+        state_terms=tuple(
+            cells.StateTerm(t.variable, t.production, t.decay, _modulators(t))
+            for t in c.state_terms
+        ),
+        division=_fate(c.division),
+        death=_fate(c.death),
+    )
+
+
 def build_model(cfg: Config) -> Model:
     """The engine model of a validated config."""
     grid = build_grid(cfg)
@@ -204,6 +276,7 @@ def build_model(cfg: Config) -> Model:
         populations=populations,
         sources=tuple(sources),
         terms=tuple(build_term(t, masks, i) for i, t in enumerate(cfg.terms)),
+        cells=tuple(build_cell_type(cfg, i, grid, masks) for i in range(len(cfg.cells))),
     )
 
 
@@ -220,4 +293,5 @@ def time_options(cfg: Config) -> dict:
         adaptive=t.adaptive,
         compensated=t.compensated,
         mesh=cfg.parallel.mesh,
+        seed=t.seed,
     )

@@ -12,7 +12,10 @@ import numpy as np
 from engine.config.errors import fail, key_part, listing
 
 if TYPE_CHECKING:
-    from engine.config.schema import Coefficient, Config, Initial
+    from engine.config.schema import CellTypeConfig, Coefficient, Config, Initial
+
+CELL_ARRAYS = ("position", "alive", "id", "next_id", "overflow")
+"""Every cell type's own arrays: no state variable may take these names."""
 
 
 def check_config(cfg: Config) -> None:
@@ -35,6 +38,7 @@ class _Checker:
         self.fields()
         self.terms()
         self.sources()
+        self.cells()
         for i, name in enumerate(self.cfg.output.fields or ()):
             self.ref(name, "field", f"output.fields[{i}]")
 
@@ -269,3 +273,120 @@ class _Checker:
                         "excluded); give a position inside it",
                         at=f"{here}.position",
                     )
+
+    # cells --------------------------------------------------------------------------------
+    def cells(self) -> None:
+        for name, cell_type in self.cfg.cells.items():
+            here = f"cells.{key_part(name)}"
+            if not name.isidentifier():
+                raise fail(
+                    f"{name!r} is not a valid cell type name; use letters, digits and _, "
+                    "not starting with a digit",
+                    at=here,
+                )
+            self.cell_state(name, cell_type, here)
+            if cell_type.place is not None:
+                if cell_type.place.region is not None:
+                    self.ref(cell_type.place.region, "region", f"{here}.place.region")
+                else:
+                    self.cell_file(cell_type, f"{here}.place.file")
+            if cell_type.chemotaxis is not None:
+                self.ref(cell_type.chemotaxis.species, "species", f"{here}.chemotaxis.species")
+            for key in ("secretion", "uptake"):
+                for i, entry in enumerate(getattr(cell_type, key)):
+                    self.ref(entry.species, "species", f"{here}.{key}[{i}].species")
+            for i, uptake in enumerate(cell_type.uptake):
+                if isinstance(uptake.receptors, str):
+                    self.state_ref(
+                        uptake.receptors, cell_type, here, f"{here}.uptake[{i}].receptors"
+                    )
+            for i, term in enumerate(cell_type.state_terms):
+                self.state_ref(term.variable, cell_type, here, f"{here}.state_terms[{i}].variable")
+            if cell_type.division is not None:
+                halve = cell_type.division.halve
+                for k, variable in enumerate(halve):
+                    at = f"{here}.division.halve[{k}]"
+                    self.state_ref(variable, cell_type, here, at)
+                    if variable in halve[:k]:
+                        raise fail(f'"{variable}" is listed twice; list it once', at=at)
+            readable = list(self.cfg.species) + list(self.cfg.populations)
+            readable += list(cell_type.state)
+            for key, table in cell_type.modulated():
+                for group in ("activators", "inhibitors"):
+                    for j, modulator in enumerate(getattr(table, group)):
+                        if modulator.of not in readable:
+                            raise fail(
+                                f'unknown species, population or state variable "{modulator.of}";'
+                                f" defined: {listing(readable)}",
+                                at=f"{here}.{key}.{group}[{j}].of",
+                            )
+
+    def cell_state(self, name: str, cell_type: CellTypeConfig, here: str) -> None:
+        """State variable names: identifiers, neither a field nor one of the cells' arrays."""
+        for variable in cell_type.state:
+            at = f"{here}.state.{key_part(variable)}"
+            if not variable.isidentifier():
+                raise fail(
+                    f"{variable!r} is not a valid state variable name; use letters, digits "
+                    "and _, not starting with a digit",
+                    at=at,
+                )
+            if variable in self.cfg.species or variable in self.cfg.populations:
+                kind = "species" if variable in self.cfg.species else "population"
+                raise fail(
+                    f'"{variable}" is also a {kind}, which modulators read by that name; '
+                    "give the state variable another name",
+                    at=at,
+                )
+            if variable in CELL_ARRAYS:
+                raise fail(
+                    f'"{variable}" names an array every cell type has ({", ".join(CELL_ARRAYS)});'
+                    " give the state variable another name",
+                    at=at,
+                )
+
+    def state_ref(self, variable: str, cell_type: CellTypeConfig, here: str, at: str) -> None:
+        if variable in cell_type.state:
+            return
+        if cell_type.state:
+            fix = f"defined: {listing(cell_type.state)}"
+        else:
+            fix = f"defined: none; add it to {here}.state"
+        raise fail(f'unknown state variable "{variable}"; {fix}', at=at)
+
+    def cell_file(self, cell_type: CellTypeConfig, at: str) -> None:
+        """A positions file: (count, ndim) finite numbers inside the grid (upper faces
+        excluded)."""
+        path = cell_type.place.file
+        try:
+            positions = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise fail(
+                f"cannot read {path!r} as a .npy array ({error}); give a .npy array of positions",
+                at=at,
+            ) from None
+        want = (cell_type.count, self.grid.ndim)
+        if positions.shape != want:
+            raise fail(
+                f"the file holds shape {positions.shape}, count = {cell_type.count} cells in "
+                f"{self.grid.ndim}D need {want}; give one row of {self.grid.ndim} coordinates "
+                f"(um, axes {', '.join(self.grid.axes)}) per cell, or set count to the rows",
+                at=at,
+            )
+        if positions.dtype.kind not in "iuf":
+            raise fail(f"the file holds {positions.dtype} values; give numbers (um)", at=at)
+        if not np.all(np.isfinite(positions)):
+            raise fail("the file holds non-finite positions; give finite positions (um)", at=at)
+        lower, upper = np.asarray(self.grid.lower), np.asarray(self.grid.upper)
+        outside = ~np.all((positions >= lower) & (positions < upper), axis=1)
+        if np.any(outside):
+            row = int(np.flatnonzero(outside)[0])
+            where = ", ".join(f"{p:g}" for p in positions[row])
+            extent = " x ".join(f"[{lo:g}, {up:g})" for lo, up in zip(lower, upper))
+            more = int(outside.sum()) - 1
+            others = f" (and {more} more rows)" if more else ""
+            raise fail(
+                f"row {row} ({where}) um lies outside the grid {extent} um (upper faces "
+                f"excluded){others}; give positions inside it",
+                at=at,
+            )

@@ -7,23 +7,36 @@ import math
 
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
-from engine.numerics.memory import PLANNING_FRACTION, STATE_COPIES
+from engine.numerics.memory import PLANNING_FRACTION, STATE_COPIES, cells_bytes
 
 
 def check_memory(cfg: Config, available: int | None) -> None:
-    """ConfigError naming grid.shape if the run's state estimate exceeds PLANNING_FRACTION of
-    `available` bytes (None: unknown, not checked)."""
+    """ConfigError if the run's state estimate (`Config.memory_bytes`: fields and cells)
+    exceeds PLANNING_FRACTION of `available` bytes (None: unknown, not checked). The error
+    names grid.shape, or the largest cell type's capacity when the cells need more than the
+    fields."""
     if available is None:
         return
     need = cfg.memory_bytes()
     limit = PLANNING_FRACTION * available
-    if need > limit:
-        fields = max(len(cfg.field_names), 1)
-        voxels = math.prod(cfg.grid.shape)
-        per_value = 8 if cfg.time.dtype == "float64" else 4
-        raise ConfigError(
-            f"grid.shape: the run needs about {need / 1e9:.3g} GB ({fields} fields x "
-            f"{voxels:.3g} voxels x {per_value} bytes x {STATE_COPIES} copies), more than "
-            f"{PLANNING_FRACTION:.0%} of the available memory ({limit / 1e9:.3g} GB of "
-            f"{available / 1e9:.3g} GB); use a smaller grid or more devices"
-        )
+    if need <= limit:
+        return
+    fields = max(len(cfg.field_names), 1)
+    voxels = math.prod(cfg.grid.shape)
+    per_value = cfg.bytes_per_value
+    what = f"{fields} fields x {voxels:.3g} voxels x {per_value} bytes x {STATE_COPIES} copies"
+    key, fix = "grid.shape", "use a smaller grid or more devices"
+    values = cfg.cell_values()
+    if values:
+        what += f", plus {values:.3g} cell values x {per_value} bytes x {STATE_COPIES} copies"
+        if cells_bytes(values, per_value) > need / 2:
+            ndim = cfg.grid.ndim
+            name = max(
+                cfg.cells, key=lambda n: cfg.cells[n].capacity * cfg.cells[n].values_per_cell(ndim)
+            )
+            key, fix = f"cells.{name}.capacity", "lower the cell types' capacities"
+    raise ConfigError(
+        f"{key}: the run needs about {need / 1e9:.3g} GB ({what}), more than "
+        f"{PLANNING_FRACTION:.0%} of the available memory ({limit / 1e9:.3g} GB of "
+        f"{available / 1e9:.3g} GB); {fix}"
+    )

@@ -9,6 +9,13 @@ bound is a sum of growth rates), so `Parameters` finds, by building the model at
 value and at two others, the base leaves and the slope of each leaf the key moves. Binding a
 value (a traced one included) is then a sum that `vmap` and `grad` see through, with no
 recompilation and no knowledge here of how each term stores its numbers.
+
+Cell types ([cells]) add leaves after every other leaf of the model (their start positions,
+rates and initial state values), so the leaves of the other keys keep their indices. Their
+rates, coefficients and initial state values are parameters like any other
+(`cells.Th.secretion[0].rate`, `cells.Th.state.R`); what counts or places cells (`count`,
+`capacity`, `place`) and `time.seed` (which draws the start positions) are not: the model
+changes with them in steps, or in shape.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from engine.config.schema import Config
 from engine.config.toml import to_raw
 from engine.model.model import Model
 
-MODEL_SECTIONS = ("species", "populations", "terms", "sources")
+MODEL_SECTIONS = ("species", "populations", "terms", "sources", "cells")
 """Config tables whose numbers are model parameters."""
 
-NOT_PARAMETERS = {"seed", "center", "position", "radius", "count"}
+NOT_PARAMETERS = {"seed", "center", "position", "radius", "count", "place"}
 """Numbers of those tables that place or count things rather than set a rate: left out of
 `numeric_keys` (the model depends on them in steps, not affinely)."""
+
+CELL_NOT_PARAMETERS = ("count", "capacity", "place")
+"""Keys of a [cells.NAME] table that count or place cells: never parameters."""
 
 _AFFINE_RTOL = 1e-9
 
@@ -50,13 +60,26 @@ def _node(raw: dict, key: str):
 def config_number(cfg: Config, key: str, sections=MODEL_SECTIONS) -> tuple[str, float]:
     """The path of the number `key` names and its value (engine units): `key` itself, or
     `key.value` for a coefficient or an initial value (tables whose number is their `value`).
-    Keys outside `sections` (time, grid, output) change nothing in the model: a ConfigError."""
-    if split_path(key)[0] not in sections:
+    Keys outside `sections` (time, grid, output) change nothing in the model, and the keys
+    that count or place cells (`cells.NAME.count`, `capacity`, `place`, and `time.seed`) move
+    it in steps: a ConfigError."""
+    tokens = split_path(key)
+    if tokens[:2] == ["time", "seed"]:
+        raise ConfigError(
+            f"{key}: draws the cells' start positions and random walks, not a rate; vary it "
+            "with separate runs (--set time.seed=...) instead"
+        )
+    if tokens[0] not in sections:
         raise ConfigError(
             f"{key}: changes nothing in the model; name a number of {', '.join(sections)} "
             "(time, grid and output keys cannot vary within one batch)"
         )
     node = _node(to_raw(cfg), key)
+    if tokens[0] == "cells" and len(tokens) >= 3 and tokens[2] in CELL_NOT_PARAMETERS:
+        raise ConfigError(
+            f"{key}: counts or places cells, which changes the model in steps, not as a rate; "
+            "vary it with separate runs (--set) instead"
+        )
     if isinstance(node, dict) and _is_number(node.get("value")):
         return f"{key}.value", float(node["value"])
     if not _is_number(node):
@@ -79,8 +102,8 @@ def display_key(key: str) -> str:
 
 
 def numeric_keys(cfg: Config) -> list[str]:
-    """Every rate-like number of the model's tables (species, populations, terms, sources),
-    in config order, as display keys: the candidates of a sensitivity analysis."""
+    """Every rate-like number of the model's tables (species, populations, terms, sources,
+    cells), in config order, as display keys: the candidates of a sensitivity analysis."""
     keys: list[str] = []
 
     def walk(node, path: str) -> None:
@@ -170,7 +193,8 @@ class Parameters:
         for p, slopes in enumerate(self.slopes):
             change = values[p] - self.values[p]
             for i, slope in slopes.items():
-                leaves[i] = leaves[i] + (jnp.asarray(slope) * change).astype(leaves[i].dtype)
+                leaf = jnp.asarray(leaves[i])  # a float leaf of a model not yet cast
+                leaves[i] = leaf + (jnp.asarray(slope) * change).astype(leaf.dtype)
         return jax.tree.unflatten(treedef, leaves)
 
 
@@ -195,6 +219,11 @@ def _slopes(cfg, key, path, value, base, treedef) -> dict[int, np.ndarray]:
     for i, leaf in enumerate(base):
         if not differs(leaf, moved[0][i]):
             continue
+        if leaf.shape != moved[0][i].shape or leaf.shape != moved[1][i].shape:
+            raise ConfigError(
+                f"{key}: changing it changes the shape of the model's arrays (counts); vary "
+                "it with separate runs (--set) instead"
+            )
         slope = (moved[0][i] - leaf) / (trials[0] - value)
         predicted = leaf + slope * (trials[1] - value)
         scale = max(float(np.max(np.abs(moved[1][i]), initial=0.0)), 1e-300)
@@ -209,6 +238,6 @@ def _slopes(cfg, key, path, value, base, treedef) -> dict[int, np.ndarray]:
     if not slopes:
         raise ConfigError(
             f"{key}: changes nothing in the model; name a number of species, populations, "
-            "terms or sources (time, grid and output keys cannot be varied in one batch)"
+            "terms, sources or cells (time, grid and output keys cannot be varied in one batch)"
         )
     return slopes

@@ -8,7 +8,8 @@ config as a whole (`engine.config.checks`). Validators raise `errors.fail`, whic
 
 Quantities whose unit depends on the field they belong to (initial values, boundary values,
 Hill constants K) are converted with the field's kind: concentration (nM) for a species,
-density (cells/um^3) for a population.
+density (cells/um^3) for a population. A cell's state variables ([cells.NAME].state) are plain
+numbers, and so is the K of a modulator that reads one.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.config.checks import check_config
-from engine.config.errors import fail, listing, show
+from engine.config.errors import fail, key_part, listing, show
 from engine.config.units import ENGINE_UNITS, UnitError, to_engine
 from engine.numerics.grid import AXIS_NAMES
-from engine.numerics.memory import state_bytes
+from engine.numerics.memory import cells_bytes, state_bytes
 
 _EXAMPLES = {
     "length": '"10 um"',
@@ -656,23 +657,28 @@ class Uptake(_Term):
 
     @model_validator(mode="after")
     def _one_pair(self):
-        saturable = self.vmax is not None or self.km is not None
-        linear = self.k_on is not None or self.receptors is not None
-        if saturable and linear:
-            raise fail("gives both vmax/km and k_on/receptors; keep one pair")
-        if not saturable and not linear:
-            raise fail("needs vmax and km, or k_on and receptors; add one pair")
-        for first, second in (
-            ("vmax", "km"),
-            ("km", "vmax"),
-            ("k_on", "receptors"),
-            ("receptors", "k_on"),
-        ):
-            if getattr(self, first) is not None and getattr(self, second) is None:
-                raise fail(
-                    f"missing ({first} is given); add {second}, or use the other pair", at=second
-                )
+        _one_uptake_pair(self)
         return self
+
+
+def _one_uptake_pair(uptake) -> None:
+    """An uptake (term or cells') gives exactly one pair: vmax and km, or k_on and receptors."""
+    saturable = uptake.vmax is not None or uptake.km is not None
+    linear = uptake.k_on is not None or uptake.receptors is not None
+    if saturable and linear:
+        raise fail("gives both vmax/km and k_on/receptors; keep one pair")
+    if not saturable and not linear:
+        raise fail("needs vmax and km, or k_on and receptors; add one pair")
+    for first, second in (
+        ("vmax", "km"),
+        ("km", "vmax"),
+        ("k_on", "receptors"),
+        ("receptors", "k_on"),
+    ):
+        if getattr(uptake, first) is not None and getattr(uptake, second) is None:
+            raise fail(
+                f"missing ({first} is given); add {second}, or use the other pair", at=second
+            )
 
 
 class Growth(_Term):
@@ -826,6 +832,188 @@ TAGGED = {"terms": TERM_TYPES, "sources": SOURCE_TYPES}
 """Arrays of tables whose entries are told apart by `type` -> the type names."""
 
 
+# ---------------------------------------------------------------------------------------------
+# Cells (DESIGN.md section 7): individual cells of named types, each type one [cells.NAME]
+
+
+def _molecule_rate(value: Any) -> float:
+    """Molecules per cell per second: a number, "20 molecule/s", or "20 1/s" (molecules
+    counted as a plain number)."""
+    kind = "molecule_rate"
+    if isinstance(value, str):
+        try:
+            to_engine(value, "rate")
+            kind = "rate"  # a count per second
+        except UnitError as error:
+            if "must be finite" in str(error):
+                kind = "rate"
+        except Exception:  # noqa: BLE001, S110 - unreadable: `_number` below says why
+            pass
+    try:
+        return _number(value, kind, ge=0)
+    except PydanticCustomError as error:
+        reason = error.context["message"].split(";")[0]
+        raise fail(
+            f"{reason}; give molecules per cell per second, a number or a string with a unit, "
+            'e.g. "20 molecule/s" or "20 1/s"'
+        ) from None
+
+
+MoleculeRate = Annotated[float, BeforeValidator(_molecule_rate)]
+
+
+def _receptors(value: Any) -> float | str:
+    """Receptors per cell: a number, or the name of a state variable of the cell type."""
+    if isinstance(value, str) and value.isidentifier():
+        return value
+    try:
+        return _number(value, "dimensionless", ge=0)
+    except PydanticCustomError as error:
+        reason = error.context["message"].split(";")[0]
+        raise fail(
+            f"{reason}; give a number of receptors per cell or the name of a state variable, "
+            'e.g. "R"'
+        ) from None
+
+
+class CellPlace(_Model):
+    """Where a type's cells start: uniformly at random in the named `region`, or at the
+    positions in `file` (.npy, (count, ndim) um, the grid's axis order z, y, x; relative to
+    the config's folder). A type without `place` starts uniformly in the whole grid."""
+
+    region: Name | None = None
+    file: str | None = None
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _file(cls, value, info: ValidationInfo):
+        return None if value is None else _resolve_file(value, info, (".npy",))
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        given = [key for key in ("region", "file") if getattr(self, key) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) if given else "none"
+            raise fail(
+                f"needs exactly one of region, file, got {got}; keep one, or leave place out "
+                "to place the cells in the whole grid"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """region or file."""
+        return "region" if self.region is not None else "file"
+
+
+class CellSecretion(_Model):
+    """Each cell adds rate molecules/s of species to its voxel (modulated)."""
+
+    species: Name
+    rate: MoleculeRate
+    activators: list[Modulator] = []
+    inhibitors: list[Modulator] = []
+
+
+class CellUptake(_Model):
+    """Each cell takes up vmax c/(km + c), or k_on receptors c, molecules/s of species from
+    its voxel; receptors a number or the name of a state variable of the type."""
+
+    species: Name
+    vmax: MoleculeRate | None = None
+    km: Annotated[float, _q("concentration", gt=0)] | None = None
+    k_on: Annotated[float, _q("association", ge=0)] | None = None
+    receptors: Annotated[float | str, BeforeValidator(_receptors)] | None = None
+    activators: list[Modulator] = []
+    inhibitors: list[Modulator] = []
+
+    @model_validator(mode="after")
+    def _one_pair(self):
+        _one_uptake_pair(self)
+        return self
+
+
+class StateTerm(_Model):
+    """d variable/dt += (production - decay variable) x modulation: production in the
+    variable's units per s (the variables are plain numbers: 1/s), decay 1/s."""
+
+    variable: Name
+    production: Annotated[float, _q("rate", ge=0)] = 0.0
+    decay: Annotated[float, _q("rate", ge=0)] = 0.0
+    activators: list[Modulator] = []
+    inhibitors: list[Modulator] = []
+
+
+class CellFate(_Model):
+    """A per-cell death rate (1/s), modulated."""
+
+    rate: Annotated[float, _q("rate", ge=0)]
+    activators: list[Modulator] = []
+    inhibitors: list[Modulator] = []
+
+
+class CellDivision(_Model):
+    """A per-cell division rate (1/s), modulated; `halve`: the state variables mother and
+    daughter each get half of (the others are copied)."""
+
+    rate: Annotated[float, _q("rate", ge=0)]
+    halve: list[Name] = []
+    activators: list[Modulator] = []
+    inhibitors: list[Modulator] = []
+
+
+class CellTypeConfig(_Model):
+    """One type of cell: `count` cells at t = 0, placed by `place` (default: uniformly in the
+    whole grid, seeded by time.seed), at most `capacity` alive at once (default 4 x count, at
+    least 1), random motility (um^2/s), chemotaxis, state variables (name -> initial value,
+    plain numbers >= 0), secretion, uptake, state terms, division and death."""
+
+    count: Annotated[int, _int(ge=0)]
+    place: CellPlace | None = None
+    capacity: Annotated[int, _int(ge=1)] | None = None
+    motility: Annotated[float, _q("diffusivity", ge=0)] = 0.0
+    chemotaxis: Chemotaxis | None = None
+    state: dict[str, Annotated[float, _q("dimensionless", ge=0)]] = {}
+    secretion: list[CellSecretion] = []
+    uptake: list[CellUptake] = []
+    state_terms: list[StateTerm] = []
+    division: CellDivision | None = None
+    death: CellFate | None = None
+
+    @model_validator(mode="after")
+    def _capacity(self):
+        if self.capacity is None:
+            self.capacity = max(4 * self.count, 1)
+        elif self.capacity < self.count:
+            raise fail(
+                f"{self.capacity} is below count = {self.count}; raise capacity to at least "
+                f"{self.count} or lower count",
+                at="capacity",
+            )
+        return self
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self.state)
+
+    def modulated(self) -> list[tuple[str, Any]]:
+        """(key path below the type, table) of every table of the type that takes
+        activators and inhibitors, in config order."""
+        tables: list[tuple[str, Any]] = []
+        for key in ("secretion", "uptake", "state_terms"):
+            tables += [(f"{key}[{i}]", entry) for i, entry in enumerate(getattr(self, key))]
+        tables += [
+            (key, fate)
+            for key, fate in (("division", self.division), ("death", self.death))
+            if fate is not None
+        ]
+        return tables
+
+    def values_per_cell(self, ndim: int) -> int:
+        """Numbers each slot holds: position (ndim), alive, id and the state variables."""
+        return ndim + 2 + len(self.state)
+
+
 def _mesh(value: Any):
     if value is None or value == "auto":
         return value
@@ -860,6 +1048,68 @@ class OutputConfig(_Model):
     checkpoint_every: Duration | None = None
 
 
+def _modulator_tables(data: dict):
+    """(key path, modulator table, the state variables `of` may also name (None in
+    [[terms]])) of every activator and inhibitor of the raw config `data`."""
+    tables: list[tuple[str, dict, dict | None]] = []
+    terms = data.get("terms")
+    for i, term in enumerate(terms if isinstance(terms, list) else ()):
+        tables.append((f"terms[{i}]", term, None))
+    cells = data.get("cells")
+    for name, cell_type in (cells if isinstance(cells, dict) else {}).items():
+        if not isinstance(cell_type, dict):
+            continue
+        here = f"cells.{key_part(str(name))}"
+        state = cell_type.get("state") if isinstance(cell_type.get("state"), dict) else {}
+        for key in ("secretion", "uptake", "state_terms"):
+            entries = cell_type.get(key)
+            for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+                tables.append((f"{here}.{key}[{i}]", entry, state))
+        for key in ("division", "death"):
+            tables.append((f"{here}.{key}", cell_type.get(key), state))
+    for here, table, state in tables:
+        if not isinstance(table, dict):
+            continue
+        for group in ("activators", "inhibitors"):
+            modulators = table.get(group)
+            for j, modulator in enumerate(modulators if isinstance(modulators, list) else ()):
+                if isinstance(modulator, dict):
+                    yield f"{here}.{group}[{j}]", modulator, state
+
+
+def _hill_in_units(
+    modulator: dict, here: str, species: dict, populations: dict, state: dict | None
+) -> float:
+    """A modulator's K given as a string with a unit, in the engine unit of what `of` names:
+    nM for a species, cells/um^3 for a population; a cell's state variable takes numbers."""
+    of = modulator.get("of")
+    if of in species:
+        kind = "concentration"
+    elif of in populations:
+        kind = "density"
+    elif state is not None and of in state:
+        raise fail(
+            f"{modulator['K']!r}: {of!r} is a state variable, a plain number; give K as a "
+            "number in its units, e.g. K = 0.5",
+            at=f"{here}.K",
+        )
+    elif isinstance(of, str):
+        defined = list(species) + list(populations)
+        what = "species or population"
+        if state is not None:
+            defined += list(state)
+            what = "species, population or state variable"
+        raise fail(f'unknown {what} "{of}"; defined: {listing(defined)}', at=f"{here}.of")
+    else:
+        return modulator["K"]  # `of` itself is wrong: its own validator says so
+    try:
+        return _number(modulator["K"], kind, gt=0)
+    except PydanticCustomError as error:
+        field = "a species" if kind == "concentration" else "a population"
+        message = error.context["message"]
+        raise fail(f"{message} (of = {of!r} is {field})", at=f"{here}.K") from None
+
+
 class Config(_Model):
     """A validated config, every quantity a float in engine units."""
 
@@ -870,48 +1120,24 @@ class Config(_Model):
     populations: dict[str, PopulationConfig] = {}
     terms: list[Term] = []
     sources: list[Source] = []
+    cells: dict[str, CellTypeConfig] = {}
     output: OutputConfig = Field(default_factory=OutputConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
 
     @classmethod
     def _normalize(cls, data):
-        """Hill constants K given with a unit: converted in the units of `of`, which needs the
-        names of species and populations."""
-        if not isinstance(data, dict) or not isinstance(data.get("terms"), list):
+        """Hill constants K given with a unit, in [[terms]] and in the tables of [cells]:
+        converted in the units of `of` (concentration for a species, density for a
+        population), which needs the names of species and populations. A cell's state
+        variables are plain numbers: their K must be one too."""
+        if not isinstance(data, dict):
             return data
+        data = copy.deepcopy(data)
         species = data.get("species") if isinstance(data.get("species"), dict) else {}
         populations = data.get("populations") if isinstance(data.get("populations"), dict) else {}
-        data = copy.deepcopy(data)
-        for i, term in enumerate(data["terms"]):
-            if not isinstance(term, dict):
-                continue
-            for group in ("activators", "inhibitors"):
-                modulators = term.get(group)
-                if not isinstance(modulators, list):
-                    continue
-                for j, modulator in enumerate(modulators):
-                    if not isinstance(modulator, dict) or not isinstance(modulator.get("K"), str):
-                        continue
-                    here = f"terms[{i}].{group}[{j}]"
-                    of = modulator.get("of")
-                    if of in species:
-                        kind = "concentration"
-                    elif of in populations:
-                        kind = "density"
-                    elif isinstance(of, str):
-                        defined = listing(list(species) + list(populations))
-                        raise fail(
-                            f'unknown species or population "{of}"; defined: {defined}',
-                            at=f"{here}.of",
-                        )
-                    else:
-                        continue
-                    try:
-                        modulator["K"] = _number(modulator["K"], kind, gt=0)
-                    except PydanticCustomError as error:
-                        field = "a species" if kind == "concentration" else "a population"
-                        message = error.context["message"]
-                        raise fail(f"{message} (of = {of!r} is {field})", at=f"{here}.K") from None
+        for here, modulator, state in _modulator_tables(data):
+            if isinstance(modulator.get("K"), str):
+                modulator["K"] = _hill_in_units(modulator, here, species, populations, state)
         return data
 
     @model_validator(mode="after")
@@ -920,9 +1146,22 @@ class Config(_Model):
         return self
 
     def memory_bytes(self) -> int:
-        """Estimated bytes of the state while stepping (`numerics.memory.state_bytes`)."""
-        per_value = 8 if self.time.dtype == "float64" else 4
-        return state_bytes(len(self.field_names), math.prod(self.grid.shape), per_value)
+        """Estimated bytes of the state while stepping: the fields
+        (`numerics.memory.state_bytes`) plus the cells (`numerics.memory.cells_bytes`: every
+        type's capacity x (ndim position + alive + id + state variables) values, at the
+        fields' bytes per value and with the same STATE_COPIES copies the loop holds)."""
+        per_value = self.bytes_per_value
+        fields = state_bytes(len(self.field_names), math.prod(self.grid.shape), per_value)
+        return fields + cells_bytes(self.cell_values(), per_value)
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 8 if self.time.dtype == "float64" else 4
+
+    def cell_values(self) -> int:
+        """Numbers the cells' arrays hold: per type capacity x (ndim + 2 + state variables)."""
+        ndim = self.grid.ndim
+        return sum(c.capacity * c.values_per_cell(ndim) for c in self.cells.values())
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -932,6 +1171,12 @@ class Config(_Model):
 
 __all__ = [
     "Box",
+    "CellDivision",
+    "CellFate",
+    "CellPlace",
+    "CellSecretion",
+    "CellTypeConfig",
+    "CellUptake",
     "Chemotaxis",
     "Coefficient",
     "Config",
@@ -963,6 +1208,7 @@ __all__ = [
     "SpeciesInitial",
     "Sphere",
     "Spots",
+    "StateTerm",
     "Term",
     "TimeConfig",
     "Uptake",

@@ -17,6 +17,14 @@ def state_bytes(n_fields: int, n_voxels: int, itemsize: int) -> int:
     return max(n_fields, 1) * n_voxels * itemsize * STATE_COPIES
 
 
+def cells_bytes(n_values: int, itemsize: int) -> int:
+    """Estimated bytes of individual cells while stepping, by the fields' rule: the numbers
+    their arrays hold (per type: capacity x (ndim position + alive + id + state variables),
+    each counted at the fields' `itemsize`, an upper bound for the bool and int32 ones) x
+    bytes per value x STATE_COPIES (the loop's carry, the step's new arrays, temporaries)."""
+    return n_values * itemsize * STATE_COPIES
+
+
 def available_memory() -> int | None:
     """Bytes of memory available on this machine (MemAvailable), None when unknown."""
     try:

@@ -86,6 +86,11 @@ class Trajectory:
         from engine.runs.driver import output_times
 
         self.config = cfg
+        if cfg.cells:
+            raise ConfigError(
+                "cells: gradients are not defined through the cells' random walks, division "
+                "and death; remove [cells] to differentiate or fit"
+            )
         self.sim = Simulation(cfg, mesh=None)
         if self.sim.adaptive:
             raise ConfigError(
