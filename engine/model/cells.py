@@ -247,10 +247,15 @@ def receptors(uptake: CellUptake, cells: Cells):
 
 
 def exchange_terms(
-    cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields: Mapping, grid
+    cell_types: tuple[CellType, ...],
+    population: Mapping[str, Cells],
+    fields: Mapping,
+    grid,
+    linear_sinks: bool = True,
 ) -> tuple[VoxelExchange, ...]:
     """Every type's secretion and uptake as one `VoxelExchange` per species, from the cells'
-    positions and states and the fields at the start of the step."""
+    positions and states and the fields at the start of the step; without the first-order
+    uptake if not `linear_sinks` (what an accuracy target that solves them exactly omits)."""
     production: dict = {}
     loss: dict = {}
     saturable: dict = {}
@@ -267,7 +272,7 @@ def exchange_terms(
             if u.saturable:
                 vmax = per_voxel(factor * u.vmax, index, grid)
                 saturable[u.species] = (*saturable.get(u.species, ()), (vmax, u.km))
-            else:
+            elif linear_sinks:
                 # k_on R molecules/s per nM in the voxel: as a loss rate, / (V x molecules/nM)
                 rate = per_voxel(factor * u.k_on * receptors(u, cells), index, grid)
                 accumulate(loss, u.species, rate)
@@ -279,6 +284,28 @@ def exchange_terms(
 
 
 # --- the cells' own step ----------------------------------------------------------------
+
+MOVE_PER_STEP = 0.5
+"""The most a cell may move in one step, in voxels (rms random step, or drift): the fields
+see each cell where it was at the step's start, so a step must not outrun the grid."""
+
+
+def motion_dt(
+    cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields, grid, periodic
+):
+    """Largest step (s) in which no cell's rms random step sqrt(2 ndim M dt) nor its
+    chemotactic drift |chi grad c| dt exceeds `MOVE_PER_STEP` voxels."""
+    h = MOVE_PER_STEP * min(grid.spacing)
+    dt = jnp.inf
+    for ct in cell_types:
+        dt = jnp.minimum(dt, h**2 / (2 * grid.ndim * jnp.maximum(ct.motility, 1e-30)))
+        if ct.chemotaxis_species is not None:
+            cells = population[ct.name]
+            gradient = gradient_at(fields[ct.chemotaxis_species], grid, cells.position, periodic)
+            speed = jnp.abs(ct.chemotaxis_sensitivity) * jnp.sqrt(jnp.sum(gradient**2, axis=1))
+            speed = jnp.max(jnp.where(cells.alive, speed, 0.0))
+            dt = jnp.minimum(dt, h / jnp.maximum(speed, 1e-30))
+    return dt
 
 
 def state_change(cell_type: CellType, cells: Cells, seen: Mapping, dt) -> dict:

@@ -187,12 +187,12 @@ class Model:
         """The model with every numeric leaf a device array of `dtype`."""
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), self)
 
-    def coupled(self, population: Mapping, fields: Mapping) -> Model:
+    def coupled(self, population: Mapping, fields: Mapping, linear_sinks: bool = True) -> Model:
         """The model with its cells' secretion and uptake for the current positions, states
         and fields appended to its terms (`cells.exchange_terms`); itself without cells."""
         if not self.cells:
             return self
-        exchange = exchange_terms(self.cells, population, fields, self.grid)
+        exchange = exchange_terms(self.cells, population, fields, self.grid, linear_sinks)
         return dataclasses.replace(self, terms=self.terms + exchange)
 
     def initial_cells(self, dtype) -> dict:

@@ -3,6 +3,8 @@ reaction-diffusion system on which the steppers' orders and costs are measured."
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -87,3 +89,70 @@ def gray_scott_model(shape: tuple[int, ...]) -> Model:
     u = Species("u", diffusion=0.2, boundary=periodic, initial=1.0 - 0.5 * bump)
     v = Species("v", diffusion=0.1, boundary=periodic, initial=0.25 * bump + 0.01)
     return Model(grid, species=(u, v), reactions=gray_scott_reactions, reaction_rate=1.0)
+
+
+def niche_radius(c: np.ndarray, centres, spacing: float, threshold: float, reach: int):
+    """The radius (um) at which the means of a field `c` over shells of one voxel around the
+    voxels `centres`, averaged over the centres, fall below `threshold` (log-linear between
+    the shells around the crossing; shells up to `reach` voxels); NaN if they never do."""
+    index = np.indices(c.shape)
+    radii = np.arange(1, reach + 1)
+    means = np.zeros(len(radii))
+    for centre in centres:
+        distance = np.sqrt(sum((index[a] - centre[a]) ** 2 for a in range(c.ndim)))
+        means += [c[np.abs(distance - r) <= 0.5].mean() / len(centres) for r in radii]
+    below = np.nonzero(means < threshold)[0]
+    if below.size == 0 or below[0] == 0:
+        return np.nan
+    i = below[0]
+    a, b = np.log(means[i - 1]), np.log(means[i])
+    return spacing * (radii[i - 1] + (np.log(threshold) - a) / (b - a))
+
+
+def niche_scaling(config, consumers, threshold: float, per_side: int = 4, overrides=None):
+    """IL-2 niche radii in a config's 2D model (`configs/il2_niches_no_treg.toml`):
+    per_side^2 secreting Th cells held at the centres of as many equal squares of the grid,
+    the responders (Tresp) held still at random positions, IL-2 at steady state
+    (quasi_steady). For each (count, receptors) pair in `consumers`: the radius (um) where
+    IL-2, averaged over the secreting cells, falls below `threshold` (nM, `niche_radius`).
+    Returns (count x receptors, radius) arrays."""
+    from engine.config.loading import load_config
+
+    products, radii = [], []
+    for count, receptors in consumers:
+        cfg = load_config(
+            config,
+            {
+                **(overrides or {}),
+                "cells.Th.count": per_side**2,
+                "cells.Th.motility": "0 um^2/s",
+                "cells.Tresp.count": count,
+                "cells.Tresp.capacity": count,
+                "cells.Tresp.motility": "0 um^2/s",
+                "cells.Tresp.uptake[0].receptors": receptors,
+                "time.stepper": "quasi_steady",
+                "time.dt": "1 s",
+                "time.end": "2 s",
+                "time.output_every": "1 s",
+            },
+        )
+        sim = Simulation(cfg)
+        state = sim.initial_state()
+        grid = sim.model.grid
+        square = [n // per_side for n in grid.shape]
+        centres = [
+            (square[0] * i + square[0] // 2, square[1] * j + square[1] // 2)
+            for i in range(per_side)
+            for j in range(per_side)
+        ]
+        at = [[grid.coordinates(a)[i] for a, i in enumerate(centre)] for centre in centres]
+        th = state.cells["Th"]
+        held = th.position.at[: len(at)].set(jnp.asarray(at, th.position.dtype))
+        state = dataclasses.replace(
+            state, cells={**state.cells, "Th": dataclasses.replace(th, position=held)}
+        )
+        state = sim.advance(state, 1.0)
+        c = np.asarray(state.fields["IL2"], np.float64)
+        products.append(count * receptors)
+        radii.append(niche_radius(c, centres, grid.spacing[0], threshold, min(square) // 2))
+    return np.array(products, float), np.array(radii)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.model.cells import Cells
+from engine.model.cells import Cells, motion_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
@@ -195,11 +195,7 @@ class Simulation:
         self._advance = jax.jit(
             self._advance_traced, donate_argnums=(1, 2), compiler_options=options
         )
-        self._stable_dt = jax.jit(
-            lambda model, fields, cells: self.stepper.stable_dt(
-                model.coupled(cells, fields), fields
-            )
-        )
+        self._stable_dt = jax.jit(self._stable_dt_traced)
         self._advance_adaptive = jax.jit(
             self._adaptive_traced, donate_argnums=1, compiler_options=options
         )
@@ -224,6 +220,17 @@ class Simulation:
             return fields
         blocks = parallel.field_sharding(self.mesh, len(self._grid_shape))
         return {k: jax.lax.with_sharding_constraint(v, blocks) for k, v in fields.items()}
+
+    def _stable_dt_traced(self, model, fields, cells):
+        """The stepper's limit with the cells' exchange, and the cells' `motion_dt`. The
+        implicit steppers solve the cells' first-order uptake, frozen over a step, exactly:
+        their accuracy target leaves it out (the explicit positivity limit keeps it)."""
+        exact = self.stepper.name != "explicit"
+        dt = self.stepper.stable_dt(model.coupled(cells, fields, linear_sinks=not exact), fields)
+        if not model.cells:
+            return dt
+        periodic = model.periodic_axes
+        return jnp.minimum(dt, motion_dt(model.cells, cells, fields, model.grid, periodic))
 
     def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step):
         self.trace_count += 1  # runs only while tracing: counts compilations
