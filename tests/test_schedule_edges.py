@@ -69,13 +69,13 @@ def test_no_step_straddles_a_dose_edge_and_the_dose_total_is_exact(options):
     model = dosed_model(decay=1e-2 if steady else 0.0)
     sim = Simulation(model, dtype="float64", dt=60.0, **options)
     calls = []
-    advance_steps = sim.advance_steps
+    advance = sim.advance_cells_and_fields
 
-    def spy(fields, t0, dt, n_steps):
+    def spy(fields, cells, t0, dt, n_steps, first_step):
         calls.append((t0, dt, n_steps))
-        return advance_steps(fields, t0, dt, n_steps)
+        return advance(fields, cells, t0, dt, n_steps, first_step)
 
-    sim.advance_steps = spy
+    sim.advance_cells_and_fields = spy
     state = sim.initial_state()
     for t in (200.0, 500.0, 900.0):
         state = sim.advance(state, t)

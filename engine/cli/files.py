@@ -27,6 +27,10 @@ def register(commands) -> None:
 _SLICE_HELP = (
     "plane of a 3D output: AXIS=INDEX (z=12) or AXIS=POSITION (z=30um); default the middle z plane"
 )
+_CELLS_HELP = (
+    "draw the alive cells of TYPE over the map (in 3D those in the plane's voxel layer), "
+    "coloured by the state variable STATE or in one colour; repeat for several types"
+)
 _MEMBER_HELP = (
     "of a sweep: member K (0-based), or mean|std|min|max|median across the members; a plot "
     "of the summaries without --field shows every member"
@@ -115,11 +119,16 @@ def _add_figure_options(parser, colours: bool = True) -> None:
         parser.add_argument("--vmin", type=float, help="colour scale minimum (field units)")
         parser.add_argument("--vmax", type=float, help="colour scale maximum (field units)")
         parser.add_argument("--cmap", default="viridis", help="matplotlib colour map")
+        parser.add_argument(
+            "--cells", action="append", default=[], metavar="TYPE[:STATE]", help=_CELLS_HELP
+        )
 
 
 def _image_options(args) -> dict:
-    """The options `ilsim plot` and `ilsim movie` share: plane, colour scale, figure size."""
+    """The options `ilsim plot` and `ilsim movie` share: plane, colour scale, figure size,
+    cells."""
     return dict(
+        cells=tuple(args.cells),
         slice=args.slice,
         log=args.log,
         vmin=args.vmin,
@@ -149,6 +158,8 @@ def _info(args) -> int:
         if out.members:
             _print_members(out)
         _print_fields(out)
+        if out.cell_types:
+            _print_cells(out)
         if out.summary:
             units = getattr(out, "summary_units", {})
             listed = ", ".join(f"{k} ({units.get(k, '')})" for k in out.summary)
@@ -244,6 +255,22 @@ def _print_fields(out) -> None:
     print(analysis.text_table(header, rows, indent="  "))
 
 
+def _print_cells(out) -> None:
+    """Each cell type's capacity and state variables, and its alive cells at the first and
+    last frames and their least and most over every frame."""
+    print("cells:")
+    header = ("type", "capacity", "state", "alive first", "alive last", "min", "max")
+    rows = []
+    for name in out.cell_types:
+        counts = out.cell_counts(name)
+        alive = ["-"] * 4
+        if counts.size:
+            alive = [counts[0], counts[-1], counts.min(), counts.max()]
+        state = ", ".join(out.cell_state(name)) or "-"
+        rows.append((name, out.cell_capacity(name), state, *alive))
+    print(analysis.text_table(header, rows, indent="  "))
+
+
 # ----------------------------------------------------------------------------------------------
 # ilsim plot
 
@@ -253,7 +280,8 @@ def _register_plot(commands) -> None:
         "plot",
         help="a field map at one time (a plane of a 3D output), or the summaries vs time",
         description="With --field: a map of the field(s) at one time (axes in um, colour bar "
-        "in the field's units); without: every summary (totals and maxima) against time.",
+        "in the field's units), with --cells the cells over it; without: every summary "
+        "(totals and maxima, alive cells per type) against time.",
     )
     plot.add_argument("output", metavar="OUT.h5")
     plot.add_argument(
@@ -272,14 +300,17 @@ def _plot(args) -> int:
 
     with _open_output(args.output, args.member, whole_sweep=not args.field) as out:
         if not args.field:
-            if args.time is not None or args.slice is not None:
+            if args.time is not None or args.slice is not None or args.cells:
                 raise analysis.AnalysisError(
-                    "--time and --slice need --field; without it ilsim plot draws the summaries"
+                    "--time, --slice and --cells need --field; without it ilsim plot draws "
+                    "the summaries"
                 )
             path = plots.summary_plot(out, args.figure, log=args.log, size=args.size, dpi=args.dpi)
         else:
             for name in args.field:
                 analysis.check_field(out, name)
+            for spec in args.cells:
+                analysis.cell_request(out, spec)
             index = analysis.frame_index(out, args.time)
             _frame_note(out, args.time, index)
             path = plots.field_map(

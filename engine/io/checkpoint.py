@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from engine.io.layout import (
+    CELLS,
     CHECKPOINT,
     CHECKPOINT_GROUPS,
     CHECKPOINT_NEXT,
@@ -21,6 +22,18 @@ from engine.io.layout import (
     frame_chunks,
     open_read,
 )
+
+
+def _datasets(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """Every dataset in `group` and its subgroups, by path relative to it."""
+    found = {}
+
+    def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            found[name] = item
+
+    group.visititems(visit)
+    return found
 
 
 def latest_checkpoint(f: h5py.File):
@@ -49,14 +62,16 @@ def settle_checkpoints(f: h5py.File) -> None:
 def prepare_checkpoint(
     f: h5py.File, shapes: dict[str, tuple], dtypes: dict[str, np.dtype], compression: dict
 ) -> None:
-    """/checkpoint_next with a dataset per field, reused when the shapes and dtypes match,
-    marked incomplete until `commit_checkpoint`."""
+    """/checkpoint_next with a dataset per field (a name with slashes, cells/<type>/<array>,
+    in subgroups), reused when the names, shapes and dtypes match, marked incomplete until
+    `commit_checkpoint`."""
     settle_checkpoints(f)
     group = f.get(CHECKPOINT_NEXT)
-    reusable = group is not None and set(group.keys()) == set(shapes)
+    present = {} if group is None else _datasets(group)
+    reusable = group is not None and set(present) == set(shapes)
     if reusable:
         reusable = all(
-            group[name].shape == shape and group[name].dtype == dtypes[name]
+            present[name].shape == shape and present[name].dtype == dtypes[name]
             for name, shape in shapes.items()
         )
     if not reusable:
@@ -102,7 +117,7 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
         dt = float(group.attrs["dt"])
-        datasets = dict(group.items())
+        datasets = {k: d for k, d in group.items() if isinstance(d, h5py.Dataset)}
         fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
         return (
             float(group.attrs["time"]),
@@ -110,6 +125,22 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
             None if math.isnan(dt) else dt,
             fields,
         )
+
+
+def read_checkpoint_cells(path) -> dict[str, dict[str, np.ndarray]]:
+    """Every cell type's arrays in a file's latest complete checkpoint: {type: {position,
+    alive, id, <state>..., next_id, overflow (0-d int64)}}; {} when it holds no cells.
+    ValueError like `read_checkpoint` when the file has no complete checkpoint."""
+    with open_read(path) as f:
+        group = latest_checkpoint(f)
+        if group is None:
+            raise ValueError(f"{path}: holds no complete checkpoint")
+        if not isinstance(group.get(CELLS), h5py.Group):
+            return {}
+        return {
+            name: {key: data[()] for key, data in arrays.items()}
+            for name, arrays in group[CELLS].items()
+        }
 
 
 def truncate_frames(f: h5py.File, after: float = math.inf) -> None:
@@ -123,5 +154,9 @@ def truncate_frames(f: h5py.File, after: float = math.inf) -> None:
         for data in f[group].values():
             if data.shape[axis] != keep:
                 data.resize(keep, axis=axis)
+    for cells in f[CELLS].values() if CELLS in f else ():
+        for data in cells.values():
+            if data.shape[0] != keep:
+                data.resize(keep, axis=0)
     if time.shape[0] != keep:
         time.resize(keep, axis=0)

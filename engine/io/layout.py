@@ -16,8 +16,14 @@ Layout (format "ilsim", format_version 1)::
                         total in molecules (species) or cells (populations), max in nM or
                         cells/um^3; the time scale attached
     /regions/<name>     uint8 masks (shape of the grid, axis scales attached)
+    /cells/<type>       a cell type: attrs capacity, state (its state variables' names, in
+                        order); position (n_frames, capacity, ndim) um in the grid's axis
+                        order, alive (n_frames, capacity) bool, id (n_frames, capacity)
+                        int64, one (n_frames, capacity) dataset per state variable in the
+                        run's dtype; chunked one frame per chunk; empty slots: alive False
     /checkpoint         attrs time, step, dt (NaN for None), complete; one dataset per state
-                        field
+                        field; cells/<type>/ with the arrays of /cells/<type> for one time
+                        (in the state's own dtypes) and 0-d int64 next_id and overflow
     /checkpoint_next    the same: where the next checkpoint is written, then swapped with
                         /checkpoint, so that a kill while writing one keeps the previous one
     /z, /y, /x, /<field>   soft links to /grid/<axis> and /fields/<field> (for xarray: see
@@ -30,7 +36,8 @@ checkpoint fields (n_members, *shape); /member is the member index (a dimension 
 root attribute `members` counts them).
 
 Axes are C-ordered with x last. A field whose name collides with a root entry (grid, time,
-fields, summary, regions, checkpoint, x, y, z) gets no root link.
+fields, summary, regions, cells, checkpoint, x, y, z) gets no root link. Sweeps and
+multi-process runs hold no cells.
 """
 
 from __future__ import annotations
@@ -74,8 +81,32 @@ TIME_CHUNK = 1024
 CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP = "checkpoint", "checkpoint_next", "checkpoint_swap"
 CHECKPOINT_GROUPS = (CHECKPOINT, CHECKPOINT_NEXT, CHECKPOINT_SWAP)
 
-RESERVED_NAMES = {"grid", "time", "fields", "summary", "regions", "x", "y", "z", *CHECKPOINT_GROUPS}
+CELLS = "cells"
+"""The group of the cell types, at the root and in a checkpoint."""
+
+CELL_ARRAYS = ("position", "alive", "id")
+"""Every cell type's arrays besides its state variables."""
+
+CELL_COUNTERS = ("next_id", "overflow")
+"""A cell type's 0-d int64 counters, kept in the checkpoint only."""
+
+RESERVED_NAMES = {
+    "grid",
+    "time",
+    "fields",
+    "summary",
+    "regions",
+    CELLS,
+    "x",
+    "y",
+    "z",
+    *CHECKPOINT_GROUPS,
+}
 """Root entries that a field's root link would collide with."""
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -90,10 +121,37 @@ class FieldInfo:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"field {self.name!r}: kind must be species or population")
-        if not self.name or "/" in self.name or self.name in (".", ".."):
+        if not _valid_name(self.name):
             raise ValueError(f"field name {self.name!r}: must be non-empty and contain no '/'")
         if self.units is None:
             object.__setattr__(self, "units", KINDS[self.kind])
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    """A cell type as the file stores it: its name, capacity (the most cells alive at once:
+    slots per frame) and the names of its per-cell float state variables, in order."""
+
+    name: str
+    capacity: int
+    state: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not _valid_name(self.name):
+            raise ValueError(f"cell type name {self.name!r}: must be non-empty and contain no '/'")
+        object.__setattr__(self, "state", tuple(self.state))
+        if int(self.capacity) != self.capacity or self.capacity < 1:
+            raise ValueError(f"cells {self.name!r}: capacity must be a positive integer")
+        object.__setattr__(self, "capacity", int(self.capacity))
+        taken = set(CELL_ARRAYS) | set(CELL_COUNTERS)
+        for variable in self.state:
+            if not _valid_name(variable) or variable in taken:
+                raise ValueError(
+                    f"cells {self.name!r}: state variable {variable!r} must be non-empty, "
+                    f"contain no '/' and differ from {', '.join(sorted(taken))}"
+                )
+        if len(set(self.state)) != len(self.state):
+            raise ValueError(f"cells {self.name!r}: duplicate state variables in {self.state}")
 
 
 def now_iso() -> str:
@@ -177,6 +235,20 @@ def read_grid(f: h5py.File) -> Grid:
         spacing=tuple(float(h) for h in attrs["spacing"]),
         origin=tuple(float(o) for o in attrs["origin"]),
         depth=None if depth is None else float(depth),
+    )
+
+
+def read_cells(f: h5py.File) -> tuple[CellInfo, ...]:
+    """The cell types an open file (or checkpoint group) holds under /cells, in stored order."""
+    if CELLS not in f:
+        return ()
+    return tuple(
+        CellInfo(
+            name,
+            int(group.attrs["capacity"]),
+            tuple(decode_attr(group.attrs.get("state", ()))),
+        )
+        for name, group in f[CELLS].items()
     )
 
 

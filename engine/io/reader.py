@@ -1,5 +1,6 @@
 """Reading an ilsim file back: `open_output` gives an `Output` with the time, grid, fields,
-summaries and regions as NumPy arrays read on demand, or as a lazily backed xarray Dataset.
+summaries and regions as NumPy arrays read on demand, or as a lazily backed xarray Dataset,
+and the alive cells of a frame (`Output.cells`) as NumPy arrays or a pandas DataFrame.
 
 xarray / h5netcdf (tested with h5netcdf 1.8, xarray 2026.9): h5netcdf names a variable's
 dimensions after the dimension scales attached to it and looks the names up in the variable's
@@ -29,7 +30,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine.io.layout import MEMBER_STATISTICS, check_format, decode_attr, open_read, read_grid
+from engine.io.layout import (
+    CELLS,
+    MEMBER_STATISTICS,
+    check_format,
+    decode_attr,
+    open_read,
+    read_cells,
+    read_grid,
+)
+
+COUNT_BLOCK = 1 << 22
+"""Most alive flags `Output.cell_counts` reads at once."""
 
 
 class _MemberView:
@@ -64,9 +76,10 @@ class Output:
 
     Attributes: time (s), grid, fields (names in stored order), attrs (root attributes),
     units and kinds (per field), summary (name_total / name_max -> float64 arrays), members
-    (a sweep's varied key -> values per member; empty for a single run).
+    (a sweep's varied key -> values per member; empty for a single run), cell_types.
     Data are read on demand: `frame` reads one frame, `field` is the lazy h5py dataset,
-    `to_xarray` a lazily backed Dataset; all need the file open (until `close`).
+    `to_xarray` a lazily backed Dataset, `cells` one frame's alive cells of a type; all need
+    the file open (until `close`).
 
     A sweep's fields and summaries lead with the member axis; `member` (an index, or one of
     mean, std, min, max, median across the members) makes the file read as a single run's.
@@ -84,6 +97,7 @@ class Output:
             self.grid = read_grid(f)
             self.time = np.asarray(f["time"][()], dtype=np.float64)
             self.fields = tuple(f["fields"].keys())
+            self._cells = {info.name: info for info in read_cells(f)}
             self.units = {
                 n: decode_attr(f["fields"][n].attrs.get("units", "")) for n in self.fields
             }
@@ -136,9 +150,20 @@ class Output:
     def n_frames(self) -> int:
         return len(self.time)
 
-    def _dataset(self, name: str) -> h5py.Dataset:
+    def _require_open(self) -> None:
         if self._file is None or not self._file.id.valid:
             raise ValueError(f"{self.path}: the output is closed")
+
+    def _frame_number(self, index: int) -> int:
+        """Frame `index` (negative counts from the end) as 0..n_frames-1; IndexError outside."""
+        n = self.n_frames
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"frame {index} out of range: {self.path} holds {n} frames")
+        return i % n
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        self._require_open()
         if name not in self.fields:
             raise KeyError(f"no field {name!r} in {self.path}; fields: {', '.join(self.fields)}")
         data = self._file["fields"][name]
@@ -158,11 +183,69 @@ class Output:
                 f"(0..{self.n_members - 1}) or one of {', '.join(MEMBER_STATISTICS)}"
             )
         data = self._dataset(name)
+        return data[self._frame_number(index)]
+
+    # -- cells ----------------------------------------------------------------------------
+
+    @property
+    def cell_types(self) -> tuple[str, ...]:
+        """The names of the cell types the file holds (/cells), in stored order."""
+        return tuple(self._cells)
+
+    def _cell_info(self, type: str):
+        if type not in self._cells:
+            listed = ", ".join(self._cells) if self._cells else "none"
+            raise KeyError(f"no cell type {type!r} in {self.path}; cell types: {listed}")
+        return self._cells[type]
+
+    def cell_state(self, type: str) -> tuple[str, ...]:
+        """The names of cell type `type`'s state variables, in order."""
+        return self._cell_info(type).state
+
+    def cell_capacity(self, type: str) -> int:
+        """The most cells of type `type` alive at once: the slots of each frame."""
+        return self._cell_info(type).capacity
+
+    def _cell_group(self, type: str) -> h5py.Group:
+        self._cell_info(type)
+        self._require_open()
+        return self._file[CELLS][type]
+
+    def cells(self, type: str, frame: int, table: bool = False):
+        """The alive cells of type `type` at frame `frame` (negative counts from the end):
+        {"id": (n,) int64, "position": (n, ndim) um in the grid's axis order, <state>: (n,)},
+        or with `table` a pandas DataFrame with columns id, the axes (z, y, x subset) and the
+        state variables. Reads that frame only."""
+        group = self._cell_group(type)
+        i = self._frame_number(frame)
+        alive = np.flatnonzero(group["alive"][i])
+        found = {
+            "id": np.asarray(group["id"][i], dtype=np.int64)[alive],
+            "position": np.asarray(group["position"][i])[alive],
+        }
+        for name in self.cell_state(type):
+            found[name] = np.asarray(group[name][i])[alive]
+        if not table:
+            return found
+        import pandas as pd
+
+        columns = {"id": found["id"]}
+        for axis, name in enumerate(self.grid.axes):
+            columns[name] = found["position"][:, axis]
+        for name in self.cell_state(type):
+            columns[name] = found[name]
+        return pd.DataFrame(columns)
+
+    def cell_counts(self, type: str) -> np.ndarray:
+        """(n_frames,) int64: how many cells of type `type` are alive in each frame."""
+        alive = self._cell_group(type)["alive"]
         n = self.n_frames
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"frame {index} out of range: {self.path} holds {n} frames")
-        return data[i % n]
+        rows = max(1, COUNT_BLOCK // max(1, alive.shape[1]))
+        counts = np.zeros(n, dtype=np.int64)
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            counts[start:stop] = np.count_nonzero(alive[start:stop], axis=1)
+        return counts
 
     @property
     def regions(self) -> dict[str, np.ndarray]:
@@ -219,9 +302,10 @@ class Output:
         self.close()
 
     def __repr__(self) -> str:
+        cells = f", cells {', '.join(self._cells)}" if self._cells else ""
         return (
             f"Output({str(self.path)!r}, grid {self.grid.shape}, {self.n_frames} frames, "
-            f"fields {', '.join(self.fields)})"
+            f"fields {', '.join(self.fields)}{cells})"
         )
 
 

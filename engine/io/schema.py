@@ -7,16 +7,19 @@ import h5py
 import numpy as np
 
 from engine.io.layout import (
+    CELLS,
     FORMAT_NAME,
     FORMAT_VERSION,
     RESERVED_NAMES,
     TIME_CHUNK,
     TOTAL_UNITS,
+    CellInfo,
     FieldInfo,
     attr_value,
     decode_attr,
     frame_chunks,
     now_iso,
+    read_cells,
     read_grid,
 )
 from engine.numerics.grid import Grid
@@ -70,6 +73,41 @@ def create_layout(
             series = _create_summary(summary, info.name, stat, units, lead)
             attach_scales(series, frame_scales)
     f.create_group("regions", track_order=True)
+
+
+def create_cells(
+    f: h5py.File, grid: Grid, cells: tuple[CellInfo, ...], dtype: np.dtype, compression: dict
+) -> None:
+    """Empty /cells/<type> groups (attrs capacity, state) with position (um), alive, id and
+    one dataset per state variable, each extendable along time, one frame per chunk (tiles
+    past MAX_CHUNK_VALUES), its axes labelled time, cell (and axis)."""
+    if not cells:
+        return
+    root = f.create_group(CELLS, track_order=True)
+    for info in cells:
+        group = root.create_group(info.name, track_order=True)
+        group.attrs["capacity"] = info.capacity
+        group.attrs["state"] = np.array(info.state, dtype=h5py.string_dtype())
+        arrays = {
+            "position": ((info.capacity, grid.ndim), dtype),
+            "alive": ((info.capacity,), np.bool_),
+            "id": ((info.capacity,), np.int64),
+            **{name: ((info.capacity,), dtype) for name in info.state},
+        }
+        for name, (shape, kind) in arrays.items():
+            data = group.create_dataset(
+                name,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                dtype=kind,
+                chunks=(1, *frame_chunks(shape)),
+                **compression,
+            )
+            data.dims[0].label = "time"  # labels only: h5netcdf refuses a scale on one axis
+            data.dims[1].label = "cell"
+        group["position"].attrs["units"] = "um"
+        group["position"].attrs["axes"] = np.array(grid.axes, dtype=h5py.string_dtype())
+        group["position"].dims[2].label = "axis"
 
 
 def _create_grid(f: h5py.File, grid: Grid) -> None:
@@ -171,9 +209,10 @@ def resume_problems(
     fields: tuple[FieldInfo, ...],
     dtype: np.dtype,
     members: dict[str, np.ndarray],
+    cells: tuple[CellInfo, ...] = (),
 ) -> list[str]:
-    """What stops a run of this grid, fields, dtype and sweep members from appending to `f`
-    (an ilsim file): one phrase per mismatch, none if it can."""
+    """What stops a run of this grid, fields, dtype, sweep members and cell types from
+    appending to `f` (an ilsim file): one phrase per mismatch, none if it can."""
     problems = []
     stored = read_grid(f)
     for what in ("shape", "spacing", "origin", "depth"):
@@ -207,4 +246,27 @@ def resume_problems(
     )
     if not same:
         problems.append("the sweep's members differ from the file's /members")
+    problems += _cell_problems(read_cells(f), cells)
+    return problems
+
+
+def _cell_problems(have: tuple[CellInfo, ...], want: tuple[CellInfo, ...]) -> list[str]:
+    """How the cell types in a file differ from those of a run: one phrase per mismatch."""
+    stored = {info.name: info for info in have}
+    wanted = {info.name: info for info in want}
+    if set(stored) != set(wanted):
+        return [f"cell types {sorted(stored)} in the file, {sorted(wanted)} requested"]
+    problems = []
+    for name, info in wanted.items():
+        old = stored[name]
+        if old.capacity != info.capacity:
+            problems.append(
+                f"cells {name!r} have capacity {old.capacity} in the file, {info.capacity} "
+                "requested"
+            )
+        if old.state != info.state:
+            problems.append(
+                f"cells {name!r} have state {list(old.state)} in the file, {list(info.state)} "
+                "requested"
+            )
     return problems

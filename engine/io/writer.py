@@ -25,8 +25,23 @@ from engine.io.blocks import (
     parts_shape,
 )
 from engine.io.checkpoint import commit_checkpoint, prepare_checkpoint, truncate_frames
-from engine.io.layout import CHECKPOINT_NEXT, FieldInfo, check_format, compression_options
-from engine.io.schema import create_layout, resume_problems, set_root_attrs, write_regions
+from engine.io.layout import (
+    CELL_ARRAYS,
+    CELL_COUNTERS,
+    CELLS,
+    CHECKPOINT_NEXT,
+    CellInfo,
+    FieldInfo,
+    check_format,
+    compression_options,
+)
+from engine.io.schema import (
+    create_cells,
+    create_layout,
+    resume_problems,
+    set_root_attrs,
+    write_regions,
+)
 from engine.io.turns import Turns
 from engine.io.xdmf import write_sidecar
 from engine.numerics.grid import Grid
@@ -55,10 +70,15 @@ class OutputWriter:
             holds, one process after another (`engine.io.turns`); only the first writes
             metadata, regions, summaries (combined from every process's blocks) and times.
             None: one process, which keeps the file open.
+        cells: the cell types (`CellInfo`), stored under /cells; not with `members` or
+            `processes`.
 
     Fields are given to `write_frame` and `write_checkpoint` as NumPy arrays (one block
     covering the whole field) or as lists of (index, block) pairs, the blocks of the field
-    that this process holds (`parallel.host_parts`).
+    that this process holds (`parallel.host_parts`). A cell type's frame is a dict of NumPy
+    arrays: position (capacity, ndim) um in the grid's axis order, alive (capacity,) bool, id
+    (capacity,) integer and one (capacity,) array per state variable; a checkpoint's also
+    holds next_id and overflow (integer scalars).
     """
 
     def __init__(
@@ -73,6 +93,7 @@ class OutputWriter:
         resume: bool = False,
         members: dict[str, np.ndarray] | None = None,
         processes=None,
+        cells: list[CellInfo] = (),
     ):
         self.path = Path(path)
         self._turns = None if processes is None else Turns(processes)
@@ -88,6 +109,13 @@ class OutputWriter:
             raise ValueError(f"output fields: duplicate names in {names}")
         if self.dtype.kind != "f":
             raise ValueError(f"output dtype: expected a float type, got {dtype!r}")
+        self.cells = tuple(cells)
+        types = [info.name for info in self.cells]
+        if len(set(types)) != len(types):
+            raise ValueError(f"cells: duplicate cell types in {types}")
+        if self.cells and (self.members or processes is not None):
+            what = "sweep members" if self.members else "several processes"
+            raise ValueError(f"cells: cell types {types} are not supported with {what}")
         self._compression = compression_options(compression)
         self._file: h5py.File | None = None
         self._closed = False
@@ -136,6 +164,7 @@ class OutputWriter:
                     self._compression,
                     self.members,
                 )
+                create_cells(self._file, self.grid, self.cells, self.dtype, self._compression)
                 write_regions(self._file, self.grid, regions, self._compression)
         except BaseException:
             self._file.close()
@@ -150,7 +179,7 @@ class OutputWriter:
         written, update the root attributes and add missing regions."""
         f = self._file
         check_format(f, self.path)
-        problems = resume_problems(f, self.grid, self.fields, self.dtype, self.members)
+        problems = resume_problems(f, self.grid, self.fields, self.dtype, self.members, self.cells)
         if problems:
             raise ValueError(f"cannot resume {self.path}: " + "; ".join(problems))
         truncate_frames(f)
@@ -212,9 +241,49 @@ class OutputWriter:
             stats = self._turns.combine(stats)
         return values, stats
 
-    def write_frame(self, t: float, fields: dict) -> None:
+    def _cell_arrays(self, what: str, cells: dict | None, checkpoint: bool) -> dict:
+        """Each cell type's arrays checked and cast: position and state in the run's dtype
+        (for a `checkpoint`: float arrays kept as they are, next_id and overflow added),
+        alive bool, id int64; ValueError for a missing or unknown type or array, or a wrong
+        shape."""
+        cells = {} if cells is None else cells
+        types = [info.name for info in self.cells]
+        if set(cells) != set(types):
+            raise ValueError(f"{what}: cells of types {sorted(cells)} given, {types} expected")
+        result = {}
+        for info in self.cells:
+            frame = cells[info.name]
+            names = (*CELL_ARRAYS, *info.state, *(CELL_COUNTERS if checkpoint else ()))
+            missing = [name for name in names if name not in frame]
+            if missing:
+                raise ValueError(f"{what}: cells {info.name!r} lack {missing}")
+            shapes = {"position": (info.capacity, self.grid.ndim)}
+            arrays = {}
+            for name in names:
+                value = np.asarray(frame[name])
+                shape = () if name in CELL_COUNTERS else shapes.get(name, (info.capacity,))
+                if value.shape != shape:
+                    raise ValueError(
+                        f"{what}: cells {info.name!r} {name} has shape {value.shape}, "
+                        f"expected {shape}"
+                    )
+                if name in ("id", *CELL_COUNTERS):
+                    if value.dtype.kind not in "iu":
+                        raise ValueError(f"{what}: cells {info.name!r} {name} must be integers")
+                    value = value.astype(np.int64, copy=False)
+                elif name == "alive":
+                    value = value.astype(np.bool_, copy=False)
+                elif not checkpoint or value.dtype.kind != "f":
+                    value = value.astype(self.dtype, copy=False)
+                arrays[name] = value
+            result[info.name] = arrays
+        return result
+
+    def write_frame(self, t: float, fields: dict, cells: dict | None = None) -> None:
         """Append one frame at time t (s). `fields` must hold every output field (extra
-        entries, e.g. the rest of the state, are ignored). Flushed before returning."""
+        entries, e.g. the rest of the state, are ignored), `cells` every cell type's frame
+        ({type: arrays}, see the class; extra arrays are ignored). Flushed before
+        returning."""
         self._require_open()
         t = float(t)
         if not math.isfinite(t):
@@ -225,6 +294,7 @@ class OutputWriter:
             )
         # everything is checked and converted before the file changes
         values, stats = self._frame_parts(fields)
+        frames = self._cell_arrays("write_frame", cells, checkpoint=False)
         n = self._n_frames
         axis = len(self._lead)
         every = tuple(slice(None) for _ in self._lead)
@@ -240,6 +310,11 @@ class OutputWriter:
                         series[(*every, n)] = value
                 for index, block in values[info.name]:
                     data[(*index[:axis], n, *index[axis:])] = block
+            for name, arrays in frames.items():  # cells: one process, the first
+                for array, value in arrays.items():
+                    data = f[CELLS][name][array]
+                    data.resize(n + 1, axis=0)
+                    data[n] = value
             # out of HDF5's caches before /time grows: one flush writes metadata and data in
             # no set order, and a kill inside it left a frame counted with its data unwritten
             f.flush()
@@ -255,13 +330,21 @@ class OutputWriter:
         self._n_frames = n + 1
         self._last_time = t
 
-    def write_checkpoint(self, t: float, step: int, dt: float | None, fields: dict) -> None:
+    def write_checkpoint(
+        self, t: float, step: int, dt: float | None, fields: dict, cells: dict | None = None
+    ) -> None:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
-        step size in use (None: NaN in the file). Written beside it and then swapped
+        step size in use (None: NaN in the file); `cells` holds every cell type's arrays with
+        next_id and overflow (see the class). Written beside it and then swapped
         (`engine.io.checkpoint`): a kill at any point leaves one complete checkpoint, which
-        `read_checkpoint` takes. Flushed, and the XDMF sidecar refreshed."""
+        `read_checkpoint` and `read_checkpoint_cells` take. Flushed, and the XDMF sidecar
+        refreshed."""
         self._require_open()
         arrays = {name: as_parts(value) for name, value in fields.items()}
+        if self.cells and CELLS in arrays:
+            raise ValueError(f"write_checkpoint: a field named {CELLS!r} clashes with the cells")
+        for name, state in self._cell_arrays("write_checkpoint", cells, checkpoint=True).items():
+            arrays |= {f"{CELLS}/{name}/{key}": as_parts(v) for key, v in state.items()}
         if self._turns is None:
             shapes = {name: parts_shape(parts) for name, parts in arrays.items()}
         else:  # several processes checkpoint the state, every field of the grid's shape

@@ -9,6 +9,13 @@ so both files can move together. The writer rewrites the sidecar on every checkp
 close, to the file's current name, so a file renamed while open gets a matching sidecar;
 `write_xdmf` regenerates it. "lzf" compression is an h5py-only filter that ParaView cannot
 decode; use "gzip" or "none" for ParaView.
+
+Each cell type is a temporal collection of its own, `cells_<type>`, beside the fields' one
+(`ilsim`), so ParaView shows a multiblock of the fields' mesh and one point set per type:
+a Polyvertex grid over all `capacity` slots of a frame, X_Y_Z geometry read from hyperslabs
+of /cells/<type>/position (`VTK_COLUMNS`), and point attributes alive, id and each state
+variable. Empty slots are points too (their values meaningless): a Threshold on `alive`
+between 1 and 1 keeps the live cells.
 """
 
 from __future__ import annotations
@@ -20,11 +27,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine.io.layout import check_format, open_read, read_grid
+from engine.io.layout import CELLS, check_format, open_read, read_cells, read_grid
+
+VTK_COLUMNS = {3: (2, 1, 0), 2: (None, 1, 0), 1: (None, 0, None)}
+"""Per grid dimension, the column of a cell position (stored z, y, x) that gives VTK's x, y
+and z (None: 0), so that the cells lie on the fields' mesh as vtkXdmfReader builds it: a
+3D mesh with VTK (x, y, z) = (x, y, z); a 2DCoRectMesh, listed (y, x), in the plane VTK
+x = 0 with VTK (y, z) = (x, y); a 1D rod's mesh with VTK y = x, z across the rod."""
 
 
 def _number_type(dtype: np.dtype) -> tuple[str, str]:
     dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "UChar", "1"
     if dtype.kind == "f":
         return "Float", str(dtype.itemsize)
     if dtype.kind == "u":
@@ -61,6 +76,8 @@ def xdmf_text(f: h5py.File, h5_name: str) -> str:
                 _field_attribute(uniform, grid, h5_name, field, index, member)
         for region in regions:
             _region_attribute(uniform, h5_name, region)
+    for info in read_cells(f):
+        _cell_series(domain, f, h5_name, info)
     ET.indent(root, space=" ")
     return '<?xml version="1.0" ?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -136,6 +153,67 @@ def _field_attribute(
         )
     )
     _hdf_item(slab, f"{h5_name}:/fields/{name}", data_shape, dtype)
+
+
+def _cell_series(domain: ET.Element, f: h5py.File, h5_name: str, info) -> None:
+    """Cell type `info` (a CellInfo) as a temporal collection of point sets, one per frame."""
+    group = f[CELLS][info.name]
+    arrays = {name: (data.shape, data.dtype) for name, data in group.items()}
+    columns = VTK_COLUMNS[arrays["position"][0][2]]
+    series = ET.SubElement(
+        domain,
+        "Grid",
+        Name=f"cells_{info.name}",
+        GridType="Collection",
+        CollectionType="Temporal",
+    )
+    source = f"{h5_name}:/{CELLS}/{info.name}"
+    for index, t in enumerate(f["time"][()]):
+        points = ET.SubElement(
+            series, "Grid", Name=f"cells_{info.name}_{index:06d}", GridType="Uniform"
+        )
+        ET.SubElement(points, "Time", Value=repr(float(t)))
+        ET.SubElement(
+            points,
+            "Topology",
+            TopologyType="Polyvertex",
+            NumberOfElements=str(info.capacity),
+            NodesPerElement="1",
+        )
+        geometry = ET.SubElement(points, "Geometry", GeometryType="X_Y_Z")
+        for column in columns:
+            parent = geometry
+            if column is None:  # 0: a column times 0
+                parent = ET.SubElement(
+                    geometry,
+                    "DataItem",
+                    ItemType="Function",
+                    Function="0 * $0",
+                    Dimensions=str(info.capacity),
+                )
+            _cell_slab(parent, f"{source}/position", arrays["position"], index, column or 0)
+        for name in ("alive", "id", *info.state):
+            attribute = ET.SubElement(
+                points, "Attribute", Name=name, AttributeType="Scalar", Center="Node"
+            )
+            _cell_slab(attribute, f"{source}/{name}", arrays[name], index)
+
+
+def _cell_slab(
+    parent: ET.Element, source: str, array: tuple, index: int, column: int | None = None
+) -> None:
+    """Frame `index` of a cell array, (shape, dtype) with shape (n_frames, capacity[, ndim]),
+    as a hyperslab of its dataset `source`: every slot, and one `column` of a position."""
+    shape, dtype = array
+    capacity = shape[1]
+    slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Dimensions=str(capacity))
+    selection = ET.SubElement(slab, "DataItem", Dimensions=f"3 {len(shape)}", Format="XML")
+    extra = () if column is None else (column,)
+    ones = (1,) * len(extra)
+    selection.text = "  ".join(
+        _dims(v) for v in ((index, 0, *extra), (1, 1, *ones), (1, capacity, *ones))
+    )
+    _hdf_item(slab, source, shape, dtype)
 
 
 def _region_attribute(uniform: ET.Element, h5_name: str, region: tuple) -> None:

@@ -1,6 +1,6 @@
 """Post-processing of ilsim output files: summaries, field statistics, slices, radial and line
 profiles, the screening length fitted from a profile, the fraction of tissue above a threshold,
-and exposure per region.
+exposure per region, and the cells a map shows.
 
 Every function takes the object `engine.open_output` returns (an `engine.io.reader.Output`)
 and reads what it needs on demand: one frame (or one slice of it) at a time, and a large 3D
@@ -511,6 +511,89 @@ def plane_range(out, name: str, *, slice=None, positive: bool = False) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------
+# cells (what a map shows of them)
+
+
+def cell_request(out, spec: str) -> tuple[str, str | None]:
+    """ "TYPE" or "TYPE:STATE" as (type, state or None), if the file holds that cell type and
+    state variable; AnalysisError listing what it holds otherwise."""
+    name, colon, state = str(spec).partition(":")
+    types = tuple(getattr(out, "cell_types", ()))
+    if name not in types:
+        listed = ", ".join(types) if types else "none"
+        raise AnalysisError(f"no cell type {name!r} in {out.path}; cell types: {listed}")
+    variables = out.cell_state(name)
+    if colon and state not in variables:
+        listed = ", ".join(variables) if variables else "none"
+        raise AnalysisError(
+            f"cells {spec!r}: {name} has no state variable {state!r}; state variables: {listed}"
+        )
+    return name, (state if colon else None)
+
+
+@dataclass(frozen=True)
+class CellPoints:
+    """The alive cells of one type at one frame that a map shows: `points` (n, 2) their
+    (horizontal, vertical) map coordinates in um (x, y for a 2D output or a z plane; x, z for
+    a y plane; y, z for an x plane; (n, 1), x, for a 1D output), `values` their state
+    variable `state` (None without one) and `ids`. In 3D only the cells whose centre lies in
+    the voxel layer of the plane shown."""
+
+    type: str
+    state: str | None
+    frame: int
+    ids: np.ndarray
+    points: np.ndarray
+    values: np.ndarray | None
+
+
+def plane_cells(out, spec: str, *, frame: int, slice=None) -> CellPoints:
+    """The cells of `spec` ("TYPE" or "TYPE:STATE") at frame `frame` that the map of the
+    plane `slice` (default the middle z plane of a 3D output; whole 1D and 2D outputs)
+    shows."""
+    name, state = cell_request(out, spec)
+    index = frame_index(out, frame=frame)
+    grid = out.grid
+    plane = parse_slice(grid, slice) if slice is not None else default_slice(grid)
+    cells = out.cells(name, index)
+    position = np.asarray(cells["position"], dtype=float)
+    keep = np.ones(len(position), dtype=bool)
+    if plane is not None:
+        n, h, o = grid.shape[plane.axis], grid.spacing[plane.axis], grid.origin[plane.axis]
+        voxel = np.clip(np.floor((position[:, plane.axis] - o) / h), 0, n - 1)
+        keep = voxel == plane.index
+    shown = [a for a in range(grid.ndim) if plane is None or a != plane.axis]
+    return CellPoints(
+        type=name,
+        state=state,
+        frame=index,
+        ids=np.asarray(cells["id"])[keep],
+        points=position[keep][:, shown[::-1]],
+        values=None if state is None else np.asarray(cells[state], dtype=float)[keep],
+    )
+
+
+def cell_range(out, spec: str, *, slice=None) -> tuple[float, float]:
+    """(min, max) of the state variable of `spec` ("TYPE:STATE") over the cells the maps
+    of every frame show (NaN, NaN when none): a fixed colour scale for a movie."""
+    low, high = math.inf, -math.inf
+    for index in range(out.n_frames):
+        values = plane_cells(out, spec, frame=index, slice=slice).values
+        if values is not None and values.size:
+            low, high = min(low, float(np.min(values))), max(high, float(np.max(values)))
+    return (low, high) if math.isfinite(low) else (math.nan, math.nan)
+
+
+def cell_series(out) -> dict[str, Series]:
+    """Each cell type's count of alive cells per frame, as a Series named after the type."""
+    time = np.asarray(out.time, dtype=float)
+    return {
+        name: Series(name, time, out.cell_counts(name).astype(float), "cells", stat="count")
+        for name in getattr(out, "cell_types", ())
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # profiles
 
 
@@ -1018,6 +1101,7 @@ def region_voxels(out, region: str) -> int:
 __all__ = [
     "AnalysisError",
     "BLOCK_VALUES",
+    "CellPoints",
     "DOMAIN",
     "Exposure",
     "FrameStats",
@@ -1027,6 +1111,9 @@ __all__ = [
     "ScreeningFit",
     "Series",
     "Slice",
+    "cell_range",
+    "cell_request",
+    "cell_series",
     "check_field",
     "default_slice",
     "exposure",
@@ -1037,6 +1124,7 @@ __all__ = [
     "line_profile",
     "log_k0",
     "parse_slice",
+    "plane_cells",
     "plane_range",
     "radial_profile",
     "read_plane",

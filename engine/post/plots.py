@@ -1,9 +1,11 @@
-"""Figures from ilsim output files: field maps, summary time series, profiles and movies.
+"""Figures from ilsim output files: field maps (with the cells over them), summary time
+series, profiles and movies.
 
 matplotlib with the Agg canvas (no display, no pyplot state); the command line imports this
 module only for `ilsim plot`, `profile` and `movie`. Every figure is exactly `size` pixels
 (width, height) at `dpi`. The data come from `engine.analysis`, which reads one frame, or one
-plane of a 3D frame, at a time.
+plane of a 3D frame, at a time. Colour bars stand beside their map, exactly as tall as it;
+time series show plain tick values (no offset).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+from matplotlib.transforms import Bbox, blended_transform_factory
 
 from engine.post import analysis
 from engine.post.analysis import AnalysisError
@@ -25,6 +29,22 @@ DEFAULT_SIZE = (800, 600)
 MOVIE_SUFFIXES = (".gif", ".mp4")
 LOG_DECADES = 6
 """With --log and no vmin: the colour scale spans at most this many decades below the max."""
+
+COLORBAR_WIDTH, COLORBAR_PAD = 0.15, 0.1
+"""A colour bar's width and its gap to the map, or to the ticks and label of the colour bar
+before it (inches)."""
+
+CELL_COLOURS = ("red", "black", "orange", "magenta", "white")
+"""The colours of cell types drawn without a state variable, in the order asked for."""
+
+CELL_CMAPS = ("cool", "autumn", "spring", "Wistia")
+"""The colour maps of cell types coloured by a state variable, in the order asked for."""
+
+CELL_SIZE = 24
+"""Cell marker area (points^2); markers have a thin white edge."""
+
+RUG_HEIGHT = 0.04
+"""Where the cells of a 1D output are drawn: this fraction of the axes height."""
 
 
 def _figure(size, dpi: int) -> Figure:
@@ -114,10 +134,48 @@ def _title(plane: analysis.Plane, n_frames: int, with_field: bool = True) -> str
     )
 
 
-def _draw_plane(axes, plane: analysis.Plane, norm, cmap: str, colorbar: bool = True):
-    """Draw a plane on `axes`: an image for 2D (axes in um), a line for 1D. Returns the
-    artist (AxesImage or Line2D)."""
+class _Beside:
+    """Where a colour bar of the map `axes` goes when drawn: exactly as tall as the map as
+    drawn, COLORBAR_PAD inches right of the map or of `before` (the previous colour bar, its
+    ticks and label included), COLORBAR_WIDTH inches wide."""
+
+    def __init__(self, axes, before=None):
+        self.axes, self.before = axes, before
+
+    def __call__(self, cax, renderer) -> Bbox:
+        width = self.axes.figure.bbox.width
+        box = self.axes.get_position()  # after the map's aspect ratio is applied
+        right = box.x1 if self.before is None else self.before.get_tightbbox(renderer).x1 / width
+        inch = self.axes.figure.dpi / width
+        return Bbox.from_bounds(
+            right + COLORBAR_PAD * inch, box.y0, COLORBAR_WIDTH * inch, box.height
+        )
+
+
+def _colorbar(axes, mappable, label: str):
+    """A colour bar for `mappable` right of the map `axes` and of its colour bars so far,
+    exactly as tall as the map as drawn (an inset axes, so the layout makes room for it)."""
+    figure = axes.figure
+    before = axes.child_axes[-1] if axes.child_axes else None  # a map's insets: its bars
+    cax = axes.inset_axes([1, 0, 0.05, 1])
+    cax.set_axes_locator(_Beside(axes, before))
+    bar = figure.colorbar(mappable, cax=cax)
+    bar.set_label(label)
+    if isinstance(bar.formatter, ScalarFormatter):  # not on a log scale
+        bar.formatter.set_useOffset(False)
+    return bar
+
+
+def _plain_ticks(axes) -> None:
+    """Tick labels as plain values: no offset ("+1.0001e3") on near-constant values."""
+    axes.ticklabel_format(axis="both", useOffset=False)
+
+
+def _draw_plane(axes, plane: analysis.Plane, norm, cmap: str):
+    """Draw a plane on `axes`: an image for 2D (axes in um) with its colour bar, a line for
+    1D. Returns the artist (AxesImage or Line2D)."""
     if plane.values.ndim == 1:
+        _plain_ticks(axes)
         (line,) = axes.plot(plane.coordinates[0], plane.values, color="C0")
         axes.set_xlabel(f"{plane.axes[0]} (um)")
         axes.set_ylabel(_label(plane.field, plane.units))
@@ -140,10 +198,54 @@ def _draw_plane(axes, plane: analysis.Plane, norm, cmap: str, colorbar: bool = T
     )
     axes.set_xlabel(f"{plane.axes[1]} (um)")
     axes.set_ylabel(f"{plane.axes[0]} (um)")
-    if colorbar:
-        bar = axes.figure.colorbar(image, ax=axes, shrink=0.9)
-        bar.set_label(_label(plane.field, plane.units))
+    _colorbar(axes, image, _label(plane.field, plane.units))
     return image
+
+
+def _cell_offsets(cells: analysis.CellPoints) -> np.ndarray:
+    """Where a scatter draws the cells: (x, y) in um; in 1D (x, RUG_HEIGHT of the axes)."""
+    if cells.points.shape[1] == 1:
+        return np.column_stack([cells.points[:, 0], np.full(len(cells.points), RUG_HEIGHT)])
+    return cells.points
+
+
+def _draw_cells(axes, layers: list[analysis.CellPoints], norms: list) -> list:
+    """Each layer's cells as a scatter over the map on `axes` (in 1D a row near its bottom):
+    coloured by the state variable with `norms[k]` and a colour bar of its own, or in a
+    single colour; a legend names the types. Returns the scatters."""
+    scatters = []
+    transform = axes.transData
+    if layers and layers[0].points.shape[1] == 1:
+        transform = blended_transform_factory(axes.transData, axes.transAxes)
+    for k, (cells, norm) in enumerate(zip(layers, norms)):
+        style = dict(s=CELL_SIZE, edgecolors="white", linewidths=0.6, zorder=3)
+        offsets = _cell_offsets(cells)
+        if cells.state is None:
+            style["color"] = CELL_COLOURS[k % len(CELL_COLOURS)]
+        else:
+            style.update(c=cells.values, cmap=CELL_CMAPS[k % len(CELL_CMAPS)], norm=norm)
+        scatter = axes.scatter(
+            offsets[:, 0], offsets[:, 1], transform=transform, label=cells.type, **style
+        )
+        if cells.state is not None:
+            _colorbar(axes, scatter, f"{cells.state} ({cells.type})")
+        scatters.append(scatter)
+    if layers:
+        axes.legend(loc="upper right", fontsize="small", framealpha=0.7)
+    return scatters
+
+
+def _cell_norms(layers: list[analysis.CellPoints], ranges=None) -> list:
+    """A linear colour scale per layer coloured by a state variable (None for the others):
+    over the values shown, or over `ranges[k]` ((min, max), a movie's every frame)."""
+    norms = []
+    for k, cells in enumerate(layers):
+        if cells.state is None:
+            norms.append(None)
+            continue
+        values = cells.values if ranges is None else np.asarray(ranges[k], dtype=float)
+        norms.append(_norm(values, False, what=f"{cells.state} of {cells.type}"))
+    return norms
 
 
 def field_map(
@@ -160,18 +262,25 @@ def field_map(
     cmap: str = "viridis",
     size=DEFAULT_SIZE,
     dpi: int = 100,
+    cells=(),
 ) -> Path:
     """A map of one field, or a panel of several at one time: 2D outputs whole, 3D outputs one
     plane (`slice`, default the middle z plane), 1D outputs as lines. Axes in um, a colour bar
-    per field labelled with its units, the time in the title."""
+    per field labelled with its units, the time in the title. `cells`: "TYPE" or
+    "TYPE:STATE" requests, whose alive cells (in 3D those in the plane's voxel layer) are drawn
+    over every map, coloured by STATE (a colour bar each) or in one colour."""
     names = [fields] if isinstance(fields, str) else list(fields)
     if not names:
         raise AnalysisError("no field to plot")
     for name in names:
         analysis.check_field(out, name)
+    for spec in cells:
+        analysis.cell_request(out, spec)
     path = check_figure_path(path)
     index = analysis.frame_index(out, time, frame)
     planes = [analysis.read_plane(out, name, frame=index, slice=slice) for name in names]
+    layers = [analysis.plane_cells(out, spec, frame=index, slice=slice) for spec in cells]
+    cell_norms = _cell_norms(layers)
     figure = _figure(size, dpi)
     columns = math.ceil(math.sqrt(len(planes)))
     rows = math.ceil(len(planes) / columns)
@@ -179,6 +288,7 @@ def field_map(
     for axes, plane in zip(grid.ravel(), planes):
         norm = _norm(plane.values, log, vmin, vmax, what=f"{plane.field} at this time")
         _draw_plane(axes, plane, norm, cmap)
+        _draw_cells(axes, layers, cell_norms)
         axes.set_title(plane.field if len(planes) > 1 else _title(plane, out.n_frames))
     for axes in grid.ravel()[len(planes) :]:
         axes.set_visible(False)
@@ -198,11 +308,14 @@ def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 
     `log`)."""
     path = check_figure_path(path)
     series = analysis.summaries(out)
-    if not series:
+    counts = analysis.cell_series(out)
+    if not series and not counts:
         raise AnalysisError(f"{out.path} holds no summaries")
     groups: dict[str, list[analysis.Series]] = {}
     for item in series.values():
         groups.setdefault(item.field or item.name, []).append(item)
+    if counts:
+        groups["alive cells"] = list(counts.values())
     time = np.asarray(out.time, dtype=float)
     unit, scale = analysis.time_unit(time.max() if time.size else 0.0)
     figure = _figure(size, dpi)
@@ -214,15 +327,20 @@ def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 
         totals = [s for s in items if s.stat == "total"]
         others = [s for s in items if s.stat != "total"]
         left = axes
+        _plain_ticks(left)
         if totals:
             for s in totals:
                 _series_lines(left, time / scale, s.values, "C0", s.name, marker)
             left.set_ylabel(f"total ({totals[0].units})", color="C0")
         right = left.twinx() if totals and others else left
+        _plain_ticks(right)
         for k, s in enumerate(others):
             _series_lines(right, time / scale, s.values, f"C{k + 1}", s.name, marker)
         if others:
             label = "max" if len(others) == 1 and others[0].stat == "max" else "value"
+            if {s.stat for s in others} == {"count"}:  # alive cells, one line per type
+                label = "alive"
+                right.legend(fontsize="small")
             right.set_ylabel(f"{label} ({others[0].units})", color="C1")
         if log:
             for each in {left, right}:
@@ -336,11 +454,15 @@ def movie(
     size=DEFAULT_SIZE,
     dpi: int = 100,
     progress=None,
+    cells=(),
 ) -> Path:
     """Every frame of field `name` (a plane of a 3D output) with one colour scale for all
     frames, as an animated GIF (pillow) or an MP4 (ffmpeg, when installed). Reads one plane at
-    a time; `progress(i, n)` is called after each frame if given."""
+    a time; `progress(i, n)` is called after each frame if given. `cells` as in `field_map`,
+    each state variable on one colour scale for all frames."""
     analysis.check_field(out, name)
+    for spec in cells:
+        analysis.cell_request(out, spec)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MOVIE_SUFFIXES:
@@ -367,6 +489,9 @@ def movie(
     axes = figure.subplots()
     plane = analysis.read_plane(out, name, frame=0, slice=slice)
     artist = _draw_plane(axes, plane, norm, cmap)
+    layers = [analysis.plane_cells(out, spec, frame=0, slice=slice) for spec in cells]
+    ranges = [analysis.cell_range(out, spec, slice=slice) for spec in cells]
+    scatters = _draw_cells(axes, layers, _cell_norms(layers, ranges))
     title = axes.set_title(_title(plane, out.n_frames))
     canvas = figure.canvas
 
@@ -379,6 +504,11 @@ def movie(
                 artist.set_ydata(current.values)
             else:
                 artist.set_data(_masked(current.values, log))
+            for spec, scatter in zip(cells, scatters):
+                shown = analysis.plane_cells(out, spec, frame=index, slice=slice)
+                scatter.set_offsets(_cell_offsets(shown))
+                if shown.values is not None:
+                    scatter.set_array(shown.values)
             title.set_text(_title(current, out.n_frames))
             yield index
 

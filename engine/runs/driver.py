@@ -23,12 +23,12 @@ import numpy as np
 
 import engine
 from engine.config.toml import dump_toml
-from engine.io.checkpoint import read_checkpoint, truncate_frames
-from engine.io.layout import FieldInfo
+from engine.io.checkpoint import read_checkpoint, read_checkpoint_cells, truncate_frames
+from engine.io.layout import CellInfo, FieldInfo
 from engine.io.writer import OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
-from engine.stepping.simulation import Simulation, State
+from engine.stepping.simulation import Simulation, State, check_capacity
 
 
 class RunError(ValueError):
@@ -136,12 +136,13 @@ def run(
 
     if resume:
         t, step, dt, fields = read_checkpoint(output, load=sim.load_fields)
+        cells = sim.load_cells(read_checkpoint_cells(output)) if sim.model.cells else {}
         if team is not None:
             team.barrier()  # every process has read its blocks
         if first:
             with h5py.File(output, "a") as f:
                 truncate_frames(f, after=t)
-        state = State(t=t, fields=fields, step=step, dt=dt)
+        state = State(t=t, fields=fields, step=step, dt=dt, cells=cells)
         path = output
     else:
         state = sim.initial_state()
@@ -168,6 +169,7 @@ def run(
         resume=resume,
         members=getattr(sim, "members", None),
         processes=team,
+        cells=[CellInfo(c.name, c.capacity, c.state_names) for c in sim.model.cells],
     )
     bar = _progress(cfg.time.end, quiet or not first)
     started = time.perf_counter()
@@ -181,12 +183,14 @@ def run(
                 stop = bool(requests) if team is None else team.any(bool(requests))
                 # this chunk's blocks, copied to host memory shard by shard (waits for it only)
                 host = {name: host_parts(value) for name, value in state.fields.items()}
+                cells = state.cells_numpy()
+                check_capacity(state)  # stops before a frame that lost daughters
                 # dispatch the next chunk before writing: the device computes while the host
                 # compresses and writes (the input buffers are donated, the copy is ours)
                 following = sim.advance(state, targets.pop(0)) if targets and not stop else None
                 if write_current:
                     _check_finite(host, state.t, team)
-                    writer.write_frame(state.t, {n: host[n] for n in names})
+                    writer.write_frame(state.t, {n: host[n] for n in names}, frame_cells(cells))
                     if path != output:  # the run has started: move the file into place
                         writer.move_to(output)
                         path = output
@@ -199,7 +203,7 @@ def run(
                     bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
                 due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
                 if following is None or stop or due:
-                    writer.write_checkpoint(state.t, state.step, state.dt, host)
+                    writer.write_checkpoint(state.t, state.step, state.dt, host, cells)
                     last_checkpoint = state.t
                 if stop:
                     raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")
@@ -210,6 +214,12 @@ def run(
         writer.close()
         if bar is not None:
             bar.close()
+
+
+def frame_cells(cells: dict) -> dict:
+    """A frame's cell arrays: the checkpoint's less the counters (next_id, overflow)."""
+    counters = ("next_id", "overflow")
+    return {name: {k: v for k, v in a.items() if k not in counters} for name, a in cells.items()}
 
 
 def _region_masks(sim: Simulation) -> dict[str, np.ndarray]:

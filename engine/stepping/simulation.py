@@ -336,7 +336,7 @@ class Simulation:
         for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
             n_steps = steps_within(end - start, dt_max)
             dt = (end - start) / n_steps
-            fields, cells = self._advance_steps(fields, cells, start, dt, n_steps, steps)
+            fields, cells = self.advance_cells_and_fields(fields, cells, start, dt, n_steps, steps)
             steps += n_steps
         return State(t=float(t_end), fields=fields, step=steps, cells=cells)
 
@@ -390,9 +390,13 @@ class Simulation:
     def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
         """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`),
         of a model without cells (`advance` steps cells too)."""
-        return self._advance_steps(fields, {}, t0, dt, n_steps, self._no_step)[0]
+        return self.advance_cells_and_fields(fields, {}, t0, dt, n_steps, self._no_step)[0]
 
-    def _advance_steps(self, fields, cells, t0, dt, n_steps, first_step):
+    @in_precision
+    def advance_cells_and_fields(self, fields, cells, t0, dt, n_steps, first_step):
+        """`n_steps` steps of `dt` (s) from time t0 of fields and cells in one device loop
+        (donates both); the cells' random numbers of step n are drawn for n = first_step, ...
+        Returns (fields, cells)."""
         return self._advance(
             self.model,
             fields,

@@ -1,0 +1,170 @@
+"""Runs with cells through the CLI: frames of cells in the file, an interrupted run resumes
+bitwise like an uninterrupted one, a run beyond capacity stops with the key to raise and
+keeps its frames, validate counts the cells' memory, and what runs with cells refuse."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+import engine
+from engine.cli.main import main
+
+CONFIG = """
+[grid]
+shape = [16, 16]
+spacing = "10 um"
+
+[time]
+end = "{end}"
+dt = "20 s"
+stepper = "imex"
+output_every = "2 min"
+seed = 3
+
+[species.IL2]
+diffusion = "10 um^2/s"
+decay = "1e-3 1/s"
+
+[cells.Th]
+count = 4
+motility = "1 um^2/s"
+
+[[cells.Th.secretion]]
+species = "IL2"
+rate = "20 1/s"
+
+[cells.Tr]
+count = 30
+capacity = {capacity}
+motility = "2 um^2/s"
+chemotaxis = {{ species = "IL2", sensitivity = "1e3 um^2/(s nM)" }}
+state = {{ R = 1000.0, pSTAT5 = 0.0 }}
+division = {{ rate = "{division}", halve = ["R"] }}
+death = {{ rate = "1e-4 1/s" }}
+
+[[cells.Tr.uptake]]
+species = "IL2"
+k_on = "1e7 1/M/s"
+receptors = "R"
+
+[[cells.Tr.state_terms]]
+variable = "pSTAT5"
+production = "2e-3 1/s"
+decay = "2e-3 1/s"
+activators = [{{ of = "IL2", K = "10 pM" }}]
+"""
+
+
+def write_config(tmp_path, end="12 min", capacity=120, division="2e-4 1/s"):
+    path = tmp_path / "cells.toml"
+    text = CONFIG.format(end=end, capacity=capacity, division=division)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_run_writes_its_cells_frame_by_frame(tmp_path, capsys):
+    config, out = write_config(tmp_path), tmp_path / "out.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    with engine.open_output(out) as result:
+        assert result.cell_types == ("Th", "Tr")
+        assert result.cell_state("Tr") == ("R", "pSTAT5")
+        counts = result.cell_counts("Tr")
+        assert len(counts) == 7 and counts[0] == 30
+        last = result.cells("Tr", -1)
+        assert len(last["id"]) == counts[-1] == len(np.unique(last["id"]))
+        assert np.all((last["position"] >= 0) & (last["position"] < 160))
+        assert last["pSTAT5"].max() > 0  # responders near the secreting cells
+        table = result.cells("Th", 3, table=True)
+        assert list(table.columns) == ["id", "y", "x"] and len(table) == 4
+    assert main(["info", str(out)]) == 0
+    assert "Tr" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_bitwise_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    from engine.io.writer import OutputWriter
+
+    config = write_config(tmp_path)
+    out, reference = tmp_path / "stopped.h5", tmp_path / "reference.h5"
+    write_frame = OutputWriter.write_frame
+
+    def then_interrupt(writer, *args, **kwargs):
+        write_frame(writer, *args, **kwargs)
+        if writer.n_frames == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(OutputWriter, "write_frame", then_interrupt)
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 130
+    monkeypatch.undo()
+    with engine.open_output(out) as stopped:
+        assert 3 <= stopped.n_frames < 7
+    assert main(["run", str(config), "-o", str(out), "--resume", "--quiet"]) == 0
+    assert main(["run", str(config), "-o", str(reference), "--quiet"]) == 0
+    with h5py.File(out) as a, h5py.File(reference) as b:
+        np.testing.assert_array_equal(a["time"][:], b["time"][:])
+        for name in ("position", "alive", "id", "R", "pSTAT5"):
+            np.testing.assert_array_equal(a[f"cells/Tr/{name}"][:], b[f"cells/Tr/{name}"][:])
+        np.testing.assert_array_equal(a["fields/IL2"][:], b["fields/IL2"][:])
+
+
+def test_a_run_beyond_capacity_stops_naming_the_key_and_keeps_its_frames(tmp_path, capsys):
+    config = write_config(tmp_path, end="30 min", capacity=40, division="3e-3 1/s")
+    out = tmp_path / "full.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("ilsim: error: cells.Tr.capacity:") and "raise cells.Tr.capacity" in error
+    )
+    assert len(error.splitlines()) == 1
+    with engine.open_output(out) as kept:
+        assert kept.n_frames >= 1
+        assert np.all(kept.cell_counts("Tr") <= 40)
+
+
+def test_validate_counts_the_cells_memory(tmp_path, capsys):
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.mkdir(), large.mkdir()
+    cfgs = [
+        engine.load_config(write_config(folder, capacity=capacity))
+        for folder, capacity in ((small, 40), (large, 100_040))
+    ]
+    extra = cfgs[1].memory_bytes() - cfgs[0].memory_bytes()
+    per_cell = 4 * (2 + 1 + 1 + 2)  # float32 position (2D), alive, id, R and pSTAT5
+    assert extra >= 100_000 * per_cell
+    assert main(["validate", str(write_config(tmp_path))]) == 0
+    assert "memory" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("time.adaptive=true", "time.adaptive"),
+        ("parallel.mesh=[2, 1]", "parallel.mesh"),
+    ],
+)
+def test_runs_with_cells_refuse_what_they_do_not_support(tmp_path, capsys, override, key):
+    config = write_config(tmp_path)
+    out = tmp_path / "refused.h5"
+    status = main(["run", str(config), "-o", str(out), "--quiet", "--set", override])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert key in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_sweep_of_a_config_with_cells_is_refused_in_one_line(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "sweep.h5"
+    status = main(
+        ["sweep", str(config), "-o", str(out), "--vary", "species.IL2.decay=1e-3,2e-3", "--quiet"]
+    )
+    assert status == 2
+    assert "cells" in capsys.readouterr().err
+    assert not out.exists()
+    shutil.rmtree(tmp_path)
