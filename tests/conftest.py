@@ -19,6 +19,16 @@ import pytest
 CHILDREN = Path(__file__).resolve().parent / "children"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """A run that selects the slow cases runs them in this one process, not in the default
+    run's two workers: they start processes and devices of their own, and wait on them."""
+    expression = config.option.markexpr or ""
+    if "slow" in expression and "not slow" not in expression:
+        config.option.numprocesses = None
+        config.option.dist = "no"
+
+
 def pytest_configure(config):
     """JAX's compilation cache in a folder of this run only (made now, removed at the end):
     the many tests that build the same program again (a Simulation per time step, per sweep

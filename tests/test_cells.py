@@ -29,6 +29,10 @@ from engine.numerics.grid import Grid
 from engine.stepping.simulation import CapacityExceeded, Simulation, State, check_capacity
 
 
+def SLOW(value):
+    return pytest.param(value, marks=pytest.mark.slow)
+
+
 def one_type(grid, positions, capacity=None, **kwargs) -> CellType:
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, grid.ndim)
     return CellType("T", capacity=capacity or max(len(positions), 1), initial=positions, **kwargs)
@@ -42,7 +46,9 @@ def at_centres(grid, voxels) -> np.ndarray:
 # --- secretion, uptake and the steady state -----------------------------------------------
 
 
-@pytest.mark.parametrize("ndim, size", [(3, 48), (2, 64)], ids=["3d", "2d"])
+@pytest.mark.parametrize(
+    "ndim, size", [pytest.param(3, 48, marks=pytest.mark.slow), (2, 64)], ids=["3d", "2d"]
+)
 def test_one_secreting_cell_reaches_the_analytic_steady_state(ndim, size):
     q, D, k, h = 1e3, 100.0, 4e-2, 10.0  # screening length 5 voxels
     grid = Grid((size,) * ndim, spacing=h)
@@ -82,7 +88,7 @@ def test_secreted_molecules_are_exactly_what_the_field_gains(stepper):
     assert gained == pytest.approx(sum(rates) * 40 * t, rel=2e-6)
 
 
-@pytest.mark.parametrize("stepper", ["explicit", "imex", "quasi_steady"])
+@pytest.mark.parametrize("stepper", [SLOW("explicit"), "imex", SLOW("quasi_steady")])
 def test_cells_one_per_voxel_act_as_the_equivalent_density(stepper):
     """Cells at the centres of every voxel of a region are the density field 1/V there: the
     same secretion, first-order and saturable uptake, to rounding."""
@@ -121,7 +127,7 @@ def test_cells_one_per_voxel_act_as_the_equivalent_density(stepper):
     assert ends[0].min() > 0
 
 
-@pytest.mark.parametrize("stepper", ["explicit", "imex", "quasi_steady"])
+@pytest.mark.parametrize("stepper", ["explicit", "imex", SLOW("quasi_steady")])
 def test_uptake_far_faster_than_diffusion_keeps_the_field_non_negative(stepper):
     grid = Grid((16, 16), spacing=10.0)
     rng = np.random.default_rng(3)
@@ -165,7 +171,7 @@ def test_many_consuming_cells_screen_a_source_with_the_density_length():
 # --- motion --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("ndim", [SLOW(1), 2, SLOW(3)])
 def test_random_walk_has_mean_squared_displacement_2_ndim_M_t(ndim):
     grid = Grid((8,) * ndim, spacing=250.0)  # walls ~40 rms steps away
     motility, t, count = 0.5, 400.0, 10_000
@@ -266,6 +272,7 @@ def test_a_run_beyond_capacity_stops_with_the_key_to_raise():
         check_capacity(state)
 
 
+@pytest.mark.slow  # tests/test_run_cells.py resumes a run bitwise in the default run
 def test_cells_reproduce_from_the_seed_and_resume_bitwise():
     grid = Grid((8, 8), spacing=10.0)
     rng = np.random.default_rng(6)

@@ -113,6 +113,7 @@ def test_an_interrupted_run_resumes_bitwise_like_an_uninterrupted_run(tmp_path, 
         np.testing.assert_array_equal(a["fields/IL2"][:], b["fields/IL2"][:])
 
 
+@pytest.mark.slow  # tests/test_cells.py checks the guard itself in the default run
 def test_a_run_beyond_capacity_stops_naming_the_key_and_keeps_its_frames(tmp_path, capsys):
     config = write_config(tmp_path, end="30 min", capacity=40, division="3e-3 1/s")
     out = tmp_path / "full.h5"

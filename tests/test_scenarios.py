@@ -57,7 +57,7 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
 
 
 def _validated(path: Path):
-    slow = not _is_2d(path)  # a 128^3 model to build
+    slow = not _is_2d(path) or path.stem == "il2_niches_no_treg"  # a 3D model; a control
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -83,7 +83,7 @@ def test_3d_variant_is_the_same_model_on_a_128_cube(name):
 
 
 def _smoke_run(path: Path):
-    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy")  # the controls
+    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy", "il2_niches_no_treg")
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
