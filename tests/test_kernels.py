@@ -162,7 +162,16 @@ def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
     sim = engine.Simulation(cfg, kernels="pallas", scheme="euler")
     state = sim.initial_state()
     triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
-    args = (sim.model, state.fields, {}, jnp.float32(0), jnp.float32(1), jnp.int32(5), jnp.int32(0))
+    args = (
+        sim.model,
+        state.fields,
+        {},
+        jnp.float32(0),
+        jnp.float32(1),
+        jnp.int32(5),
+        jnp.int32(0),
+        jnp.int32(1),
+    )
     exported = export.export(sim._advance, platforms=["cuda"], disabled_checks=[triton])(*args)
     text = exported.mlir_module()
     assert text.count("xla.gpu.triton") >= 1

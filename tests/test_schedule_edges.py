@@ -71,9 +71,9 @@ def test_no_step_straddles_a_dose_edge_and_the_dose_total_is_exact(options):
     calls = []
     advance = sim.advance_cells_and_fields
 
-    def spy(fields, cells, t0, dt, n_steps, first_step):
+    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
         calls.append((t0, dt, n_steps))
-        return advance(fields, cells, t0, dt, n_steps, first_step)
+        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
 
     sim.advance_cells_and_fields = spy
     state = sim.initial_state()

@@ -555,7 +555,16 @@ def test_the_stepping_loop_captures_no_grid_sized_constant(stepper):
     cfg = load_config(_SCENARIO, {"grid.shape": [16, 16, 16], "grid.spacing": "80 um"})
     sim = Simulation(cfg, stepper=stepper)
     state = sim.initial_state()
-    args = (sim.model, state.fields, {}, jnp.float32(0), jnp.float32(1), jnp.int32(1), jnp.int32(0))
+    args = (
+        sim.model,
+        state.fields,
+        {},
+        jnp.float32(0),
+        jnp.float32(1),
+        jnp.int32(1),
+        jnp.int32(0),
+        jnp.int32(1),
+    )
     text = sim._advance.lower(*args).as_text()
     constants = re.findall(r"stablehlo\.constant dense<(.)[^>]*> : tensor<([0-9x]+)x\w+>", text)
     assert constants
@@ -646,7 +655,16 @@ def test_the_explicit_loop_builds_its_face_couplings_once(scheme, accelerator, m
     cfg = load_config(_SCENARIO, {"grid.shape": [8, 10, 12], "grid.spacing": "80 um"})
     sim = Simulation(cfg, stepper="explicit", scheme=scheme)
     state = sim.initial_state()
-    args = (sim.model, state.fields, {}, jnp.float32(0), jnp.float32(1), jnp.int32(5), jnp.int32(0))
+    args = (
+        sim.model,
+        state.fields,
+        {},
+        jnp.float32(0),
+        jnp.float32(1),
+        jnp.int32(5),
+        jnp.int32(0),
+        jnp.int32(1),
+    )
     jaxpr = jax.make_jaxpr(sim._advance_traced)(*args).jaxpr
     axis_vectors = {(8, 1, 1), (1, 10, 1), (1, 1, 12)}
     built = [

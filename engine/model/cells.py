@@ -289,12 +289,18 @@ MOVE_PER_STEP = 0.5
 """The most a cell may move in one step, in voxels (rms random step, or drift): the fields
 see each cell where it was at the step's start, so a step must not outrun the grid."""
 
+FATE_PER_STEP = 0.1
+"""The largest division or death rate times a cell step: a cell divides at most once per
+step, and its modulators are read once per step."""
 
-def motion_dt(
+
+def cells_dt(
     cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields, grid, periodic
 ):
-    """Largest step (s) in which no cell's rms random step sqrt(2 ndim M dt) nor its
-    chemotactic drift |chi grad c| dt exceeds `MOVE_PER_STEP` voxels."""
+    """Largest cell step (s): no cell's rms random step sqrt(2 ndim M dt) nor its chemotactic
+    drift |chi grad c| dt exceeds `MOVE_PER_STEP` voxels, no division or death rate (its
+    unmodulated bound) exceeds `FATE_PER_STEP` per step, and no state variable decays by more
+    than e^-1 per step (the fields its terms read are frozen over the step)."""
     h = MOVE_PER_STEP * min(grid.spacing)
     dt = jnp.inf
     for ct in cell_types:
@@ -305,6 +311,11 @@ def motion_dt(
             speed = jnp.abs(ct.chemotaxis_sensitivity) * jnp.sqrt(jnp.sum(gradient**2, axis=1))
             speed = jnp.max(jnp.where(cells.alive, speed, 0.0))
             dt = jnp.minimum(dt, h / jnp.maximum(speed, 1e-30))
+        for fate in (ct.division, ct.death):
+            if fate is not None:
+                dt = jnp.minimum(dt, FATE_PER_STEP / jnp.maximum(fate.rate, 1e-30))
+        for term in ct.state_terms:
+            dt = jnp.minimum(dt, 1 / jnp.maximum(term.decay, 1e-30))
     return dt
 
 

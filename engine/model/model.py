@@ -193,7 +193,11 @@ class Model:
         if not self.cells:
             return self
         exchange = exchange_terms(self.cells, population, fields, self.grid, linear_sinks)
-        return dataclasses.replace(self, terms=self.terms + exchange)
+        return self.with_exchange(exchange)
+
+    def with_exchange(self, exchange: tuple) -> Model:
+        """The model with the cells' `exchange` terms appended to its own."""
+        return dataclasses.replace(self, terms=self.terms + tuple(exchange)) if exchange else self
 
     def initial_cells(self, dtype) -> dict:
         """Every cell type's `Cells` at t = 0 (`CellType.initial_cells`)."""

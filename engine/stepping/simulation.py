@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.model.cells import Cells, motion_dt
+from engine.model.cells import Cells, cells_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
@@ -190,7 +190,7 @@ class Simulation:
         self.dt = dt
         self.safety = safety
         self.trace_count = 0
-        self._no_step = jax.device_put(np.int32(0))  # a model without cells numbers no steps
+        self._step_numbers = jax.device_put((np.int32(0), np.int32(1)))
         options = spectral.compiler_options()
         self._advance = jax.jit(
             self._advance_traced, donate_argnums=(1, 2), compiler_options=options
@@ -222,17 +222,18 @@ class Simulation:
         return {k: jax.lax.with_sharding_constraint(v, blocks) for k, v in fields.items()}
 
     def _stable_dt_traced(self, model, fields, cells):
-        """The stepper's limit with the cells' exchange, and the cells' `motion_dt`. The
+        """The stepper's limit with the cells' exchange, and the cells' `cells_dt`. The
         implicit steppers solve the cells' first-order uptake, frozen over a step, exactly:
         their accuracy target leaves it out (the explicit positivity limit keeps it)."""
         exact = self.stepper.name != "explicit"
         dt = self.stepper.stable_dt(model.coupled(cells, fields, linear_sinks=not exact), fields)
         if not model.cells:
-            return dt
+            return dt, jnp.inf
         periodic = model.periodic_axes
-        return jnp.minimum(dt, motion_dt(model.cells, cells, fields, model.grid, periodic))
+        motion = cells_dt(model.cells, cells, fields, model.grid, periodic)
+        return jnp.minimum(dt, motion), motion
 
-    def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step):
+    def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step, cell_every):
         self.trace_count += 1  # runs only while tracing: counts compilations
         key = jax.random.key(self.seed)
         with parallel.layout(self.mesh):
@@ -246,6 +247,7 @@ class Simulation:
                 n_steps,
                 first_step,
                 key,
+                cell_every,
                 self.compensated,
             )
         return self._keep_layout(fields), cells
@@ -307,9 +309,20 @@ class Simulation:
 
     @in_precision
     def stable_dt(self, state: State) -> float:
-        """The stepper's largest stable step (s) for `state` (its cells' uptake included),
-        before the safety factor."""
-        return float(self._stable_dt(self.model, state.fields, state.cells))
+        """The stepper's largest stable step (s) for `state` (its cells' uptake included,
+        and the cells' `cells_dt`), before the safety factor."""
+        return float(self._stable_dt(self.model, state.fields, state.cells)[0])
+
+    @in_precision
+    def cell_every(self, state: State, dt: float) -> int:
+        """How many field steps of `dt` (s) the cells take one step over: as many as fit in
+        `cells_dt` (at least 1), so that cells cost little where a stability limit holds the
+        fields' step far below theirs."""
+        if not self.model.cells:
+            return 1
+        motion = float(self._stable_dt(self.model, state.fields, state.cells)[1])
+        steps = self.safety * motion / dt * (1 + 1e-9) if dt > 0 else 1.0
+        return int(min(max(1.0, math.floor(steps)), 2**30))  # still cells: once per call
 
     def time_step(self, state: State) -> float:
         """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
@@ -332,11 +345,14 @@ class Simulation:
                 state = self._advance_adaptively(state, end)
             return state
         dt_max = self.time_step(state)
+        every = self.cell_every(state, dt_max)
         fields, cells, steps = state.fields, state.cells, state.step
         for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
             n_steps = steps_within(end - start, dt_max)
             dt = (end - start) / n_steps
-            fields, cells = self.advance_cells_and_fields(fields, cells, start, dt, n_steps, steps)
+            fields, cells = self.advance_cells_and_fields(
+                fields, cells, start, dt, n_steps, steps, every
+            )
             steps += n_steps
         return State(t=float(t_end), fields=fields, step=steps, cells=cells)
 
@@ -373,6 +389,7 @@ class Simulation:
             dt,
             jnp.int32(n_steps),
             jnp.int32(state.step),
+            jnp.int32(1),
         ).compile()
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
@@ -390,12 +407,14 @@ class Simulation:
     def advance_steps(self, fields: Fields, t0: float, dt: float, n_steps: int) -> Fields:
         """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`),
         of a model without cells (`advance` steps cells too)."""
-        return self.advance_cells_and_fields(fields, {}, t0, dt, n_steps, self._no_step)[0]
+        zero, one = self._step_numbers  # on the device already: no transfer per call
+        return self.advance_cells_and_fields(fields, {}, t0, dt, n_steps, zero, one)[0]
 
     @in_precision
-    def advance_cells_and_fields(self, fields, cells, t0, dt, n_steps, first_step):
+    def advance_cells_and_fields(self, fields, cells, t0, dt, n_steps, first_step, cell_every=1):
         """`n_steps` steps of `dt` (s) from time t0 of fields and cells in one device loop
-        (donates both); the cells' random numbers of step n are drawn for n = first_step, ...
+        (donates both), numbered from `first_step` (the cells' random numbers); the cells
+        step every `cell_every` field steps and after the last (`steppers.advance_state`).
         Returns (fields, cells)."""
         return self._advance(
             self.model,
@@ -405,6 +424,7 @@ class Simulation:
             jnp.asarray(dt, self.dtype),
             jnp.asarray(n_steps, jnp.int32),
             jnp.asarray(first_step, jnp.int32),
+            jnp.asarray(cell_every, jnp.int32),
         )
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from engine.model.cells import Cells, step_population
+from engine.model.cells import Cells, exchange_terms, step_population
 from engine.model.model import Fields, Model
 from engine.model.rhs import (
     chemotaxis_terms,
@@ -539,7 +539,7 @@ def advance_fields(
     stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps, compensated: bool = True
 ) -> Fields:
     """`n_steps` steps of `dt` from t0 of a model without cells (`advance_state`)."""
-    return advance_state(stepper, model, fields, {}, t0, dt, n_steps, 0, None, compensated)[0]
+    return advance_state(stepper, model, fields, {}, t0, dt, n_steps, 0, None, 1, compensated)[0]
 
 
 def advance_state(
@@ -552,14 +552,16 @@ def advance_state(
     n_steps,
     first_step,
     key,
+    cell_every=1,
     compensated: bool = True,
 ) -> tuple[Fields, dict[str, Cells]]:
     """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`).
 
-    With cells, each step advances the fields with the cells' secretion and uptake frozen at
-    the step's start (`Model.coupled`), then the cells on the new fields (`step_population`)
-    with the key `fold_in(key, step number)`: the random numbers of step n are the same
-    however the run is cut into loops, resumed or split over devices.
+    With cells, the fields step with the cells' secretion and uptake frozen (`VoxelExchange`
+    terms), and the cells step every `cell_every` field steps and after the last one, over
+    the time since their last step, on the fields of that moment (`step_population`); their
+    exchange is then rebuilt. A cell step ending at step n draws from `fold_in(key, n)`: the
+    same numbers however a run is cut into loops, resumed or split over devices.
 
     In float32, a stepper that forms its step as an increment has it added with compensated
     (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
@@ -572,30 +574,44 @@ def advance_state(
         and any(v.dtype == jnp.float32 for v in fields.values())
     )
 
-    def cells_after(i, population, u):
-        if not population:
-            return population
-        step_key = jax.random.fold_in(key, first_step + i)
-        periodic = model.periodic_axes
-        return step_population(model.cells, population, u, model.grid, periodic, dt, step_key)
-
-    def body(i, carry):
-        u, lost, population = carry
+    def field_step(i, u, lost, exchange):
+        coupled = model.with_exchange(exchange)
         t = t0 + i * dt
-        coupled = model.coupled(population, u)
         if not compensate:
-            new = stepper.step(coupled, prepared, u, t, dt)
-            return new, lost, cells_after(i, population, new)
+            return stepper.step(coupled, prepared, u, t, dt), lost
         change = stepper.increment(coupled, prepared, u, t, dt)
         new, new_lost = {}, {}
         for k in u:
             y = jnp.maximum(change[k] - lost[k], -u[k])  # never below 0 for what was lost
             new[k] = u[k] + y
             new_lost[k] = (new[k] - u[k]) - y
-        return new, new_lost, cells_after(i, population, new)
+        return new, new_lost
+
+    def body(i, carry):
+        u, lost, population, exchange, since = carry
+        u, lost = field_step(i, u, lost, exchange)
+        if not population:
+            return u, lost, population, exchange, since
+        since = since + 1
+
+        def cells_step(population):
+            step_key = jax.random.fold_in(key, first_step + i)
+            population = step_population(
+                model.cells, population, u, model.grid, model.periodic_axes, since * dt, step_key
+            )
+            exchange = exchange_terms(model.cells, population, u, model.grid)
+            return population, exchange, jnp.zeros_like(since)
+
+        due = (since >= cell_every) | (i == n_steps - 1)
+        population, exchange, since = lax.cond(
+            due, cells_step, lambda p: (p, exchange, since), population
+        )
+        return u, lost, population, exchange, since
 
     lost = {k: jnp.zeros_like(v) for k, v in fields.items()} if compensate else {}
-    fields, _, population = _loop(n_steps, body, (fields, lost, population))
+    exchange = exchange_terms(model.cells, population, fields, model.grid) if population else ()
+    carry = (fields, lost, population, exchange, jnp.zeros((), jnp.int32))
+    fields, _, population, _, _ = _loop(n_steps, body, carry)
     return fields, population
 
 
