@@ -24,6 +24,11 @@ TARGETS = {  # (grid, fields, dtype) of the euler cases the targets name: minimu
 ACCELERATOR_TARGETS = {  # the same on a GPU: minimum fraction of the measured copy bandwidth
     ("512^3", 1, "float32"): 0.7,
 }
+CELLS_TARGETS = {  # device kind: (cells, most field steps their share of a step may cost)
+    "cpu": (100_000, 1.0),
+}
+CELLS_GPU_TARGET_MS = 1.0
+"""Milliseconds per step of 1e6 cells on one GPU."""
 TIME_TO_SOLUTION_TARGET = 60.0
 """Wall seconds (compilation included) for each 3D seed scenario at 128^3, 24 simulated hours
 with imex, on one GPU."""
@@ -39,6 +44,7 @@ CURRENT = {
     "implicit": ["implicit_step_cost-cpu-cpu.json"],
     "sweep": ["sweep-cpu-cpu.json", "sweep-cpu-cpu-256.json"],
     "scaling": ["scaling-cpu-cpu-cpu_devices.json", "scaling-gpu-NVIDIA_H200.json"],
+    "cells": ["cells-cpu-cpu.json"],
 }
 """The results file(s) current for each section, in the order shown."""
 
@@ -355,6 +361,48 @@ def scaling_section(results: Path) -> list[str]:
     return lines + [""]
 
 
+def cells_section(results: Path) -> list[str]:
+    lines = ["### Individual cells beside the field step", ""]
+    loaded = _load(results, "cells")
+    if not loaded:
+        return lines + _missing("cells")
+    for name, result in loaded:
+        rows = result["rows"]
+        lines += [
+            f"`{result['device']}`, jax {result.get('jax', '?')}, `{name}`: {rows[0]['grid']}, "
+            f"{rows[0]['stepper']} fields at dt = 1 s, cells every few field steps "
+            "(`bench_cells.py`); `cells ms` = step with cells - field step.",
+            "",
+        ]
+        table = [
+            [f"{r['cells']:,}", f"{r['step_ms']:.2f}", f"{r['field_step_ms']:.2f}"]
+            + [f"{r['cells_ms']:.2f}", f"{r['ns_per_cell_step']:.0f}", f"{r['field_steps']:.2f}"]
+            for r in rows
+        ]
+        header = ["cells", "ms/step", "field step ms", "cells ms", "ns per cell", "field steps"]
+        lines += _table(header, table) + [""]
+        kind = "cpu" if result["device"].startswith("cpu") else "gpu"
+        if kind == "cpu":
+            count, most = CELLS_TARGETS["cpu"]
+            row = next((r for r in rows if r["cells"] == count), None)
+            if row is not None:
+                met = row["field_steps"] <= most
+                lines.append(
+                    f"- **Target** {count:,} cells add at most {most:g} field step: "
+                    f"{row['field_steps']:.2f}, **{'met' if met else 'missed'}**."
+                )
+        else:
+            row = next((r for r in rows if r["cells"] == 1_000_000), None)
+            if row is not None:
+                met = row["cells_ms"] < CELLS_GPU_TARGET_MS
+                lines.append(
+                    f"- **Target** 1,000,000 cells under {CELLS_GPU_TARGET_MS:g} ms per step: "
+                    f"{row['cells_ms']:.2f} ms, **{'met' if met else 'missed'}**."
+                )
+        lines.append("")
+    return lines
+
+
 SECTIONS = [
     cpu_section,
     gpu_section,
@@ -362,6 +410,7 @@ SECTIONS = [
     implicit_section,
     sweep_section,
     scaling_section,
+    cells_section,
 ]
 
 

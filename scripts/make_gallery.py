@@ -21,6 +21,15 @@ SCENARIOS = {
     "il2_therapy_untreated": "The same tumour without IL-2 (control).",
     "autoimmune": "The same tissue with the stop signal broken: inflammation persists.",
     "autoimmune_healthy": "The healthy control with the stop signal intact.",
+    "il2_niches": "IL-2 niches around single secreting helper cells (individual cells, not "
+    "densities): responders coloured by pSTAT5, regulatory cells by their receptors, which "
+    "IL-2 raises until they out-compete the responders.",
+    "il2_niches_no_treg": "The same tissue without regulatory cells (control): wider niches, "
+    "more responders with pSTAT5 above 0.5.",
+}
+CELLS = {  # what the maps draw over IL-2: type:state
+    "il2_niches": ["Tresp:pSTAT5", "Treg:R"],
+    "il2_niches_no_treg": ["Tresp:pSTAT5"],
 }
 
 
@@ -41,10 +50,50 @@ def figures(name: str, out_path: Path, folder: Path) -> list[tuple[str, str]]:
         middle = out.n_frames // 2
         for label, frame in (("middle", middle), ("end", out.n_frames - 1)):
             file = f"{name}_maps_{label}.png"
-            plots.field_map(out, list(out.fields), folder / file, frame=frame, size=(1200, 900))
+            cells = CELLS.get(name, ())
+            plots.field_map(
+                out, list(out.fields), folder / file, frame=frame, size=(1200, 900), cells=cells
+            )
             time = analysis.format_time(out.time[frame])
-            made.append((file, f"every field at t = {time}"))
+            what = " with the cells" if cells else ""
+            made.append((file, f"every field{what} at t = {time}"))
     return made
+
+
+def niche_scaling_figure(folder: Path) -> tuple[str, str]:
+    """The niche radius against consumption (responders x receptors) in il2_niches's model,
+    with the slope -1/2 of Oyler-Yaniv et al. 2017 (tests/test_niches.py)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from engine.runs.examples import niche_scaling
+
+    consumers = [(1600, 1500), (3200, 1500), (3200, 3000), (6400, 3000), (12800, 3000)]
+    products, radii = niche_scaling(
+        ROOT / "configs" / "il2_niches_no_treg.toml",
+        consumers,
+        threshold=0.01,
+        overrides={"grid.shape": [160, 160]},
+    )
+    slope, intercept = np.polyfit(np.log(products), np.log(radii), 1)
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    ax.loglog(products, radii, "o", label="simulated (16 secreting cells, 1.6 mm slab)")
+    ax.loglog(products, np.exp(intercept) * products**slope, "-", label=f"fit: slope {slope:.3f}")
+    guide = radii[0] * (products / products[0]) ** -0.5
+    ax.loglog(products, guide, "k--", lw=0.8, label="slope -1/2")
+    ax.set_xlabel("responders x receptors per cell")
+    ax.set_ylabel("niche radius (um), IL-2 > 10 pM")
+    ax.legend()
+    file = "il2_niches_scaling.png"
+    fig.savefig(folder / file, dpi=120)
+    plt.close(fig)
+    return file, (
+        f"niche radius against consumption: log-log slope {slope:.3f} "
+        "(theory -1/2, Oyler-Yaniv et al. 2017)"
+    )
 
 
 def main() -> None:
@@ -64,6 +113,8 @@ def main() -> None:
     for name, description in SCENARIOS.items():
         print(f"{name}: running and plotting")
         made = figures(name, run(name, args.outputs, args.rerun), folder)
+        if name == "il2_niches":
+            made.append(niche_scaling_figure(folder))
         lines += [f"## {name}", "", description, ""]
         lines += [
             f"![{name}: {caption}](gallery/{file})  \n*{caption}*\n" for file, caption in made

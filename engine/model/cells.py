@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from engine.model.terms import Hill, accumulate, modulation
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
@@ -180,32 +181,23 @@ def gradient_at(field_values, grid: Grid, position, periodic: tuple[bool, ...]):
     """The central-difference gradient (units/um, (capacity, ndim)) of a field at each cell's
     voxel: one-sided at walls, wrapped on periodic axes, 0 along an axis of one voxel."""
     flat = field_values.reshape(-1)
-    indices = [
-        jnp.clip(jnp.floor((position[:, a] - o) / h).astype(jnp.int32), 0, n - 1)
-        for a, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.origin))
-    ]
-
-    def at(idx):
-        out = jnp.zeros_like(idx[0])
-        for a, n in enumerate(grid.shape):
-            out = out * n + idx[a]
-        return flat[out]
-
+    here = voxel_index(grid, position)
     components = []
-    for a, (n, h) in enumerate(zip(grid.shape, grid.spacing)):
+    stride = grid.size
+    for a, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.origin)):
+        stride //= n
         if n == 1:
             components.append(jnp.zeros(position.shape[:1], flat.dtype))
             continue
+        i = jnp.clip(jnp.floor((position[:, a] - o) / h).astype(jnp.int32), 0, n - 1)
         if periodic[a]:
-            up, down = (indices[a] + 1) % n, (indices[a] - 1) % n
+            up, down = (i + 1) % n, (i - 1) % n
             span = 2 * h
         else:
-            up = jnp.minimum(indices[a] + 1, n - 1)
-            down = jnp.maximum(indices[a] - 1, 0)
+            up, down = jnp.minimum(i + 1, n - 1), jnp.maximum(i - 1, 0)
             span = (up - down) * h
-        plus = [up if b == a else indices[b] for b in range(grid.ndim)]
-        minus = [down if b == a else indices[b] for b in range(grid.ndim)]
-        components.append((at(plus) - at(minus)) / span)
+        plus, minus = flat[here + (up - i) * stride], flat[here + (down - i) * stride]
+        components.append((plus - minus) / span)
     return jnp.stack(components, axis=1)
 
 
@@ -415,8 +407,10 @@ def step_cells(
     )
     if cell_type.division is not None:
         rate = cell_type.division.rate * modulation(cell_type.division.modulators, seen)
-        divides = jax.random.uniform(division_key, shape, dtype) < jnp.expm1(rate * dt)
-        cells = divide(cell_type, cells, alive & divides)
+        dividing = alive & (jax.random.uniform(division_key, shape, dtype) < jnp.expm1(rate * dt))
+        cells = lax.cond(
+            jnp.any(dividing), lambda c: divide(cell_type, c, dividing), lambda c: c, cells
+        )
     return cells
 
 
