@@ -84,6 +84,10 @@ def niche_scaling_figure(folder: Path) -> tuple[str, str]:
     ax.loglog(products, np.exp(intercept) * products**slope, "-", label=f"fit: slope {slope:.3f}")
     guide = radii[0] * (products / products[0]) ** -0.5
     ax.loglog(products, guide, "k--", lw=0.8, label="slope -1/2")
+    ax.minorticks_off()
+    ax.set_xticks(products, [f"{p:.2g}" for p in products])
+    ticks = [20, 30, 40, 60, 80, 100]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("responders x receptors per cell")
     ax.set_ylabel("niche radius (um), IL-2 > 10 pM")
     ax.legend()
