@@ -332,3 +332,28 @@ def test_models_with_cells_refuse_what_they_do_not_support():
     reads = dataclasses.replace(bad, secretion=(CellSecretion("IL2", 1.0, (Hill("S", 1.0),)),))
     with pytest.raises(ValueError, match="reads 'S'"):
         Model(grid, species=(Species("IL2"),), cells=(reads,))
+
+
+def test_cells_sense_the_local_density_of_another_type():
+    """A modulator that names a cell type reads its alive cells per um^3 in the reader's
+    voxel: two secreting cells, one sharing its voxel with four inhibitors, secrete
+    rate x K / (K + density) and rate (exact totals, no decay)."""
+    grid = Grid((4, 4), spacing=10.0, depth=10.0)
+    density = 4 / grid.voxel_volume
+    K, rate, t = 2 / grid.voxel_volume, 30.0, 100.0
+    inhibitors = one_type(grid, at_centres(grid, [(1, 1)] * 4))
+    inhibitors = dataclasses.replace(inhibitors, name="I")
+    secreting = one_type(
+        grid,
+        at_centres(grid, [(1, 1), (3, 2)]),
+        secretion=(CellSecretion("IL2", rate, (Hill("I", K, 1.0, inhibits=True),)),),
+    )
+    model = Model(grid, species=(Species("IL2"),), cells=(inhibitors, secreting))
+    sim = Simulation(model, stepper="imex", dt=10.0, dtype="float64")
+    c = np.asarray(sim.advance(sim.initial_state(), t).fields["IL2"])
+    per_nM = grid.voxel_volume * MOLECULES_PER_UM3_PER_NM
+    assert c[1, 1] * per_nM == pytest.approx(rate * t * K / (K + density), rel=1e-12)
+    assert c[3, 2] * per_nM == pytest.approx(rate * t, rel=1e-12)
+    clash = dataclasses.replace(secreting, state={"I": 1.0})
+    with pytest.raises(ValueError, match="also a field or a cell type"):
+        Model(grid, species=(Species("IL2"),), cells=(inhibitors, clash))

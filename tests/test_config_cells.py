@@ -135,6 +135,18 @@ def test_full_3d_example_in_engine_units():
     assert th.secretion[0].rate == 3.0
 
 
+def test_a_modulator_reads_another_cell_type_as_a_density():
+    data = base()
+    data["cells"]["Th"]["death"]["inhibitors"] = [{"of": "Treg", "K": "1e5 1/mm^3"}]
+    cfg = load_config(data)
+    assert cfg.cells["Th"].death.inhibitors[0].K == pytest.approx(1e-4)  # cells/um^3
+    death = build_model(cfg).cells[0].death
+    assert death.modulators[0].of == "Treg" and death.modulators[0].inhibits
+    data["cells"]["Th"]["state"]["Treg"] = 1.0
+    with pytest.raises(ConfigError, match=r'cells\.Th\.state\.Treg: "Treg" is also a cell type'):
+        load_config(data)
+
+
 def test_defaults():
     cfg = load_config(base())
     treg = cfg.cells["Treg"]
@@ -465,14 +477,14 @@ BAD = [
         "modulator_of_unknown",
         {"cells.Th.secretion[0].inhibitors[0].of": "pSTAT3"},
         "cells.Th.secretion[0].inhibitors[0].of",
-        'unknown species, population or state variable "pSTAT3"; '
-        "defined: CXCL10, IL2, R, T, pSTAT5",
+        'unknown species, population, cell type or state variable "pSTAT3"; '
+        "defined: CXCL10, IL2, R, T, Th, Treg, pSTAT5",
     ),
     (
         "modulator_of_unknown_with_unit",
         {"cells.Th.death.inhibitors[0].of": "B"},
         "cells.Th.death.inhibitors[0].of",
-        'unknown species, population or state variable "B"',
+        'unknown species, population, cell type or state variable "B"',
     ),
     (
         "state_K_with_unit",

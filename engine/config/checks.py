@@ -310,13 +310,14 @@ class _Checker:
                     if variable in halve[:k]:
                         raise fail(f'"{variable}" is listed twice; list it once', at=at)
             readable = list(self.cfg.species) + list(self.cfg.populations)
-            readable += list(cell_type.state)
+            readable += list(self.cfg.cells) + list(cell_type.state)
             for key, table in cell_type.modulated():
                 for group in ("activators", "inhibitors"):
                     for j, modulator in enumerate(getattr(table, group)):
                         if modulator.of not in readable:
                             raise fail(
-                                f'unknown species, population or state variable "{modulator.of}";'
+                                f"unknown species, population, cell type or state variable "
+                                f'"{modulator.of}";'
                                 f" defined: {listing(readable)}",
                                 at=f"{here}.{key}.{group}[{j}].of",
                             )
@@ -333,6 +334,11 @@ class _Checker:
                 )
             if variable in self.cfg.species or variable in self.cfg.populations:
                 kind = "species" if variable in self.cfg.species else "population"
+            elif variable in self.cfg.cells:
+                kind = "cell type"
+            else:
+                kind = None
+            if kind is not None:
                 raise fail(
                     f'"{variable}" is also a {kind}, which modulators read by that name; '
                     "give the state variable another name",

@@ -1078,14 +1078,15 @@ def _modulator_tables(data: dict):
 
 
 def _hill_in_units(
-    modulator: dict, here: str, species: dict, populations: dict, state: dict | None
+    modulator: dict, here: str, species: dict, populations: dict, state: dict | None, types=()
 ) -> float:
     """A modulator's K given as a string with a unit, in the engine unit of what `of` names:
-    nM for a species, cells/um^3 for a population; a cell's state variable takes numbers."""
+    nM for a species, cells/um^3 for a population or (cells' modulators) the local density of
+    a cell type; a cell's state variable takes numbers."""
     of = modulator.get("of")
     if of in species:
         kind = "concentration"
-    elif of in populations:
+    elif of in populations or (state is not None and of in types):
         kind = "density"
     elif state is not None and of in state:
         raise fail(
@@ -1097,8 +1098,8 @@ def _hill_in_units(
         defined = list(species) + list(populations)
         what = "species or population"
         if state is not None:
-            defined += list(state)
-            what = "species, population or state variable"
+            defined += list(types) + list(state)
+            what = "species, population, cell type or state variable"
         raise fail(f'unknown {what} "{of}"; defined: {listing(defined)}', at=f"{here}.of")
     else:
         return modulator["K"]  # `of` itself is wrong: its own validator says so
@@ -1128,16 +1129,18 @@ class Config(_Model):
     def _normalize(cls, data):
         """Hill constants K given with a unit, in [[terms]] and in the tables of [cells]:
         converted in the units of `of` (concentration for a species, density for a
-        population), which needs the names of species and populations. A cell's state
-        variables are plain numbers: their K must be one too."""
+        population or a cell type's local density), which needs the names of species,
+        populations and cell types. A cell's state variables are plain numbers: their K must
+        be one too."""
         if not isinstance(data, dict):
             return data
         data = copy.deepcopy(data)
         species = data.get("species") if isinstance(data.get("species"), dict) else {}
         populations = data.get("populations") if isinstance(data.get("populations"), dict) else {}
+        types = list(data["cells"]) if isinstance(data.get("cells"), dict) else []
         for here, modulator, state in _modulator_tables(data):
             if isinstance(modulator.get("K"), str):
-                modulator["K"] = _hill_in_units(modulator, here, species, populations, state)
+                modulator["K"] = _hill_in_units(modulator, here, species, populations, state, types)
         return data
 
     @model_validator(mode="after")

@@ -114,6 +114,18 @@ class CellType:
     def state_names(self) -> tuple[str, ...]:
         return tuple(self.state)
 
+    def modulated(self) -> list[tuple[str, tuple[Hill, ...]]]:
+        """(key, modulators) of every term of the type that has them."""
+        groups = [("secretion", s.modulators) for s in self.secretion]
+        groups += [("uptake", u.modulators) for u in self.uptake]
+        groups += [("state_terms", t.modulators) for t in self.state_terms]
+        groups += [
+            (k, f.modulators)
+            for k, f in (("division", self.division), ("death", self.death))
+            if f is not None
+        ]
+        return groups
+
     def initial_cells(self, dtype) -> Cells:
         """The type's cells at t = 0: the first `count` slots alive, ids 0..count-1."""
         count = np.shape(self.initial)[0]
@@ -175,6 +187,24 @@ def local(fields: Mapping, index) -> dict:
 def sensed(cells: Cells, fields: Mapping, index) -> dict:
     """What a cell's modulators read: local fields and the cell's own state variables."""
     return {**local(fields, index), **cells.state}
+
+
+def with_densities(
+    cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields: Mapping, grid
+) -> dict:
+    """The fields and, for each cell type that a modulator reads by name, its local density
+    (alive cells/um^3 in each voxel): how cells sense one another."""
+    names = {c.name for c in cell_types}
+    read = {m.of for c in cell_types for _, group in c.modulated() for m in group} & names
+    out = dict(fields)
+    for name in sorted(read):
+        cells = population[name]
+        alive = cells.alive.astype(cells.position.dtype)
+        count = jax.ops.segment_sum(
+            alive, voxel_index(grid, cells.position), num_segments=grid.size
+        )
+        out[name] = (count / grid.voxel_volume).reshape(grid.shape)
+    return out
 
 
 def gradient_at(field_values, grid: Grid, position, periodic: tuple[bool, ...]):
@@ -248,6 +278,7 @@ def exchange_terms(
     """Every type's secretion and uptake as one `VoxelExchange` per species, from the cells'
     positions and states and the fields at the start of the step; without the first-order
     uptake if not `linear_sinks` (what an accuracy target that solves them exactly omits)."""
+    fields = with_densities(cell_types, population, fields, grid)
     production: dict = {}
     loss: dict = {}
     saturable: dict = {}
@@ -423,7 +454,9 @@ def step_population(
     dt,
     key,
 ) -> dict[str, Cells]:
-    """Every type's `step_cells`, each with its own key folded from `key`."""
+    """Every type's `step_cells`, each with its own key folded from `key`, all sensing the
+    population as it was at the step's start (`with_densities`)."""
+    fields = with_densities(cell_types, population, fields, grid)
     return {
         ct.name: step_cells(
             ct, population[ct.name], fields, grid, periodic, dt, jax.random.fold_in(key, i)

@@ -107,10 +107,11 @@ class Model:
             raise ValueError(f"cells: type names must be unique, got {types}")
         defined = ", ".join(sorted(species))
         for c in self.cells:
-            clash = set(c.state_names) & set(self.names)
+            clash = set(c.state_names) & (set(self.names) | set(types))
             if clash:
                 raise ValueError(
-                    f"cells.{c.name}.state: {sorted(clash)[0]!r} is also a field; rename it"
+                    f"cells.{c.name}.state: {sorted(clash)[0]!r} is also a field or a cell type; "
+                    "rename it"
                 )
             named = [("secretion", s.species) for s in c.secretion]
             named += [("uptake", u.species) for u in c.uptake]
@@ -121,21 +122,15 @@ class Model:
                     raise ValueError(
                         f"cells.{c.name}.{key}: unknown species {name!r}; defined: {defined}"
                     )
-            readable = set(self.names) | set(c.state_names)
-            groups = [("secretion", s.modulators) for s in c.secretion]
-            groups += [("uptake", u.modulators) for u in c.uptake]
-            groups += [("state_terms", t.modulators) for t in c.state_terms]
-            groups += [
-                (k, f.modulators)
-                for k, f in (("division", c.division), ("death", c.death))
-                if f is not None
-            ]
-            for key, modulators in groups:
+            if c.name in self.names:
+                raise ValueError(f"cells.{c.name}: {c.name!r} is also a field; rename the type")
+            readable = set(self.names) | set(c.state_names) | set(types)
+            for key, modulators in c.modulated():
                 for m in modulators:
                     if m.of not in readable:
                         raise ValueError(
-                            f"cells.{c.name}.{key}: a modulator reads {m.of!r}, neither a field "
-                            f"nor a state variable of {c.name}"
+                            f"cells.{c.name}.{key}: a modulator reads {m.of!r}, neither a field, "
+                            f"a cell type nor a state variable of {c.name}"
                         )
             for t in c.state_terms:
                 if t.variable not in c.state_names:
