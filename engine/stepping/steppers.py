@@ -587,31 +587,33 @@ def advance_state(
             new_lost[k] = (new[k] - u[k]) - y
         return new, new_lost
 
-    def body(i, carry):
-        u, lost, population, exchange, since = carry
-        u, lost = field_step(i, u, lost, exchange)
-        if not population:
-            return u, lost, population, exchange, since
-        since = since + 1
-
-        def cells_step(population):
-            step_key = jax.random.fold_in(key, first_step + i)
-            population = step_population(
-                model.cells, population, u, model.grid, model.periodic_axes, since * dt, step_key
-            )
-            exchange = exchange_terms(model.cells, population, u, model.grid)
-            return population, exchange, jnp.zeros_like(since)
-
-        due = (since >= cell_every) | (i == n_steps - 1)
-        population, exchange, since = lax.cond(
-            due, cells_step, lambda p: (p, exchange, since), population
-        )
-        return u, lost, population, exchange, since
-
     lost = {k: jnp.zeros_like(v) for k, v in fields.items()} if compensate else {}
-    exchange = exchange_terms(model.cells, population, fields, model.grid) if population else ()
-    carry = (fields, lost, population, exchange, jnp.zeros((), jnp.int32))
-    fields, _, population, _, _ = _loop(n_steps, body, carry)
+    if not population:
+        fields, _ = _loop(n_steps, lambda i, c: field_step(i, *c, ()), (fields, lost))
+        return fields, population
+
+    def stretch(j, carry):
+        """`cell_every` field steps (fewer at the end) with the exchange of the cells as they
+        are at the stretch's start, loop-invariant, then one step of the cells."""
+        u, lost, population = carry
+        exchange = exchange_terms(model.cells, population, u, model.grid)
+        start = j * cell_every
+        stop = jnp.minimum(start + cell_every, n_steps)
+        u, lost = lax.fori_loop(start, stop, lambda i, c: field_step(i, *c, exchange), (u, lost))
+        step_key = jax.random.fold_in(key, first_step + stop - 1)
+        population = step_population(
+            model.cells,
+            population,
+            u,
+            model.grid,
+            model.periodic_axes,
+            (stop - start) * dt,
+            step_key,
+        )
+        return u, lost, population
+
+    stretches = (n_steps + cell_every - 1) // cell_every
+    fields, _, population = lax.fori_loop(0, stretches, stretch, (fields, lost, population))
     return fields, population
 
 
