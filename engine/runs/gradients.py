@@ -16,6 +16,13 @@ Which steppers reverse-mode differentiation goes through (forward mode goes thro
 - quasi_steady: no. Its Picard iteration runs to convergence in a while loop; forward mode
   differentiates the converged iteration.
 - adaptive stepping: no (the accepted steps depend on the values; fix dt instead).
+
+With individual cells, the trajectory steps fields and cells as `Simulation.advance` does (a
+cell step after every `cell_every` field steps, frozen at the start as dt is; the same random
+numbers). Derivatives flow
+through what is continuous in the parameters: the cells' secretion and uptake, their state
+ODEs and the fields; not through where the random walk and chemotaxis put a cell (the voxel
+it sits in is piecewise constant in its position) nor through division and death (events).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from jax import lax
 from engine.config.errors import ConfigError
 from engine.config.parameters import Parameters, numeric_keys
 from engine.config.schema import Config
+from engine.model.cells import exchange_terms, step_population
 from engine.model.model import Fields
 from engine.numerics import spectral
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
@@ -86,11 +94,6 @@ class Trajectory:
         from engine.runs.driver import output_times
 
         self.config = cfg
-        if cfg.cells:
-            raise ConfigError(
-                "cells: gradients are not defined through the cells' random walks, division "
-                "and death; remove [cells] to differentiate or fit"
-            )
         self.sim = Simulation(cfg, mesh=None)
         if self.sim.adaptive:
             raise ConfigError(
@@ -101,7 +104,9 @@ class Trajectory:
         self.times = np.asarray(times, dtype=np.float64).reshape(-1)
         if self.times.size == 0 or self.times[0] < 0 or np.any(np.diff(self.times) <= 0):
             raise ValueError("times: give increasing frame times >= 0 s")
-        self.dt = self.sim.time_step(self.sim.initial_state())
+        start = self.sim.initial_state()
+        self.dt = self.sim.time_step(start)
+        self.cell_every = self.sim.cell_every(start, self.dt)
         self.segment = segment
         self._plan = self._intervals()
 
@@ -145,28 +150,63 @@ class Trajectory:
         frames = []
         t = 0.0
         ready = sim.stepper.prepare(model)
+        key = jax.random.key(sim.seed)
+        state = (fields, model.initial_cells(sim.dtype), jnp.zeros((), jnp.int32))
         for count, segments in self._plan:
             if not segments:  # a frame at t = 0
                 frames.append(jax.tree.map(lambda x: x[None], fields))
                 continue
 
             def interval(carry, _, segments=segments):
-                u, time = carry
+                state, time = carry
                 for n, dt in segments:
+                    if not model.cells:
 
-                    def step(u, time, dt=dt):
-                        return sim.stepper.step(model, ready, u, time, dt)
+                        def step(s, time, dt=dt):
+                            return sim.stepper.step(model, ready, s[0], time, dt), *s[1:]
 
-                    u = _checkpointed_steps(step, u, time, dt, n, self.segment)
+                        state = _checkpointed_steps(step, state, time, dt, n, self.segment)
+                    else:
+                        every = min(self.cell_every, n)
+                        groups, rest = divmod(n, every)
+
+                        def group(s, time, dt=dt, g=every):
+                            return _cells_group(sim.stepper, model, ready, s, time, dt, g, key)
+
+                        state = _checkpointed_steps(
+                            group, state, time, every * dt, groups, self.segment
+                        )
+                        if rest:
+                            later = time + groups * every * dt
+                            state = _cells_group(
+                                sim.stepper, model, ready, state, later, dt, rest, key
+                            )
                     time = time + n * dt
-                return (u, time), u
+                return (state, time), state[0]
 
-            (fields, _), block = lax.scan(
-                interval, (fields, jnp.asarray(t, sim.dtype)), None, length=count
+            (state, _), block = lax.scan(
+                interval, (state, jnp.asarray(t, sim.dtype)), None, length=count
             )
             frames.append(block)
             t += count * sum(n * dt for n, dt in segments)
         return {name: jnp.concatenate([f[name] for f in frames]) for name in model.names}
+
+
+def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key):
+    """`steps` (static) field steps of `dt` with the cells' exchange fixed at their start,
+    then one cell step over them: one stretch of `steppers.advance_state`, as a scan."""
+    fields, population, number = state
+    coupled = model.with_exchange(exchange_terms(model.cells, population, fields, model.grid))
+
+    def one(u, i):
+        return stepper.step(coupled, ready, u, t0 + i * dt, dt), None
+
+    fields = lax.scan(one, fields, jnp.arange(steps))[0]
+    step_key = jax.random.fold_in(key, number + steps - 1)
+    population = step_population(
+        model.cells, population, fields, model.grid, model.periodic_axes, steps * dt, step_key
+    )
+    return fields, population, number + steps
 
 
 def _check_mode(trajectory: Trajectory, mode: str) -> None:
