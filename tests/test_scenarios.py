@@ -57,7 +57,9 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
 
 
 def _validated(path: Path):
-    slow = not _is_2d(path) or path.stem == "il2_niches_no_treg"  # a 3D model; a control
+    # a 3D model; the niche scenarios (2,000 cells coupled op by op: 5 s; their smoke runs
+    # below validate them too)
+    slow = not _is_2d(path) or path.stem.startswith("il2_niches")
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
