@@ -139,7 +139,10 @@ def test_validate_counts_the_cells_memory(tmp_path, capsys):
     per_cell = 4 * (2 + 1 + 1 + 2)  # float32 position (2D), alive, id, R and pSTAT5
     assert extra >= 100_000 * per_cell
     assert main(["validate", str(write_config(tmp_path))]) == 0
-    assert "memory" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cells Th: 4 at the start, capacity 16" in out
+    assert "cells Tr: 30 at the start, capacity 120" in out
+    assert "cells step every 1 field steps (20 s)" in out and "memory estimate" in out
 
 
 @pytest.mark.parametrize(

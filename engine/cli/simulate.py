@@ -93,6 +93,11 @@ def _validate(args) -> int:
         print(f"explicit stability limit: {limit:.6g} s (dt is {dt / limit:.3g}x it; stable)")
     print(f"stiffest reaction: {report['stiffest_field']} at {report['stiffest_rate']:.3g} 1/s")
     print(f"steps to {cfg.time.end:g} s: {report['steps']}")
+    for name, (count, capacity) in report.get("cells", {}).items():
+        print(f"cells {name}: {count} at the start, capacity {capacity}")
+    if "cell_every" in report:
+        every = report["cell_every"]
+        print(f"cells step every {every} field steps ({every * dt:.6g} s)")
     print(f"memory estimate: {report['memory_bytes'] / 1e6:.1f} MB")
     print(
         f"output: {frames} frames of {len(names)} fields, {frames * frame_bytes / 1e6:.1f} MB "

@@ -272,7 +272,8 @@ class Simulation:
     @in_precision
     def validate(self, state: State | None = None) -> dict:
         """What a run would do, computing nothing but rates: the stiffest reaction (field and
-        rate, 1/s), the explicit stability limit (s) and the step this stepper takes (s)."""
+        rate, 1/s), the explicit stability limit (s) and the step this stepper takes (s); with
+        cells, how many field steps a cell step spans and each type's (count, capacity)."""
         state = self.initial_state() if state is None else state
         model = self.model.coupled(state.cells, state.fields)
         _, loss = reaction_terms(model, state.fields, state.t)
@@ -285,6 +286,9 @@ class Simulation:
             dt=self.time_step(state),
             stepper=self.stepper.name,
         )
+        if self.model.cells:
+            report["cell_every"] = self.cell_every(state, report["dt"])
+            report["cells"] = {k: (int(c.count), c.alive.shape[0]) for k, c in state.cells.items()}
         return report
 
     @in_precision
