@@ -143,6 +143,9 @@ def test_validate_counts_the_cells_memory(tmp_path, capsys):
     assert "cells Th: 4 at the start, capacity 16" in out
     assert "cells Tr: 30 at the start, capacity 120" in out
     assert "cells step every 1 field steps (20 s)" in out and "memory estimate" in out
+    fields = 7 * 16 * 16 * 4
+    cells = 7 * (16 * (2 * 4 + 9) + 120 * (4 * 4 + 9))  # Th: x, y; Tr: x, y, R, pSTAT5
+    assert f"output: 7 frames of 1 fields and 2 cell types, {(fields + cells) / 1e6:.1f} MB" in out
 
 
 @pytest.mark.parametrize(

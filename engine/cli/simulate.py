@@ -99,9 +99,17 @@ def _validate(args) -> int:
         every = report["cell_every"]
         print(f"cells step every {every} field steps ({every * dt:.6g} s)")
     print(f"memory estimate: {report['memory_bytes'] / 1e6:.1f} MB")
+    cells = ""
+    if sim.model.cells:
+        ndim, value = sim.model.grid.ndim, sim.dtype.itemsize
+        per_frame = sum(  # position and state in the run's dtype, alive 1 byte, id 8 bytes
+            c.capacity * ((ndim + len(c.state_names)) * value + 1 + 8) for c in sim.model.cells
+        )
+        frame_bytes += per_frame
+        cells = f" and {len(sim.model.cells)} cell types"
     print(
-        f"output: {frames} frames of {len(names)} fields, {frames * frame_bytes / 1e6:.1f} MB "
-        "before compression"
+        f"output: {frames} frames of {len(names)} fields{cells}, "
+        f"{frames * frame_bytes / 1e6:.1f} MB before compression"
     )
     return 0
 
