@@ -357,3 +357,28 @@ def test_cells_sense_the_local_density_of_another_type():
     clash = dataclasses.replace(secreting, state={"I": 1.0})
     with pytest.raises(ValueError, match="also a field or a cell type"):
         Model(grid, species=(Species("IL2"),), cells=(inhibitors, clash))
+
+
+def test_cells_sense_the_summed_state_of_another_type_per_volume():
+    """`of = "I.R"` reads the sum of type I's R over its alive cells in the voxel per um^3."""
+    grid = Grid((4, 4), spacing=10.0, depth=10.0)
+    receptors = [100.0, 300.0]
+    inhibitors = one_type(grid, at_centres(grid, [(1, 1)] * 2), state={"R": 0.0})
+    inhibitors = dataclasses.replace(inhibitors, name="I")
+    K, rate, t = 200 / grid.voxel_volume, 30.0, 100.0
+    secreting = one_type(
+        grid,
+        at_centres(grid, [(1, 1)]),
+        secretion=(CellSecretion("IL2", rate, (Hill("I.R", K, 1.0, inhibits=True),)),),
+    )
+    model = Model(grid, species=(Species("IL2"),), cells=(inhibitors, secreting))
+    sim = Simulation(model, stepper="imex", dt=10.0, dtype="float64")
+    state = sim.initial_state()
+    arrays = state.cells_numpy()
+    arrays["I"]["R"] = np.array(arrays["I"]["R"])
+    arrays["I"]["R"][:2] = receptors
+    state = State(t=0.0, fields=state.fields, cells=sim.load_cells(arrays))
+    c = np.asarray(sim.advance(state, t).fields["IL2"])
+    summed = sum(receptors) / grid.voxel_volume
+    per_nM = grid.voxel_volume * MOLECULES_PER_UM3_PER_NM
+    assert c[1, 1] * per_nM == pytest.approx(rate * t * K / (K + summed), rel=1e-12)

@@ -478,7 +478,7 @@ BAD = [
         {"cells.Th.secretion[0].inhibitors[0].of": "pSTAT3"},
         "cells.Th.secretion[0].inhibitors[0].of",
         'unknown species, population, cell type or state variable "pSTAT3"; '
-        "defined: CXCL10, IL2, R, T, Th, Treg, pSTAT5",
+        "defined: CXCL10, IL2, R, T, Th, Th.R, Th.pSTAT5, Treg, pSTAT5",
     ),
     (
         "modulator_of_unknown_with_unit",

@@ -311,6 +311,7 @@ class _Checker:
                         raise fail(f'"{variable}" is listed twice; list it once', at=at)
             readable = list(self.cfg.species) + list(self.cfg.populations)
             readable += list(self.cfg.cells) + list(cell_type.state)
+            readable += [f"{t}.{v}" for t, other in self.cfg.cells.items() for v in other.state]
             for key, table in cell_type.modulated():
                 for group in ("activators", "inhibitors"):
                     for j, modulator in enumerate(getattr(table, group)):

@@ -1088,10 +1088,13 @@ def _hill_in_units(
         kind = "concentration"
     elif of in populations or (state is not None and of in types):
         kind = "density"
-    elif state is not None and of in state:
+    elif state is not None and (
+        of in state or (isinstance(of, str) and of.partition(".")[0] in types)
+    ):
         raise fail(
-            f"{modulator['K']!r}: {of!r} is a state variable, a plain number; give K as a "
-            "number in its units, e.g. K = 0.5",
+            f"{modulator['K']!r}: {of!r} is a state variable"
+            + (" summed per um^3 over a type's cells" if of not in state else "")
+            + ", a plain number; give K as a number in its units, e.g. K = 0.5",
             at=f"{here}.K",
         )
     elif isinstance(of, str):

@@ -192,18 +192,24 @@ def sensed(cells: Cells, fields: Mapping, index) -> dict:
 def with_densities(
     cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields: Mapping, grid
 ) -> dict:
-    """The fields and, for each cell type that a modulator reads by name, its local density
-    (alive cells/um^3 in each voxel): how cells sense one another."""
-    names = {c.name for c in cell_types}
-    read = {m.of for c in cell_types for _, group in c.modulated() for m in group} & names
+    """The fields and what cells sense of one another, per voxel, for the names a modulator
+    reads: a type's name, its alive cells per um^3; "type.variable", the sum of that state
+    variable over the type's alive cells per um^3 (e.g. receptors per um^3)."""
+    types = {c.name: c for c in cell_types}
+    read = {m.of for c in cell_types for _, group in c.modulated() for m in group}
     out = dict(fields)
     for name in sorted(read):
-        cells = population[name]
-        alive = cells.alive.astype(cells.position.dtype)
-        count = jax.ops.segment_sum(
-            alive, voxel_index(grid, cells.position), num_segments=grid.size
+        kind, _, variable = name.partition(".")
+        if kind not in types or (variable and variable not in types[kind].state):
+            continue
+        cells = population[kind]
+        amount = cells.alive.astype(cells.position.dtype)
+        if variable:
+            amount = amount * cells.state[variable]
+        total = jax.ops.segment_sum(
+            amount, voxel_index(grid, cells.position), num_segments=grid.size
         )
-        out[name] = (count / grid.voxel_volume).reshape(grid.shape)
+        out[name] = (total / grid.voxel_volume).reshape(grid.shape)
     return out
 
 

@@ -124,7 +124,8 @@ class Model:
                     )
             if c.name in self.names:
                 raise ValueError(f"cells.{c.name}: {c.name!r} is also a field; rename the type")
-            readable = set(self.names) | set(c.state_names) | set(types)
+            others = {f"{t.name}.{v}" for t in self.cells for v in t.state_names}
+            readable = set(self.names) | set(c.state_names) | set(types) | others
             for key, modulators in c.modulated():
                 for m in modulators:
                     if m.of not in readable:
