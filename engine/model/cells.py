@@ -169,14 +169,26 @@ class Cells:
 # --- where cells sit and what they sense ----------------------------------------------------
 
 
-def voxel_index(grid: Grid, position) -> jax.Array:
-    """Flat (row-major) index of the voxel holding each position (capacity,); positions on or
+def axis_indices(grid: Grid, position) -> list[jax.Array]:
+    """Per axis, the index of the voxel holding each position (capacity,); positions on or
     past the upper face count in the last voxel."""
-    flat = jnp.zeros(position.shape[:1], jnp.int32)
-    for axis, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.origin)):
-        i = jnp.clip(jnp.floor((position[:, axis] - o) / h).astype(jnp.int32), 0, n - 1)
+    return [
+        jnp.clip(jnp.floor((position[:, a] - o) / h).astype(jnp.int32), 0, n - 1)
+        for a, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.origin))
+    ]
+
+
+def flat_index(grid: Grid, indices) -> jax.Array:
+    """The flat (row-major) voxel index of per-axis indices."""
+    flat = jnp.zeros_like(indices[0])
+    for n, i in zip(grid.shape, indices):
         flat = flat * n + i
     return flat
+
+
+def voxel_index(grid: Grid, position) -> jax.Array:
+    """Flat index of the voxel holding each position (capacity,)."""
+    return flat_index(grid, axis_indices(grid, position))
 
 
 def local(fields: Mapping, index) -> dict:
@@ -217,15 +229,15 @@ def gradient_at(field_values, grid: Grid, position, periodic: tuple[bool, ...]):
     """The central-difference gradient (units/um, (capacity, ndim)) of a field at each cell's
     voxel: one-sided at walls, wrapped on periodic axes, 0 along an axis of one voxel."""
     flat = field_values.reshape(-1)
-    here = voxel_index(grid, position)
+    indices = axis_indices(grid, position)
+    here = flat_index(grid, indices)
     components = []
     stride = grid.size
-    for a, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.origin)):
+    for a, (n, h, i) in enumerate(zip(grid.shape, grid.spacing, indices)):
         stride //= n
         if n == 1:
             components.append(jnp.zeros(position.shape[:1], flat.dtype))
             continue
-        i = jnp.clip(jnp.floor((position[:, a] - o) / h).astype(jnp.int32), 0, n - 1)
         if periodic[a]:
             up, down = (i + 1) % n, (i - 1) % n
             span = 2 * h

@@ -190,7 +190,7 @@ def run(
                 following = sim.advance(state, targets.pop(0)) if targets and not stop else None
                 if write_current:
                     _check_finite(host, state.t, team)
-                    writer.write_frame(state.t, {n: host[n] for n in names}, frame_cells(cells))
+                    writer.write_frame(state.t, {n: host[n] for n in names}, cells)
                     if path != output:  # the run has started: move the file into place
                         writer.move_to(output)
                         path = output
@@ -214,12 +214,6 @@ def run(
         writer.close()
         if bar is not None:
             bar.close()
-
-
-def frame_cells(cells: dict) -> dict:
-    """A frame's cell arrays: the checkpoint's less the counters (next_id, overflow)."""
-    counters = ("next_id", "overflow")
-    return {name: {k: v for k, v in a.items() if k not in counters} for name, a in cells.items()}
 
 
 def _region_masks(sim: Simulation) -> dict[str, np.ndarray]:

@@ -40,13 +40,13 @@ from jax import lax
 from engine.config.errors import ConfigError
 from engine.config.parameters import Parameters, numeric_keys
 from engine.config.schema import Config
-from engine.model.cells import exchange_terms, step_population
 from engine.model.model import Fields
 from engine.numerics import spectral
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.post.analysis import text_table
 from engine.runs.simulation import Simulation
 from engine.stepping.simulation import in_precision, precision, steps_within, stretches
+from engine.stepping.steppers import cells_after
 
 MODES = ("reverse", "forward")
 
@@ -196,16 +196,13 @@ def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key):
     """`steps` (static) field steps of `dt` with the cells' exchange fixed at their start,
     then one cell step over them: one stretch of `steppers.advance_state`, as a scan."""
     fields, population, number = state
-    coupled = model.with_exchange(exchange_terms(model.cells, population, fields, model.grid))
+    coupled = model.coupled(population, fields)
 
     def one(u, i):
         return stepper.step(coupled, ready, u, t0 + i * dt, dt), None
 
     fields = lax.scan(one, fields, jnp.arange(steps))[0]
-    step_key = jax.random.fold_in(key, number + steps - 1)
-    population = step_population(
-        model.cells, population, fields, model.grid, model.periodic_axes, steps * dt, step_key
-    )
+    population = cells_after(model, population, fields, steps, dt, key, number + steps)
     return fields, population, number + steps
 
 

@@ -324,13 +324,28 @@ class Simulation:
         fields' step far below theirs."""
         if not self.model.cells:
             return 1
-        motion = float(self._stable_dt(self.model, state.fields, state.cells)[1])
-        steps = self.safety * motion / dt * (1 + 1e-9) if dt > 0 else 1.0
+        return self._cell_every(
+            float(self._stable_dt(self.model, state.fields, state.cells)[1]), dt
+        )
+
+    def _cell_every(self, cells_limit: float, dt: float) -> int:
+        steps = self.safety * cells_limit / dt * (1 + 1e-9) if dt > 0 else 1.0
         return int(min(max(1.0, math.floor(steps)), 2**30))  # still cells: once per call
 
     def time_step(self, state: State) -> float:
         """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
         return self.dt if self.dt != "auto" else self.safety * self.stable_dt(state)
+
+    @in_precision
+    def _steps(self, state: State) -> tuple[float, int]:
+        """(`time_step`, `cell_every` at it) for `state`, the limits computed once."""
+        if self.dt != "auto" and not self.model.cells:
+            return self.dt, 1
+        stable, cells_limit = (
+            float(x) for x in self._stable_dt(self.model, state.fields, state.cells)
+        )
+        dt = self.dt if self.dt != "auto" else self.safety * stable
+        return dt, self._cell_every(cells_limit, dt) if self.model.cells else 1
 
     @in_precision
     def advance(self, state: State, t_end: float) -> State:
@@ -348,8 +363,7 @@ class Simulation:
             for _, end in stretches(self.host_model.sources, state.t, float(t_end)):
                 state = self._advance_adaptively(state, end)
             return state
-        dt_max = self.time_step(state)
-        every = self.cell_every(state, dt_max)
+        dt_max, every = self._steps(state)
         fields, cells, steps = state.fields, state.cells, state.step
         for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
             n_steps = steps_within(end - start, dt_max)

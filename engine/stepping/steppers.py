@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from engine.model.cells import Cells, exchange_terms, step_population
+from engine.model.cells import Cells, step_population
 from engine.model.model import Fields, Model
 from engine.model.rhs import (
     chemotaxis_terms,
@@ -557,11 +557,11 @@ def advance_state(
 ) -> tuple[Fields, dict[str, Cells]]:
     """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`).
 
-    With cells, the fields step with the cells' secretion and uptake frozen (`VoxelExchange`
-    terms), and the cells step every `cell_every` field steps and after the last one, over
-    the time since their last step, on the fields of that moment (`step_population`); their
-    exchange is then rebuilt. A cell step ending at step n draws from `fold_in(key, n)`: the
-    same numbers however a run is cut into loops, resumed or split over devices.
+    With cells, the steps run in stretches of `cell_every` (the last one shorter): the
+    fields step with the cells' secretion and uptake as they are at the stretch's start
+    (`Model.coupled`, loop-invariant within it), then the cells step over the stretch on the
+    fields at its end (`cells_after`). A cell step ending at step n draws from
+    `fold_in(key, n)`: the same numbers however a run is cut into loops or resumed.
 
     In float32, a stepper that forms its step as an increment has it added with compensated
     (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
@@ -574,8 +574,7 @@ def advance_state(
         and any(v.dtype == jnp.float32 for v in fields.values())
     )
 
-    def field_step(i, u, lost, exchange):
-        coupled = model.with_exchange(exchange)
+    def field_step(i, u, lost, coupled):
         t = t0 + i * dt
         if not compensate:
             return stepper.step(coupled, prepared, u, t, dt), lost
@@ -589,32 +588,32 @@ def advance_state(
 
     lost = {k: jnp.zeros_like(v) for k, v in fields.items()} if compensate else {}
     if not population:
-        fields, _ = _loop(n_steps, lambda i, c: field_step(i, *c, ()), (fields, lost))
+        fields, _ = _loop(n_steps, lambda i, c: field_step(i, *c, model), (fields, lost))
         return fields, population
 
     def stretch(j, carry):
         """`cell_every` field steps (fewer at the end) with the exchange of the cells as they
         are at the stretch's start, loop-invariant, then one step of the cells."""
         u, lost, population = carry
-        exchange = exchange_terms(model.cells, population, u, model.grid)
+        coupled = model.coupled(population, u)
         start = j * cell_every
         stop = jnp.minimum(start + cell_every, n_steps)
-        u, lost = lax.fori_loop(start, stop, lambda i, c: field_step(i, *c, exchange), (u, lost))
-        step_key = jax.random.fold_in(key, first_step + stop - 1)
-        population = step_population(
-            model.cells,
-            population,
-            u,
-            model.grid,
-            model.periodic_axes,
-            (stop - start) * dt,
-            step_key,
-        )
+        u, lost = lax.fori_loop(start, stop, lambda i, c: field_step(i, *c, coupled), (u, lost))
+        population = cells_after(model, population, u, stop - start, dt, key, first_step + stop)
         return u, lost, population
 
     stretches = (n_steps + cell_every - 1) // cell_every
     fields, _, population = lax.fori_loop(0, stretches, stretch, (fields, lost, population))
     return fields, population
+
+
+def cells_after(model: Model, population, fields: Fields, steps, dt, key, end) -> dict:
+    """The cells' step over the `steps` field steps of `dt` (s) that end the run's step
+    number `end` (exclusive), on `fields`, with the key `fold_in(key, end - 1)`."""
+    step_key = jax.random.fold_in(key, end - 1)
+    return step_population(
+        model.cells, population, fields, model.grid, model.periodic_axes, steps * dt, step_key
+    )
 
 
 PAIRS_PER_BLOCK = 4
