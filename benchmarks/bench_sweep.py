@@ -106,7 +106,7 @@ def measure_sweep(cfg: Config, values: list[str], repeats: int):
     span = cfg.time.end
     member_steps = sum(  # as Ensemble.advance counts them
         max(1, math.ceil(span / d * (1 - 1e-12))) if math.isfinite(d) else 1
-        for d in ensemble.time_steps(initial)
+        for d in ensemble.step_bounds(initial)
     )
 
     def warm():  # Ensemble.advance keeps its input: every call starts from `initial`

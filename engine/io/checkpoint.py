@@ -89,13 +89,14 @@ def prepare_checkpoint(
     group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
 
 
-def commit_checkpoint(f: h5py.File, t: float, step: int, dt: float | None) -> None:
+def commit_checkpoint(f: h5py.File, t: float, step: int, dt) -> None:
     """Mark /checkpoint_next (its data written) complete at time t (s) after `step` steps with
-    step size dt (None: NaN in the file), then swap it with /checkpoint. Flushed."""
+    the proposed step size dt (s; one per member of a sweep; None: NaN in the file), then swap
+    it with /checkpoint. Flushed."""
     group = f[CHECKPOINT_NEXT]
     group.attrs["time"] = float(t)
     group.attrs["step"] = int(step)
-    group.attrs["dt"] = math.nan if dt is None else float(dt)
+    group.attrs["dt"] = math.nan if dt is None else np.asarray(dt, np.float64)
     group.attrs["complete"] = 1
     f.flush()
     if CHECKPOINT in f:
@@ -106,8 +107,9 @@ def commit_checkpoint(f: h5py.File, t: float, step: int, dt: float | None) -> No
     f.flush()
 
 
-def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
-    """(time s, step, dt or None, {name: array}) from a file's /checkpoint. `load` turns the
+def read_checkpoint(path, load=None) -> tuple[float, int, float | np.ndarray | None, dict]:
+    """(time s, step, dt (an array for a sweep) or None, {name: array}) from a file's
+    /checkpoint. `load` turns the
     checkpoint's datasets ({name: h5py.Dataset}) into the arrays, reading only what it needs
     (`Simulation.load_fields` reads each process's own blocks); by default all of them."""
     with open_read(path) as f:
@@ -116,13 +118,14 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | None, dict]:
             if any(name in f for name in CHECKPOINT_GROUPS):
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
-        dt = float(group.attrs["dt"])
+        dt = np.asarray(group.attrs["dt"], np.float64)
+        dt = None if np.all(np.isnan(dt)) else float(dt) if dt.ndim == 0 else dt
         datasets = {k: d for k, d in group.items() if isinstance(d, h5py.Dataset)}
         fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
         return (
             float(group.attrs["time"]),
             int(group.attrs["step"]),
-            None if math.isnan(dt) else dt,
+            dt,
             fields,
         )
 

@@ -255,7 +255,7 @@ def measure_case(
     if None not in (memory, stats["peak_bytes"]) and stats["peak_bytes"] > memory:
         return None
     state = State(t=0.0, fields=random_fields(sim))
-    dt = min(sim.time_step(state), UNBOUNDED_STEP)
+    dt = min(sim.step_bound(state), UNBOUNDED_STEP)
     timed = simulation_seconds(sim, state.fields, dt, least_steps, call_seconds, repeats)
     return dict(dt=dt, **timed, **stats)
 
@@ -303,7 +303,7 @@ def confirm_step(stepper: str, shape) -> dict:
     sim, _ = compiled_case(shape, LARGEST_FIELDS, LARGEST_DTYPE, STEPPERS[stepper])
     try:
         state = sim.initial_state()
-        dt = min(sim.time_step(state), UNBOUNDED_STEP)
+        dt = min(sim.step_bound(state), UNBOUNDED_STEP)
         start = time.perf_counter()
         jax.block_until_ready(sim.advance_steps(state.fields, 0.0, dt, 1))
         seconds = time.perf_counter() - start

@@ -2,10 +2,10 @@
 model parameters, fits of parameters to observed fields, and sensitivity tables.
 
 A `Trajectory` is the run as a pure function of the parameter values: frames at given times,
-in fixed steps (the config's dt, or its "auto" dt at the config's values, frozen so that the
-derivative is that of one discrete map). Its loop is a `lax.scan` over segments of about
-sqrt(n) steps, each rematerialised on the backward pass (`jax.checkpoint`): reverse-mode memory
-grows as sqrt(n) states, not n.
+in the steps a run at the config's values takes (its dt, or the steps its "auto" dt takes
+there, frozen so that the derivative is that of one discrete map). Its loop is a `lax.scan`
+over segments of about sqrt(n) steps, each rematerialised on the backward pass
+(`jax.checkpoint`): reverse-mode memory grows as sqrt(n) states, not n.
 
 Which steppers reverse-mode differentiation goes through (forward mode goes through all):
 
@@ -18,7 +18,7 @@ Which steppers reverse-mode differentiation goes through (forward mode goes thro
 - adaptive stepping: no (the accepted steps depend on the values; fix dt instead).
 
 With individual cells, the trajectory steps fields and cells as `Simulation.advance` does (a
-cell step after every `cell_every` field steps, frozen at the start as dt is; the same random
+cell step after every `cell_every` field steps, frozen as the steps are; the same random
 numbers). Derivatives flow
 through what is continuous in the parameters: the cells' secretion and uptake, their state
 ODEs and the fields; not through where the random walk and chemotaxis put a cell (the voxel
@@ -104,9 +104,6 @@ class Trajectory:
         self.times = np.asarray(times, dtype=np.float64).reshape(-1)
         if self.times.size == 0 or self.times[0] < 0 or np.any(np.diff(self.times) <= 0):
             raise ValueError("times: give increasing frame times >= 0 s")
-        start = self.sim.initial_state()
-        self.dt = self.sim.time_step(start)
-        self.cell_every = self.sim.cell_every(start, self.dt)
         self.segment = segment
         self._plan = self._intervals()
 
@@ -119,19 +116,26 @@ class Trajectory:
         """The parameters' values in the config (engine units)."""
         return self.parameters.values
 
-    def _intervals(self) -> list[tuple[int, tuple[tuple[int, float], ...]]]:
-        """Runs of equal intervals between frames: (frames in the run, the interval's
-        stretches between schedule edges as (steps, step size s)), as `Simulation.advance`
-        steps each interval; no stretches for a frame at t = 0."""
-        plan: list[tuple[int, tuple[tuple[int, float], ...]]] = []
+    def _intervals(self) -> list[tuple[int, tuple[tuple[int, float, int], ...]]]:
+        """Runs of equal intervals between frames: (frames in the run, the interval's legs
+        as (steps, step size s, field steps per cell step)), the steps `Simulation.advance`
+        takes at the config's values (recorded from such a run where the accuracy target
+        sets them); no legs for a frame at t = 0."""
+        plan: list[tuple[int, tuple[tuple[int, float, int], ...]]] = []
         starts = np.concatenate([[0.0], self.times])
-        sources = self.sim.host_model.sources
+        sim = self.sim
+        state = sim.initial_state()
+        dt = None if sim.error_controlled else sim.time_step(state)
+        every = 1 if dt is None else sim.cell_every(state, dt)
         for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
-            stretch_steps = [
-                (steps_within(end - start, self.dt), end - start)
-                for start, end in (stretches(sources, a, b) if b > a else [])
-            ]
-            segments = tuple((n, span / n) for n, span in stretch_steps)
+            legs: list = []
+            if b > a and dt is None:
+                state = sim.advance(state, b, legs)
+            elif b > a:
+                for start, end in stretches(sim.host_model.sources, a, b):
+                    n = steps_within(end - start, dt)
+                    legs.append((n, (end - start) / n, every))
+            segments = tuple(legs)
             if plan and plan[-1][1] == segments:
                 plan[-1] = (plan[-1][0] + 1, segments)
             else:
@@ -159,7 +163,7 @@ class Trajectory:
 
             def interval(carry, _, segments=segments):
                 state, time = carry
-                for n, dt in segments:
+                for n, dt, every in segments:
                     if not model.cells:
 
                         def step(s, time, dt=dt):
@@ -167,7 +171,7 @@ class Trajectory:
 
                         state = _checkpointed_steps(step, state, time, dt, n, self.segment)
                     else:
-                        every = min(self.cell_every, n)
+                        every = min(every, n)
                         groups, rest = divmod(n, every)
 
                         def group(s, time, dt=dt, g=every):
@@ -188,7 +192,7 @@ class Trajectory:
                 interval, (state, jnp.asarray(t, sim.dtype)), None, length=count
             )
             frames.append(block)
-            t += count * sum(n * dt for n, dt in segments)
+            t += count * sum(n * dt for n, dt, _ in segments)
         return {name: jnp.concatenate([f[name] for f in frames]) for name in model.names}
 
 

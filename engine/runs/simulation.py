@@ -46,10 +46,13 @@ class Simulation(simulation.Simulation):
         with unstable_step_as_config_error():
             super().check_time_step(state)
 
-    def validate(self, state=None) -> dict:
-        """`stepping.Simulation.validate`, and for a config the number of steps to time.end
-        and the memory estimate (bytes)."""
-        report = super().validate(state)
+    def validate(self, state=None, span: float = math.inf) -> dict:
+        """`stepping.Simulation.validate` (over the first frame interval for a config), and
+        for a config the number of steps to time.end at the first step and the memory
+        estimate (bytes)."""
+        if self.config is not None and not math.isfinite(span):
+            span = self.config.time.output_every or self.config.time.end
+        report = super().validate(state, span)
         if self.config is not None:
             end = self.config.time.end
             report["steps"] = max(1, math.ceil(end / report["dt"])) if report["dt"] < end else 1

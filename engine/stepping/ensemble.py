@@ -23,11 +23,12 @@ from engine.stepping.simulation import (
     Simulation,
     State,
     in_precision,
+    leg_end,
     refuse_unstable_dt,
     steps_within,
     stretches,
 )
-from engine.stepping.steppers import advance_fields
+from engine.stepping.steppers import accurate_dt, advance_fields
 
 CPU_BATCH_BYTES = 4 * 2**20
 """Field state per device batch on a CPU (bytes): a larger batch streams from memory where
@@ -195,13 +196,32 @@ class Ensemble:
             limit = float(np.min(self._map(self._stable_dt, state.fields)))
             refuse_unstable_dt(self.sim.dt, limit)
 
+    @functools.cached_property
+    def _accurate_dt(self):
+        """Each member's `steppers.accurate_dt` (step, proposal), compiled once."""
+        model, stepper, tolerance = self.model, self.stepper, self.sim.tolerance
+
+        def one(leaves, fields, t, h):
+            return accurate_dt(stepper, _substitute(model, leaves), fields, t, h, tolerance)
+
+        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0)))
+
     @in_precision
-    def time_steps(self, state: State) -> np.ndarray:
-        """The step (s) each member's single run would aim for."""
+    def step_bounds(self, state: State) -> np.ndarray:
+        """The longest step (s) each member's single run would take before any accuracy
+        target (`Simulation.step_bound`)."""
         if self.sim.dt != "auto":
             return np.full(self.size, float(self.sim.dt))
         stable = self._map(self._stable_dt, state.fields)
         return self.sim.safety * np.asarray(stable, dtype=np.float64)
+
+    @in_precision
+    def _accurate_steps(self, fields, t: np.ndarray, trial: np.ndarray):
+        """Each member's (step, proposal) from `fields` at its t (s), trying `trial` (s)."""
+        dt, proposal = self._map(
+            self._accurate_dt, fields, t.astype(self.dtype), trial.astype(self.dtype)
+        )
+        return np.asarray(dt, np.float64), np.asarray(proposal, np.float64)
 
     @in_precision
     def advance(self, state: State, t_end: float) -> State:
@@ -213,27 +233,41 @@ class Ensemble:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
         if span == 0:
             return state
-        dt_max = self.time_steps(state)
-        fields, steps = state.fields, state.step
+        bounds = self.step_bounds(state)
+        fields, steps, proposal = state.fields, state.step, state.dt
+        controlled = self.sim.error_controlled
         for start, end in stretches(self.sources, state.t, float(t_end)):
-            n_steps = np.array([steps_within(end - start, d) for d in dt_max])
-            dt = ((end - start) / n_steps).astype(self.dtype)
-            t0 = jnp.asarray(start, self.dtype)
-
-            def compute(leaves, fields, dt, n, t0=t0):
-                return self._advance_members(leaves, fields, t0, dt, n)
-
-            fields = self._map(compute, fields, dt, n_steps.astype(np.int32))
-            steps += int(n_steps.max())
-        return State(t=float(t_end), fields=fields, step=steps)
+            t = np.full(self.size, start)  # each member's own legs, as its single run's
+            while np.any(t < end):
+                going = t < end
+                dt_max = np.minimum(bounds, end - t)
+                if controlled:
+                    trial = dt_max if proposal is None else np.minimum(dt_max, proposal)
+                    trial = np.where(going, trial, bounds.min(initial=end - start))
+                    dt_max, new = self._accurate_steps(fields, t, trial)
+                    proposal = new if proposal is None else np.where(going, new, proposal)
+                stop = np.array([leg_end(a, end, d, controlled) for a, d in zip(t, dt_max)])
+                n_steps = np.array(
+                    [steps_within(b - a, d) if b > a else 0 for a, b, d in zip(t, stop, dt_max)]
+                )
+                dt = ((stop - t) / np.maximum(n_steps, 1)).astype(self.dtype)
+                fields = self._map(
+                    self._advance_members,
+                    t.astype(self.dtype),
+                    fields,
+                    dt,
+                    n_steps.astype(np.int32),
+                )
+                steps, t = steps + int(n_steps.max()), stop
+        return State(t=float(t_end), fields=fields, step=steps, dt=proposal)
 
     @functools.cached_property
     def _advance_members(self):
         sim, model = self.sim, self.model
 
-        def one(leaves, fields, t0, dt, n):
+        def one(leaves, t0, fields, dt, n):
             member = _substitute(model, leaves)
             return advance_fields(sim.stepper, member, fields, t0, dt, n, sim.compensated)
 
-        vmapped = jax.vmap(one, in_axes=(0, 0, None, 0, 0))
+        vmapped = jax.vmap(one, in_axes=(0, 0, 0, 0, 0))
         return jax.jit(vmapped, compiler_options=spectral.compiler_options())

@@ -18,15 +18,21 @@ from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
 from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
-from engine.stepping.steppers import Explicit, advance_adaptive, advance_state, make_stepper
+from engine.stepping.steppers import (
+    Explicit,
+    accurate_dt,
+    advance_adaptive,
+    advance_state,
+    make_stepper,
+)
 
 DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
 class State:
-    """Fields at time `t` (s) after `step` steps; `dt` (s) is the step an adaptive run
-    proposes next (None until one has run)."""
+    """Fields at time `t` (s) after `step` steps; `dt` (s) is the step that adaptive or
+    error-controlled stepping proposes to try next (None until one has run)."""
 
     t: float
     fields: Fields
@@ -99,6 +105,20 @@ def steps_within(span: float, dt_max: float) -> int:
     return max(1, math.ceil(span / dt_max * (1 - 1e-12))) if math.isfinite(dt_max) else 1
 
 
+STEPS_PER_ESTIMATE = 16
+"""Most steps error-controlled stepping (`Simulation.error_controlled`) takes on one
+estimate of its step before it estimates again: the dynamics may change within a stretch."""
+
+
+def leg_end(t: float, end: float, steps: np.ndarray, controlled: bool) -> float:
+    """Where the next leg of steps from t (s) towards `end` (s) stops: `end`, or, with
+    error control, after `STEPS_PER_ESTIMATE` steps of the shortest of `steps` (s, one per
+    member) that would take more."""
+    if not controlled:
+        return end
+    return float(min(end, t + STEPS_PER_ESTIMATE * np.min(steps)))
+
+
 class UnstableStep(ValueError):
     """A fixed time step beyond the explicit stepper's stability limit (bad input)."""
 
@@ -121,9 +141,10 @@ class Simulation:
         adaptive: control the step size by the local error (step doubling) instead of a fixed
             or "auto" dt (which then only sets the first step).
         max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
-        compensated: add float32 explicit steps with compensated (Kahan) summation, which
-            conserves the total to rounding over any number of steps at about twice the
-            memory traffic per step; False trades that for speed (float64 never needs it).
+        compensated: add float32 steps' increments with stochastic rounding
+            (`rounding.add_stochastically`), whose errors have mean zero, so that the total is
+            conserved to rounding over any number of steps, for some arithmetic per voxel;
+            False rounds to nearest (float64 never needs it).
         mesh: split the fields over devices: None (one device), "auto", or devices per
             leading grid axis ([2, 2]); see `engine.parallel`.
         devices: how many devices to use (default: all for "auto", one without a mesh).
@@ -196,6 +217,7 @@ class Simulation:
             self._advance_traced, donate_argnums=(1, 2), compiler_options=options
         )
         self._stable_dt = jax.jit(self._stable_dt_traced)
+        self._accurate_dt = jax.jit(self._accurate_dt_traced)
         self._advance_adaptive = jax.jit(
             self._adaptive_traced, donate_argnums=1, compiler_options=options
         )
@@ -232,6 +254,11 @@ class Simulation:
         periodic = model.periodic_axes
         motion = cells_dt(model.cells, cells, fields, model.grid, periodic)
         return jnp.minimum(dt, motion), motion
+
+    def _accurate_dt_traced(self, model, fields, cells, t, h):
+        with parallel.layout(self.mesh):
+            coupled = model.coupled(cells, fields)
+            return accurate_dt(self.stepper, coupled, fields, t, h, self.tolerance)
 
     def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step, cell_every):
         self.trace_count += 1  # runs only while tracing: counts compilations
@@ -270,10 +297,11 @@ class Simulation:
         return State(t=0.0, fields=make(self.model))
 
     @in_precision
-    def validate(self, state: State | None = None) -> dict:
-        """What a run would do, computing nothing but rates: the stiffest reaction (field and
-        rate, 1/s), the explicit stability limit (s) and the step this stepper takes (s); with
-        cells, how many field steps a cell step spans and each type's (count, capacity)."""
+    def validate(self, state: State | None = None, span: float = math.inf) -> dict:
+        """What a run would do: the stiffest reaction (field and rate, 1/s), the explicit
+        stability limit (s) and the step this stepper takes (s) over the next `span` (s,
+        `time_step`); with cells, how many field steps a cell step spans and each type's
+        (count, capacity)."""
         state = self.initial_state() if state is None else state
         model = self.model.coupled(state.cells, state.fields)
         _, loss = reaction_terms(model, state.fields, state.t)
@@ -283,7 +311,7 @@ class Simulation:
             stiffest_field=stiffest,
             stiffest_rate=max(rates.get(stiffest, 0.0), float(self.model.growth_rate())),
             explicit_limit=float(Explicit().stable_dt(model, state.fields)),
-            dt=self.time_step(state),
+            dt=self.time_step(state, span),
             stepper=self.stepper.name,
         )
         if self.model.cells:
@@ -324,33 +352,64 @@ class Simulation:
         fields' step far below theirs."""
         if not self.model.cells:
             return 1
-        return self._cell_every(
-            float(self._stable_dt(self.model, state.fields, state.cells)[1]), dt
-        )
+        return self._cell_every(self._steps(state)[1], dt)
 
     def _cell_every(self, cells_limit: float, dt: float) -> int:
         steps = self.safety * cells_limit / dt * (1 + 1e-9) if dt > 0 else 1.0
         return int(min(max(1.0, math.floor(steps)), 2**30))  # still cells: once per call
 
-    def time_step(self, state: State) -> float:
-        """The step (s) `advance` aims for: the fixed dt, or safety x the stable step."""
-        return self.dt if self.dt != "auto" else self.safety * self.stable_dt(state)
+    @property
+    def error_controlled(self) -> bool:
+        """Whether dt = "auto" is set by the local error (`steppers.accurate_dt`): the
+        implicit steppers' accuracy target, estimated afresh at the start of every stretch
+        of `advance`."""
+        return self.dt == "auto" and self.stepper.name != "explicit" and not self.adaptive
+
+    def time_step(self, state: State, span: float = math.inf) -> float:
+        """The step (s) `advance` aims for over the next `span` (s) from `state`: the fixed
+        dt, safety x the stable step, or the step that meets the accuracy target
+        (`error_controlled`, trying at most `span`, which must then be finite unless
+        `step_bound` is)."""
+        bound, _ = self._steps(state)
+        if not self.error_controlled:
+            return bound
+        return self._accurate_step(state, state.fields, state.cells, state.t, min(bound, span))[0]
+
+    def step_bound(self, state: State) -> float:
+        """The longest step (s) `advance` takes from `state` before any accuracy target: the
+        fixed dt, or safety x the stepper's limit (stability; the implicit steppers' limits
+        for doses and CG-diffused fine modes)."""
+        return self._steps(state)[0]
 
     @in_precision
-    def _steps(self, state: State) -> tuple[float, int]:
-        """(`time_step`, `cell_every` at it) for `state`, the limits computed once."""
+    def _steps(self, state: State) -> tuple[float, float]:
+        """(`step_bound`, the cells' `cells_dt`) for `state`, computed once."""
         if self.dt != "auto" and not self.model.cells:
-            return self.dt, 1
+            return self.dt, math.inf
         stable, cells_limit = (
             float(x) for x in self._stable_dt(self.model, state.fields, state.cells)
         )
-        dt = self.dt if self.dt != "auto" else self.safety * stable
-        return dt, self._cell_every(cells_limit, dt) if self.model.cells else 1
+        return (self.dt if self.dt != "auto" else self.safety * stable), cells_limit
 
     @in_precision
-    def advance(self, state: State, t_end: float) -> State:
+    def _accurate_step(self, state: State, fields, cells, t: float, trial: float):
+        """(step, proposal): `steppers.accurate_dt` from `fields` at t (s), trying the
+        smaller of `trial` and the state's proposal."""
+        trial = min(trial, state.dt) if state.dt is not None else trial
+        if not math.isfinite(trial):
+            raise ValueError("time_step: give the span to step over; the step is unbounded")
+        dt, proposal = self._accurate_dt(
+            self.model, fields, cells, jnp.asarray(t, self.dtype), jnp.asarray(trial, self.dtype)
+        )
+        return float(dt), float(proposal)
+
+    @in_precision
+    def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
         """The state at `t_end` (s), in steps no longer than `time_step` that end at every
-        start and end of a source's dose in between (`stretches`), equal within each stretch.
+        start and end of a source's dose in between (`stretches`), equal within each stretch,
+        or with error control equal within each leg of at most `STEPS_PER_ESTIMATE` steps.
+        `legs`, where given, gets each leg's (steps, dt, cell_every) appended: the run's steps,
+        to be replayed (`runs.gradients.Trajectory`).
 
         The input state's buffers are donated to the computation: use the returned state.
         """
@@ -363,16 +422,26 @@ class Simulation:
             for _, end in stretches(self.host_model.sources, state.t, float(t_end)):
                 state = self._advance_adaptively(state, end)
             return state
-        dt_max, every = self._steps(state)
-        fields, cells, steps = state.fields, state.cells, state.step
+        bound, cells_limit = self._steps(state)
+        fields, cells, steps, proposal = state.fields, state.cells, state.step, state.dt
         for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
-            n_steps = steps_within(end - start, dt_max)
-            dt = (end - start) / n_steps
-            fields, cells = self.advance_cells_and_fields(
-                fields, cells, start, dt, n_steps, steps, every
-            )
-            steps += n_steps
-        return State(t=float(t_end), fields=fields, step=steps, cells=cells)
+            t = start
+            while t < end:
+                dt_max = min(bound, end - t)
+                if self.error_controlled:
+                    here = State(t=t, fields=fields, cells=cells, dt=proposal)
+                    dt_max, proposal = self._accurate_step(here, fields, cells, t, dt_max)
+                stop = leg_end(t, end, dt_max, self.error_controlled)
+                n_steps = steps_within(stop - t, dt_max)
+                dt = (stop - t) / n_steps
+                every = self._cell_every(cells_limit, dt) if self.model.cells else 1
+                fields, cells = self.advance_cells_and_fields(
+                    fields, cells, t, dt, n_steps, steps, every
+                )
+                if legs is not None:
+                    legs.append((n_steps, dt, every))
+                steps, t = steps + n_steps, stop
+        return State(t=float(t_end), fields=fields, step=steps, cells=cells, dt=proposal)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)

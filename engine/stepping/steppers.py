@@ -29,7 +29,7 @@ from engine.model.rhs import (
     reaction_terms,
     source_terms,
 )
-from engine.numerics import operators, solvers, spectral
+from engine.numerics import operators, rounding, solvers, spectral
 from engine.stepping import kernels
 
 
@@ -201,6 +201,51 @@ def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
     return worst
 
 
+ERROR_TRIALS = 8
+"""Most step-doubling trials `accurate_dt` makes before it takes the step it has."""
+
+
+def step_doubling_error(stepper: Stepper, model: Model, prepared, fields: Fields, t, h, tolerance):
+    """One step of h against two of h/2 from `fields` at t: their largest difference relative
+    to `tolerance` x each field's maximum (`error_norm`; <= 1: within the tolerance), and the
+    two half steps' result. The difference is 2^p - 1 times the half steps' local error where
+    the scheme has reached its order p, and a bound on it where long steps over transients
+    have not."""
+    full = stepper.step(model, prepared, fields, t, h)
+    half = stepper.step(model, prepared, fields, t, h / 2)
+    half = stepper.step(model, prepared, half, t + h / 2, h / 2)
+    return error_norm([{k: half[k] - full[k] for k in fields}], half, tolerance), half
+
+
+def step_factor(error, order: int, safety: float = 0.9):
+    """How much to scale a step whose `error_norm` was `error` for the next one to meet it:
+    safety x error^(-1/(p+1)), within 0.2x..5x."""
+    return jnp.clip(safety * jnp.maximum(error, 1e-12) ** (-1 / (order + 1)), 0.2, 5.0)
+
+
+def accurate_dt(stepper: Stepper, model: Model, fields: Fields, t, h, tolerance: float):
+    """(step, proposal): the largest step (s) of at most h from `fields` at t whose
+    step-doubling difference (`step_doubling_error`) is within `tolerance` of each field's
+    maximum, h shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials), and the
+    step the next stretch should try. What dt = "auto" takes for the implicit steppers: the
+    local error it bounds is what the step really makes, reactions, their coupling to
+    diffusion and doses alike, where a bound on the reaction rates alone misses feedback
+    between fields and over-resolves sinks that the step solves exactly."""
+    prepared = stepper.prepare(model)
+
+    def error(h):
+        return step_doubling_error(stepper, model, prepared, fields, t, h, tolerance)[0]
+
+    def shrink(carry):
+        h, e, n = carry
+        h = h * jnp.minimum(step_factor(e, stepper.order), 0.9)
+        return h, error(h), n + 1
+
+    h = jnp.asarray(h)
+    h, e, _ = lax.while_loop(lambda c: (c[1] > 1) & (c[2] < ERROR_TRIALS), shrink, (h, error(h), 0))
+    return h, h * step_factor(e, stepper.order)
+
+
 def drift_substep(model: Model, fields: Fields, h) -> Fields:
     """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL
     limit."""
@@ -337,18 +382,6 @@ def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
     return solvers.solve_change(shift, h, rhs, faces, grid, boundary, stage, c)
 
 
-def accuracy_dt(model: Model, fields: Fields, names, tolerance: float):
-    """Largest step (s) for which the fastest reaction rate r of the fields in `names` keeps
-    (r dt)^2 <= tolerance: the error of the reactions' second-order treatment (decay is solved
-    with diffusion exactly)."""
-    _, loss = reaction_terms(model, fields, 0.0, decay=False)
-    rate = model.growth_rate()
-    for name in names:
-        if name in loss:
-            rate = jnp.maximum(rate, jnp.max(loss[name]))
-    return jnp.sqrt(tolerance) / rate
-
-
 def diffusion_accuracy_dt(model: Model, names, tolerance: float):
     """Largest step (s) for which TR-BDF2 integrates a mode of 8-voxel wavelength, the finest
     feature worth resolving, to `tolerance` (its error per step is about (dt lambda)^3 / 12);
@@ -397,14 +430,10 @@ class Imex:
         return {k: fields[k] + change[k] for k in fields}
 
     def stable_dt(self, model: Model, fields: Fields):
-        """No stability limit: the accuracy target (reactions, diffusion, doses) sets the step."""
-        return jnp.minimum(
-            jnp.minimum(
-                accuracy_dt(model, fields, model.names, self.tolerance),
-                diffusion_accuracy_dt(model, model.names, self.tolerance),
-            ),
-            dose_dt(model),
-        )
+        """No stability limit: the longest step that resolves the doses and the fine modes
+        that CG diffuses; within it, the accuracy target sets the step (`accurate_dt`)."""
+        diffusion = diffusion_accuracy_dt(model, model.names, self.tolerance)
+        return jnp.minimum(diffusion, dose_dt(model))
 
 
 @dataclass(frozen=True)
@@ -503,16 +532,10 @@ class QuasiSteady:
         return {k: fields[k] + change[k] for k in fields}
 
     def stable_dt(self, model: Model, fields: Fields):
-        """The populations' accuracy target and the doses set the step (species are always at
-        steady state)."""
+        """As `Imex.stable_dt` for the populations (species are always at steady state)."""
         populations = tuple(p.name for p in model.populations)
-        return jnp.minimum(
-            jnp.minimum(
-                accuracy_dt(model, fields, populations, self.tolerance),
-                diffusion_accuracy_dt(model, populations, self.tolerance),
-            ),
-            dose_dt(model),
-        )
+        diffusion = diffusion_accuracy_dt(model, populations, self.tolerance)
+        return jnp.minimum(diffusion, dose_dt(model))
 
 
 STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
@@ -536,7 +559,13 @@ def make_stepper(
 
 
 def advance_fields(
-    stepper: Stepper, model: Model, fields: Fields, t0, dt, n_steps, compensated: bool = True
+    stepper: Stepper,
+    model: Model,
+    fields: Fields,
+    t0,
+    dt,
+    n_steps,
+    compensated: bool = True,
 ) -> Fields:
     """`n_steps` steps of `dt` from t0 of a model without cells (`advance_state`)."""
     return advance_state(stepper, model, fields, {}, t0, dt, n_steps, 0, None, 1, compensated)[0]
@@ -555,7 +584,8 @@ def advance_state(
     cell_every=1,
     compensated: bool = True,
 ) -> tuple[Fields, dict[str, Cells]]:
-    """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`).
+    """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`),
+    numbered from `first_step` (the run's step count).
 
     With cells, the steps run in stretches of `cell_every` (the last one shorter): the
     fields step with the cells' secretion and uptake as they are at the stretch's start
@@ -563,47 +593,44 @@ def advance_state(
     fields at its end (`cells_after`). A cell step ending at step n draws from
     `fold_in(key, n)`: the same numbers however a run is cut into loops or resumed.
 
-    In float32, a stepper that forms its step as an increment has it added with compensated
-    (Kahan) summation unless `compensated` is False: increments below half an ulp of the state
-    would otherwise be lost, and lost systematically (peaks lose their negative increments),
-    breaking conservation. It costs a second state-sized array of memory traffic per step."""
+    In float32, a stepper that forms its step as an increment has it added with stochastic
+    rounding (`rounding.add_stochastically`, its random numbers drawn by t0 and i) unless
+    `compensated` is False: increments below half an ulp of the state would otherwise be
+    lost, and lost systematically (peaks lose their negative increments), breaking
+    conservation."""
     prepared = stepper.prepare(model)
     compensate = (
         compensated
         and hasattr(stepper, "increment")
         and any(v.dtype == jnp.float32 for v in fields.values())
     )
+    salts = {k: n for n, k in enumerate(sorted(fields))}
 
-    def field_step(i, u, lost, coupled):
+    def field_step(i, u, coupled):
         t = t0 + i * dt
         if not compensate:
-            return stepper.step(coupled, prepared, u, t, dt), lost
+            return stepper.step(coupled, prepared, u, t, dt)
         change = stepper.increment(coupled, prepared, u, t, dt)
-        new, new_lost = {}, {}
-        for k in u:
-            y = jnp.maximum(change[k] - lost[k], -u[k])  # never below 0 for what was lost
-            new[k] = u[k] + y
-            new_lost[k] = (new[k] - u[k]) - y
-        return new, new_lost
+        step = rounding.step_counter(t0, i)
+        return {k: rounding.add_stochastically(u[k], change[k], step, salts[k]) for k in u}
 
-    lost = {k: jnp.zeros_like(v) for k, v in fields.items()} if compensate else {}
     if not population:
-        fields, _ = _loop(n_steps, lambda i, c: field_step(i, *c, model), (fields, lost))
+        fields = _loop(n_steps, lambda i, u: field_step(i, u, model), fields)
         return fields, population
 
     def stretch(j, carry):
         """`cell_every` field steps (fewer at the end) with the exchange of the cells as they
         are at the stretch's start, loop-invariant, then one step of the cells."""
-        u, lost, population = carry
+        u, population = carry
         coupled = model.coupled(population, u)
         start = j * cell_every
         stop = jnp.minimum(start + cell_every, n_steps)
-        u, lost = lax.fori_loop(start, stop, lambda i, c: field_step(i, *c, coupled), (u, lost))
+        u = lax.fori_loop(start, stop, lambda i, u: field_step(i, u, coupled), u)
         population = cells_after(model, population, u, stop - start, dt, key, first_step + stop)
-        return u, lost, population
+        return u, population
 
     stretches = (n_steps + cell_every - 1) // cell_every
-    fields, _, population = lax.fori_loop(0, stretches, stretch, (fields, lost, population))
+    fields, population = lax.fori_loop(0, stretches, stretch, (fields, population))
     return fields, population
 
 
@@ -672,14 +699,10 @@ def advance_adaptive(
     def body(carry):
         t, dt, u, accepted, rejected = carry
         h = jnp.minimum(dt, t_end - t)
-        full = stepper.step(model, prepared, u, t, h)
-        half = stepper.step(model, prepared, u, t, h / 2)
-        half = stepper.step(model, prepared, half, t + h / 2, h / 2)
-        difference = {k: half[k] - full[k] for k in u}
-        error = error_norm([difference], half, tolerance)
+        error, half = step_doubling_error(stepper, model, prepared, u, t, h, tolerance)
         ok = error <= 1
-        factor = jnp.clip(0.9 * jnp.maximum(error, 1e-12) ** (-1 / (order + 1)), 0.2, 5.0)
         u = {k: jnp.where(ok, half[k], u[k]) for k in u}
+        factor = step_factor(error, order)
         return jnp.where(ok, t + h, t), h * factor, u, accepted + ok, rejected + (1 - ok)
 
     zero = jnp.zeros((), jnp.int32)
