@@ -204,6 +204,11 @@ def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
 ERROR_TRIALS = 8
 """Most step-doubling trials `accurate_dt` makes before it takes the step it has."""
 
+LOCAL_SHARE = 0.1
+"""The share of `time.tolerance` one step's local error may take: the error over a trajectory
+is the sum of the local errors that the dynamics have not yet damped (measured: 1.4 to 2.4
+times the local target on V5, up to about 8 on `autoimmune`; docs/numerics.md)."""
+
 
 def step_doubling_error(stepper: Stepper, model: Model, prepared, fields: Fields, t, h, tolerance):
     """One step of h against two of h/2 from `fields` at t: their largest difference relative
@@ -225,16 +230,18 @@ def step_factor(error, order: int, safety: float = 0.9):
 
 def accurate_dt(stepper: Stepper, model: Model, fields: Fields, t, h, tolerance: float):
     """(step, proposal): the largest step (s) of at most h from `fields` at t whose
-    step-doubling difference (`step_doubling_error`) is within `tolerance` of each field's
-    maximum, h shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials), and the
-    step the next stretch should try. What dt = "auto" takes for the implicit steppers: the
-    local error it bounds is what the step really makes, reactions, their coupling to
-    diffusion and doses alike, where a bound on the reaction rates alone misses feedback
-    between fields and over-resolves sinks that the step solves exactly."""
+    step-doubling difference (`step_doubling_error`) is within `LOCAL_SHARE` x `tolerance`
+    of each field's maximum, h shrunk by `step_factor` until it is (at most `ERROR_TRIALS`
+    trials), and the step the next leg should try. What dt = "auto" takes for the implicit
+    steppers: the local error it bounds is what the step really makes, reactions, their
+    coupling to diffusion and doses alike, where a bound on the reaction rates alone misses
+    feedback between fields and over-resolves sinks that the step solves exactly."""
     prepared = stepper.prepare(model)
 
+    local = tolerance * LOCAL_SHARE
+
     def error(h):
-        return step_doubling_error(stepper, model, prepared, fields, t, h, tolerance)[0]
+        return step_doubling_error(stepper, model, prepared, fields, t, h, local)[0]
 
     def shrink(carry):
         h, e, n = carry
@@ -382,6 +389,19 @@ def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
     return solvers.solve_change(shift, h, rhs, faces, grid, boundary, stage, c)
 
 
+def contraction_dt(model: Model, fields: Fields, names):
+    """Largest step (s) over which the fixed-point iteration of the sinks that differ from
+    voxel to voxel (`spectral.reaction_change`) contracts by at least half per iteration:
+    its factor is below k dt / 2 for the largest sink rate k. Beyond it the iteration may
+    stop unconverged, an error that step doubling cannot see (both steps share it)."""
+    _, loss = reaction_terms(model, fields, 0.0, decay=False)
+    rate = jnp.zeros(())
+    for name in names:
+        if name in loss:
+            rate = jnp.maximum(rate, jnp.max(loss[name]))
+    return 1.0 / rate
+
+
 def diffusion_accuracy_dt(model: Model, names, tolerance: float):
     """Largest step (s) for which TR-BDF2 integrates a mode of 8-voxel wavelength, the finest
     feature worth resolving, to `tolerance` (its error per step is about (dt lambda)^3 / 12);
@@ -431,9 +451,11 @@ class Imex:
 
     def stable_dt(self, model: Model, fields: Fields):
         """No stability limit: the longest step that resolves the doses and the fine modes
-        that CG diffuses; within it, the accuracy target sets the step (`accurate_dt`)."""
+        that CG diffuses, and over which the sinks' iteration contracts; within it, the
+        accuracy target sets the step (`accurate_dt`)."""
         diffusion = diffusion_accuracy_dt(model, model.names, self.tolerance)
-        return jnp.minimum(diffusion, dose_dt(model))
+        contraction = contraction_dt(model, fields, model.names)
+        return jnp.minimum(jnp.minimum(diffusion, contraction), dose_dt(model))
 
 
 @dataclass(frozen=True)
@@ -535,7 +557,8 @@ class QuasiSteady:
         """As `Imex.stable_dt` for the populations (species are always at steady state)."""
         populations = tuple(p.name for p in model.populations)
         diffusion = diffusion_accuracy_dt(model, populations, self.tolerance)
-        return jnp.minimum(diffusion, dose_dt(model))
+        contraction = contraction_dt(model, fields, populations)
+        return jnp.minimum(jnp.minimum(diffusion, contraction), dose_dt(model))
 
 
 STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
@@ -691,6 +714,7 @@ def advance_adaptive(
     span = t_end - t0
     order = stepper.order
     prepared = stepper.prepare(model)
+    local = tolerance * LOCAL_SHARE
 
     def cond(carry):
         t, _, _, accepted, rejected = carry
@@ -699,7 +723,7 @@ def advance_adaptive(
     def body(carry):
         t, dt, u, accepted, rejected = carry
         h = jnp.minimum(dt, t_end - t)
-        error, half = step_doubling_error(stepper, model, prepared, u, t, h, tolerance)
+        error, half = step_doubling_error(stepper, model, prepared, u, t, h, local)
         ok = error <= 1
         u = {k: jnp.where(ok, half[k], u[k]) for k in u}
         factor = step_factor(error, order)
