@@ -2,7 +2,8 @@
 the same step and the machine's copy bandwidth measured in the same run.
 
     python benchmarks/bench_solver.py [--quick] [--grids 128^3 256^3 2048^2] [--fields 1 4 8]
-        [--dtypes float32 float64] [--steppers euler euler-compensated ssprk3 imex quasi_steady]
+        [--dtypes float32 float64]
+        [--steppers euler euler-compensated ssprk3 ssprk3-compensated imex quasi_steady]
 
 The benchmark model: F fields, each diffusing (D = 100 um^2/s, 10 um voxels, zero-flux walls)
 and decaying (1e-3 /s), coupled in a chain: field i converts into field i + 1 at 1e-3 /s. The
@@ -18,9 +19,10 @@ to NumPy and Numba (euler only: the other steppers do different work per step; t
 also given in euler steps). Writes benchmarks/results/bench_solver-<device>.json and a plot of
 throughput against grid size.
 
-Steppers: euler and ssprk3 (explicit, float32 without compensated summation, the arithmetic of
-the references), euler-compensated (the float32 default, Kahan summation), imex and
-quasi_steady (one step each, at their own dt).
+Steppers: euler and ssprk3 (explicit, float32 rounded to nearest, the arithmetic of the
+references), euler-compensated and ssprk3-compensated (the float32 default: each step's sum
+rounded stochastically, which conserves), imex and quasi_steady (one step each, at their own
+dt).
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ STEPPERS = {
     "euler": dict(stepper="explicit", scheme="euler", compensated=False),
     "euler-compensated": dict(stepper="explicit", scheme="euler", compensated=True),
     "ssprk3": dict(stepper="explicit", scheme="ssprk3", compensated=False),
+    "ssprk3-compensated": dict(stepper="explicit", scheme="ssprk3", compensated=True),
     "imex": dict(stepper="imex"),
     "quasi_steady": dict(stepper="quasi_steady"),
 }
-EXPLICIT = ("euler", "euler-compensated", "ssprk3")
+EXPLICIT = ("euler", "euler-compensated", "ssprk3", "ssprk3-compensated")
 COPY_METHOD = "in_place"
+COMPENSATION = "stochastic_rounding"
+"""How float32 compensated steps conserve (results before it have no `compensation`: Kahan
+summation)."""
 """How `copy_bandwidth` streams (results before it have no `copy_method`: a fresh output
 per call, which understates the rate; docs/performance-notes.md)."""
 
@@ -384,6 +390,7 @@ def main(argv=None) -> Path:
     def save(rows):
         result = dict(device=name, jax=jax.__version__, copy_bandwidth=bandwidth, rows=rows)
         result["copy_method"] = COPY_METHOD
+        result["compensation"] = COMPENSATION
         result["kernels"] = args.kernels
         output.write_text(json.dumps(result, indent=1))
 

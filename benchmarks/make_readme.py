@@ -34,7 +34,7 @@ TIME_TO_SOLUTION_TARGET = 60.0
 with imex, on one GPU."""
 
 CURRENT = {
-    "cpu": ["bench_solver-cpu-cpu.json"],
+    "cpu": ["bench_solver-cpu-cpu-targets.json", "bench_solver-cpu-cpu.json"],
     "gpu": ["bench_solver-gpu-NVIDIA_H200-blocked_loop.json"],
     "gpu_bound": ["pallas_stencil-gpu-NVIDIA_H200.json"],
     "time_to_solution": [
@@ -120,6 +120,18 @@ def _ratio(row: dict | None, key: str) -> str:
     return "-" if row is None or key not in row else f"{row[key] / row['seconds']:.2f}"
 
 
+def _compensation(result: dict) -> str:
+    """How a result's compensated steps conserved."""
+    if result.get("compensation") == "stochastic_rounding":
+        return "each step's sum rounded stochastically"
+    return "Kahan summation, as before stochastic rounding"
+
+
+def _cost(row: dict | None, plain: dict | None) -> str:
+    """`row`'s time over `plain`'s, e.g. "1.12x"."""
+    return "-" if None in (row, plain) else f"{row['seconds'] / plain['seconds']:.2f}x"
+
+
 def cpu_section(results: Path) -> list[str]:
     """The CPU solver matrix as one row per (grid, fields): the explicit steps of both dtypes
     side by side, the ratios to the references for euler."""
@@ -132,8 +144,9 @@ def cpu_section(results: Path) -> list[str]:
             f"`{result['device']}`, jax {result['jax']}, `{name}`. "
             f"{_copy_bandwidth(result, 1)}. Milliseconds per step; `x Numba`, `x NumPy`: the "
             "reference's time over the engine's for the same euler step (above 1 the engine "
-            "is faster); `bw`: euler's share of the copy bandwidth; `comp.`: euler with "
-            "compensated summation (the float32 default).",
+            "is faster); `bw`: euler's share of the copy bandwidth; `comp.`: the float32 "
+            f"default, which conserves ({_compensation(result)}), and its cost over the same "
+            "scheme rounded to nearest.",
             "",
         ]
         by_case = {(r["grid"], r["fields"], r["dtype"], r["stepper"]): r for r in result["rows"]}
@@ -142,15 +155,17 @@ def cpu_section(results: Path) -> list[str]:
         for grid, fields in cases:
             f32 = {s: by_case.get((grid, fields, "float32", s)) for s in ("euler", "ssprk3")}
             comp = by_case.get((grid, fields, "float32", "euler-compensated"))
+            comp3 = by_case.get((grid, fields, "float32", "ssprk3-compensated"))
             f64 = by_case.get((grid, fields, "float64", "euler"))
             euler = f32["euler"]
             bw = "-" if euler is None else f"{euler['bandwidth_fraction']:.0%}"
             rows.append(
                 [grid, str(fields), _ms(euler), _ratio(euler, "numba_s"), _ratio(euler, "numpy_s")]
-                + [bw, _ms(comp), _ms(f32["ssprk3"]), _ms(f64), _ratio(f64, "numba_s")]
+                + [bw, _ms(comp), _cost(comp, euler), _ms(f32["ssprk3"]), _ms(comp3)]
+                + [_cost(comp3, f32["ssprk3"]), _ms(f64), _ratio(f64, "numba_s")]
             )
-        header = ["grid", "F", "euler f32", "x Numba", "x NumPy", "bw", "comp. f32"]
-        header += ["ssprk3 f32", "euler f64", "x Numba f64"]
+        header = ["grid", "F", "euler f32", "x Numba", "x NumPy", "bw", "comp. f32", "cost"]
+        header += ["ssprk3 f32", "comp. f32", "cost", "euler f64", "x Numba f64"]
         lines += _table(header, rows) + [""] + solver_verdicts(result) + [""]
     return lines
 

@@ -55,9 +55,9 @@ STEPPERS = {
     "imex": dict(stepper="imex"),
 }
 """The steppers of the matrix, as `Simulation` options: explicit is a run's default explicit
-step (ssprk3, float32 increments added with compensated summation); uncompensated trades
+step (ssprk3, float32 increments added with stochastic rounding); uncompensated trades
 conservation for speed (`time.compensated = false`), and is measured in float32 only: float64
-steps are never compensated, so there it is the same program as explicit."""
+steps are never rounded stochastically, so there it is the same program as explicit."""
 
 UNBOUNDED_STEP = 60.0
 """The step (s) taken where a stepper's own limit is unbounded: imex solves diffusion and decay
