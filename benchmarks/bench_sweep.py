@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -100,14 +99,12 @@ def measure_sweep(cfg: Config, values: list[str], repeats: int):
     start = time.perf_counter()
     ensemble = Ensemble(cfg, {KEY: values}, product=True)
     initial = ensemble.initial_state()
-    state = ensemble.advance(initial, cfg.time.end)
+    legs: list = []
+    state = ensemble.advance(initial, cfg.time.end, legs)
     fields = ready(state.fields)
     cold = time.perf_counter() - start
     span = cfg.time.end
-    member_steps = sum(  # as Ensemble.advance counts them
-        max(1, math.ceil(span / d * (1 - 1e-12))) if math.isfinite(d) else 1
-        for d in ensemble.step_bounds(initial)
-    )
+    member_steps = int(sum(n.sum() for n, _ in legs))
 
     def warm():  # Ensemble.advance keeps its input: every call starts from `initial`
         start = time.perf_counter()

@@ -224,10 +224,11 @@ class Ensemble:
         return np.asarray(dt, np.float64), np.asarray(proposal, np.float64)
 
     @in_precision
-    def advance(self, state: State, t_end: float) -> State:
-        """Every member at `t_end` (s), each in the steps its single run would take: equal
-        within each stretch between schedule edges (`simulation.stretches`; those of every
-        member's sources, so a sweep that varies a schedule steps at each member's edges)."""
+    def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
+        """Every member at `t_end` (s), each in the legs of steps its single run would take
+        (`Simulation.advance`; the stretches between the schedule edges of every member's
+        sources, so a sweep that varies a schedule steps at each member's edges). `legs`,
+        where given, gets each batch leg's (steps, dt) per member appended."""
         span = float(t_end) - state.t
         if span < 0:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
