@@ -66,6 +66,24 @@ def _register_validate(commands) -> None:
     validate.set_defaults(handler=_validate)
 
 
+def _print_peak(sim, state) -> None:
+    """The run's predicted peak memory: the compiled loop's (compiled, not run) with this
+    process and one host frame (`numerics.memory.predicted_peak_bytes`)."""
+    from engine.numerics.memory import predicted_peak_bytes, process_bytes
+
+    compiled = sim.compile_stats(state)["peak_bytes"]
+    process = process_bytes()
+    if compiled is None or process is None:
+        print("peak memory: not predicted here (no memory analysis)")
+        return
+    fields = sum(v.size * v.dtype.itemsize for v in state.fields.values())
+    peak = predicted_peak_bytes(process, fields, compiled, fields)
+    print(
+        f"peak memory: {peak / 1e6:.1f} MB predicted (compiled loop {compiled / 1e6:.1f} MB, "
+        f"host frame {fields / 1e6:.1f} MB, process {(process - fields) / 1e6:.1f} MB)"
+    )
+
+
 def _validate(args) -> int:
     from engine.config.toml import dump_toml
     from engine.runs.driver import output_times
@@ -99,6 +117,7 @@ def _validate(args) -> int:
         every = report["cell_every"]
         print(f"cells step every {every} field steps ({every * dt:.6g} s)")
     print(f"memory estimate: {report['memory_bytes'] / 1e6:.1f} MB")
+    _print_peak(sim, state)
     cells = ""
     if sim.model.cells:
         ndim, value = sim.model.grid.ndim, sim.dtype.itemsize

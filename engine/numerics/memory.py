@@ -25,6 +25,23 @@ def cells_bytes(n_values: int, itemsize: int) -> int:
     return n_values * itemsize * STATE_COPIES
 
 
+def process_bytes() -> int | None:
+    """Bytes of memory this process holds now (resident set), None when unknown."""
+    try:
+        with open("/proc/self/statm") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def predicted_peak_bytes(process: int, state: int, compiled: int, frame: int) -> int:
+    """A run's peak memory on a CPU (bytes): what the process holds besides its state
+    (`process` less `state`, both now), the compiled loop's peak (XLA's memory analysis:
+    state, new state and temporaries, less donated buffers) and one frame of its fields
+    copied to the host for writing while the next frames compute."""
+    return process - state + compiled + frame
+
+
 def available_memory() -> int | None:
     """Bytes of memory available on this machine (MemAvailable), None when unknown."""
     try:

@@ -22,13 +22,14 @@ from engine.numerics.memory import device_memory, state_bytes
 from engine.stepping.simulation import (
     Simulation,
     State,
+    difference_norm,
     in_precision,
     leg_end,
     refuse_unstable_dt,
     steps_within,
     stretches,
 )
-from engine.stepping.steppers import accurate_dt, advance_fields
+from engine.stepping.steppers import LOCAL_SHARE, accurate_step, advance_fields
 
 CPU_BATCH_BYTES = 4 * 2**20
 """Field state per device batch on a CPU (bytes): a larger batch streams from memory where
@@ -197,14 +198,9 @@ class Ensemble:
             refuse_unstable_dt(self.sim.dt, limit)
 
     @functools.cached_property
-    def _accurate_dt(self):
-        """Each member's `steppers.accurate_dt` (step, proposal), compiled once."""
-        model, stepper, tolerance = self.model, self.stepper, self.sim.tolerance
-
-        def one(leaves, fields, t, h):
-            return accurate_dt(stepper, _substitute(model, leaves), fields, t, h, tolerance)
-
-        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0)))
+    def _differences(self):
+        """Each member's `simulation.difference_norm`, compiled once."""
+        return jax.jit(jax.vmap(difference_norm, in_axes=(0, 0, None)))
 
     @in_precision
     def step_bounds(self, state: State) -> np.ndarray:
@@ -217,11 +213,21 @@ class Ensemble:
 
     @in_precision
     def _accurate_steps(self, fields, t: np.ndarray, trial: np.ndarray):
-        """Each member's (step, proposal) from `fields` at its t (s), trying `trial` (s)."""
-        dt, proposal = self._map(
-            self._accurate_dt, fields, t.astype(self.dtype), trial.astype(self.dtype)
-        )
-        return np.asarray(dt, np.float64), np.asarray(proposal, np.float64)
+        """Each member's (step, proposal) from `fields` at its t (s), trying `trial` (s)
+        (`steppers.accurate_step`, the members' trials in one batch)."""
+        t0 = t.astype(self.dtype)
+        local = jnp.asarray(self.sim.tolerance * LOCAL_SHARE, self.dtype)
+        ones = np.ones(self.size, np.int32)
+
+        def error_at(h):
+            full = self._map(self._advance_members, t0, fields, h.astype(self.dtype), ones)
+            half = self._map(
+                self._advance_members, t0, fields, (h / 2).astype(self.dtype), 2 * ones
+            )
+            differences = self._map(lambda _, a, b: self._differences(a, b, local), full, half)
+            return np.asarray(differences, np.float64)
+
+        return accurate_step(error_at, trial, self.stepper.order)
 
     @in_precision
     def advance(self, state: State, t_end: float, legs: list | None = None) -> State:

@@ -19,10 +19,12 @@ from engine.model.sources import model_edges
 from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
+    LOCAL_SHARE,
     Explicit,
-    accurate_dt,
+    accurate_step,
     advance_adaptive,
     advance_state,
+    error_norm,
     make_stepper,
 )
 
@@ -217,7 +219,7 @@ class Simulation:
             self._advance_traced, donate_argnums=(1, 2), compiler_options=options
         )
         self._stable_dt = jax.jit(self._stable_dt_traced)
-        self._accurate_dt = jax.jit(self._accurate_dt_traced)
+        self._difference = jax.jit(difference_norm)
         self._advance_adaptive = jax.jit(
             self._adaptive_traced, donate_argnums=1, compiler_options=options
         )
@@ -254,11 +256,6 @@ class Simulation:
         periodic = model.periodic_axes
         motion = cells_dt(model.cells, cells, fields, model.grid, periodic)
         return jnp.minimum(dt, motion), motion
-
-    def _accurate_dt_traced(self, model, fields, cells, t, h):
-        with parallel.layout(self.mesh):
-            coupled = model.coupled(cells, fields)
-            return accurate_dt(self.stepper, coupled, fields, t, h, self.tolerance)
 
     def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step, cell_every):
         self.trace_count += 1  # runs only while tracing: counts compilations
@@ -360,7 +357,7 @@ class Simulation:
 
     @property
     def error_controlled(self) -> bool:
-        """Whether dt = "auto" is set by the local error (`steppers.accurate_dt`): the
+        """Whether dt = "auto" is set by the local error (`steppers.accurate_step`): the
         implicit steppers' accuracy target, estimated afresh at the start of every stretch
         of `advance`."""
         return self.dt == "auto" and self.stepper.name != "explicit" and not self.adaptive
@@ -393,15 +390,27 @@ class Simulation:
 
     @in_precision
     def _accurate_step(self, state: State, fields, cells, t: float, trial: float):
-        """(step, proposal): `steppers.accurate_dt` from `fields` at t (s), trying the
-        smaller of `trial` and the state's proposal."""
+        """(step, proposal): `steppers.accurate_step` from `fields` and `cells` at t (s),
+        trying the smaller of `trial` and the state's proposal."""
         trial = min(trial, state.dt) if state.dt is not None else trial
         if not math.isfinite(trial):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
-        dt, proposal = self._accurate_dt(
-            self.model, fields, cells, jnp.asarray(t, self.dtype), jnp.asarray(trial, self.dtype)
-        )
+        local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
+
+        def error_at(h):
+            h = float(h)
+            full = self._trial_steps(fields, cells, t, h, 1)
+            half = self._trial_steps(fields, cells, t, h / 2, 2)
+            return float(self._difference(full, half, local))
+
+        dt, proposal = accurate_step(error_at, trial, self.stepper.order)
         return float(dt), float(proposal)
+
+    def _trial_steps(self, fields, cells, t: float, dt: float, n_steps: int) -> Fields:
+        """The fields after `n_steps` steps of `dt` (s) from t on copies of `fields` and
+        `cells` (the loop donates what it is given), the cells' exchange as it is."""
+        fields, cells = jax.tree.map(jnp.copy, (fields, cells))
+        return self.advance_cells_and_fields(fields, cells, t, dt, n_steps, 0, 2**30)[0]
 
     @in_precision
     def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
@@ -513,6 +522,11 @@ class Simulation:
             jnp.asarray(first_step, jnp.int32),
             jnp.asarray(cell_every, jnp.int32),
         )
+
+
+def difference_norm(full: Fields, half: Fields, tolerance):
+    """`steppers.error_norm` of two half steps' difference from one full step."""
+    return error_norm([{k: half[k] - full[k] for k in half}], half, tolerance)
 
 
 def refuse_with_cells(mesh, devices, adaptive: bool, kernels: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from engine.model.cells import Cells, step_population
@@ -202,7 +203,7 @@ def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
 
 
 ERROR_TRIALS = 8
-"""Most step-doubling trials `accurate_dt` makes before it takes the step it has."""
+"""Most step-doubling trials `accurate_step` makes before it takes the step it has."""
 
 LOCAL_SHARE = 0.1
 """The share of `time.tolerance` one step's local error may take: the error over a trajectory
@@ -228,29 +229,26 @@ def step_factor(error, order: int, safety: float = 0.9):
     return jnp.clip(safety * jnp.maximum(error, 1e-12) ** (-1 / (order + 1)), 0.2, 5.0)
 
 
-def accurate_dt(stepper: Stepper, model: Model, fields: Fields, t, h, tolerance: float):
-    """(step, proposal): the largest step (s) of at most h from `fields` at t whose
-    step-doubling difference (`step_doubling_error`) is within `LOCAL_SHARE` x `tolerance`
-    of each field's maximum, h shrunk by `step_factor` until it is (at most `ERROR_TRIALS`
-    trials), and the step the next leg should try. What dt = "auto" takes for the implicit
-    steppers: the local error it bounds is what the step really makes, reactions, their
-    coupling to diffusion and doses alike, where a bound on the reaction rates alone misses
-    feedback between fields and over-resolves sinks that the step solves exactly."""
-    prepared = stepper.prepare(model)
-
-    local = tolerance * LOCAL_SHARE
-
-    def error(h):
-        return step_doubling_error(stepper, model, prepared, fields, t, h, local)[0]
-
-    def shrink(carry):
-        h, e, n = carry
-        h = h * jnp.minimum(step_factor(e, stepper.order), 0.9)
-        return h, error(h), n + 1
-
-    h = jnp.asarray(h)
-    h, e, _ = lax.while_loop(lambda c: (c[1] > 1) & (c[2] < ERROR_TRIALS), shrink, (h, error(h), 0))
-    return h, h * step_factor(e, stepper.order)
+def accurate_step(error_at, h, order: int):
+    """(step, proposal) (s; arrays of one per member where h is): the longest step of at
+    most h whose step-doubling error norm `error_at(step)` (`step_doubling_error` at
+    `LOCAL_SHARE` of the tolerance, the array of every member's at once) is within 1, h
+    shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials), and the step the
+    next leg should try. What dt = "auto" takes for the implicit steppers: the local error
+    it bounds is what the step really makes, reactions, their coupling to diffusion and
+    doses alike, where a bound on the reaction rates alone misses feedback between fields
+    and over-resolves sinks that the step solves exactly. Run on the host: each trial is
+    two runs of the compiled loop (one step of h, two of h/2), with nothing else to
+    compile."""
+    h = np.asarray(h, np.float64)
+    error = np.asarray(error_at(h), np.float64)
+    for _ in range(ERROR_TRIALS - 1):
+        over = error > 1
+        if not np.any(over):
+            break
+        h = np.where(over, h * np.minimum(np.asarray(step_factor(error, order)), 0.9), h)
+        error = np.where(over, np.asarray(error_at(h), np.float64), error)
+    return h, h * np.asarray(step_factor(error, order), np.float64)
 
 
 def drift_substep(model: Model, fields: Fields, h) -> Fields:
@@ -452,7 +450,7 @@ class Imex:
     def stable_dt(self, model: Model, fields: Fields):
         """No stability limit: the longest step that resolves the doses and the fine modes
         that CG diffuses, and over which the sinks' iteration contracts; within it, the
-        accuracy target sets the step (`accurate_dt`)."""
+        accuracy target sets the step (`accurate_step`)."""
         diffusion = diffusion_accuracy_dt(model, model.names, self.tolerance)
         contraction = contraction_dt(model, fields, model.names)
         return jnp.minimum(jnp.minimum(diffusion, contraction), dose_dt(model))
