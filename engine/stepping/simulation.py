@@ -20,6 +20,7 @@ from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
     LOCAL_SHARE,
+    SHORTEST_SHARE,
     Explicit,
     accurate_step,
     advance_adaptive,
@@ -391,19 +392,23 @@ class Simulation:
     @in_precision
     def _accurate_step(self, state: State, fields, cells, t: float, trial: float):
         """(step, proposal): `steppers.accurate_step` from `fields` and `cells` at t (s),
-        trying the smaller of `trial` and the state's proposal."""
-        trial = min(trial, state.dt) if state.dt is not None else trial
+        trying the smaller of `trial` (s, what is left of the stretch at most) and the
+        state's proposal."""
+        span = trial
+        shortest = SHORTEST_SHARE * span
+        trial = max(min(trial, state.dt), shortest) if state.dt is not None else trial
         if not math.isfinite(trial):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
         local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
+        ahead = self._trial_steps(fields, cells, t, span, 1)
 
         def error_at(h):
             h = float(h)
             full = self._trial_steps(fields, cells, t, h, 1)
             half = self._trial_steps(fields, cells, t, h / 2, 2)
-            return float(self._difference(full, half, local))
+            return float(self._difference(full, half, local, ahead))
 
-        dt, proposal = accurate_step(error_at, trial, self.stepper.order)
+        dt, proposal = accurate_step(error_at, trial, self.stepper.order, shortest)
         return float(dt), float(proposal)
 
     def _trial_steps(self, fields, cells, t: float, dt: float, n_steps: int) -> Fields:
@@ -524,9 +529,13 @@ class Simulation:
         )
 
 
-def difference_norm(full: Fields, half: Fields, tolerance):
-    """`steppers.error_norm` of two half steps' difference from one full step."""
-    return error_norm([{k: half[k] - full[k] for k in half}], half, tolerance)
+def difference_norm(full: Fields, half: Fields, tolerance, ahead: Fields):
+    """`steppers.error_norm` of two half steps' difference from one full step, each field's
+    size the larger of the half steps' and `ahead`'s (the fields a step to the stretch's end
+    reaches: a field that starts from 0 is measured against the size it grows to, not the
+    vanishing one it has)."""
+    sizes = {k: jnp.maximum(jnp.abs(half[k]), jnp.max(jnp.abs(ahead[k]))) for k in half}
+    return error_norm([{k: half[k] - full[k] for k in half}], sizes, tolerance)
 
 
 def refuse_with_cells(mesh, devices, adaptive: bool, kernels: str) -> None:

@@ -229,24 +229,32 @@ def step_factor(error, order: int, safety: float = 0.9):
     return jnp.clip(safety * jnp.maximum(error, 1e-12) ** (-1 / (order + 1)), 0.2, 5.0)
 
 
-def accurate_step(error_at, h, order: int):
+SHORTEST_SHARE = 1e-4
+"""The shortest step `accurate_step` takes, as a share of what is left of the stretch: a field
+that starts from 0 has a relative error of order 1 at any step at first (its size vanishes
+with the step), which would otherwise shrink the steps to milliseconds for a while."""
+
+
+def accurate_step(error_at, h, order: int, shortest=0.0):
     """(step, proposal) (s; arrays of one per member where h is): the longest step of at
     most h whose step-doubling error norm `error_at(step)` (`step_doubling_error` at
     `LOCAL_SHARE` of the tolerance, the array of every member's at once) is within 1, h
-    shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials), and the step the
-    next leg should try. What dt = "auto" takes for the implicit steppers: the local error
-    it bounds is what the step really makes, reactions, their coupling to diffusion and
-    doses alike, where a bound on the reaction rates alone misses feedback between fields
-    and over-resolves sinks that the step solves exactly. Run on the host: each trial is
-    two runs of the compiled loop (one step of h, two of h/2), with nothing else to
-    compile."""
+    shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials, and not below
+    `shortest`), and the step the next leg should try. What dt = "auto" takes for the
+    implicit steppers: the local error it bounds is what the step really makes, reactions,
+    their coupling to diffusion and doses alike, where a bound on the reaction rates alone
+    misses feedback between fields and over-resolves sinks that the step solves exactly.
+    Run on the host: each trial is two runs of the compiled loop (one step of h, two of
+    h/2), with nothing else to compile."""
     h = np.asarray(h, np.float64)
     error = np.asarray(error_at(h), np.float64)
+    shortest = np.minimum(shortest, h)
     for _ in range(ERROR_TRIALS - 1):
-        over = error > 1
+        over = (error > 1) & (h > shortest)
         if not np.any(over):
             break
-        h = np.where(over, h * np.minimum(np.asarray(step_factor(error, order)), 0.9), h)
+        shrunk = h * np.minimum(np.asarray(step_factor(error, order)), 0.9)
+        h = np.where(over, np.maximum(shrunk, shortest), h)
         error = np.where(over, np.asarray(error_at(h), np.float64), error)
     return h, h * np.asarray(step_factor(error, order), np.float64)
 
