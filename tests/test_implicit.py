@@ -186,7 +186,7 @@ def test_implicit_steady_state_matches_long_explicit_run(case):
     assert np.max(np.abs(quasi - explicit)) / explicit.max() < 1e-6
 
 
-@pytest.mark.parametrize("stepper", ["imex", "quasi_steady"])
+@pytest.mark.parametrize("stepper", ["imex", pytest.param("quasi_steady", marks=SLOW)])
 def test_auto_dt_of_implicit_steppers_is_the_longest_step_within_the_tolerance(stepper):
     """dt = "auto" is the step whose step-doubling difference meets its share of
     `time.tolerance` (relative to each field's maximum), within the factor (at most 5) of its
@@ -488,7 +488,7 @@ def test_every_stepping_program_compiles_with_the_spectral_options(monkeypatch, 
         fit(cfg, observed, ["species.IL2.decay"], max_iterations=1)
 
 
-@pytest.mark.parametrize("tolerance", [1e-2, 1e-3, 1e-4])
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-3, pytest.param(1e-4, marks=SLOW)])
 def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(tolerance):
     """V5 over 2 h in frames of 10 min: each field's largest deviation from a converged
     reference (ssprk3 at a tenth of its positivity limit), relative to its largest size over
