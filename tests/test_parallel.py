@@ -29,7 +29,7 @@ def run_child(child, tmp_path, command: str, *args) -> dict:
         child("sharded", command, *arguments),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1500,  # 56 compiled cases on 2 cores: about 8 min
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
