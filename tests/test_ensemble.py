@@ -71,7 +71,10 @@ def relative_difference(a, b) -> float:
 def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64, config):
     """Within 1e-6 in float32 (quasi_steady's CG and Picard loops carry the batch's other
     summation order further than a fixed number of steps does: 1.1e-6 with CG converged to
-    1e-5 rather than 1e-6)."""
+    1e-5 rather than 1e-6). The implicit steppers' steps come from a float32 estimate of
+    their error, which a batch rounds otherwise than a single run: where it sits at its
+    threshold a member may take another step than its single run, so in float32 they agree
+    to the tolerance (1e-3) the steps are chosen for."""
     cfg = load_config(config, {"time.stepper": stepper, "time.dtype": dtype})
     result = engine.sweep(cfg, VARY)
     assert set(result.members) == set(VARY)
@@ -80,7 +83,7 @@ def test_every_member_of_a_sweep_equals_its_single_run(stepper, dtype, float64, 
         overrides = {k: float(v[m]) for k, v in result.members.items()}
         single = single_frames(cfg, overrides, result.time)
         for name, frames in single.items():
-            bound = 1e-6 if dtype == "float32" else 1e-12
+            bound = 1e-12 if dtype != "float32" else 1e-6 if stepper == "explicit" else 1e-3
             assert relative_difference(result.fields[name][m], frames) < bound, (m, name)
     # the members differ: the batch did not run one member four times
     assert relative_difference(result.fields["IL2"][0, -1], result.fields["IL2"][3, -1]) > 0.05
