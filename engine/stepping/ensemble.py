@@ -29,7 +29,7 @@ from engine.stepping.simulation import (
     steps_within,
     stretches,
 )
-from engine.stepping.steppers import LOCAL_SHARE, SHORTEST_SHARE, accurate_step, advance_fields
+from engine.stepping.steppers import LOCAL_SHARE, accurate_step, advance_fields
 
 CPU_BATCH_BYTES = 4 * 2**20
 """Field state per device batch on a CPU (bytes): a larger batch streams from memory where
@@ -212,14 +212,14 @@ class Ensemble:
         return self.sim.safety * np.asarray(stable, dtype=np.float64)
 
     @in_precision
-    def _accurate_steps(self, fields, t: np.ndarray, trial: np.ndarray, span: np.ndarray):
-        """Each member's (step, proposal) from `fields` at its t (s), trying `trial` (s),
-        not below `SHORTEST_SHARE` of `span` (s, what is left of its stretch)
-        (`steppers.accurate_step`, the members' trials in one batch)."""
+    def _accurate_steps(self, fields, t: np.ndarray, longest: np.ndarray, proposal):
+        """Each member's (step, proposal) from `fields` at its t (s), at most `longest` (s),
+        trying `proposal` first (`steppers.accurate_step`, the members' trials in one
+        batch)."""
         t0 = t.astype(self.dtype)
         local = jnp.asarray(self.sim.tolerance * LOCAL_SHARE, self.dtype)
         ones = np.ones(self.size, np.int32)
-        span32 = span.astype(self.dtype)
+        span32 = longest.astype(self.dtype)
         ahead = self._map(self._advance_members, t0, fields, span32, ones)
 
         def error_at(h):
@@ -232,7 +232,7 @@ class Ensemble:
             )
             return np.asarray(differences, np.float64)
 
-        return accurate_step(error_at, trial, self.stepper.order, SHORTEST_SHARE * span)
+        return accurate_step(error_at, longest, proposal, self.stepper.order)
 
     @in_precision
     def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
@@ -253,11 +253,9 @@ class Ensemble:
             while np.any(t < end):
                 going = t < end
                 dt_max = np.minimum(bounds, end - t)
-                if controlled:
-                    trial = dt_max if proposal is None else np.minimum(dt_max, proposal)
-                    trial = np.maximum(trial, SHORTEST_SHARE * dt_max)
-                    trial = np.where(going, trial, bounds.min(initial=end - start))
-                    dt_max, new = self._accurate_steps(fields, t, trial, dt_max)
+                if controlled:  # members already at the end try anything (and take nothing)
+                    longest = np.where(going, dt_max, end - start)
+                    dt_max, new = self._accurate_steps(fields, t, longest, proposal)
                     proposal = new if proposal is None else np.where(going, new, proposal)
                 stop = np.array([leg_end(a, end, d, controlled) for a, d in zip(t, dt_max)])
                 n_steps = np.array(

@@ -20,7 +20,6 @@ from engine.numerics import parallel, spectral
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
     LOCAL_SHARE,
-    SHORTEST_SHARE,
     Explicit,
     accurate_step,
     advance_adaptive,
@@ -113,13 +112,12 @@ STEPS_PER_ESTIMATE = 16
 estimate of its step before it estimates again: the dynamics may change within a stretch."""
 
 
-def leg_end(t: float, end: float, steps: np.ndarray, controlled: bool) -> float:
-    """Where the next leg of steps from t (s) towards `end` (s) stops: `end`, or, with
-    error control, after `STEPS_PER_ESTIMATE` steps of the shortest of `steps` (s, one per
-    member) that would take more."""
+def leg_end(t: float, end: float, dt: float, controlled: bool) -> float:
+    """Where the next leg of steps of `dt` from t (s) towards `end` (s) stops: `end`, or,
+    with error control, after `STEPS_PER_ESTIMATE` steps if it would take more."""
     if not controlled:
         return end
-    return float(min(end, t + STEPS_PER_ESTIMATE * np.min(steps)))
+    return float(min(end, t + STEPS_PER_ESTIMATE * dt))
 
 
 class UnstableStep(ValueError):
@@ -371,7 +369,7 @@ class Simulation:
         bound, _ = self._steps(state)
         if not self.error_controlled:
             return bound
-        return self._accurate_step(state, state.fields, state.cells, state.t, min(bound, span))[0]
+        return self._accurate_step(state, min(bound, span))[0]
 
     def step_bound(self, state: State) -> float:
         """The longest step (s) `advance` takes from `state` before any accuracy target: the
@@ -390,17 +388,14 @@ class Simulation:
         return (self.dt if self.dt != "auto" else self.safety * stable), cells_limit
 
     @in_precision
-    def _accurate_step(self, state: State, fields, cells, t: float, trial: float):
-        """(step, proposal): `steppers.accurate_step` from `fields` and `cells` at t (s),
-        trying the smaller of `trial` (s, what is left of the stretch at most) and the
-        state's proposal."""
-        span = trial
-        shortest = SHORTEST_SHARE * span
-        trial = max(min(trial, state.dt), shortest) if state.dt is not None else trial
-        if not math.isfinite(trial):
+    def _accurate_step(self, state: State, longest: float):
+        """(step, proposal): `steppers.accurate_step` from `state`, at most `longest` (s),
+        trying its proposal first."""
+        if not math.isfinite(longest):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
+        fields, cells, t = state.fields, state.cells, state.t
         local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
-        ahead = self._trial_steps(fields, cells, t, span, 1)
+        ahead = self._trial_steps(fields, cells, t, longest, 1)
 
         def error_at(h):
             h = float(h)
@@ -408,7 +403,7 @@ class Simulation:
             half = self._trial_steps(fields, cells, t, h / 2, 2)
             return float(self._difference(full, half, local, ahead))
 
-        dt, proposal = accurate_step(error_at, trial, self.stepper.order, shortest)
+        dt, proposal = accurate_step(error_at, longest, state.dt, self.stepper.order)
         return float(dt), float(proposal)
 
     def _trial_steps(self, fields, cells, t: float, dt: float, n_steps: int) -> Fields:
@@ -444,7 +439,7 @@ class Simulation:
                 dt_max = min(bound, end - t)
                 if self.error_controlled:
                     here = State(t=t, fields=fields, cells=cells, dt=proposal)
-                    dt_max, proposal = self._accurate_step(here, fields, cells, t, dt_max)
+                    dt_max, proposal = self._accurate_step(here, dt_max)
                 stop = leg_end(t, end, dt_max, self.error_controlled)
                 n_steps = steps_within(stop - t, dt_max)
                 dt = (stop - t) / n_steps

@@ -235,20 +235,23 @@ that starts from 0 has a relative error of order 1 at any step at first (its siz
 with the step), which would otherwise shrink the steps to milliseconds for a while."""
 
 
-def accurate_step(error_at, h, order: int, shortest=0.0):
-    """(step, proposal) (s; arrays of one per member where h is): the longest step of at
-    most h whose step-doubling error norm `error_at(step)` (`step_doubling_error` at
-    `LOCAL_SHARE` of the tolerance, the array of every member's at once) is within 1, h
-    shrunk by `step_factor` until it is (at most `ERROR_TRIALS` trials, and not below
-    `shortest`), and the step the next leg should try. What dt = "auto" takes for the
-    implicit steppers: the local error it bounds is what the step really makes, reactions,
-    their coupling to diffusion and doses alike, where a bound on the reaction rates alone
-    misses feedback between fields and over-resolves sinks that the step solves exactly.
-    Run on the host: each trial is two runs of the compiled loop (one step of h, two of
-    h/2), with nothing else to compile."""
-    h = np.asarray(h, np.float64)
+def accurate_step(error_at, longest, proposal, order: int):
+    """(step, proposal) (s; arrays of one per member where `longest` is): the longest step
+    of at most `longest` (what is left of the stretch, or the stepper's bound) whose
+    step-doubling error norm `error_at(step)` (`step_doubling_error` at `LOCAL_SHARE` of
+    the tolerance, the array of every member's at once) is within 1, and the step the next
+    leg should try. It tries the previous leg's `proposal` (None: `longest`), shrunk by
+    `step_factor` until it is within 1 (at most `ERROR_TRIALS` trials, and not below
+    `SHORTEST_SHARE` of `longest`). What dt = "auto" takes for the implicit steppers: the
+    local error it bounds is what the step really makes, reactions, their coupling to
+    diffusion and doses alike, where a bound on the reaction rates alone misses feedback
+    between fields and over-resolves sinks that the step solves exactly. Run on the host:
+    each trial is two runs of the compiled loop (one step of h, two of h/2), with nothing
+    else to compile."""
+    longest = np.asarray(longest, np.float64)
+    shortest = SHORTEST_SHARE * longest
+    h = longest if proposal is None else np.clip(proposal, shortest, longest)
     error = np.asarray(error_at(h), np.float64)
-    shortest = np.minimum(shortest, h)
     for _ in range(ERROR_TRIALS - 1):
         over = (error > 1) & (h > shortest)
         if not np.any(over):
