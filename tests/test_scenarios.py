@@ -56,10 +56,15 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
         assert f"{name}_3d" in names, f"configs/{name}_3d.toml is missing"
 
 
+def _smoke_run(path: Path):
+    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy", "il2_niches_no_treg")
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
 def _validated(path: Path):
-    # a 3D model; the niche scenarios (2,000 cells coupled op by op: 5 s; their smoke runs
-    # below validate them too)
-    slow = not _is_2d(path) or path.stem.startswith("il2_niches")
+    # a 3D model, or one whose smoke run below (by default) validates it too, compiling the
+    # loop once for both
+    slow = not _is_2d(path) or not _smoke_run(path).marks
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -84,15 +89,13 @@ def test_3d_variant_is_the_same_model_on_a_128_cube(name):
     assert set(cube.regions) == set(flat.regions)
 
 
-def _smoke_run(path: Path):
-    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy", "il2_niches_no_treg")
-    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
-
-
 @pytest.mark.parametrize("path", [_smoke_run(path) for path in CONFIGS_2D])
 def test_2d_config_smoke_run(path):
     cfg = engine.load_config(path, overrides={"time.end": "20 min", "time.output_every": "10 min"})
     sim = engine.Simulation(cfg)
+    report = sim.validate()
+    assert report["stepper"] == cfg.time.stepper and report["steps"] >= 1
+    assert np.isfinite(report["dt"]) and report["dt"] > 0 and report["memory_bytes"] > 0
     state = sim.advance(sim.initial_state(), 600.0)
     state = sim.advance(state, cfg.time.end)
     assert state.t == pytest.approx(1200.0)
