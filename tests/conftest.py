@@ -30,16 +30,27 @@ def pytest_cmdline_main(config):
 
 
 def pytest_configure(config):
-    """JAX's compilation cache in a folder of this run only (made now, removed at the end):
-    the many tests that build the same program again (a Simulation per time step, per sweep
-    member, per `ilsim` call in the same process) load it instead of compiling it again. A
-    hit is the same executable, so no number changes; tracing still runs (trace counts hold).
-    ILSIM_TEST_COMPILE_CACHE=0 compiles every program afresh."""
+    """JAX's compilation cache in a folder of this run only (made now, shared with the
+    workers, removed at the end): the many tests that build the same program again (a
+    Simulation per time step, per sweep member, per `ilsim` call in the same process, on
+    either worker) load it instead of compiling it again. A hit is the same executable, so no
+    number changes; tracing still runs (trace counts hold). ILSIM_TEST_COMPILE_CACHE=0
+    compiles every program afresh."""
     if os.environ.get("ILSIM_TEST_COMPILE_CACHE", "1") == "0":
         return
-    config.jax_cache_folder = tempfile.mkdtemp(prefix="ilsim-tests-jax-cache-")
-    jax.config.update("jax_compilation_cache_dir", config.jax_cache_folder)
+    folder = getattr(config, "workerinput", {}).get("jax_cache_folder")
+    if folder is None:
+        config.jax_cache_folder = folder = tempfile.mkdtemp(prefix="ilsim-tests-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """An xdist worker uses the controller's cache folder."""
+    folder = getattr(node.config, "jax_cache_folder", None)
+    if folder is not None:
+        node.workerinput["jax_cache_folder"] = folder
 
 
 def pytest_unconfigure(config):

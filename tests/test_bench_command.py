@@ -246,6 +246,7 @@ def test_the_largest_grid_fits_the_memory_and_steps_there():
     assert 0.5 * memory < entry["peak_bytes"] <= memory
     assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > memory
     assert entry["confirmed"]["seconds"] > 0
+    assert entry["confirmed"]["process_peak_bytes"] > entry["peak_bytes"]  # and the process's
 
 
 def test_a_case_beyond_the_memory_is_skipped_before_its_fields_are_made():

@@ -233,6 +233,7 @@ def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
     assert main(["fit", str(config), "--data", str(missing), "--param", FIT_KEYS[0]]) == 2
 
 
+@pytest.mark.slow  # a forward-mode program per parameter; value_and_gradient runs by default
 def test_sensitivities_rank_every_parameter(float64, config):
     """A linear model (no Hill factor) started empty: the IL2 total is proportional to the
     source rate (elasticity exactly 1)."""

@@ -162,8 +162,8 @@ def test_host_parts_of_an_unsharded_array_is_the_whole_array():
     np.testing.assert_array_equal(block[index], values)
 
 
-@pytest.mark.parametrize(  # imex (explicit reactions, CG solves) by default, each with -m slow
-    "stepper", [pytest.param(s, marks=pytest.mark.slow) if s != "imex" else s for s in STEPPERS]
+@pytest.mark.parametrize(  # explicit by default; imex (CG solves) and the others with -m slow
+    "stepper", [pytest.param(s, marks=pytest.mark.slow) if s != "explicit" else s for s in STEPPERS]
 )
 def test_a_run_on_a_one_device_mesh_equals_the_run_without_one(stepper, core_uptake_config):
     """In this process (splitting the CPU into devices takes a process of its own: the tests

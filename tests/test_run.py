@@ -1,6 +1,7 @@
 """`ilsim run` / `ilsim validate`: output files, exit codes, interruption, kill and resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 
 import engine
 from engine.cli.main import main
+from engine.config.loading import load_config
+from engine.config.toml import dump_toml
 
 CONFIG = """
 [grid]
@@ -409,3 +412,27 @@ def test_every_process_asks_the_others_whether_a_field_diverged(here_bad, others
     else:
         _check_finite({"IL2": [((slice(0, 1),), block)]}, 60.0, processes)
     assert processes.asked == [here_bad]
+
+
+@pytest.mark.slow
+def test_validate_predicts_the_peak_memory_of_the_run_within_20_percent(tmp_path):
+    """`ilsim validate`'s predicted peak against the measured peak (maximum resident set) of
+    `ilsim run`, each in a process of its own: infection_resolution_3d at 96^3 (six float32
+    fields, 21 MB each), for two minutes."""
+    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    config = tmp_path / "case.toml"
+    cube = {"grid.shape": [96, 96, 96], "time.end": "2 min", "time.output_every": "1 min"}
+    config.write_text(dump_toml(load_config(config_dir / "infection_resolution_3d.toml", cube)))
+    checked = ilsim("validate", config)
+    assert checked.returncode == 0, checked.stderr
+    predicted = re.search(r"peak memory: ([\d.]+) MB predicted", checked.stdout)
+    assert predicted, checked.stdout
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    argv = [sys.executable, "-m", "engine.cli", "run", str(config), "-o", str(tmp_path / "o.h5")]
+    with open(tmp_path / "errors.txt", "w+") as errors:
+        process = subprocess.Popen([*argv, "--quiet"], env=env, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        errors.seek(0)
+        assert os.waitstatus_to_exitcode(status) == 0, errors.read()
+    measured = usage.ru_maxrss * 1024 / 1e6  # KiB on Linux
+    assert abs(float(predicted[1]) / measured - 1) < 0.2, (predicted[1], measured)

@@ -10,9 +10,10 @@ config runs, and the scenarios do what they claim over their full run:
 
 The full runs take 5-20 s each on two CPU cores (imex), their explicit-stepper versions
 minutes each: the outcome checks run with -m slow, as do the validations of the 128^3
-configs (3 s each to build) and the 20 minute runs of the two controls (a term or a dose
-less than their scenarios); the default run loads every config, checks that each 3D one is
-its 2D one on a cube, validates the 2D ones and runs the others for 20 simulated minutes.
+configs (3 s each to build) and the validations and 20 minute runs of the controls (a term,
+a dose or a cell type less than their scenarios); the default run loads every config,
+checks that each 3D one is its 2D one on a cube, and validates and runs the 2D scenarios
+for 20 simulated minutes.
 """
 
 from __future__ import annotations
@@ -61,14 +62,10 @@ def _smoke_run(path: Path):
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
-def _validated(path: Path):
-    # a 3D model, or one whose smoke run below (by default) validates it too, compiling the
-    # loop once for both
-    slow = not _is_2d(path) or not _smoke_run(path).marks
-    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
-
-
-@pytest.mark.parametrize("path", [_validated(path) for path in CONFIGS])
+# by default through the smoke runs below, which validate too (compiling the loop once for
+# both); every config here, the 3D ones and the controls too, with -m slow
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
 def test_config_loads_and_validates(path):
     cfg = engine.load_config(path)
     report = engine.Simulation(cfg).validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 STATE_COPIES = 8
 """Copies of the state a step holds at once (state, stages, temporaries): the memory estimate."""
@@ -32,6 +33,17 @@ def process_bytes() -> int | None:
             return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_process_bytes() -> int | None:
+    """The most bytes this process has held at once so far (peak resident set), None when
+    unknown."""
+    try:
+        import resource
+    except ImportError:  # not on every platform
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes there, KiB elsewhere
 
 
 def predicted_peak_bytes(process: int, state: int, compiled: int, frame: int) -> int:

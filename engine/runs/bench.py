@@ -39,7 +39,7 @@ import engine
 from engine.model.model import Fields, Model, Species
 from engine.model.terms import Conversion
 from engine.numerics.grid import Grid
-from engine.numerics.memory import device_memory
+from engine.numerics.memory import device_memory, peak_process_bytes
 from engine.post.plots import check_figure_path
 from engine.stepping.simulation import Simulation, State
 
@@ -298,7 +298,8 @@ def confirm_step(stepper: str, shape) -> dict:
     """One step of `stepper` over LARGEST_FIELDS fields on `shape` (made on the device, at
     their initial 0 nM: the values do not change the work or the memory): its `seconds`
     (compilation apart) and the device's `device_peak_bytes` in use (None where the device
-    does not report it), or the runtime's `error` (the first line) where it fails, such as
+    does not report it) with this process's peak resident set (`process_peak_bytes`, what a
+    CPU's run holds), or the runtime's `error` (the first line) where it fails, such as
     running out of memory."""
     sim, _ = compiled_case(shape, LARGEST_FIELDS, LARGEST_DTYPE, STEPPERS[stepper])
     try:
@@ -310,7 +311,11 @@ def confirm_step(stepper: str, shape) -> dict:
     except jax.errors.JaxRuntimeError as error:
         return dict(error=str(error).splitlines()[0])
     stats = jax.devices()[0].memory_stats() or {}
-    return dict(seconds=seconds, device_peak_bytes=stats.get("peak_bytes_in_use"))
+    return dict(
+        seconds=seconds,
+        device_peak_bytes=stats.get("peak_bytes_in_use"),
+        process_peak_bytes=peak_process_bytes(),
+    )
 
 
 # --- the standard benchmark -------------------------------------------------------------------
@@ -465,6 +470,9 @@ def largest_lines(result: dict) -> list[str]:
             line += f"; one step failed: {confirmed['error']}"
         elif confirmed is not None:
             line += f"; one step ran in {confirmed['seconds']:.3g} s"
+            held = confirmed.get("device_peak_bytes") or confirmed.get("process_peak_bytes")
+            if held is not None:
+                line += f", peak {held / 1e9:.2f} GB measured"
         lines.append(line)
     return lines
 
