@@ -12,7 +12,7 @@ from engine.model.rhs import face_diffusivities
 from engine.model.terms import MOLECULES_PER_UM3_PER_NM
 from engine.numerics import operators, solvers, spectral
 from engine.stepping.simulation import precision
-from engine.stepping.steppers import LOCAL_SHARE, step_doubling_error
+from engine.stepping.steppers import LOCAL_SHARE, accurate_step, step_doubling_error
 
 pytestmark = pytest.mark.usefixtures("x64_module")
 SLOW = pytest.mark.slow
@@ -508,3 +508,25 @@ def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(toleranc
     errors = {name: largest[name] / size[name] for name in size}
     assert max(errors.values()) <= tolerance, errors
     assert max(errors.values()) > tolerance / 20, errors  # not resolved far beyond it
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+def test_the_step_search_follows_the_power_its_errors_show(power):
+    """`accurate_step` from a proposal 100x too long, on an error that grows as step^power
+    (order + 1 = 3 where the scheme has reached its order, down to 1 at a schedule edge or a
+    transient it does not resolve): within 1 after at most 5 trials, and within 25% of the
+    longest such step; an array of members at once, each on its own."""
+    order, longest = 2, 1000.0
+    fits = np.array([5.0, 50.0])  # the step whose error is 1, per member
+
+    trials = []
+
+    def error_at(h):
+        trials.append(h)
+        return (np.asarray(h) / fits) ** power
+
+    step, _ = accurate_step(error_at, np.full(2, longest), np.array([500.0, 5000.0]), order)
+    assert len(trials) <= 5
+    assert np.all(step <= fits * (1 + 1e-12)) and np.all(step >= 0.75 * fits)
+    single, _ = accurate_step(lambda h: (h / fits[0]) ** power, longest, 500.0, order)
+    assert single == pytest.approx(step[0])

@@ -241,7 +241,8 @@ def accurate_step(error_at, longest, proposal, order: int):
     step-doubling error norm `error_at(step)` (`step_doubling_error` at `LOCAL_SHARE` of
     the tolerance, the array of every member's at once) is within 1, and the step the next
     leg should try. It tries the previous leg's `proposal` (None: `longest`), shrunk by
-    `step_factor` until it is within 1 (at most `ERROR_TRIALS` trials, and not below
+    `step_factor` (at the power of the step that the error followed between the last two
+    trials, `observed_exponent`) until it is within 1 (at most `ERROR_TRIALS` trials, not below
     `SHORTEST_SHARE` of `longest`). What dt = "auto" takes for the implicit steppers: the
     local error it bounds is what the step really makes, reactions, their coupling to
     diffusion and doses alike, where a bound on the reaction rates alone misses feedback
@@ -252,14 +253,28 @@ def accurate_step(error_at, longest, proposal, order: int):
     shortest = SHORTEST_SHARE * longest
     h = longest if proposal is None else np.clip(proposal, shortest, longest)
     error = np.asarray(error_at(h), np.float64)
+    exponent = np.full_like(error, order + 1.0)
     for _ in range(ERROR_TRIALS - 1):
         over = (error > 1) & (h > shortest)
         if not np.any(over):
             break
-        shrunk = h * np.minimum(np.asarray(step_factor(error, order)), 0.9)
+        shrunk = h * np.minimum(np.asarray(step_factor(error, exponent - 1)), 0.9)
+        tried, before = h, error
         h = np.where(over, np.maximum(shrunk, shortest), h)
         error = np.where(over, np.asarray(error_at(h), np.float64), error)
+        exponent = np.where(over, observed_exponent(tried, before, h, error, order), exponent)
     return h, h * np.asarray(step_factor(error, order), np.float64)
+
+
+def observed_exponent(h1, error1, h2, error2, order: int):
+    """The power of the step that the error followed between two trials (h1, error1) and
+    (h2, error2), within 1..order + 1: order + 1 once the scheme has reached its order, less
+    over a transient or a schedule edge that the step does not resolve (there the error
+    falls about in proportion to the step, and shrinking by the asymptotic rule takes many
+    trials)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        power = np.log(np.maximum(error1, 1e-300) / np.maximum(error2, 1e-300)) / np.log(h1 / h2)
+    return np.clip(np.where(np.isfinite(power), power, order + 1.0), 1.0, order + 1.0)
 
 
 def drift_substep(model: Model, fields: Fields, h) -> Fields:
