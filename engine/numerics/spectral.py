@@ -246,37 +246,24 @@ def basis_transform(x, axes, inverse: bool = False, matrices=None):
     faces) without. XLA
     computes `dctn` through a complex FFT of the extended signal; on axes shorter than
     `FFT_MIN_LENGTH` the products are faster on a CPU and are what accelerators do best.
-    Full precision: no reduced-precision (TF32) products. Each product (`_product_along`)
-    is the same one whether the field is split or not: it sits between barriers (so that XLA
-    cannot fold it with its neighbours, which it did differently for split fields), and on
-    split fields each device holds whole lines before and after it (`parallel.lay_out`) and
-    the whole matrix (`parallel.replicate`). The result is then bitwise the single-device
-    one (tests/test_parallel.py)."""
+    Full precision: no reduced-precision (TF32) products. Each product is the same
+    row-major (lines, n) x (n, n) one whether the field is split or not: the lines are moved
+    last behind a barrier (so that XLA cannot fold the transposes into the product, which it
+    did differently for split fields), and on split fields each device holds whole lines
+    before and after it (`parallel.lay_out`) and the whole matrix (`parallel.replicate`).
+    The result is then bitwise the single-device one."""
     for axis in axes:
         if matrices is None:
             matrix = jnp.asarray(basis_matrix(x.shape[axis]), x.dtype)
         else:
             matrix = matrices[axis]
         matrix = parallel.replicate(matrix if inverse else matrix.T)
-        x = lax.optimization_barrier(parallel.lay_out(x, whole_axis=axis))
-        x = lax.optimization_barrier(_product_along(x, matrix, axis))
+        x = parallel.lay_out(x, whole_axis=axis)
+        lines = lax.optimization_barrier(jnp.moveaxis(x, axis, -1))
+        product = jnp.matmul(lines, matrix, precision=lax.Precision.HIGHEST)
+        x = jnp.moveaxis(lax.optimization_barrier(product), -1, axis)
         x = parallel.lay_out(x, whole_axis=axis)
     return x
-
-
-def _product_along(x, matrix, axis: int):
-    """sum_n x[..., n, ...] matrix[n, m] along `axis`: where the axis is not the first, in
-    place (a product batched over the axes before it), since a transpose costs about as much
-    as the product; along the first, the lines moved last and back (in place there, the
-    product's rounding changed with how many lines a device held)."""
-    precision = lax.Precision.HIGHEST
-    if axis == 0 and x.ndim > 1:
-        lines = lax.optimization_barrier(jnp.moveaxis(x, 0, -1))
-        product = lax.optimization_barrier(jnp.matmul(lines, matrix, precision=precision))
-        return jnp.moveaxis(product, -1, 0)
-    letters = "abcdefgh"[: x.ndim]
-    before, after = letters[:axis], letters[axis + 1 :]
-    return jnp.einsum(f"nm,{before}n{after}->{before}m{after}", matrix, x, precision=precision)
 
 
 def fft_basis_transform(x, axis: int, low: str, high: str, inverse: bool = False):
