@@ -72,10 +72,10 @@ def central_differences(trajectory, loss, relative=1e-5):
     return np.array(result)
 
 
-@pytest.mark.parametrize(  # by default every key, explicit (`ilsim fit` below goes through imex)
+@pytest.mark.parametrize(  # every key; `ilsim fit` below goes through imex
     "case",
     [
-        "explicit",
+        pytest.param("explicit", marks=SLOW),  # by default through value_and_gradient below
         pytest.param("imex spectral", marks=SLOW),
         pytest.param("imex spectral dirichlet", marks=SLOW),
         pytest.param("imex cg", marks=SLOW),  # 30 s to compile
@@ -255,6 +255,15 @@ def test_sensitivities_rank_every_parameter(float64, config):
 
 
 def test_value_and_gradient_of_a_summary(float64, config):
+    """The value of a summary and its reverse-mode derivative, against central differences
+    (every key, forward mode too: test_gradients_equal_central_finite_differences)."""
     cfg = load_config(config)
-    value, grads = value_and_gradient(cfg, lambda f: jnp.max(f["IL2"][-1]), ["sources[0].rate"])
-    assert value > 0 and grads["sources[0].rate"] > 0
+
+    def summary(frames):
+        return jnp.max(frames["IL2"][-1])
+
+    value, grads = value_and_gradient(cfg, summary, ["sources[0].rate"])
+    trajectory = Trajectory(cfg, ["sources[0].rate"])
+    assert value == pytest.approx(float(summary(trajectory(trajectory.values))), rel=1e-12)
+    (expected,) = central_differences(trajectory, summary)
+    assert expected > 0 and grads["sources[0].rate"] == pytest.approx(expected, rel=1e-4)

@@ -43,7 +43,8 @@ CONFIG = {
 KEYS = ["cells.Th.secretion[0].rate", "cells.Tr.uptake[0].k_on"]
 
 
-@pytest.mark.parametrize("stepper", [pytest.param("imex", marks=pytest.mark.slow), "explicit"])
+@pytest.mark.slow  # a trajectory program with three cell types to compile
+@pytest.mark.parametrize("stepper", ["imex", "explicit"])
 def test_the_trajectory_with_cells_is_the_run(float64, stepper):
     dt = "4 s" if stepper == "imex" else "0.5 s"  # explicit: cells every few field steps
     cfg = load_config(CONFIG, {"time.stepper": stepper, "time.dt": dt, "time.dtype": float64})
