@@ -39,6 +39,7 @@ CURRENT = {
     "gpu_bound": ["pallas_stencil-gpu-NVIDIA_H200.json"],
     "time_to_solution": [
         "time_to_solution-cpu-cpu-3d.json",
+        "time_to_solution-cpu-cpu-32.json",
         "time_to_solution-gpu-NVIDIA_H200.json",
     ],
     "implicit": ["implicit_step_cost-cpu-cpu.json"],
