@@ -70,11 +70,20 @@ def write_config(
     return path
 
 
+def ilsim_argv(*args) -> list[str]:
+    """The command line of `ilsim ARGS` in a fresh Python."""
+    return [sys.executable, "-m", "engine.cli", *map(str, args)]
+
+
+def child_env() -> dict:
+    """This process's environment for an `ilsim` child, HDF5 file locking off."""
+    return dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+
+
 def ilsim(*args, **kwargs):
-    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *map(str, args)],
-        env=env,
+        ilsim_argv(*args),
+        env=child_env(),
         capture_output=True,
         text=True,
         **kwargs,
@@ -246,10 +255,9 @@ def _start_long_run(tmp_path):
         tmp_path, n=64, end="6 h", stepper="explicit", every="10 min", checkpoint="1 h"
     )
     out = tmp_path / "long.h5"
-    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", str(config), "-o", str(out), "--quiet"],
-        env=env,
+        ilsim_argv("run", config, "-o", out, "--quiet"),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -427,10 +435,9 @@ def test_validate_predicts_the_peak_memory_of_the_run_within_20_percent(tmp_path
     assert checked.returncode == 0, checked.stderr
     predicted = re.search(r"peak memory: ([\d.]+) MB predicted", checked.stdout)
     assert predicted, checked.stdout
-    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
-    argv = [sys.executable, "-m", "engine.cli", "run", str(config), "-o", str(tmp_path / "o.h5")]
+    argv = ilsim_argv("run", config, "-o", tmp_path / "o.h5", "--quiet")
     with open(tmp_path / "errors.txt", "w+") as errors:
-        process = subprocess.Popen([*argv, "--quiet"], env=env, stderr=errors)
+        process = subprocess.Popen(argv, env=child_env(), stderr=errors)
         _, status, usage = os.wait4(process.pid, 0)
         errors.seek(0)
         assert os.waitstatus_to_exitcode(status) == 0, errors.read()

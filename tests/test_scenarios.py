@@ -58,8 +58,13 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
 
 
 def _smoke_run(path: Path):
-    slow = path.stem in ("il2_therapy_untreated", "autoimmune_healthy", "il2_niches_no_treg")
-    slow |= path.stem == "il2_niches"  # its cells: tests/test_niches.py, test_cells.py
+    # the controls, and il2_niches (its cells: tests/test_niches.py, test_cells.py)
+    slow = path.stem in (
+        "il2_therapy_untreated",
+        "autoimmune_healthy",
+        "il2_niches_no_treg",
+        "il2_niches",
+    )
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
