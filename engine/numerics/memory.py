@@ -37,7 +37,16 @@ def process_bytes() -> int | None:
 
 def peak_process_bytes() -> int | None:
     """The most bytes this process has held at once so far (peak resident set), None when
-    unknown."""
+    unknown. On Linux this is the high-water mark of its own memory (VmHWM): `ru_maxrss`
+    starts from the resident set of the process that started it, which after a fork from a
+    large process is that process's."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # not on every platform
