@@ -219,6 +219,7 @@ def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
     solves each step's transposed system), which test_a_fit_recovers_... exercises."""
     config = tmp_path / "truth.toml"
     explicit = {"time.stepper": "explicit", "time.dt": 1.0}  # stable up to D = 50 um^2/s
+    explicit |= {"time.end": "10 min", "time.output_every": "2 min"}
     config.write_text(dump_toml(load_config(FIT_CONFIG, explicit)))
     data = tmp_path / "obs.h5"
     assert main(["run", str(config), "-o", str(data), "--quiet"]) == 0

@@ -170,9 +170,8 @@ def steady_cases():
 CASES = list(steady_cases()[2])
 
 
-@pytest.mark.parametrize(  # CG solves (robin) by default, spectral ones with -m slow
-    "case", [c if c == "robin" else pytest.param(c, marks=SLOW) for c in CASES]
-)
+@SLOW  # by default the CG solves are checked against the operator (test_cg_solves_...)
+@pytest.mark.parametrize("case", CASES)
 def test_implicit_steady_state_matches_long_explicit_run(case):
     grid, spot, cases = steady_cases()
     boundary, D = cases[case]
@@ -198,13 +197,14 @@ def test_auto_dt_of_implicit_steppers_is_the_longest_step_within_the_tolerance(s
     dt = sim.time_step(state, span)
     prepared = sim.stepper.prepare(sim.model)
 
+    @jax.jit
+    def difference(fields, h):
+        local = tolerance * LOCAL_SHARE
+        return step_doubling_error(sim.stepper, sim.model, prepared, fields, 0.0, h, local)[0]
+
     def error(h):
         with precision(sim.dtype):
-            fields = state.fields
-            local = tolerance * LOCAL_SHARE
-            return float(
-                step_doubling_error(sim.stepper, sim.model, prepared, fields, 0.0, h, local)[0]
-            )
+            return float(difference(state.fields, h))
 
     assert 0 < dt < span
     assert error(dt) <= 1 < error(5 * dt)
@@ -296,6 +296,7 @@ def test_the_spectral_preconditioner_is_the_exact_inverse_for_constant_coefficie
     np.testing.assert_allclose(applied, r, atol=1e-12 * np.abs(r).max())
 
 
+@SLOW  # adaptive stepping runs by default in test_adaptive_stepping_rejects_and_counts_...
 def test_adaptive_stepping_keeps_the_error_near_the_tolerance(v5_reference):
     model, _, reference = v5_reference
     errors = []
@@ -387,6 +388,59 @@ def test_spectral_imex_is_exact_with_dirichlet_faces(faces, fft_min_length, monk
     periodic = {axis for axis in (0, 1) if boundary.is_periodic(axis)}
     long = {axis for axis in (0, 1) if grid.shape[axis] >= fft_min_length} - periodic
     assert set(fft_axes) == long
+
+
+def _phi(z):
+    """exp(-z), phi1(-z) and phi2(-z) of a symmetric positive matrix z, by its eigenvectors."""
+    w, v = np.linalg.eigh(z)
+    functions = (np.exp(-w), -np.expm1(-w) / w, (np.expm1(-w) + w) / w**2)
+    return [(v * f) @ v.T for f in functions]
+
+
+@pytest.mark.parametrize("faces", ["neumann", "periodic", "dirichlet"])
+@pytest.mark.parametrize(  # the longest steps by default, every length with -m slow
+    "sink_steps", [pytest.param(0.5, marks=SLOW), pytest.param(30.0, marks=SLOW), 3000.0]
+)
+def test_the_implicit_end_value_solves_its_system_at_any_step(faces, sink_steps):
+    """One exponential trapezoidal step with sinks that differ from voxel to voxel (none in
+    some voxels, up to 2e-2 1/s in others, a block of them): the end value that conjugate
+    gradients find is the dense solution of its system, (1 - dt phi2(dt A) (k - sink)) x =
+    ..., at steps of 0.5 to 3000 times the largest sink's time, where a fixed-point
+    iteration of it diverges (its factor is about |k - sink| dt / 2)."""
+    grid = engine.Grid((9, 7), spacing=(5.0, 8.0))
+    kind = {"neumann": engine.Neumann(), "periodic": engine.Periodic()}.get(faces)
+    boundary = engine.Boundary.uniform(2, kind or engine.Dirichlet(0.0))
+    rng = np.random.default_rng(3)
+    c = 0.1 + rng.random(grid.shape)
+    forcing = 0.01 * rng.random(grid.shape)
+    sink = np.where(rng.random(grid.shape) < 0.3, 1e-2 * (0.1 + rng.random(grid.shape)), 0.0)
+    sink[:4] += 1e-2  # and a block of them: diffusion (0.1 1/s over a voxel) mixes less
+    D, decay, dt = 4.0, 2e-4, sink_steps / sink.max()
+    p = spectral.propagation(D, decay, grid, boundary, np.float64)
+    change = spectral.reaction_change(c, forcing, sink, dt, p, boundary, implicit=True)
+
+    k = float(spectral.exact_sink_rate(sink, c))
+    matrix, _ = semi_discrete_matrix(grid, D, boundary)
+    np.testing.assert_allclose(matrix, matrix.T, atol=1e-12)
+    exact, phi1, phi2 = _phi(dt * ((decay + k) * np.eye(c.size) - matrix))
+    excess = np.diag(k - sink.ravel())
+    rhs = (exact - np.eye(c.size)) @ c.ravel() + dt * phi1 @ forcing.ravel()
+    rhs += dt * phi1 @ excess @ c.ravel()
+    expected = np.linalg.solve(np.eye(c.size) - dt * phi2 @ excess, rhs)
+    np.testing.assert_allclose(np.ravel(change), expected, rtol=0, atol=1e-11 * c.max())
+
+
+def test_the_exact_sink_rate_is_the_field_weighted_mean_sink():
+    """k = sum(sink c) / sum(c): the remainder (k - sink) c adds nothing to the total; within
+    the sink's range; the plain mean for a field that is 0 everywhere."""
+    rng = np.random.default_rng(4)
+    sink = np.where(rng.random((12, 10)) < 0.2, 1e-3, 0.0) + 1e-5
+    c = rng.random((12, 10)) * (1 + 50 * (sink > 1e-4))  # more where the sink is
+    k = float(spectral.exact_sink_rate(sink, c))
+    assert abs(np.sum((k - sink) * c)) < 1e-12 * np.sum(sink * c)
+    assert sink.mean() < k < sink.max()  # weighted towards the sinks, where c is
+    zero = float(spectral.exact_sink_rate(sink, np.zeros_like(c)))
+    assert zero == pytest.approx(sink.mean(), rel=1e-12)
 
 
 BASES = [
@@ -488,7 +542,9 @@ def test_every_stepping_program_compiles_with_the_spectral_options(monkeypatch, 
         fit(cfg, observed, ["species.IL2.decay"], max_iterations=1)
 
 
-@pytest.mark.parametrize("tolerance", [1e-2, 1e-3, pytest.param(1e-4, marks=SLOW)])
+@pytest.mark.parametrize(  # 1e-2 by default, every one with -m slow
+    "tolerance", [1e-2, pytest.param(1e-3, marks=SLOW), pytest.param(1e-4, marks=SLOW)]
+)
 def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(tolerance):
     """V5 over 2 h in frames of 10 min: each field's largest deviation from a converged
     reference (ssprk3 at a tenth of its positivity limit), relative to its largest size over

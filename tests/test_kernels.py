@@ -82,9 +82,8 @@ def increments(cfg, kernels, scheme, dtype, steps=3, compensated=True):
 # below); all cases with -m slow
 DEFAULT_CASES = {
     ("3D dirichlet and robin", "ssprk3"),
-    ("3D whole blocks periodic chemotaxis", "ssprk3"),
+    ("3D whole blocks periodic chemotaxis", "euler"),
     ("1D periodic", "ssprk3"),
-    ("3D chemotaxis", "euler"),
 }
 
 
@@ -112,7 +111,7 @@ def test_the_fused_kernel_computes_the_xla_step(case, scheme, float64, config):
         ("il2_therapy", True),
         pytest.param("il2_therapy", False, marks=SLOW),
         pytest.param("infection_resolution", True, marks=SLOW),
-        ("infection_resolution", False),
+        pytest.param("infection_resolution", False, marks=SLOW),
     ],
 )
 def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario, compensated):

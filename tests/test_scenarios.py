@@ -58,8 +58,11 @@ def test_the_seed_scenarios_ship_in_2d_and_3d():
 
 
 def _smoke_run(path: Path):
-    # the controls, and il2_niches (its cells: tests/test_niches.py, test_cells.py)
+    # the controls, and il2_niches (its cells: tests/test_niches.py, test_cells.py); by
+    # default il2_therapy only (the others compile for 7-9 s each)
     slow = path.stem in (
+        "autoimmune",
+        "infection_resolution",
         "il2_therapy_untreated",
         "autoimmune_healthy",
         "il2_niches_no_treg",

@@ -187,9 +187,7 @@ def reaction_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
     end, end_loss = reaction_terms(model, predictor, t + dt, decay=False)
     mean = {n: (start[n] + end[n]) / 2 for n in start}
     mean_loss = {n: (start_loss[n] + end_loss[n]) / 2 for n in sinks(start_loss)}
-    return linear_change(
-        model, prepared, fields, forcing(mean), mean_loss, dt, implicit=True, guesses=change
-    )
+    return linear_change(model, prepared, fields, forcing(mean), mean_loss, dt, implicit=True)
 
 
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
@@ -366,17 +364,15 @@ def linear_change(
     sinks: Fields,
     dt,
     implicit: bool,
-    guesses: Fields | None = None,
 ) -> Fields:
     """The change over dt of each prepared field under M f - sink f + forcing,
     M = div(D grad) - decay, with the forcing (field units/s) and the sink (1/s, per voxel)
     held over the step (a field without either has none): exact in spectral space for M with
-    the sink's voxel-to-voxel part solved by fixed-point iteration
-    (`spectral.reaction_change`, from `guesses` of the change where given; `implicit` False:
-    taken at the start, a predictor), or
-    TR-BDF2 with the sink in its implicit solves. Formed as a change, whose rounding scales
-    with the change rather than with the field (conservation in float32); a change below -f
-    (rounding below 0: transforms, CG tolerance) is clipped there."""
+    the sink's voxel-to-voxel part solved by conjugate gradients (`spectral.reaction_change`;
+    `implicit` False: taken at the start, a predictor), or TR-BDF2 with the sink in its
+    implicit solves. Formed as a change, whose rounding scales with the change rather than
+    with the field (conservation in float32); a change below -f (rounding below 0:
+    transforms, CG tolerance, sinks beyond the spectral part's exact rate) is clipped there."""
     out = {}
     for f in model.fields:
         if f.name in prepared:
@@ -385,9 +381,8 @@ def linear_change(
             if supply is not None:
                 supply = jnp.broadcast_to(jnp.asarray(supply, c.dtype), c.shape)
             if p.spectral is not None:
-                guess = None if guesses is None else guesses.get(f.name)
                 change = spectral.reaction_change(
-                    c, supply, sink, dt, p.spectral, boundary, implicit, guess
+                    c, supply, sink, dt, p.spectral, boundary, implicit
                 )
             else:
                 supply = jnp.zeros_like(c) if supply is None else supply
@@ -411,19 +406,6 @@ def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
     stage = solvers.solve_change(shift, h, 2 * h * rate, faces, grid, boundary, zero, c)
     rhs = stage / (gamma * (2 - gamma)) + h * rate
     return solvers.solve_change(shift, h, rhs, faces, grid, boundary, stage, c)
-
-
-def contraction_dt(model: Model, fields: Fields, names):
-    """Largest step (s) over which the fixed-point iteration of the sinks that differ from
-    voxel to voxel (`spectral.reaction_change`) contracts by at least half per iteration:
-    its factor is below k dt / 2 for the largest sink rate k. Beyond it the iteration may
-    stop unconverged, an error that step doubling cannot see (both steps share it)."""
-    _, loss = reaction_terms(model, fields, 0.0, decay=False)
-    rate = jnp.zeros(())
-    for name in names:
-        if name in loss:
-            rate = jnp.maximum(rate, jnp.max(loss[name]))
-    return 1.0 / rate
 
 
 def diffusion_accuracy_dt(model: Model, names, tolerance: float):
@@ -455,7 +437,7 @@ class Imex:
     and production and sources as forcing, both averaged between the start and a predictor
     (exponential trapezoidal rule, `reaction_change`): no splitting between diffusion and
     reactions. It is exact in spectral space for constant D and decay on neumann, dirichlet
-    and periodic faces, with the sinks' voxel-to-voxel part solved by fixed-point iteration,
+    and periodic faces, with the sinks' voxel-to-voxel part solved by conjugate gradients,
     and TR-BDF2 with Jacobi-preconditioned CG otherwise (robin faces, varying D or decay),
     the sinks inside its implicit solves. Stable and non-negative at any dt."""
 
@@ -475,11 +457,9 @@ class Imex:
 
     def stable_dt(self, model: Model, fields: Fields):
         """No stability limit: the longest step that resolves the doses and the fine modes
-        that CG diffuses, and over which the sinks' iteration contracts; within it, the
-        accuracy target sets the step (`accurate_step`)."""
+        that CG diffuses; within it, the accuracy target sets the step (`accurate_step`)."""
         diffusion = diffusion_accuracy_dt(model, model.names, self.tolerance)
-        contraction = contraction_dt(model, fields, model.names)
-        return jnp.minimum(jnp.minimum(diffusion, contraction), dose_dt(model))
+        return jnp.minimum(diffusion, dose_dt(model))
 
 
 @dataclass(frozen=True)
@@ -581,8 +561,7 @@ class QuasiSteady:
         """As `Imex.stable_dt` for the populations (species are always at steady state)."""
         populations = tuple(p.name for p in model.populations)
         diffusion = diffusion_accuracy_dt(model, populations, self.tolerance)
-        contraction = contraction_dt(model, fields, populations)
-        return jnp.minimum(jnp.minimum(diffusion, contraction), dose_dt(model))
+        return jnp.minimum(diffusion, dose_dt(model))
 
 
 STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
