@@ -26,13 +26,21 @@ def cells_bytes(n_values: int, itemsize: int) -> int:
     return n_values * itemsize * STATE_COPIES
 
 
+def _status_bytes(key: str) -> int | None:
+    """The `key` line of this process's /proc status (kB) in bytes, None where unknown."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def process_bytes() -> int | None:
     """Bytes of memory this process holds now (resident set), None when unknown."""
-    try:
-        with open("/proc/self/statm") as file:
-            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+    return _status_bytes("VmRSS")
 
 
 def peak_process_bytes() -> int | None:
@@ -40,13 +48,9 @@ def peak_process_bytes() -> int | None:
     unknown. On Linux this is the high-water mark of its own memory (VmHWM): `ru_maxrss`
     starts from the resident set of the process that started it, which after a fork from a
     large process is that process's."""
-    try:
-        with open("/proc/self/status") as file:
-            for line in file:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # not on every platform
