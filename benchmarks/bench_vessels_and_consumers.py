@@ -146,14 +146,20 @@ def main(argv=None) -> Path:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each; the median")
     parser.add_argument("--check-reference", action="store_true")
     parser.add_argument("--reference-tolerance", type=float, default=REFERENCE_TOLERANCE)
+    parser.add_argument(
+        "--reference-file",
+        type=Path,
+        help="where the reference output is kept: reused if it is there (same size and seed)",
+    )
     parser.add_argument("--output", type=Path, help="JSON path (default: under results/)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         config = write_problem(folder, args.size)
         reference_run = reference_options(args.reference_tolerance)
-        reference_seconds = run(config, folder / "reference.h5", reference_run)
-        reference = frames(folder / "reference.h5")
+        kept = (args.reference_file or folder / "reference.h5").resolve()
+        reference_seconds = None if kept.exists() else run(config, kept, reference_run)
+        reference = frames(kept)
         result = dict(
             device=device_name(),
             size=args.size,
