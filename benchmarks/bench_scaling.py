@@ -25,7 +25,6 @@ from pathlib import Path
 
 from common import RESULTS, device_name, median_seconds
 
-
 IMEX_SPAN = 60.0
 """Seconds an imex step may cover (`ilsim bench`'s imex step): its accuracy target alone
 sets no bound on a model that only diffuses and decays, which it solves exactly."""
