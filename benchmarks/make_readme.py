@@ -11,6 +11,7 @@ a current file under another name, change its entry in `CURRENT`.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def _load(results: Path, key: str) -> list[tuple[str, dict]]:
 
 def _missing(key: str) -> list[str]:
     return [f"No results yet ({', '.join(CURRENT[key])} missing).", ""]
+
+
+def _section(title: str, key: str):
+    """Make a section from its body, which gets the section's current files (`_load`) and
+    the results folder: its heading, then the body, or a line naming the missing files."""
+
+    def make(body):
+        @functools.wraps(body)
+        def section(results: Path) -> list[str]:
+            loaded = _load(results, key)
+            heading = [f"### {title}", ""]
+            return heading + (body(loaded, results) if loaded else _missing(key))
+
+        return section
+
+    return make
 
 
 def _span(values, fmt: str) -> str:
@@ -137,13 +154,11 @@ def _cost(row: dict | None, plain: dict | None) -> str:
     return "-" if None in (row, plain) else f"{row['seconds'] / plain['seconds']:.2f}x"
 
 
-def cpu_section(results: Path) -> list[str]:
+@_section("CPU: explicit step against NumPy and Numba (targets)", "cpu")
+def cpu_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
     """The CPU solver matrix as one row per (grid, fields): the explicit steps of both dtypes
     side by side, the ratios to the references for euler."""
-    lines = ["### CPU: explicit step against NumPy and Numba (targets)", ""]
-    loaded = _load(results, "cpu")
-    if not loaded:
-        return lines + _missing("cpu")
+    lines = []
     for name, result in loaded:
         lines += [
             f"`{result['device']}`, jax {result['jax']}, `{name}`. "
@@ -175,11 +190,9 @@ def cpu_section(results: Path) -> list[str]:
     return lines
 
 
-def gpu_section(results: Path) -> list[str]:
-    lines = ["### GPU: explicit step against the copy bandwidth (target)", ""]
-    loaded = _load(results, "gpu")
-    if not loaded:
-        return lines + _missing("gpu")
+@_section("GPU: explicit step against the copy bandwidth (target)", "gpu")
+def gpu_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     for name, result in loaded:
         lines += [
             f"`{result['device']}`, jax {result['jax']}, `{name}`. "
@@ -221,11 +234,9 @@ def _reference_text(result: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in reference.items())
 
 
-def time_to_solution_section(results: Path) -> list[str]:
-    lines = ["### Time to solution: the 3D seed scenarios", ""]
-    loaded = _load(results, "time_to_solution")
-    if not loaded:
-        return lines + _missing("time_to_solution")
+@_section("Time to solution: the 3D seed scenarios", "time_to_solution")
+def time_to_solution_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     for name, result in loaded:
         trajectory = result.get("error_measure") == "trajectory"
         measure = (
@@ -282,11 +293,9 @@ def _time_verdicts(result: dict) -> list[str]:
     return lines
 
 
-def implicit_section(results: Path) -> list[str]:
-    lines = ["### Implicit step cost", ""]
-    loaded = _load(results, "implicit")
-    if not loaded:
-        return lines + _missing("implicit")
+@_section("Implicit step cost", "implicit")
+def implicit_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     for name, result in loaded:
         lines += [
             f"`{result['device']}`, jax {result.get('jax', '?')}, `{name}`. One field, float32, "
@@ -317,11 +326,9 @@ CPU (a tenth of what BioFVM needs for 1.4% at 6 h alone); in proportion to the v
 other sizes."""
 
 
-def vessels_section(results: Path) -> list[str]:
-    lines = ["### Voxel-scale sinks and pulsed vessels against BioFVM", ""]
-    loaded = _load(results, "vessels")
-    if not loaded:
-        return lines + _missing("vessels")
+@_section("Voxel-scale sinks and pulsed vessels against BioFVM", "vessels")
+def vessels_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     for name, result in loaded:
         size = result["size"]
         lines += [
@@ -352,11 +359,9 @@ def vessels_section(results: Path) -> list[str]:
     return lines
 
 
-def sweep_section(results: Path) -> list[str]:
-    lines = ["### Sweep against separate runs", ""]
-    loaded = _load(results, "sweep")
-    if not loaded:
-        return lines + _missing("sweep")
+@_section("Sweep against separate runs", "sweep")
+def sweep_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     first = loaded[0][1]
     lines += [
         f"`{first['device']}`, jax {first['jax']}, `{'`, `'.join(n for n, _ in loaded)}`. N "
@@ -386,11 +391,9 @@ def sweep_section(results: Path) -> list[str]:
     ]
 
 
-def scaling_section(results: Path) -> list[str]:
-    lines = ["### Scaling over devices", ""]
-    loaded = _load(results, "scaling")
-    if not loaded:
-        return lines + _missing("scaling")
+@_section("Scaling over devices", "scaling")
+def scaling_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     lines += [
         "`no exchange`: the same per-device work with each block advanced as an independent "
         "domain; `comm` = 1 - no exchange / sharded.",
@@ -422,11 +425,9 @@ def scaling_section(results: Path) -> list[str]:
     return lines + [""]
 
 
-def cells_section(results: Path) -> list[str]:
-    lines = ["### Individual cells beside the field step", ""]
-    loaded = _load(results, "cells")
-    if not loaded:
-        return lines + _missing("cells")
+@_section("Individual cells beside the field step", "cells")
+def cells_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
     for name, result in loaded:
         rows = result["rows"]
         lines += [
