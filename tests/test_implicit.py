@@ -10,7 +10,7 @@ import engine.stepping.steppers
 from engine.model import regions
 from engine.model.rhs import face_diffusivities
 from engine.model.terms import MOLECULES_PER_UM3_PER_NM
-from engine.numerics import operators, solvers, spectral
+from engine.numerics import compilation, operators, solvers, spectral
 from engine.stepping.simulation import precision
 from engine.stepping.steppers import LOCAL_SHARE, accurate_step, step_doubling_error
 
@@ -505,13 +505,35 @@ def test_on_a_gpu_the_transforms_products_compile_for_cublas():
     a GPU; the stepping programs ask for cuBLAS there. XLA knows the option on any backend."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(jax, "default_backend", lambda: "gpu")
-        options = spectral.compiler_options()
-    assert options == {"xla_gpu_enable_triton_gemm": False}
-    assert spectral.compiler_options() is None  # on this CPU
+        options = compilation.compiler_options()
+    assert options == {**compilation.NO_HOISTING, "xla_gpu_enable_triton_gemm": False}
+    assert compilation.compiler_options() == compilation.NO_HOISTING  # on this CPU
     jax.jit(lambda x: 2 * x, compiler_options=options).lower(1.0).compile()
 
 
-def test_every_stepping_program_compiles_with_the_spectral_options(monkeypatch, float64):
+@pytest.mark.parametrize(
+    ("stepper", "copies", "hoisted"), [("imex", 3.7, 7.2), ("explicit", 3.3, 3.45)]
+)
+def test_a_step_of_six_fields_holds_few_copies_of_them(stepper, copies, hoisted):
+    """XLA's peak of the compiled loop of six coupled float32 fields (`ilsim bench`'s model)
+    is at most `copies` x the fields: loop invariants are not hoisted into grid-sized arrays
+    per field (`compilation.NO_HOISTING`) and mode rates are formed where read. Hoisted, the
+    same loop holds `hoisted` x them; compiled with the default options it does again."""
+    from engine.runs import bench
+
+    n, fields = 24, 6
+    state_bytes = fields * n**3 * 4
+    peak = bench.compiled_peak_bytes(stepper, (n,) * 3, fields, "float32")
+    assert peak <= copies * state_bytes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compilation, "compiler_options", dict)
+        assert (
+            bench.compiled_peak_bytes(stepper, (n,) * 3, fields, "float32")
+            > (hoisted - 0.1) * state_bytes
+        )
+
+
+def test_every_stepping_program_compiles_with_the_loop_options(monkeypatch, float64):
     """An option XLA does not know fails each program that passes the options on: single
     runs (fixed and adaptive steps), sweeps, gradients and fits."""
     from engine.config.loading import load_config
@@ -524,7 +546,7 @@ def test_every_stepping_program_compiles_with_the_spectral_options(monkeypatch, 
             "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s", "initial": 1.0}},
         }
     )
-    monkeypatch.setattr(spectral, "compiler_options", lambda: {"xla_no_such_option": True})
+    monkeypatch.setattr(compilation, "compiler_options", lambda: {"xla_no_such_option": True})
 
     def refused():
         return pytest.raises(Exception, match="xla_no_such_option")

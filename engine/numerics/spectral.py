@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -63,38 +62,50 @@ def laplacian_eigenvalues(grid: Grid, boundary: Boundary) -> list[np.ndarray]:
     return eigenvalues
 
 
-def mode_rates(D, grid: Grid, boundary: Boundary, dtype):
-    """D lambda_k (1/s, <= 0) of every mode of the grid, summed on the device from opaque
-    per-axis vectors: a grid-sized array of eigenvalues would be captured into the compiled
-    program (8 MB per field at 128^3) and its exponentials evaluated while compiling, which
-    made compilation slow."""
+def mode_rates(D, eigenvalues):
+    """D lambda_k (1/s, <= 0) of every mode of the grid from the per-axis eigenvalues: a
+    broadcast sum that XLA fuses into what reads it, so that no grid-sized array of rates is
+    held through a loop."""
+    return D * sum(eigenvalues[1:], eigenvalues[0])
+
+
+def axis_eigenvalues(grid: Grid, boundary: Boundary, dtype) -> list:
+    """`laplacian_eigenvalues` on the device, opaque to XLA: a grid-sized array of
+    eigenvalues would be captured into the compiled program (8 MB per field at 128^3) and its
+    exponentials evaluated while compiling, which made compilation slow."""
     per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
-    per_axis = lax.optimization_barrier(per_axis)
-    return D * sum(per_axis[1:], per_axis[0])
+    return lax.optimization_barrier(per_axis)
 
 
 @dataclass(frozen=True)
 class Propagation:
-    """Loop-invariant data of the exact solves of one field (`propagation`): the rate of each
-    mode (1/s, >= 0: decay - D lambda_k), the basis matrix of each non-periodic axis (None on
-    periodic ones), and the transform of the supply that non-zero dirichlet values make (field
-    units/s; None without)."""
+    """Loop-invariant data of the exact solves of one field (`propagation`): D (um^2/s) and
+    decay (1/s), the Laplacian's eigenvalues along each axis (`axis_eigenvalues`), the basis
+    matrix of each non-periodic axis (None on periodic ones), and the transform of the supply
+    that non-zero dirichlet values make (field units/s; None without)."""
 
-    rates: Any
+    D: Any
+    decay: Any
+    eigenvalues: tuple
     matrices: tuple
     inflow: Any
+
+    def rates(self):
+        """The rate of each mode (1/s, >= 0: decay - D lambda_k), formed where it is read."""
+        return self.decay - mode_rates(self.D, self.eigenvalues)
 
 
 def propagation(D, decay, grid: Grid, boundary: Boundary, dtype) -> Propagation:
     """The `Propagation` of dc/dt = D lap c - decay c on this grid, made once per loop."""
-    rates = decay - mode_rates(D, grid, boundary, dtype)
+    eigenvalues = tuple(axis_eigenvalues(grid, boundary, dtype))
     matrices = transform_matrices(grid, boundary, dtype)
     inflow = None
     if boundary.inhomogeneous:  # eligible faces: a dirichlet value
         D_faces = operators.face_diffusivity(jnp.asarray(D, dtype), grid, boundary)
         supply = operators.diffusion(jnp.zeros(grid.shape, dtype), D_faces, grid, boundary)
         inflow = _forward(supply, boundary, matrices)
-    return Propagation(rates, matrices, inflow)
+    D, decay = (jnp.asarray(x, dtype) for x in (D, decay))
+    return Propagation(D, decay, eigenvalues, matrices, inflow)
 
 
 def phi_functions(x):
@@ -151,7 +162,7 @@ def reaction_change(
         k, sink = jnp.asarray(sink, c.dtype), None
     else:
         k = jnp.zeros((), c.dtype) if sink is None else exact_sink_rate(sink, c)
-    change, phi1, phi2 = phi_functions(dt * (p.rates + k))
+    change, phi1, phi2 = phi_functions(dt * (p.rates() + k))
     mixed = change * forward(c)
     if forcing is not None:
         mixed = mixed + dt * phi1 * forward(forcing)
@@ -273,15 +284,6 @@ def basis_matrix(n: int, low: str = "neumann", high: str = "neumann") -> np.ndar
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
-def compiler_options() -> dict | None:
-    """XLA options for the programs that run these transforms (`jax.jit(...,
-    compiler_options=...)`). On a GPU XLA autotunes each matrix-product fusion as a Triton
-    kernel while compiling, which took most of an imex loop's compile time; with cuBLAS doing
-    the products the loop compiles in a fraction of it and steps as fast
-    (docs/performance-notes.md). None elsewhere."""
-    return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else None
-
-
 def basis_transform(x, axes, inverse: bool = False, matrices=None):
     """Into the eigenbasis of each axis in `axes` (out of it with `inverse`), one matrix
     product per axis, with `matrices[axis]` (`transform_matrices`), or the DCT-II (neumann
@@ -401,13 +403,19 @@ def _inverse(x, boundary: Boundary, matrices, dtype):
 @dataclass(frozen=True)
 class Preconditioner:
     """A constant-coefficient operator near div(D grad) that transforms invert exactly
-    (`preconditioner`): its mode rates (1/s, <= 0), the rate of its slowest decaying mode
-    (1/s, > 0; 1 for a single voxel), its basis matrices and faces."""
+    (`preconditioner`): its D (um^2/s) and per-axis eigenvalues (`axis_eigenvalues`), the rate
+    of its slowest decaying mode (1/s, > 0; 1 for a single voxel), its basis matrices and
+    faces."""
 
-    rates: Any
+    D: Any
+    eigenvalues: tuple
     slowest: Any
     matrices: tuple
     boundary: Boundary
+
+    def rates(self):
+        """Its mode rates (1/s, <= 0), formed where they are read."""
+        return mode_rates(self.D, self.eigenvalues)
 
 
 def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
@@ -419,10 +427,12 @@ def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
         tuple(Neumann() if isinstance(f, Robin) else f for f in pair) for pair in boundary.faces
     )
     nearby = Boundary(faces)
-    rates = mode_rates(parallel.mean(jnp.asarray(D, dtype)), grid, nearby, dtype)
+    D = parallel.mean(jnp.asarray(D, dtype))
+    eigenvalues = tuple(axis_eigenvalues(grid, nearby, dtype))
+    rates = mode_rates(D, eigenvalues)  # before the loop, not held through it
     slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
     slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
-    return Preconditioner(rates, slowest, transform_matrices(grid, nearby, dtype), nearby)
+    return Preconditioner(D, eigenvalues, slowest, transform_matrices(grid, nearby, dtype), nearby)
 
 
 def apply_shifted_inverse(r, shift, scale, p: Preconditioner):
@@ -430,7 +440,7 @@ def apply_shifted_inverse(r, shift, scale, p: Preconditioner):
     dimensionless), scale in s; homogeneous faces (r is a residual). A zero shift on zero-flux
     faces leaves the mean undetermined: its mode is then scaled as the slowest decaying one
     (the robin faces that make such a problem well posed remove it at about that rate)."""
-    operator = shift - scale * p.rates
+    operator = shift - scale * p.rates()
     operator = jnp.where(operator > 0, operator, scale * p.slowest)
     mixed = _forward(r, p.boundary, p.matrices) / operator
     return _inverse(mixed, p.boundary, p.matrices, r.dtype)

@@ -41,7 +41,7 @@ from engine.config.errors import ConfigError
 from engine.config.parameters import Parameters, numeric_keys
 from engine.config.schema import Config
 from engine.model.model import Fields
-from engine.numerics import spectral
+from engine.numerics import compilation
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.post.analysis import text_table
 from engine.runs.simulation import Simulation
@@ -264,7 +264,7 @@ def value_and_gradient(
         compute = jax.value_and_grad(objective)
     else:
         compute = lambda v: (objective(v), jax.jacfwd(objective)(v))  # noqa: E731
-    value, grad = jax.jit(compute, compiler_options=spectral.compiler_options())(values)
+    value, grad = jax.jit(compute, compiler_options=compilation.compiler_options())(values)
     return float(value), dict(zip(trajectory.keys, np.asarray(grad, dtype=np.float64).tolist()))
 
 
@@ -441,7 +441,7 @@ def fit(
     optimiser = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    @functools.partial(jax.jit, compiler_options=spectral.compiler_options())
+    @functools.partial(jax.jit, compiler_options=compilation.compiler_options())
     def iterate(u, state):
         value, grad = value_and_grad(u, state=state)
         updates, state = optimiser.update(
@@ -459,7 +459,7 @@ def fit(
         u, state, _, norm = iterate(u, state)
         iterations += 1
         converged = float(norm) < tolerance
-    jacobian = jax.jit(jax.jacfwd(residuals), compiler_options=spectral.compiler_options())
+    jacobian = jax.jit(jax.jacfwd(residuals), compiler_options=compilation.compiler_options())
     jacobian = np.asarray(jacobian(u), np.float64)
     r = np.asarray(residuals(u), np.float64)
     dof = max(r.size - len(start), 1)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from engine.model.model import Model
-from engine.numerics import spectral
+from engine.numerics import compilation
 from engine.numerics.memory import device_memory, state_bytes
 from engine.stepping.simulation import (
     Simulation,
@@ -281,4 +281,4 @@ class Ensemble:
             return advance_fields(sim.stepper, member, fields, t0, dt, n, sim.compensated)
 
         vmapped = jax.vmap(one, in_axes=(0, 0, 0, 0, 0))
-        return jax.jit(vmapped, compiler_options=spectral.compiler_options())
+        return jax.jit(vmapped, compiler_options=compilation.compiler_options())

@@ -16,7 +16,7 @@ from engine.model.cells import Cells, cells_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
-from engine.numerics import parallel, spectral
+from engine.numerics import compilation, parallel
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
     LOCAL_SHARE,
@@ -213,7 +213,7 @@ class Simulation:
         self.safety = safety
         self.trace_count = 0
         self._step_numbers = jax.device_put((np.int32(0), np.int32(1)))
-        options = spectral.compiler_options()
+        options = compilation.compiler_options()
         self._advance = jax.jit(
             self._advance_traced, donate_argnums=(1, 2), compiler_options=options
         )
