@@ -430,6 +430,28 @@ def test_the_implicit_end_value_solves_its_system_at_any_step(faces, sink_steps)
     np.testing.assert_allclose(np.ravel(change), expected, rtol=0, atol=1e-11 * c.max())
 
 
+@pytest.mark.parametrize("size", [1e-19, 1e-30, 1e15])
+def test_the_implicit_end_value_scales_with_the_field_in_float32(size):
+    """The step is linear in the field and its forcing: a float32 field of any size (IL-2
+    hours after a dose is near 1e-19 nM) changes as the same field of size 1 does, scaled.
+    The conjugate gradients' dot products of a field near 1e-19 underflowed, which stopped
+    the iteration at its first step (errors of 10%)."""
+    grid = engine.Grid((12, 10), spacing=10.0)
+    boundary = engine.Boundary.uniform(2, engine.Neumann())
+    rng = np.random.default_rng(5)
+    c = (0.1 + rng.random(grid.shape)).astype(np.float32)
+    forcing = (1e-3 * rng.random(grid.shape)).astype(np.float32)
+    sink = np.where(rng.random(grid.shape) < 0.3, 2e-2, 1e-4).astype(np.float32)
+    p = spectral.propagation(10.0, 1e-4, grid, boundary, np.float32)
+
+    def change(scale):
+        x, f = np.float32(scale) * c, np.float32(scale) * forcing
+        return np.asarray(spectral.reaction_change(x, f, sink, 600.0, p, boundary, True))
+
+    unit = change(1.0)
+    np.testing.assert_allclose(change(size) / size, unit, rtol=0, atol=1e-5 * np.abs(unit).max())
+
+
 def test_the_exact_sink_rate_is_the_field_weighted_mean_sink():
     """k = sum(sink c) / sum(c): the remainder (k - sink) c adds nothing to the total; within
     the sink's range; the plain mean for a field that is 0 everywhere."""

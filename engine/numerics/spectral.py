@@ -206,7 +206,12 @@ def _conjugate_gradients(coupling, b, floor, size, max_iterations):
     update is the explicit one, S's part taken at the start. An iteration costs one S (two
     transforms), as a fixed-point iteration u <- b + S u does, which converges only where
     |k - sink| dt / 2 < 1. Dot products (real parts) round alike on one device and split
-    (`parallel.dot`)."""
+    (`parallel.dot`). It runs on b scaled to a largest value of 1: the squares of a field
+    near 1e-19 (float32; IL-2 hours after a dose) underflow, which stopped the iteration at
+    its first step and made steps' errors erratic."""
+    largest = jnp.max(jnp.abs(b))
+    unit = jnp.where(largest > 0, largest, 1)
+    b, size = b / unit, size / unit
 
     def dot(x, y):
         if jnp.iscomplexobj(x):
@@ -236,7 +241,7 @@ def _conjugate_gradients(coupling, b, floor, size, max_iterations):
 
     zero = jnp.zeros((), jnp.real(b).dtype)
     start = (0, jnp.zeros_like(b), b, b, dot(b, b), zero, zero + jnp.inf, zero + size)
-    return lax.while_loop(unconverged, iterate, start)[1]
+    return lax.while_loop(unconverged, iterate, start)[1] * unit
 
 
 def exact_sink_rate(sink, c):
