@@ -313,8 +313,7 @@ def work_precision_section(loaded: list[tuple[str, dict]], results: Path) -> lis
         lines += [
             f"`{result['device']}`, jax {result['jax']}, `{name}` (plot: the same name with "
             f"`.png`): the seed scenarios at {result['size']}^3, end {result['end']}, and "
-            "Gray-Scott (2D); float32; reference "
-            f"{', '.join(f'{k} {v}' for k, v in result['reference'].items())}. Every stepper "
+            f"Gray-Scott (2D); float32; reference {_reference_text(result)}. Every stepper "
             "and scheme over a range of settings; `error`: each field's largest deviation over "
             "the frames relative to its largest size; wall time with set-up and compilation.",
             "",
@@ -408,9 +407,8 @@ def vessels_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
 
 @_section("Sweep against separate runs", "sweep")
 def sweep_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
-    lines = []
     first = loaded[0][1]
-    lines += [
+    lines = [
         f"`{first['device']}`, jax {first['jax']}, `{'`, `'.join(n for n, _ in loaded)}`. N "
         f"members varying `{first['key']}`, float32; seconds. Cold: set-up, compilation and "
         "the run; warm: the run again. `x` = separate / sweep (above 1 the sweep is faster).",
@@ -440,8 +438,7 @@ def sweep_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
 
 @_section("Scaling over devices", "scaling")
 def scaling_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
-    lines = []
-    lines += [
+    lines = [
         "`no exchange`: the same per-device work with each block advanced as an independent "
         "domain; `comm` = 1 - no exchange / sharded.",
         "",

@@ -69,12 +69,12 @@ def mode_rates(D, eigenvalues):
     return D * sum(eigenvalues[1:], eigenvalues[0])
 
 
-def axis_eigenvalues(grid: Grid, boundary: Boundary, dtype) -> list:
+def axis_eigenvalues(grid: Grid, boundary: Boundary, dtype) -> tuple:
     """`laplacian_eigenvalues` on the device, opaque to XLA: a grid-sized array of
     eigenvalues would be captured into the compiled program (8 MB per field at 128^3) and its
     exponentials evaluated while compiling, which made compilation slow."""
     per_axis = [jnp.asarray(a, dtype) for a in laplacian_eigenvalues(grid, boundary)]
-    return lax.optimization_barrier(per_axis)
+    return tuple(lax.optimization_barrier(per_axis))
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Propagation:
 
 def propagation(D, decay, grid: Grid, boundary: Boundary, dtype) -> Propagation:
     """The `Propagation` of dc/dt = D lap c - decay c on this grid, made once per loop."""
-    eigenvalues = tuple(axis_eigenvalues(grid, boundary, dtype))
+    eigenvalues = axis_eigenvalues(grid, boundary, dtype)
     matrices = transform_matrices(grid, boundary, dtype)
     inflow = None
     if boundary.inhomogeneous:  # eligible faces: a dirichlet value
@@ -433,7 +433,7 @@ def preconditioner(D, grid: Grid, boundary: Boundary, dtype) -> Preconditioner:
     )
     nearby = Boundary(faces)
     D = parallel.mean(jnp.asarray(D, dtype))
-    eigenvalues = tuple(axis_eigenvalues(grid, nearby, dtype))
+    eigenvalues = axis_eigenvalues(grid, nearby, dtype)
     rates = mode_rates(D, eigenvalues)  # before the loop, not held through it
     slowest = -jnp.max(jnp.where(rates < 0, rates, -jnp.inf))
     slowest = jnp.where(jnp.isfinite(slowest), slowest, 1)
