@@ -41,19 +41,36 @@ def step_counter(t0, i):
     return _mix(bits) + jnp.asarray(i).astype(jnp.uint32)
 
 
-def uniform(shape, step, salt: int = 0):
-    """Uniform numbers in [0, 1) (float32, 24 random bits) for each voxel of a grid of
-    `shape` at `step` (an integer scalar, traced: `step_counter`) for stream `salt`: a hash
-    of the voxel's flat index in the whole grid, so the same on any split over devices."""
-    index = jnp.zeros(shape, jnp.uint32)
+def flat_index(shape):
+    """Each voxel's flat (C-order) index in a grid of `shape`, as uint32 (wrapping past 2^32)."""
+    return index_of([lax.broadcasted_iota(jnp.uint32, shape, a) for a in range(len(shape))], shape)
+
+
+def index_of(position, shape):
+    """The flat (C-order) index, uint32, of the voxels at `position` (an integer array per
+    axis) in a grid of `shape`."""
+    index = jnp.uint32(0)
     stride = 1
     for axis in reversed(range(len(shape))):
-        index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        index = index + position[axis].astype(jnp.uint32) * jnp.uint32(stride % 2**32)
         stride *= shape[axis]
+    return index
+
+
+def uniform_at(index, step, salt: int = 0):
+    """Uniform numbers in [0, 1) (float32, 24 random bits) for the voxels of flat indices
+    `index` (uint32, `flat_index` of the whole grid) at `step` (an integer scalar, traced:
+    `step_counter`) for stream `salt`: a hash of the index, so the same on any split over
+    devices and in any kernel that computes the indices itself."""
     salt = jnp.uint32(salt * _FIELD % 2**32)
     key = _mix(jnp.asarray(step).astype(jnp.uint32) * jnp.uint32(_STEP) + salt)
     bits = _mix(index * jnp.uint32(_GOLDEN) ^ key)
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def uniform(shape, step, salt: int = 0):
+    """`uniform_at` each voxel of a grid of `shape`."""
+    return uniform_at(flat_index(shape), step, salt)
 
 
 def _next_float(x, up):
@@ -72,6 +89,11 @@ def add_stochastically(field, increment, step, salt: int = 0):
     (exact sum - lower) / (upper - lower): the expected result is the exact sum. An
     increment below -field is taken as -field (the sum stays >= 0). `step`: the step's
     `step_counter`; `salt`: which field (independent streams)."""
+    return rounded_sum(field, increment, uniform(field.shape, step, salt))
+
+
+def rounded_sum(field, increment, draw):
+    """`add_stochastically` with its uniform numbers `draw` (`uniform_at`) given."""
     increment = jnp.maximum(increment, -field)
     total = field + increment
     # the exact rounding error of the sum (Knuth's two-sum; exact in binary floating point)
@@ -79,5 +101,4 @@ def add_stochastically(field, increment, step, salt: int = 0):
     error = (field - (total - back)) + (increment - back)
     neighbour = _next_float(total, error > 0)
     gap = jnp.abs(neighbour - total)
-    draw = uniform(field.shape, step, salt).astype(total.dtype)
-    return jnp.where(draw * gap < jnp.abs(error), neighbour, total)
+    return jnp.where(draw.astype(total.dtype) * gap < jnp.abs(error), neighbour, total)

@@ -1,12 +1,15 @@
-"""The explicit stepper's Euler increment of every field as one Pallas (Triton) kernel.
+"""Each stage of the explicit stepper, for every field at once, as one Pallas (Triton) kernel.
 
 Why: on a GPU hand-written Pallas kernels of the bare stencil run closer to the memory's
 bandwidth than XLA's fused stencil (benchmarks/bench_pallas_stencil.py; the readings, and
-what this kernel gained, are in docs/performance-notes.md). This kernel computes
-`steppers.euler_increment` in one pass: each program owns a block of voxels, loads
-each field's block and its neighbours, traces the model's reaction terms on the block's
-values (the model's leaves are kernel inputs: scalars, or grid-sized arrays loaded per block)
-and stores every field's increment. Loads use index arrays clamped to the grid, so every load
+what this kernel gained, are in docs/performance-notes.md). This kernel computes one stage of
+`steppers.Explicit` in one pass over memory: each program owns a block of voxels, loads each
+field's block and its neighbours (plus the step's increment so far, after the first stage),
+traces the model's reaction terms on the block's values (the model's leaves are kernel inputs:
+scalars, or grid-sized arrays loaded per block) and stores every field's increment so far, or,
+in the last stage, the new fields, their increments added with stochastic rounding
+(`rounding.rounded_sum`, drawn by each voxel's index in the grid as the XLA path draws them) so
+that float32 steps conserve at no extra pass. Loads use index arrays clamped to the grid, so every load
 stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
 it); stores use the unclamped positions under a mask. Where an axis divides into whole tiles the
 clamp (the last axis: contiguous rows for Triton) or the mask (all axes) is left out.
@@ -29,6 +32,7 @@ from jax.experimental.pallas import triton as plt
 
 from engine.model.model import Fields, Model
 from engine.model.rhs import euler_change, reaction_terms
+from engine.numerics import rounding
 
 TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
 """Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 was the fastest
@@ -60,12 +64,25 @@ def _tile(shape) -> tuple[int, ...]:
     return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
 
 
-def fused_euler_increment(
-    model: Model, couplings, fields: Fields, supply: Fields, t, dt, add_fields: bool = False
+def fused_stage(
+    model: Model,
+    couplings,
+    fields: Fields,
+    supply: Fields,
+    t,
+    dt,
+    total: Fields | None = None,
+    weight: float = 1.0,
+    add_fields: bool = False,
+    rounding_step=None,
 ) -> Fields:
-    """`steppers.euler_increment` of every field, in one kernel (see the module);
-    `couplings`: `model.field_couplings`; `add_fields`: the fields plus it instead (the Euler
-    step, in the same pass over memory)."""
+    """One stage of an SSP scheme (`steppers.SSP_SCHEMES`) of every field, in one kernel (see
+    the module): weight (total + E(u)), the step's increment after this stage, where u =
+    fields + total (`total`: the increment before it, None in the first stage) and E(u) is
+    `steppers.euler_increment` at time t (s) over dt (s); `couplings`: `model.field_couplings`.
+    `add_fields`: the fields plus that increment instead (the last stage, in the same pass),
+    added with stochastic rounding where `rounding_step` (`rounding.step_counter`) is given,
+    field number k of the sorted names drawing stream k, as `steppers.advance_state` does."""
     require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
@@ -85,6 +102,8 @@ def fused_euler_increment(
 
     for name in names:
         add(fields[name])
+    for name in names if total is not None else ():
+        add(total[name])
     for leaf in leaves:
         add(leaf)
     supply_names = sorted(supply)
@@ -92,6 +111,8 @@ def fused_euler_increment(
         add(supply[name])
     add(t)
     add(dt)
+    if rounding_step is not None:
+        add(jnp.asarray(rounding_step, jnp.uint32))
     outside = []  # per field and axis: (low, high) outside values, None where periodic
     for name in names:
         outside.append([])
@@ -104,12 +125,15 @@ def fused_euler_increment(
         _kernel,
         grid=model.grid,
         names=names,
+        with_total=total is not None,
         treedef=treedef,
         kinds=tuple(kinds),
         supply_names=tuple(supply_names),
         outside=outside,
         tile=tile,
+        weight=weight,
         add_fields=add_fields,
+        salts=None if rounding_step is None else tuple(sorted(names).index(n) for n in names),
     )
     gpu = jax.default_backend() == "gpu"
     out = pl.pallas_call(
@@ -122,10 +146,23 @@ def fused_euler_increment(
     return dict(zip(names, out))
 
 
-def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add_fields):
-    """One block of every field's increment (`add_fields`: plus the field). refs: the inputs in
-    `fused_euler_increment`'s order (fields, the model's leaves, supply, t, dt, coupling
-    vectors), then the outputs."""
+def _kernel(
+    *refs,
+    grid,
+    names,
+    with_total,
+    treedef,
+    kinds,
+    supply_names,
+    outside,
+    tile,
+    weight,
+    add_fields,
+    salts,
+):
+    """One block of every field's `fused_stage`. refs: the inputs in `fused_stage`'s order
+    (fields, the totals `with_total`, the model's leaves, supply, t, dt, the rounding step
+    where `salts`, coupling vectors), then the outputs."""
     shape = tuple(grid.shape)
     inputs, outputs = refs[: len(kinds)], refs[len(kinds) :]
     position = [
@@ -143,12 +180,20 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add
 
     values = [read(ref, kind) for ref, kind in zip(inputs, kinds)]
     n_fields, n_leaves = len(names), treedef.num_leaves
-    fields = dict(zip(names, values[:n_fields]))
-    block_model = jax.tree.unflatten(treedef, values[n_fields : n_fields + n_leaves])
-    rest = values[n_fields + n_leaves :]
+    n_totals = n_fields if with_total else 0
+    start = dict(zip(names, values[:n_fields]))  # the fields at the step's start
+    totals = values[n_fields : n_fields + n_totals]
+    # the stage's fields, u = start + total, at the block's voxels
+    centre = [v + totals[i] if with_total else v for i, v in enumerate(values[:n_fields])]
+    fields = dict(zip(names, centre))
+    rest = values[n_fields + n_totals :]
+    block_model = jax.tree.unflatten(treedef, rest[:n_leaves])
+    rest = rest[n_leaves:]
     supply = dict(zip(supply_names, rest[: len(supply_names)]))
-    t, dt = rest[len(supply_names)], rest[len(supply_names) + 1]
-    vectors = iter(rest[len(supply_names) + 2 :])
+    rest = rest[len(supply_names) :]
+    t, dt = rest[0], rest[1]
+    step = rest[2] if salts is not None else None
+    vectors = iter(rest[3 if salts is not None else 2 :])
 
     def neighbour(field, axis, shift, outside_value):
         """Field number `field` at the voxel `shift` along `axis`: wrapped where periodic,
@@ -160,13 +205,16 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add
         return jnp.where(edge, outside_value, value)
 
     def shifted(field, axis, offset):
-        """Field number `field` at the voxels `offset` along `axis`, wrapped around the grid
-        (offset 0: the block as already loaded)."""
+        """Stage field number `field` at the voxels `offset` along `axis`, wrapped around the
+        grid (offset 0: the block as already loaded)."""
         if offset == 0:
-            return values[field]
+            return centre[field]
         index = list(clamped)
         index[axis] = (clamped[axis] + offset + shape[axis]) % shape[axis]
-        return plt.load(inputs[field].at[tuple(index)])
+        value = plt.load(inputs[field].at[tuple(index)])
+        if with_total:
+            value = value + plt.load(inputs[n_fields + field].at[tuple(index)])
+        return value
 
     def face_flux(n_field, c_field, chi, axis, side, periodic):
         """Upwind flux of chi n grad c through the face between the voxels `side` and
@@ -181,7 +229,7 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add
     def chemotaxis(n_index, c_index, chi):
         """-div(chi n grad c) of field `n_index` up the gradient of field `c_index`, as
         `operators.chemotaxis`."""
-        total = jnp.zeros_like(values[n_index])
+        total = jnp.zeros_like(centre[n_index])
         for axis, dx in enumerate(grid.spacing):
             periodic = outside[n_index][axis][0] is None
             high, low = (face_flux(n_index, c_index, chi, axis, s, periodic) for s in (0, -1))
@@ -209,6 +257,15 @@ def _kernel(*refs, grid, names, treedef, kinds, supply_names, outside, tile, add
     inside = None  # whole blocks: every store in the grid
     if any(n % t for n, t in zip(shape, tile)):
         inside = functools.reduce(jnp.logical_and, [p < n for p, n in zip(position, shape)])
-    for name, out in zip(names, outputs):
-        value = fields[name] + change[name] if add_fields else change[name]
+    for i, (name, out) in enumerate(zip(names, outputs)):
+        increment = change[name] + totals[i] if with_total else change[name]
+        if weight != 1.0:
+            increment = weight * increment
+        if not add_fields:
+            value = increment
+        elif salts is None:
+            value = start[name] + increment
+        else:
+            draw = rounding.uniform_at(rounding.index_of(position, shape), step, salts[i])
+            value = rounding.rounded_sum(start[name], increment, draw)
         plt.store(out.at[tuple(position)], value.astype(out.dtype), mask=inside)

@@ -65,18 +65,13 @@ def ghost_copies(couplings, fields: Fields, names) -> Fields:
     return {name: operators.with_ghosts(fields[name], couplings[name]) for name in names}
 
 
-def euler_increment(
-    model: Model, couplings, fields: Fields, supply: Fields, t, dt, fused: bool = False
-):
+def euler_increment(model: Model, couplings, fields: Fields, supply: Fields, t, dt):
     """The change over one forward-Euler step of the whole right-hand side:
     f_new - f = dt (transport + production + supply - loss_rate f).
 
     f_new is non-negative whenever dt is within the positivity limit (`positivity_rate`).
-    `couplings`: `field_couplings(model)`. `fused`: in one Pallas kernel
-    (`kernels.fused_euler_increment`).
+    `couplings`: `field_couplings(model)`.
     """
-    if fused:
-        return kernels.fused_euler_increment(model, couplings, fields, supply, t, dt)
     # every term reads the fields from their ghost-padded copies (see operators.with_ghosts)
     padded = ghost_copies(couplings, fields, model.names)
     fields = {name: operators.interior_of(value) for name, value in padded.items()}
@@ -125,27 +120,48 @@ class Explicit:
         supply = source_terms(model, t, dt)
         scheme = SSP_SCHEMES[self.scheme]
         if len(scheme) == 1:
-            return euler_increment(model, prepared, fields, supply, t, dt, self.fused)
+            return euler_increment(model, prepared, fields, supply, t, dt)
         weights = jnp.asarray([b for _, b, _ in scheme], jnp.result_type(dt))
         offsets = jnp.asarray([c for _, _, c in scheme], weights.dtype)
 
         def stage(k, total):
             u = {name: fields[name] + total[name] for name in fields}
             at = t + offsets[k] * dt
-            euler = euler_increment(model, prepared, u, supply, at, dt, self.fused)
+            euler = euler_increment(model, prepared, u, supply, at, dt)
             return {name: weights[k] * (total[name] + euler[name]) for name in fields}
 
         zeros = {name: jnp.zeros_like(value) for name, value in fields.items()}
         return lax.fori_loop(0, len(scheme), stage, zeros)
 
     def step(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
-        if self.fused and len(SSP_SCHEMES[self.scheme]) == 1:  # the sum in the kernel's pass
-            supply = source_terms(model, t, dt)
-            return kernels.fused_euler_increment(
-                model, prepared, fields, supply, t, dt, add_fields=True
-            )
+        if self.fused:
+            return self.fused_step(model, prepared, fields, t, dt)
         change = self.increment(model, prepared, fields, t, dt)
         return {k: fields[k] + change[k] for k in fields}
+
+    def fused_step(self, model: Model, prepared, fields: Fields, t, dt, rounding_step=None):
+        """The step as one Pallas kernel per stage (`kernels.fused_stage`), the last adding
+        the increment to the fields in its own pass, with stochastic rounding where
+        `rounding_step` (`rounding.step_counter`) is given: a float32 step then conserves
+        at the memory traffic of an uncompensated one."""
+        supply = source_terms(model, t, dt)
+        scheme = SSP_SCHEMES[self.scheme]
+        total = None
+        for k, (_, weight, offset) in enumerate(scheme):
+            last = k == len(scheme) - 1
+            total = kernels.fused_stage(
+                model,
+                prepared,
+                fields,
+                supply,
+                t + offset * dt,
+                dt,
+                total,
+                weight,
+                add_fields=last,
+                rounding_step=rounding_step if last else None,
+            )
+        return total
 
     def stable_dt(self, model: Model, fields: Fields):
         """1 / (largest transport + loss rate of a voxel + growth rate bound): the
@@ -636,8 +652,10 @@ def advance_state(
         t = t0 + i * dt
         if not compensate:
             return stepper.step(coupled, prepared, u, t, dt)
-        change = stepper.increment(coupled, prepared, u, t, dt)
         step = rounding.step_counter(t0, i)
+        if getattr(stepper, "fused", False):  # the rounding inside the kernel's last pass
+            return stepper.fused_step(coupled, prepared, u, t, dt, step)
+        change = stepper.increment(coupled, prepared, u, t, dt)
         return {k: rounding.add_stochastically(u[k], change[k], step, salts[k]) for k in u}
 
     if not population:
