@@ -11,6 +11,7 @@ import pytest
 
 import engine
 from engine.config.loading import load_config
+from engine.stepping import ensemble
 from engine.stepping.simulation import State
 
 SLOW = pytest.mark.slow
@@ -132,11 +133,12 @@ def test_the_fused_kernel_in_float32_with_the_seed_scenarios(scenario, compensat
 def test_the_fused_kernel_rounds_as_the_xla_path_and_conserves_in_float32():
     """The default float32 ssprk3 step through the kernels: the last stage adds the increment
     with the XLA path's stochastic rounding (the same draws, by each voxel's index in the
-    grid), so the two runs agree, and the total of a field diffusing between zero-flux walls
-    stays within 1e-6 over 3,000 steps, where rounded to nearest it drifts by about 2e-7."""
+    grid), so the two runs agree to a few ulps after 3,000 steps where rounding to nearest
+    departs from them by more, and the total of a field diffusing between zero-flux walls
+    stays within 1e-6."""
     rng = np.random.default_rng(0)
     grid = engine.Grid((64, 64), spacing=(2.0, 3.0))  # 8 x 1 blocks of 8 x 128, masked
-    initial = rng.uniform(0.0, 10.0, grid.shape)
+    initial = 100 + rng.uniform(0.0, 1.0, grid.shape)
     model = engine.Model(grid, species=(engine.Species("c", diffusion=20.0, initial=initial),))
     total = np.sum(initial.astype(np.float32), dtype=np.float64)
     ends = {}
@@ -147,14 +149,17 @@ def test_the_fused_kernel_rounds_as_the_xla_path_and_conserves_in_float32():
         assert state.step == 3000
         ends[kernels, compensated] = np.asarray(state.fields["c"], np.float64)
     fused, xla, nearest = ends["pallas", True], ends["xla", True], ends["pallas", False]
-    np.testing.assert_allclose(fused, xla, rtol=1e-6)
+    departure = lambda end: np.max(np.abs(end / xla - 1))  # noqa: E731
+    assert departure(fused) <= 1e-6 < departure(nearest)
     assert abs(fused.sum() / total - 1) <= 1e-6
-    assert abs(nearest.sum() / total - 1) > 10 * abs(fused.sum() / total - 1)
 
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"stepper": "imex"}, "explicit steps only"), ({"kernels": "cuda"}, 'be "xla" or "pallas"')],
+    [
+        ({"stepper": "imex"}, "explicit steps only"),
+        ({"kernels": "cuda"}, 'be "auto", "xla" or "pallas"'),
+    ],
 )
 def test_what_the_kernel_cannot_fuse_is_refused_by_name(options, message, config):
     with pytest.raises(ValueError, match=message):
@@ -172,6 +177,29 @@ def test_sweeps_and_sharded_runs_keep_the_xla_path(config):
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     with pytest.raises(ValueError, match="one device"):
         engine.Simulation(cfg, kernels="pallas", mesh=[1, 1])
+    with pytest.raises(ValueError, match='kernels="xla"'):
+        ensemble.Ensemble(engine.Simulation(cfg, kernels="pallas"), {0: np.array([1e-3, 2e-3])})
+
+
+def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeypatch, config):
+    """kernels = "auto": the Pallas kernels for one-device explicit ssprk2/ssprk3 runs on a
+    GPU (measured faster there), XLA for euler, imex, adaptive steps, meshes, cells, models
+    the kernels cannot fuse, sweeps and gradients, and on a CPU."""
+    from engine.runs.gradients import Trajectory
+
+    cfg = load_config(config)
+    assert not engine.Simulation(cfg).stepper.fused  # this machine's CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for scheme in ("ssprk3", "ssprk2"):
+        assert engine.Simulation(cfg, scheme=scheme).stepper.fused
+    for options in ({"scheme": "euler"}, {"stepper": "imex"}, {"adaptive": True}):
+        assert not getattr(engine.Simulation(cfg, **options).stepper, "fused", False), options
+    assert not engine.Simulation(cfg, mesh=[1, 1]).stepper.fused
+    grid = engine.Grid((4, 4), spacing=10.0)
+    varying = engine.Species("c", diffusion=np.full((4, 4), 10.0))
+    assert not engine.Simulation(engine.Model(grid, species=(varying,))).stepper.fused
+    assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
+    assert not Trajectory(cfg, ["species.IL2.decay"]).sim.stepper.fused
 
 
 def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):

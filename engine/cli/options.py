@@ -72,4 +72,4 @@ def simulation(args):
 
         initialize_distributed(cfg.parallel.heartbeat_timeout)
     devices = getattr(args, "devices", None)
-    return engine.Simulation(cfg, devices=devices, kernels=getattr(args, "kernels", "xla"))
+    return engine.Simulation(cfg, devices=devices, kernels=getattr(args, "kernels", "auto"))

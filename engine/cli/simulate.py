@@ -34,9 +34,10 @@ def _register_run(commands) -> None:
     )
     run.add_argument(
         "--kernels",
-        choices=("xla", "pallas"),
-        default="xla",
-        help="pallas: each explicit stage in one Pallas kernel (experimental; GPU)",
+        choices=("auto", "xla", "pallas"),
+        default="auto",
+        help="pallas: each explicit stage in one Pallas kernel (on a GPU, the default of "
+        "explicit runs of several stages: auto); xla: XLA's fusion",
     )
     options.add_output_options(run)
     run.set_defaults(handler=_run)

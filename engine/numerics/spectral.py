@@ -8,7 +8,8 @@ two dirichlet faces (a dirichlet value sits half a voxel out: the field is odd a
 (-4/h^2 sin^2(pi (2k + 1) / 4N)), and the FFT on a periodic axis (-4/h^2 sin^2(pi k / N)).
 exp(dt D Laplacian) is then a multiplication in transform space: no time error, any dt. Non-zero
 dirichlet values act as a constant supply on the edge layers. The sine and cosine transforms are
-matrix products on axes shorter than `FFT_MIN_LENGTH`, FFTs of twice the length on longer ones.
+matrix products on axes shorter than `fft_min_length()`, FFTs of twice the length on longer
+ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -257,7 +259,7 @@ def exact_sink_rate(sink, c):
 
 def transform_matrices(grid: Grid, boundary: Boundary, dtype) -> tuple:
     """The basis matrix of each axis transformed by a matrix product (None on the others:
-    periodic axes and those of at least `FFT_MIN_LENGTH`), opaque to XLA: with constant
+    periodic axes and those of at least `fft_min_length()`), opaque to XLA: with constant
     matrices, XLA evaluates the transform of a constant array (a uniform forcing) while
     compiling, a full matrix product at compile time. Shared by every transform that uses
     them, so that XLA still merges repeated transforms of the same field."""
@@ -294,7 +296,7 @@ def basis_transform(x, axes, inverse: bool = False, matrices=None):
     product per axis, with `matrices[axis]` (`transform_matrices`), or the DCT-II (neumann
     faces) without. XLA
     computes `dctn` through a complex FFT of the extended signal; on axes shorter than
-    `FFT_MIN_LENGTH` the products are faster on a CPU and are what accelerators do best.
+    `fft_min_length()` the products are faster on a CPU and are what accelerators do best.
     Full precision: no reduced-precision (TF32) products. Each product is the same
     row-major (lines, n) x (n, n) one whether the field is split or not: the lines are moved
     last behind a barrier (so that XLA cannot fold the transposes into the product, which it
@@ -372,11 +374,22 @@ def fourier_transform(x, axes, inverse: bool = False):
 
 
 FFT_MIN_LENGTH = 1024
-"""Non-periodic axes at least this long are transformed by FFTs (`fft_basis_transform`),
-shorter ones by matrix products (`basis_transform`): a product costs N operations per voxel
-and an FFT about log N; on a CPU the two are about even from 256 to 1024 voxels per axis and
-the FFTs well ahead beyond, while accelerators run the products best (measurements:
+"""On a CPU, non-periodic axes at least this long are transformed by FFTs
+(`fft_basis_transform`), shorter ones by matrix products (`basis_transform`): a product costs
+N operations per voxel and an FFT about log N; on a CPU the two are about even from 256 to
+1024 voxels per axis and the FFTs well ahead beyond (measurements:
 docs/performance-notes.md)."""
+
+ACCELERATOR_FFT_MIN_LENGTH = 2048
+"""`FFT_MIN_LENGTH` on accelerators, which run the products best, and where the FFTs' complex
+buffers of twice the axis' length, made for every field at once, more than double the step's
+peak memory just when the grid is largest: six imex fields at 1024^3 held 25.4 bytes per
+voxel and field with FFTs and 11.3 with products (docs/performance-notes.md)."""
+
+
+def fft_min_length() -> int:
+    """The shortest non-periodic axis transformed by FFTs on the default backend."""
+    return FFT_MIN_LENGTH if jax.default_backend() == "cpu" else ACCELERATOR_FFT_MIN_LENGTH
 
 
 def _axes(boundary: Boundary, shape) -> tuple[list[int], list[int], list[int]]:
@@ -384,7 +397,7 @@ def _axes(boundary: Boundary, shape) -> tuple[list[int], list[int], list[int]]:
     axes transformed by FFTs)."""
     axes = range(len(boundary.faces))
     periodic = [a for a in axes if boundary.is_periodic(a)]
-    long = [a for a in axes if a not in periodic and shape[a] >= FFT_MIN_LENGTH]
+    long = [a for a in axes if a not in periodic and shape[a] >= fft_min_length()]
     return [a for a in axes if a not in periodic + long], long, periodic
 
 

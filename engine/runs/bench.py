@@ -281,8 +281,8 @@ def largest_grid(stepper: str, memory: float | None, *, confirm: bool = False) -
     per_voxel_field = peak / (LARGEST_FIELDS * math.prod(reference))
     n = math.floor((memory / (LARGEST_FIELDS * per_voxel_field)) ** (1 / 3))
     peak = compiled_peak_bytes(stepper, (n,) * 3, LARGEST_FIELDS, LARGEST_DTYPE)
-    while peak > memory and n > 1:
-        n = min(n - 1, math.floor(n * (memory / peak) ** (1 / 3)))
+    while peak > memory and n > 1:  # at most 10% a try: the peak can jump at some sizes
+        n = min(n - 1, max(math.floor(0.9 * n), math.floor(n * (memory / peak) ** (1 / 3))))
         peak = compiled_peak_bytes(stepper, (n,) * 3, LARGEST_FIELDS, LARGEST_DTYPE)
     entry.update(
         predicted_shape=[n] * 3,
@@ -298,10 +298,12 @@ def confirm_step(stepper: str, shape) -> dict:
     """One step of `stepper` over LARGEST_FIELDS fields on `shape` (made on the device, at
     their initial 0 nM: the values do not change the work or the memory): its `seconds`
     (compilation apart) and the device's `device_peak_bytes` in use (None where the device
-    does not report it) with this process's peak resident set (`process_peak_bytes`, what a
-    CPU's run holds), or the runtime's `error` (the first line) where it fails, such as
-    running out of memory."""
+    does not report it, or where the process had already reached a higher peak, which the
+    device does not forget) with this process's peak resident set (`process_peak_bytes`,
+    what a CPU's run holds), or the runtime's `error` (the first line) where it fails, such
+    as running out of memory."""
     sim, _ = compiled_case(shape, LARGEST_FIELDS, LARGEST_DTYPE, STEPPERS[stepper])
+    before = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     try:
         state = sim.initial_state()
         dt = min(sim.step_bound(state), UNBOUNDED_STEP)
@@ -310,10 +312,10 @@ def confirm_step(stepper: str, shape) -> dict:
         seconds = time.perf_counter() - start
     except jax.errors.JaxRuntimeError as error:
         return dict(error=str(error).splitlines()[0])
-    stats = jax.devices()[0].memory_stats() or {}
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     return dict(
         seconds=seconds,
-        device_peak_bytes=stats.get("peak_bytes_in_use"),
+        device_peak_bytes=peak if before is None or (peak or 0) > before else None,
         process_peak_bytes=peak_process_bytes(),
     )
 

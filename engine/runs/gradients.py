@@ -94,7 +94,7 @@ class Trajectory:
         from engine.runs.driver import output_times
 
         self.config = cfg
-        self.sim = Simulation(cfg, mesh=None)
+        self.sim = Simulation(cfg, mesh=None, kernels="xla")
         if self.sim.adaptive:
             raise ConfigError(
                 "time.adaptive: gradients need fixed steps; set time.adaptive = false"

@@ -76,7 +76,10 @@ class Ensemble(ensemble.Ensemble):
             [[config_value(c, k) for k in self.keys] for c in configs], dtype=np.float64
         ).reshape(len(rows), len(self.keys))
         super().__init__(
-            Simulation(cfg, mesh=None), parameters.member_leaves(self.values), chunk, devices
+            Simulation(cfg, mesh=None, kernels="xla"),
+            parameters.member_leaves(self.values),
+            chunk,
+            devices,
         )
 
     @property

@@ -79,6 +79,11 @@ class Ensemble:
                 "cells: sweeps of runs with cells are not supported yet; run each member "
                 "with ilsim run --set"
             )
+        if getattr(sim.stepper, "fused", False):
+            raise ValueError(
+                "kernels: a sweep maps its steps over members, which the Pallas kernels "
+                'cannot; make its Simulation with kernels="xla"'
+            )
         if not moved:
             raise ValueError("sweep: the members do not differ; vary a number of the model")
         self.sim = sim

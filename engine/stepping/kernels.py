@@ -8,16 +8,18 @@ field's block and its neighbours (plus the step's increment so far, after the fi
 traces the model's reaction terms on the block's values (the model's leaves are kernel inputs:
 scalars, or grid-sized arrays loaded per block) and stores every field's increment so far, or,
 in the last stage, the new fields, their increments added with stochastic rounding
-(`rounding.rounded_sum`, drawn by each voxel's index in the grid as the XLA path draws them) so
-that float32 steps conserve at no extra pass. Loads use index arrays clamped to the grid, so every load
-stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how the tests check
-it); stores use the unclamped positions under a mask. Where an axis divides into whole tiles the
-clamp (the last axis: contiguous rows for Triton) or the mask (all axes) is left out.
+(`rounding.rounded_sum`, drawn by each voxel's index in the grid as the XLA path draws them)
+so that float32 steps conserve at no extra pass. Loads use index arrays clamped to the grid,
+so every load stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how
+the tests check it); stores use the unclamped positions under a mask. Where an axis divides
+into whole tiles the clamp (the last axis: contiguous rows for Triton) or the mask (all axes)
+is left out.
 
-Experimental and opt-in (`Simulation(..., kernels="pallas")`): on a GPU the kernel is compiled
-by Triton; elsewhere it runs in Pallas' interpreter, slowly, for tests. Not fused: per-voxel
-diffusivities, grids of more than three axes, sharded fields; sweeps and gradients
-build their own steppers without it.
+On a GPU the kernels are compiled by Triton and are the default of explicit runs of several
+stages (`simulation.default_kernels`); elsewhere they run in Pallas' interpreter, slowly, for
+tests (`Simulation(..., kernels="pallas")`). Not fused: per-voxel diffusivities, grids of more
+than three axes, sharded fields, cells; sweeps and gradients build their own steppers
+without them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
 """Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 was the fastest
 3D tile of bench_pallas_stencil.py on a GPU."""
 WARPS = 8
+
+
+def fusable(model: Model) -> bool:
+    """Whether `fused_stage` can take `model` (`require_fusable` says why not)."""
+    return _unfused_reason(model) is None
 
 
 def require_fusable(model: Model) -> None:
