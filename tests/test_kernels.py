@@ -184,11 +184,12 @@ def test_sweeps_and_sharded_runs_keep_the_xla_path(config):
 def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeypatch, config):
     """kernels = "auto": the Pallas kernels for one-device explicit ssprk2/ssprk3 runs on a
     GPU (measured faster there), XLA for euler, imex, adaptive steps, meshes, cells, models
-    the kernels cannot fuse, sweeps and gradients, and on a CPU."""
+    the kernels cannot fuse, sweeps and gradients, and on a CPU (this machine's backend
+    first, then a GPU's by name)."""
     from engine.runs.gradients import Trajectory
 
     cfg = load_config(config)
-    assert not engine.Simulation(cfg).stepper.fused  # this machine's CPU
+    assert engine.Simulation(cfg).stepper.fused == (jax.default_backend() == "gpu")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     for scheme in ("ssprk3", "ssprk2"):
         assert engine.Simulation(cfg, scheme=scheme).stepper.fused

@@ -36,9 +36,10 @@ from engine.model.model import Fields, Model
 from engine.model.rhs import euler_change, reaction_terms
 from engine.numerics import rounding
 
-TILES = {1: (1024,), 2: (8, 128), 3: (4, 4, 128)}
-"""Voxels per program along each axis (powers of two, as Triton needs): 4x4x128 was the fastest
-3D tile of bench_pallas_stencil.py on a GPU."""
+TILES = {1: (1024,), 2: (8, 128), 3: (2, 8, 128)}
+"""Voxels per program along each axis (powers of two, as Triton needs). 3D: the fastest tile
+of `benchmarks/bench_kernel_tiles.py` on a GPU for one and four fields (ssprk3 at 512^3:
+2x8x128 with 8 warps; 4x4x128 was as fast for one field and 1.4x slower for four)."""
 WARPS = 8
 
 
