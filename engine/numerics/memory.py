@@ -83,8 +83,10 @@ def available_memory() -> int | None:
 
 
 def device_memory(device) -> float | None:
-    """Bytes a computation may plan to use on a JAX `device`: PLANNING_FRACTION of an
-    accelerator's memory, or of the host's available memory on a CPU (None when unknown)."""
+    """Bytes a computation may plan to use on a JAX `device`: PLANNING_FRACTION of what JAX may
+    take of an accelerator's memory (its `bytes_limit`: 75% of a GPU by default,
+    XLA_PYTHON_CLIENT_MEM_FRACTION), or of the host's available memory on a CPU (None when
+    unknown)."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return PLANNING_FRACTION * stats["bytes_limit"]
