@@ -49,7 +49,7 @@ def fusable(model: Model) -> bool:
 
 
 def require_fusable(model: Model) -> None:
-    """Raises ValueError naming what in `model` `fused_euler_increment` cannot take."""
+    """Raises ValueError naming what in `model` `fused_stage` cannot take."""
     reason = _unfused_reason(model)
     if reason is not None:
         raise ValueError(f'kernels: "pallas" cannot fuse {reason}; use "xla"')
