@@ -20,7 +20,7 @@ GRIDS = ("8^3", "16^2")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarking.md"
 
 TOP_KEYS = {"schema", "created", "mode", "device", "versions", "copy_bandwidth", "rows"}
-TOP_KEYS |= {"skipped", "largest"}
+TOP_KEYS |= {"skipped", "largest", "kernels"}
 DEVICE_KEYS = {"name", "platform", "kind", "count", "memory"}
 VERSION_KEYS = {"ilsim", "jax", "jaxlib", "numpy", "python"}
 ROW_KEYS = {
@@ -39,6 +39,7 @@ ROW_KEYS = {
     "compile_s",
     "peak_bytes",
     "peak_bytes_per_voxel_field",
+    "kernels",
 }
 LARGEST_KEYS = {"fields", "dtype", "memory", "predicted_shape", "bytes_per_voxel_field"}
 LARGEST_KEYS |= {"peak_bytes"}
@@ -62,6 +63,8 @@ def test_a_quick_run_of_one_grid_writes_its_rows_table_and_figure(tmp_path):
     result = json.loads(output.read_text())
     assert set(result) == TOP_KEYS and result["schema"] == bench.SCHEMA
     assert all(set(r) == ROW_KEYS for r in result["rows"])
+    assert result["kernels"] == "auto"  # on a CPU: XLA's for every stepper
+    assert {r["kernels"] for r in result["rows"]} == {"xla"}
     assert {(r["grid"], r["fields"], r["dtype"], r["stepper"]) for r in result["rows"]} == {
         ("16^2", 1, dtype, stepper)
         for dtype in ("float32", "float64")
@@ -107,7 +110,7 @@ def test_the_json_has_every_documented_key_and_consistent_figures(quick):
         if dtype == "float32" or stepper != "explicit-uncompensated"
     }
     for (grid, fields, dtype, stepper), r in cases.items():
-        figures = [r[k] for k in ROW_KEYS - {"grid", "fields", "dtype", "stepper"}]
+        figures = [r[k] for k in ROW_KEYS - {"grid", "fields", "dtype", "stepper", "kernels"}]
         assert all(math.isfinite(v) and v > 0 for v in figures), (r, figures)
         assert r["voxels"] == math.prod(bench.parse_grid(grid))
         assert r["updates_per_s"] == pytest.approx(r["voxels"] * fields / r["seconds_per_step"])
@@ -247,6 +250,17 @@ def test_the_largest_grid_fits_the_memory_and_steps_there():
     assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > memory
     assert entry["confirmed"]["seconds"] > 0
     assert entry["confirmed"]["process_peak_bytes"] > entry["peak_bytes"]  # and the process's
+
+
+def test_kernels_apply_to_the_explicit_steps_and_each_row_says_which_ran():
+    assert bench.case_options("explicit", "pallas")["kernels"] == "pallas"
+    assert bench.case_options("explicit-uncompensated", "xla")["kernels"] == "xla"
+    assert "kernels" not in bench.case_options("imex", "pallas")  # XLA's alone
+    timing = dict(least_steps=1, call_seconds=0.0, repeats=1)
+    options = bench.case_options("explicit", "pallas")
+    assert bench.measure_case((8, 8, 8), 1, "float32", options, **timing)["kernels"] == "pallas"
+    options = bench.case_options("explicit", "auto")  # this CPU's default
+    assert bench.measure_case((8, 8, 8), 1, "float32", options, **timing)["kernels"] == "xla"
 
 
 def test_a_case_beyond_the_memory_is_skipped_before_its_fields_are_made():

@@ -31,6 +31,12 @@ def register(commands) -> None:
         action="store_true",
         help="run one step at each predicted largest grid (takes most of the device's memory)",
     )
+    bench.add_argument(
+        "--kernels",
+        choices=("auto", "xla", "pallas"),
+        default="auto",
+        help="the explicit steps' kernels, as ilsim run --kernels (auto: a run's default)",
+    )
     bench.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     # a tinier matrix, for tests
     bench.add_argument("--grids", nargs="+", help=argparse.SUPPRESS)
@@ -51,7 +57,9 @@ def _bench(args) -> int:
     platform = jax.devices()[0].platform
     matrix = bench.standard_matrix(platform, args.quick, grids, args.fields)
     echo = functools.partial(print, flush=True)
-    result = bench.run_benchmark(matrix, confirm_largest=args.largest, echo=echo)
+    result = bench.run_benchmark(
+        matrix, confirm_largest=args.largest, echo=echo, kernels=args.kernels
+    )
     bench.write_result(result, output)
     bench.save_figure(result, figure)
     print(f"wrote {output} and {figure}")

@@ -249,15 +249,17 @@ def measure_case(
     """One case: the chain model of `n_fields` on `shape` stepped by a `Simulation` made with
     `options`, at its dt = "auto" (UNBOUNDED_STEP where that is unbounded). Returns its step
     `dt` (s), `seconds` per step, `steps_per_call` and `page_faults_per_call`
-    (`simulation_seconds`), `compile_s` and XLA's `peak_bytes` of the compiled loop; None,
-    nothing allocated, where that peak exceeds `memory` (bytes)."""
+    (`simulation_seconds`), `compile_s` and XLA's `peak_bytes` of the compiled loop, and the
+    `kernels` its steps ran on ("pallas" or "xla"); None, nothing allocated, where that peak
+    exceeds `memory` (bytes)."""
     sim, stats = compiled_case(shape, n_fields, dtype, options)
     if None not in (memory, stats["peak_bytes"]) and stats["peak_bytes"] > memory:
         return None
     state = State(t=0.0, fields=random_fields(sim))
     dt = min(sim.step_bound(state), UNBOUNDED_STEP)
     timed = simulation_seconds(sim, state.fields, dt, least_steps, call_seconds, repeats)
-    return dict(dt=dt, **timed, **stats)
+    kernels = "pallas" if getattr(sim.stepper, "fused", False) else "xla"
+    return dict(dt=dt, **timed, **stats, kernels=kernels)
 
 
 def compiled_peak_bytes(stepper: str, shape, n_fields: int, dtype: str) -> int | None:
@@ -323,10 +325,20 @@ def confirm_step(stepper: str, shape) -> dict:
 # --- the standard benchmark -------------------------------------------------------------------
 
 
-def run_benchmark(matrix: Matrix, *, confirm_largest: bool = False, echo=None) -> dict:
-    """Every case of `matrix` on the device JAX sees, the copy bandwidth and the largest grid
-    of each of LARGEST_STEPPERS: the result that `write_result` saves (docs/benchmarking.md).
-    `echo(line)`, where given, receives the table as it is measured (`HEADER`, `format_row`)."""
+def case_options(stepper: str, kernels: str = "auto") -> dict:
+    """The `Simulation` options of `stepper` (STEPPERS), its explicit steps on `kernels`
+    ("auto", "xla" or "pallas"; the implicit steppers run on XLA's alone)."""
+    options = dict(STEPPERS[stepper])
+    return dict(options, kernels=kernels) if options["stepper"] == "explicit" else options
+
+
+def run_benchmark(
+    matrix: Matrix, *, confirm_largest: bool = False, echo=None, kernels: str = "auto"
+) -> dict:
+    """Every case of `matrix` on the device JAX sees, the explicit steps on `kernels`
+    (`case_options`), the copy bandwidth and the largest grid of each of LARGEST_STEPPERS:
+    the result that `write_result` saves (docs/benchmarking.md). `echo(line)`, where given,
+    receives the table as it is measured (`HEADER`, `format_row`)."""
     echo = echo or (lambda line: None)
     device = jax.devices()[0]
     memory = device_memory(device)
@@ -342,8 +354,12 @@ def run_benchmark(matrix: Matrix, *, confirm_largest: bool = False, echo=None) -
             memory=memory,
         ),
         versions=versions(),
+        kernels=kernels,
     )
-    echo(f"ilsim bench ({result['mode']}) on {result['device']['name']}, jax {jax.__version__}")
+    echo(
+        f"ilsim bench ({result['mode']}) on {result['device']['name']}, jax {jax.__version__}, "
+        f"kernels {kernels}"
+    )
     bandwidth = copy_bandwidth(matrix.repeats)
     result["copy_bandwidth"] = bandwidth
     echo(f"copy bandwidth (in place): {bandwidth / 1e9:.1f} GB/s")
@@ -359,7 +375,7 @@ def run_benchmark(matrix: Matrix, *, confirm_largest: bool = False, echo=None) -
                         shape,
                         n_fields,
                         dtype,
-                        STEPPERS[stepper],
+                        case_options(stepper, kernels),
                         least_steps=least,
                         call_seconds=matrix.call_seconds,
                         repeats=matrix.repeats,
@@ -413,6 +429,7 @@ def row_of(shape, n_fields, dtype, stepper, case: dict, bandwidth: float, unit) 
         compile_s=case["compile_s"],
         peak_bytes=peak,
         peak_bytes_per_voxel_field=None if peak is None else peak / (voxels * n_fields),
+        kernels=case["kernels"],
     )
 
 
