@@ -201,6 +201,13 @@ def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeyp
     assert not engine.Simulation(engine.Model(grid, species=(varying,))).stepper.fused
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     assert not Trajectory(cfg, ["species.IL2.decay"]).sim.stepper.fused
+    # a JAX without the Pallas Triton backend (deprecated since 0.11): XLA's, and a clear refusal
+    from engine.stepping import kernels
+
+    monkeypatch.setattr(kernels, "plt", None)
+    assert not engine.Simulation(cfg).stepper.fused
+    with pytest.raises(ValueError, match="no Pallas Triton backend"):
+        engine.Simulation(cfg, kernels="pallas")
 
 
 def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):

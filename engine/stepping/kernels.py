@@ -30,7 +30,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
+
+try:  # deprecated in JAX 0.11 in favour of Mosaic GPU: without it, runs keep XLA's kernels
+    from jax.experimental.pallas import triton as plt
+except ImportError:
+    plt = None
 
 from engine.model.model import Fields, Model
 from engine.model.rhs import euler_change, reaction_terms
@@ -56,6 +60,8 @@ def require_fusable(model: Model) -> None:
 
 
 def _unfused_reason(model: Model) -> str | None:
+    if plt is None:
+        return f"with this JAX ({jax.__version__}: no Pallas Triton backend)"
     if model.grid.ndim > 3:
         return f"a {model.grid.ndim}D grid (at most 3 axes)"
     for f in model.fields:
