@@ -182,10 +182,10 @@ def test_sweeps_and_sharded_runs_keep_the_xla_path(config):
 
 
 def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeypatch, config):
-    """kernels = "auto": the Pallas kernels for one-device explicit ssprk2/ssprk3 runs on a
-    GPU (measured faster there), XLA for euler, imex, adaptive steps, meshes, cells, models
-    the kernels cannot fuse, sweeps and gradients, and on a CPU (this machine's backend
-    first, then a GPU's by name)."""
+    """kernels = "auto": the Pallas kernels for one-device explicit ssprk2/ssprk3 runs on 3D
+    grids on a GPU (measured faster there), XLA for euler, imex, adaptive steps, meshes,
+    cells, models the kernels cannot fuse, 2D grids, sweeps and gradients, and on a CPU
+    (this machine's backend first, then a GPU's by name)."""
     from engine.runs.gradients import Trajectory
 
     cfg = load_config(config)
@@ -196,9 +196,11 @@ def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeyp
     for options in ({"scheme": "euler"}, {"stepper": "imex"}, {"adaptive": True}):
         assert not getattr(engine.Simulation(cfg, **options).stepper, "fused", False), options
     assert not engine.Simulation(cfg, mesh=[1, 1]).stepper.fused
-    grid = engine.Grid((4, 4), spacing=10.0)
-    varying = engine.Species("c", diffusion=np.full((4, 4), 10.0))
+    grid = engine.Grid((4, 4, 4), spacing=10.0)
+    varying = engine.Species("c", diffusion=np.full((4, 4, 4), 10.0))
     assert not engine.Simulation(engine.Model(grid, species=(varying,))).stepper.fused
+    square = load_config(config, CASES["2D"])
+    assert not engine.Simulation(square).stepper.fused  # 2D: not measured on a GPU
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     assert not Trajectory(cfg, ["species.IL2.decay"]).sim.stepper.fused
     # a JAX without the Pallas Triton backend (deprecated since 0.11): XLA's, and a clear refusal

@@ -36,8 +36,8 @@ def _register_run(commands) -> None:
         "--kernels",
         choices=("auto", "xla", "pallas"),
         default="auto",
-        help="pallas: each explicit stage in one Pallas kernel (on a GPU, the default of "
-        "explicit runs of several stages: auto); xla: XLA's fusion",
+        help="pallas: each explicit stage in one Pallas kernel (auto: for ssprk2/3 on 3D "
+        "grids on a GPU); xla: XLA's fusion",
     )
     options.add_output_options(run)
     run.set_defaults(handler=_run)

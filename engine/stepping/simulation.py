@@ -537,15 +537,15 @@ def difference_norm(full: Fields, half: Fields, tolerance, ahead: Fields):
 
 def default_kernels(model: Model, stepper: str, scheme: str, adaptive: bool, mesh) -> str:
     """ "pallas" for a one-device, fixed-step explicit run of several stages (ssprk2, ssprk3)
-    on a GPU, of a model the kernels fuse: there a kernel per stage ran ssprk3 1.2-2.0x
-    faster than XLA's fusion, its float32 compensation at no extra pass (one field at 512^3,
-    1.75 against 3.43 ms; docs/performance-notes.md); "xla" elsewhere, and for euler, whose
-    one stage XLA fuses as well."""
+    on a 3D grid on a GPU, of a model the kernels fuse: there a kernel per stage ran ssprk3
+    1.2-2.0x faster than XLA's fusion, its float32 compensation at no extra pass (one field
+    at 512^3, 1.75 against 3.43 ms; docs/performance-notes.md); "xla" elsewhere: for euler,
+    whose one stage XLA fuses as well, and on 2D grids, not measured."""
     gpu = jax.default_backend() == "gpu"
     several_stages = stepper == "explicit" and scheme in ("ssprk2", "ssprk3")
     one_device = mesh is None and not model.cells and not adaptive
-    if gpu and several_stages and one_device and kernels_module.fusable(model):
-        return "pallas"
+    if gpu and several_stages and one_device and model.grid.ndim == 3:
+        return "pallas" if kernels_module.fusable(model) else "xla"
     return "xla"
 
 
