@@ -16,10 +16,10 @@ into whole tiles the clamp (the last axis: contiguous rows for Triton) or the ma
 is left out.
 
 On a GPU the kernels are compiled by Triton and are the default of explicit runs of several
-stages on 3D grids (`simulation.default_kernels`); elsewhere they run in Pallas' interpreter, slowly, for
-tests (`Simulation(..., kernels="pallas")`). Not fused: per-voxel diffusivities, grids of more
-than three axes, sharded fields, cells; sweeps and gradients build their own steppers
-without them.
+stages on 3D grids (`simulation.default_kernels`); elsewhere they run in Pallas' interpreter,
+slowly, for tests (`Simulation(..., kernels="pallas")`). Not fused: per-voxel diffusivities,
+grids of more than three axes, sharded fields, cells; sweeps and gradients build their own
+steppers without them.
 """
 
 from __future__ import annotations
