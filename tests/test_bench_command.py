@@ -20,7 +20,7 @@ GRIDS = ("8^3", "16^2")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarking.md"
 
 TOP_KEYS = {"schema", "created", "mode", "device", "versions", "copy_bandwidth", "rows"}
-TOP_KEYS |= {"skipped", "largest", "kernels"}
+TOP_KEYS |= {"skipped", "largest", "kernels", "complete"}
 DEVICE_KEYS = {"name", "platform", "kind", "count", "memory"}
 VERSION_KEYS = {"ilsim", "jax", "jaxlib", "numpy", "python"}
 ROW_KEYS = {
@@ -63,7 +63,7 @@ def test_a_quick_run_of_one_grid_writes_its_rows_table_and_figure(tmp_path):
     result = json.loads(output.read_text())
     assert set(result) == TOP_KEYS and result["schema"] == bench.SCHEMA
     assert all(set(r) == ROW_KEYS for r in result["rows"])
-    assert result["kernels"] == "auto"  # on a CPU: XLA's for every stepper
+    assert result["complete"] and result["kernels"] == "auto"  # on a CPU: XLA's everywhere
     assert {r["kernels"] for r in result["rows"]} == {"xla"}
     assert {(r["grid"], r["fields"], r["dtype"], r["stepper"]) for r in result["rows"]} == {
         ("16^2", 1, dtype, stepper)
@@ -250,6 +250,28 @@ def test_the_largest_grid_fits_the_memory_and_steps_there():
     assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > memory
     assert entry["confirmed"]["seconds"] > 0
     assert entry["confirmed"]["process_peak_bytes"] > entry["peak_bytes"]  # and the process's
+
+
+def test_a_stopped_run_keeps_every_case_it_measured(tmp_path, monkeypatch):
+    """Ctrl-C during the third case: exit 130, the JSON holds the first two (rewritten whole
+    after each, `complete` false, nothing left beside it), no figure."""
+    measure, calls = bench.measure_case, []
+
+    def stopped_at_the_third(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_case", stopped_at_the_third)
+    output = tmp_path / "bench.json"
+    argv = ["--quick", "--grids", "8^3", "--fields", "1", "-o", str(output)]
+    status, printed, errors = ilsim("bench", *argv)
+    assert status == 130 and "interrupted" in errors and str(output) in errors
+    result = json.loads(output.read_text())
+    assert not result["complete"] and result["largest"] == {}
+    assert [r["stepper"] for r in result["rows"]] == ["explicit", "explicit-uncompensated"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
 
 
 def test_kernels_apply_to_the_explicit_steps_and_each_row_says_which_ran():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
 
 
@@ -57,10 +58,15 @@ def _bench(args) -> int:
     platform = jax.devices()[0].platform
     matrix = bench.standard_matrix(platform, args.quick, grids, args.fields)
     echo = functools.partial(print, flush=True)
-    result = bench.run_benchmark(
-        matrix, confirm_largest=args.largest, echo=echo, kernels=args.kernels
-    )
-    bench.write_result(result, output)
+    save = functools.partial(bench.write_result, path=output)
+    try:
+        result = bench.run_benchmark(
+            matrix, confirm_largest=args.largest, echo=echo, kernels=args.kernels, save=save
+        )
+    except KeyboardInterrupt:
+        kept = f"{output} holds the cases measured" if output.exists() else "nothing measured"
+        print(f"ilsim: bench interrupted: {kept}", file=sys.stderr)
+        return 130
     bench.save_figure(result, figure)
     print(f"wrote {output} and {figure}")
     if old is not None:

@@ -333,13 +333,21 @@ def case_options(stepper: str, kernels: str = "auto") -> dict:
 
 
 def run_benchmark(
-    matrix: Matrix, *, confirm_largest: bool = False, echo=None, kernels: str = "auto"
+    matrix: Matrix,
+    *,
+    confirm_largest: bool = False,
+    echo=None,
+    kernels: str = "auto",
+    save=None,
 ) -> dict:
     """Every case of `matrix` on the device JAX sees, the explicit steps on `kernels`
     (`case_options`), the copy bandwidth and the largest grid of each of LARGEST_STEPPERS:
     the result that `write_result` saves (docs/benchmarking.md). `echo(line)`, where given,
-    receives the table as it is measured (`HEADER`, `format_row`)."""
+    receives the table as it is measured (`HEADER`, `format_row`); `save(result)` the result
+    so far after each case (`complete` false, `largest` empty) and the whole one at the end,
+    so that a run stopped early keeps what it measured."""
     echo = echo or (lambda line: None)
+    save = save or (lambda result: None)
     device = jax.devices()[0]
     memory = device_memory(device)
     result = dict(
@@ -355,6 +363,7 @@ def run_benchmark(
         ),
         versions=versions(),
         kernels=kernels,
+        complete=False,
     )
     echo(
         f"ilsim bench ({result['mode']}) on {result['device']['name']}, jax {jax.__version__}, "
@@ -365,6 +374,7 @@ def run_benchmark(
     echo(f"copy bandwidth (in place): {bandwidth / 1e9:.1f} GB/s")
     echo(HEADER)
     rows, skipped = [], []
+    result.update(rows=rows, skipped=skipped, largest={})
     for dtype in matrix.dtypes:
         for shape in matrix.grids:
             for n_fields in matrix.fields:
@@ -386,12 +396,13 @@ def run_benchmark(
                     if case is None:
                         skipped.append(what)
                         echo(f"{format_case(what)} skipped: does not fit in the memory")
+                        save(result)
                         continue
                     if stepper == "explicit":
                         unit = case["seconds"]
                     rows.append(row_of(shape, n_fields, dtype, stepper, case, bandwidth, unit))
                     echo(format_row(rows[-1]))
-    result.update(rows=rows, skipped=skipped)
+                    save(result)
     if confirm_largest:
         echo(
             f"note: --largest runs one step of {LARGEST_FIELDS} {LARGEST_DTYPE} fields at each "
@@ -402,6 +413,8 @@ def run_benchmark(
     }
     for line in largest_lines(result):
         echo(line)
+    result["complete"] = True
+    save(result)
     return result
 
 
@@ -509,9 +522,12 @@ def check_outputs(paths, overwrite: bool) -> None:
 
 
 def write_result(result: dict, path) -> Path:
-    """`result` as JSON at `path`."""
+    """`result` as JSON at `path`, replaced whole (written beside it, then renamed): a reader
+    or a stopped run never sees half a file."""
     path = Path(path)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    partial.replace(path)
     return path
 
 
