@@ -566,9 +566,13 @@ def comparison_lines(new: dict, old: dict) -> list[str]:
     """The `comparison` of `new` with `old` as a table, after the two devices and the ratio
     of their copy bandwidths."""
     ratio = new["copy_bandwidth"] / old["copy_bandwidth"]
+
+    def run(result):  # results before `kernels` was recorded ran XLA's
+        kernels = result.get("kernels", "xla")
+        return f"{result['device']['name']} ({result['created']}, kernels {kernels})"
+
     lines = [
-        f"new: {new['device']['name']} ({new['created']}); "
-        f"old: {old['device']['name']} ({old['created']})",
+        f"new: {run(new)}; old: {run(old)}",
         f"copy bandwidth: new/old {ratio:.3f}",
     ]
     cases = comparison(new, old)
