@@ -41,6 +41,12 @@ def step_counter(t0, i):
     return _mix(bits) + jnp.asarray(i).astype(jnp.uint32)
 
 
+def streams(names) -> dict[str, int]:
+    """Each field's stream (the `salt` of its draws): its place among the names sorted, so
+    the XLA path and the fused kernels draw the same numbers for the same field."""
+    return {name: k for k, name in enumerate(sorted(names))}
+
+
 def flat_index(shape):
     """Each voxel's flat (C-order) index in a grid of `shape`, as uint32 (wrapping past 2^32)."""
     return index_of([lax.broadcasted_iota(jnp.uint32, shape, a) for a in range(len(shape))], shape)

@@ -96,7 +96,7 @@ def fused_stage(
     `steppers.euler_increment` at time t (s) over dt (s); `couplings`: `model.field_couplings`.
     `add_fields`: the fields plus that increment instead (the last stage, in the same pass),
     added with stochastic rounding where `rounding_step` (`rounding.step_counter`) is given,
-    field number k of the sorted names drawing stream k, as `steppers.advance_state` does."""
+    each field drawing its `rounding.streams`, as `steppers.advance_state` does."""
     require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
@@ -147,7 +147,7 @@ def fused_stage(
         tile=tile,
         weight=weight,
         add_fields=add_fields,
-        salts=None if rounding_step is None else tuple(sorted(names).index(n) for n in names),
+        salts=None if rounding_step is None else tuple(rounding.streams(names)[n] for n in names),
     )
     gpu = jax.default_backend() == "gpu"
     out = pl.pallas_call(

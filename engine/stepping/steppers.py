@@ -646,7 +646,7 @@ def advance_state(
         and hasattr(stepper, "increment")
         and any(v.dtype == jnp.float32 for v in fields.values())
     )
-    salts = {k: n for n, k in enumerate(sorted(fields))}
+    salts = rounding.streams(fields)
 
     def field_step(i, u, coupled):
         t = t0 + i * dt
