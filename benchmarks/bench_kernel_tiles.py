@@ -14,12 +14,11 @@ copy bandwidth. Writes results/kernel_tiles-<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 from common import RESULTS, device_name
 
-from engine.runs.bench import copy_bandwidth, measure_case
+from engine.runs.bench import copy_bandwidth, measure_case, write_result
 from engine.stepping import kernels
 
 TILES = ((4, 4, 128), (2, 8, 128), (2, 4, 128), (8, 4, 64), (4, 8, 64), (1, 8, 256))
@@ -72,8 +71,7 @@ def main(argv=None) -> None:
                         )
                         result = dict(device=name, jax=jax.__version__, size=args.size)
                         result.update(copy_bandwidth=bandwidth, rows=rows)
-                        with open(output, "w") as file:
-                            json.dump(result, file, indent=1)
+                        write_result(result, output)
     finally:
         kernels.TILES[3], kernels.WARPS = default
     print(f"wrote {output}")
