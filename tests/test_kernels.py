@@ -11,7 +11,11 @@ import pytest
 
 import engine
 from engine.config.loading import load_config
+from engine.model.rhs import face_diffusivities
+from engine.numerics import operators
+from engine.numerics.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
 from engine.stepping import ensemble
+from engine.stepping import kernels as fused_kernels
 from engine.stepping.simulation import State
 
 SLOW = pytest.mark.slow
@@ -56,6 +60,10 @@ CASES = {
         "grid.boundary": "periodic",
         "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 2.0},
     },
+    "3D one and two voxels across": {
+        "grid.shape": [1, 2, 20],
+        "species.IL2.boundary": {"z_min": {"dirichlet": 0.5}, "y_max": {"robin": {"h": 0.3}}},
+    },
     "2D": {"grid.shape": [9, 140], "regions.core.sphere.center": ["30 um", "25 um"]},
     "2D whole rows": {"grid.shape": [9, 128], "regions.core.sphere.center": ["30 um", "25 um"]},
     "1D periodic": {
@@ -85,6 +93,7 @@ DEFAULT_CASES = {
     ("3D dirichlet and robin", "ssprk3"),
     ("3D whole blocks periodic chemotaxis", "euler"),
     ("1D periodic", "ssprk3"),
+    ("3D one and two voxels across", "euler"),
 }
 
 
@@ -104,6 +113,34 @@ def test_the_fused_kernel_computes_the_xla_step(case, scheme, float64, config):
     fused = increments(cfg, "pallas", scheme, float64)
     for name, expected in xla.items():
         np.testing.assert_allclose(fused[name], expected, rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize(
+    "face", [Neumann(), Dirichlet(0.5), Robin(0.3, outside=0.2), Periodic()], ids=repr
+)
+def test_the_kernels_face_rates_are_the_couplings_vectors(face, n):
+    """`kernels.face_rates`' three rates per axis rebuild each axis' coupling vectors of a
+    uniform diffusivity exactly, on axes of one voxel, two and more, for every face kind."""
+    grid = engine.Grid((n, 3), spacing=(2.0, 5.0))
+    boundary = Boundary(((face, face), (Neumann(), Dirichlet(1.0))))
+    model = engine.Model(grid, species=(engine.Species("c", diffusion=7.0),))
+    couplings = operators.face_couplings(
+        face_diffusivities(model)["c"], grid, boundary, jnp.float32
+    )
+    rates = fused_kernels.face_rates({"c": couplings})["c"]
+    for axis, ((low, low_value), (high, high_value)) in enumerate(couplings):
+        (low_edge, interior, high_edge), outside = rates[axis]
+        i = np.arange(grid.shape[axis])
+        np.testing.assert_array_equal(np.where(i == 0, low_edge, interior), np.ravel(low))
+        np.testing.assert_array_equal(
+            np.where(i == grid.shape[axis] - 1, high_edge, interior), np.ravel(high)
+        )
+        assert outside == (low_value, high_value)
+    # the interior faces exchange at D / dx^2 (1/s)
+    assert float(rates[1][0][1]) == pytest.approx(7.0 / 5.0**2)
+    if n > 1:
+        assert float(rates[0][0][1]) == pytest.approx(7.0 / 2.0**2)
 
 
 @pytest.mark.parametrize(  # each scenario once by default, with and without compensation
@@ -204,9 +241,7 @@ def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeyp
     assert not engine.Ensemble(cfg, {"species.IL2.decay": [1e-3, 2e-3]}).sim.stepper.fused
     assert not Trajectory(cfg, ["species.IL2.decay"]).sim.stepper.fused
     # a JAX without the Pallas Triton backend (deprecated since 0.11): XLA's, and a clear refusal
-    from engine.stepping import kernels
-
-    monkeypatch.setattr(kernels, "plt", None)
+    monkeypatch.setattr(fused_kernels, "plt", None)
     assert not engine.Simulation(cfg).stepper.fused
     with pytest.raises(ValueError, match="no Pallas Triton backend"):
         engine.Simulation(cfg, kernels="pallas")

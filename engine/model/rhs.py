@@ -21,7 +21,7 @@ def face_diffusivities(model: Model) -> dict:
 
 
 def field_couplings(model: Model) -> dict:
-    """`operators.face_couplings` of every field (face coefficients and outside values, in its
+    """`operators.face_couplings` of every field (face rates, 1/s, and outside values, in its
     diffusivity's dtype): what the explicit terms apply, built once before a stepping loop."""
     faces = face_diffusivities(model)
     return {

@@ -12,8 +12,10 @@ in the last stage, the new fields, their increments added with stochastic roundi
 so that float32 steps conserve at no extra pass. Loads use index arrays clamped to the grid,
 so every load stays in bounds (Pallas' CPU interpreter runs the kernel exactly, which is how
 the tests check it); stores use the unclamped positions under a mask. Where an axis divides
-into whole tiles the clamp (the last axis: contiguous rows for Triton) or the mask (all axes)
-is left out.
+into whole tiles its clamp and the mask are left out (along the contiguous axis Triton then
+sees whole rows). The kernel spends few instructions per voxel, as a memory-bound kernel
+must: the faces' diffusive rates come in as three scalars per axis (`face_rates`), not as
+vectors loaded per voxel, and neighbours wrap by a compare, not an integer division.
 
 On a GPU the kernels are compiled by Triton and are the default of explicit runs of several
 stages on 3D grids (`simulation.default_kernels`); elsewhere they run in Pallas' interpreter,
@@ -78,9 +80,31 @@ def _tile(shape) -> tuple[int, ...]:
     return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
 
 
+def face_rates(couplings: dict) -> dict:
+    """Each field's `rhs.field_couplings` as the kernels take them: per axis ((low face's rate
+    at the low edge, the interior faces' rate, the high face's rate at the high edge), (low,
+    high) outside values). With a uniform diffusivity (what `fusable` allows) the couplings'
+    vectors hold just these three rates (1/s): three scalars in place of two loads per voxel."""
+    rates = {}
+    for name, axes in couplings.items():
+        rates[name] = []
+        for (low, low_value), (high, high_value) in axes:
+            low, high = jnp.reshape(low, -1), jnp.reshape(high, -1)
+            interior = low[min(1, low.size - 1)]
+            rates[name].append(((low[0], interior, high[-1]), (low_value, high_value)))
+    return rates
+
+
+def _wrapped(index, n: int):
+    """`index` (within one length of the range) wrapped into 0..n-1: a compare and a select
+    each way, where `%` costs an integer division per voxel."""
+    index = jnp.where(index < 0, index + n, index)
+    return jnp.where(index >= n, index - n, index)
+
+
 def fused_stage(
     model: Model,
-    couplings,
+    face_rates: dict,
     fields: Fields,
     supply: Fields,
     t,
@@ -93,7 +117,8 @@ def fused_stage(
     """One stage of an SSP scheme (`steppers.SSP_SCHEMES`) of every field, in one kernel (see
     the module): weight (total + E(u)), the step's increment after this stage, where u =
     fields + total (`total`: the increment before it, None in the first stage) and E(u) is
-    `steppers.euler_increment` at time t (s) over dt (s); `couplings`: `model.field_couplings`.
+    `steppers.euler_increment` at time t (s) over dt (s); `face_rates`: `face_rates` of the
+    model's `rhs.field_couplings`, built once before the loop.
     `add_fields`: the fields plus that increment instead (the last stage, in the same pass),
     added with stochastic rounding where `rounding_step` (`rounding.step_counter`) is given,
     each field drawing its `rounding.streams`, as `steppers.advance_state` does."""
@@ -102,16 +127,15 @@ def fused_stage(
     names = model.names
     dtype = fields[names[0]].dtype
     leaves, treedef = jax.tree.flatten(model)
-    # inputs, each with how the kernel reads it: "grid" per block, "scalar", or "axis a"
+    # inputs, each with how the kernel reads it: "grid" per block, or "scalar"
     inputs, kinds = [], []
 
-    def add(value, kind=None):
+    def add(value):
         value = jnp.asarray(value)
-        if kind is None:
-            kind = "scalar" if value.ndim == 0 else "grid"
+        kind = "scalar" if value.ndim == 0 else "grid"
         if kind == "grid" and value.shape != shape:
             raise ValueError(f'kernels: "pallas" cannot fuse an input of shape {value.shape}')
-        inputs.append(value.reshape(-1) if kind != "grid" else value)
+        inputs.append(value.reshape(-1) if kind == "scalar" else value)
         kinds.append(kind)
 
     for name in names:
@@ -130,10 +154,10 @@ def fused_stage(
     outside = []  # per field and axis: (low, high) outside values, None where periodic
     for name in names:
         outside.append([])
-        for axis, ((low, low_value), (high, high_value)) in enumerate(couplings[name]):
-            add(jnp.reshape(low, -1), axis)
-            add(jnp.reshape(high, -1), axis)
-            outside[-1].append((low_value, high_value))
+        for rates, values in face_rates[name]:
+            for rate in rates:
+                add(rate)
+            outside[-1].append(values)
     tile = _tile(shape)
     kernel = functools.partial(
         _kernel,
@@ -183,14 +207,12 @@ def _kernel(
         pl.program_id(axis) * tile[axis] + lax.broadcasted_iota(jnp.int32, tile, axis)
         for axis in range(len(shape))
     ]
-    clamped = [jnp.minimum(p, n - 1) for p, n in zip(position, shape)]
-    if shape[-1] % tile[-1] == 0:  # unclamped along the contiguous axis: Triton sees whole rows
-        clamped[-1] = position[-1]
+    # clamped only along axes that end in a partial tile (along the contiguous axis, unclamped
+    # positions let Triton see whole rows)
+    clamped = [p if n % t == 0 else jnp.minimum(p, n - 1) for p, n, t in zip(position, shape, tile)]
 
     def read(ref, kind):
-        if kind == "scalar":
-            return ref[0]
-        return plt.load(ref.at[clamped[kind]] if isinstance(kind, int) else ref.at[tuple(clamped)])
+        return ref[0] if kind == "scalar" else plt.load(ref.at[tuple(clamped)])
 
     values = [read(ref, kind) for ref, kind in zip(inputs, kinds)]
     n_fields, n_leaves = len(names), treedef.num_leaves
@@ -207,7 +229,7 @@ def _kernel(
     rest = rest[len(supply_names) :]
     t, dt = rest[0], rest[1]
     step = rest[2] if salts is not None else None
-    vectors = iter(rest[3 if salts is not None else 2 :])
+    rates = iter(rest[3 if salts is not None else 2 :])
 
     def neighbour(field, axis, shift, outside_value):
         """Field number `field` at the voxel `shift` along `axis`: wrapped where periodic,
@@ -224,7 +246,7 @@ def _kernel(
         if offset == 0:
             return centre[field]
         index = list(clamped)
-        index[axis] = (clamped[axis] + offset + shape[axis]) % shape[axis]
+        index[axis] = _wrapped(clamped[axis] + offset, shape[axis])
         value = plt.load(inputs[field].at[tuple(index)])
         if with_total:
             value = value + plt.load(inputs[n_fields + field].at[tuple(index)])
@@ -255,10 +277,12 @@ def _kernel(
         c = fields[name]
         total = jnp.zeros_like(c)
         for axis, (low_value, high_value) in enumerate(outside[i]):
-            low, high = next(vectors), next(vectors)
+            low_edge, interior, high_edge = next(rates), next(rates), next(rates)
+            low = jnp.where(clamped[axis] == 0, low_edge, interior)
+            high = jnp.where(clamped[axis] == shape[axis] - 1, high_edge, interior)
             lower = neighbour(i, axis, -1, low_value)
             upper = neighbour(i, axis, 1, high_value)
-            total = total + (low * (lower - c) + high * (upper - c)) / grid.spacing[axis] ** 2
+            total = total + low * (lower - c) + high * (upper - c)
         gain[name] = total
     for p in block_model.populations:
         if p.chemotaxis_species is not None:

@@ -109,8 +109,10 @@ class Explicit:
 
     def prepare(self, model: Model):
         """The face couplings, built once: rebuilt in the loop they cost small device
-        kernels every step (XLA does not hoist a vector built from a scalar)."""
-        return field_couplings(model)
+        kernels every step (XLA does not hoist a vector built from a scalar); the fused
+        kernels take them as `kernels.face_rates`."""
+        couplings = field_couplings(model)
+        return kernels.face_rates(couplings) if self.fused else couplings
 
     def increment(self, model: Model, prepared, fields: Fields, t, dt) -> Fields:
         """u^{n+1} - u^n. The stages run as a device loop: its carry stores each stage's
