@@ -9,6 +9,8 @@ c) / (1 + dt decay). Two kernel layouts, each over a few tile shapes:
   with three planes in registers; in-plane neighbours are masked loads shifted by one (served
   by the cache);
 - block: a program owns a (tx, ty, tz) block and loads each of its six neighbours shifted.
+And the ceiling of any such kernel: copy, a program that loads its block and stores it scaled,
+the least a step can move, through Pallas instead of XLA.
 Every kernel is first checked against the plain stencil (max abs difference printed), then
 timed as `bench_solver` times the engine: a device loop of two steps per iteration, each
 writing the other's input. Prints ms per step and the fraction of the copy bandwidth at the
@@ -32,7 +34,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 MARCH_TILES = [(32, 8, 128), (64, 4, 128), (32, 4, 64), (16, 8, 64), (64, 8, 64)]
-BLOCK_TILES = [(4, 8, 64), (2, 8, 128), (8, 4, 64), (4, 4, 128)]
+BLOCK_TILES = [
+    (4, 8, 64),
+    (2, 8, 128),
+    (8, 4, 64),
+    (4, 4, 128),
+    (4, 8, 128),
+    (8, 8, 128),
+    (2, 16, 128),
+    (4, 4, 256),
+]
+COPY_TILES = [(4, 4, 128), (8, 8, 128), (1, 8, 512), (16, 16, 128)]
 WARPS = (4, 8)
 
 
@@ -82,11 +94,20 @@ def block_kernel(c_ref, o_ref, *, a, gain, shape, tx, ty, tz):
     )
 
 
+def copy_kernel(c_ref, o_ref, *, a, gain, shape, tx, ty, tz):
+    """The block times `gain`: one load and one store per voxel, no neighbours."""
+    del a, shape
+    index = tuple(pl.ds(pl.program_id(i) * n, n) for i, n in enumerate((tx, ty, tz)))
+    plt.store(o_ref.at[index], plt.load(c_ref.at[index]) * gain)
+
+
+KERNELS = {"march": march_kernel, "block": block_kernel, "copy": copy_kernel}
+
+
 def pallas_step(shape, dtype, a: float, gain: float, layout: str, tiles, warps: int, stages: int):
-    kernel = march_kernel if layout == "march" else block_kernel
     names = ("xc", "ty", "tz") if layout == "march" else ("tx", "ty", "tz")
     return pl.pallas_call(
-        functools.partial(kernel, a=a, gain=gain, shape=shape, **dict(zip(names, tiles))),
+        functools.partial(KERNELS[layout], a=a, gain=gain, shape=shape, **dict(zip(names, tiles))),
         out_shape=jax.ShapeDtypeStruct(shape, dtype),
         grid=tuple(n // t for n, t in zip(shape, tiles)),
         compiler_params=plt.CompilerParams(num_warps=warps, num_stages=stages),
@@ -165,13 +186,15 @@ def main(argv=None) -> Path:
             kernels=kernels,
         )
         record(f"engine euler ({kernels})", case["seconds"])
-    cases = [("march", t, w, s) for t in MARCH_TILES for w in WARPS for s in (1, 3)]
+    cases = [("copy", t, w, 1) for t in COPY_TILES for w in WARPS]
+    cases += [("march", t, w, 1) for t in MARCH_TILES for w in WARPS]
     cases += [("block", t, w, 1) for t in BLOCK_TILES for w in WARPS]
     for layout, tiles, warps, stages in cases:
         label = f"{layout} {'x'.join(map(str, tiles))} w{warps} s{stages}"
         try:
             step = jax.jit(pallas_step(shape, jnp.float32, a, gain, layout, tiles, warps, stages))
-            error = float(jnp.max(jnp.abs(step(c) - expected)))
+            wanted = c * gain if layout == "copy" else expected
+            error = float(jnp.max(jnp.abs(step(c) - wanted)))
             record(
                 label,
                 loop_seconds(step, c, args.steps, args.repeats),

@@ -180,7 +180,9 @@ def test_copy_bandwidth_flag_is_absent_from_results_measured_in_place():
     assert "understates" in make_readme._copy_bandwidth({"copy_bandwidth": 5e10}, 1)
 
 
-@pytest.mark.parametrize("layout, tiles", [("march", (4, 2, 8)), ("block", (2, 2, 8))])
+@pytest.mark.parametrize(
+    "layout, tiles", [("march", (4, 2, 8)), ("block", (2, 2, 8)), ("copy", (2, 2, 8))]
+)
 def test_pallas_kernels_lower_to_triton_for_a_gpu(layout, tiles):
     """The kernels trace and lower to Triton on a machine without a GPU (they run only on one:
     bench_pallas_stencil.py checks them against the plain stencil there)."""

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU result of benchmarks/README.md for this machine's GPU, most telling first, each
+# under its own time limit (seconds, scaled by the first argument, default 1) so that one
+# slow case cannot take the rest; what each writes goes to benchmarks/results/ under the
+# device's name. Each script saves its JSON after every case, so a step stopped at its limit
+# keeps what it measured.
+#
+#     bash benchmarks/gpu_results.sh [SCALE]
+#
+# 1. hand-written Pallas kernels: the copy through Pallas and the bare stencils (the bound)
+# 2. the engine's explicit steps at 512^3 through XLA's fusion and through its kernels
+# 3. the kernels against XLA's step, compiled for the GPU (tests/test_kernels.py)
+# 4. the kernels' tiles and warps
+# 5. ilsim bench with the run's defaults, one step at each largest grid
+set -u
+cd "$(dirname "$0")/.."
+scale=${1:-1}
+export PYTHONUNBUFFERED=1
+name=$(cd benchmarks && python -c "from common import device_name; print(device_name())")
+results=benchmarks/results
+matrix=(--grids 512^3 --fields 1 4 --dtypes float32 --references xla
+    --steppers euler euler-compensated ssprk3 ssprk3-compensated)
+
+step() {
+    local limit
+    limit=$(python -c "print(round($1 * $scale))")
+    shift
+    echo "== $* (at most ${limit} s)"
+    timeout --signal=INT --kill-after=20 "$limit" "$@"
+    echo "== exit status $?"
+}
+
+echo "device $name"
+step 150 python benchmarks/bench_pallas_stencil.py
+for kernels in xla pallas; do
+    step 120 python benchmarks/bench_solver.py "${matrix[@]}" --kernels "$kernels" \
+        --output "$results/bench_solver-$name-stages_$kernels.json"
+done
+step 150 python -m pytest -q -n 0 -p no:cacheprovider tests/test_kernels.py
+step 150 python benchmarks/bench_kernel_tiles.py --schemes ssprk3 euler
+step 400 ilsim bench --largest --overwrite -o "$results/ilsim_bench-$name.json"
