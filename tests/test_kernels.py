@@ -62,6 +62,7 @@ CASES = {
     },
     "3D one and two voxels across": {
         "grid.shape": [1, 2, 20],
+        "regions.core.sphere.center": ["5 um", "10 um", "100 um"],
         "species.IL2.boundary": {"z_min": {"dirichlet": 0.5}, "y_max": {"robin": {"h": 0.3}}},
     },
     "2D": {"grid.shape": [9, 140], "regions.core.sphere.center": ["30 um", "25 um"]},
@@ -231,7 +232,7 @@ def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeyp
     for scheme in ("ssprk3", "ssprk2"):
         assert engine.Simulation(cfg, scheme=scheme).stepper.fused
     for options in ({"scheme": "euler"}, {"stepper": "imex"}, {"adaptive": True}):
-        assert not getattr(engine.Simulation(cfg, **options).stepper, "fused", False), options
+        assert not engine.Simulation(cfg, **options).stepper.fused, options
     assert not engine.Simulation(cfg, mesh=[1, 1]).stepper.fused
     grid = engine.Grid((4, 4, 4), spacing=10.0)
     varying = engine.Species("c", diffusion=np.full((4, 4, 4), 10.0))

@@ -258,7 +258,7 @@ def measure_case(
     state = State(t=0.0, fields=random_fields(sim))
     dt = min(sim.step_bound(state), UNBOUNDED_STEP)
     timed = simulation_seconds(sim, state.fields, dt, least_steps, call_seconds, repeats)
-    kernels = "pallas" if getattr(sim.stepper, "fused", False) else "xla"
+    kernels = "pallas" if sim.stepper.fused else "xla"
     return dict(dt=dt, **timed, **stats, kernels=kernels)
 
 

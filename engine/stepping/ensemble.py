@@ -79,7 +79,7 @@ class Ensemble:
                 "cells: sweeps of runs with cells are not supported yet; run each member "
                 "with ilsim run --set"
             )
-        if getattr(sim.stepper, "fused", False):
+        if sim.stepper.fused:
             raise ValueError(
                 "kernels: a sweep maps its steps over members, which the Pallas kernels "
                 'cannot; make its Simulation with kernels="xla"'

@@ -11,7 +11,7 @@ that `Simulation` and `Ensemble` share:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ from engine.stepping import kernels
 
 class Stepper(Protocol):
     name: str
+    fused: bool  # its steps run as the Pallas kernels (`kernels`), not XLA's fusion
 
     @property
     def order(self) -> int: ...
@@ -462,6 +463,7 @@ class Imex:
     tolerance: float = 1e-3
     name: str = "imex"
     order: int = 2
+    fused: ClassVar[bool] = False
 
     def prepare(self, model: Model):
         return prepare_diffusion(model, model.names)
@@ -492,6 +494,7 @@ class QuasiSteady:
 
     tolerance: float = 1e-3
     name: str = "quasi_steady"
+    fused: ClassVar[bool] = False
     order: int = 1
     max_iterations: int = 50
 
@@ -655,7 +658,7 @@ def advance_state(
         if not compensate:
             return stepper.step(coupled, prepared, u, t, dt)
         step = rounding.step_counter(t0, i)
-        if getattr(stepper, "fused", False):  # the rounding inside the kernel's last pass
+        if stepper.fused:  # the rounding inside the kernel's last pass
             return stepper.fused_step(coupled, prepared, u, t, dt, step)
         change = stepper.increment(coupled, prepared, u, t, dt)
         return {k: rounding.add_stochastically(u[k], change[k], step, salts[k]) for k in u}
