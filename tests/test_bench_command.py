@@ -231,14 +231,20 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text, why", [('{"rows": []}', 'no "schema": "ilsim-bench/1"'), ("not json", "not an ilsim")]
+    "text, why",
+    [
+        ('{"rows": []}', 'no "schema": "ilsim-bench/1"'),
+        ("not json", "not an ilsim"),
+        (None, "no such file"),
+    ],
 )
 def test_a_compare_file_that_is_not_a_bench_result_exits_2(tmp_path, text, why):
     old = tmp_path / "old.json"
-    old.write_text(text)
+    if text is not None:
+        old.write_text(text)
     status, printed, errors = ilsim("bench", "-o", str(tmp_path / "b.json"), "--compare", str(old))
     assert status == 2 and printed == "" and len(errors.splitlines()) == 1
-    assert why in errors and str(old) in errors
+    assert why in errors and f"--compare {old}" in errors and "earlier ilsim bench" in errors
     assert not (tmp_path / "b.json").exists()
 
 

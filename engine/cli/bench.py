@@ -53,7 +53,10 @@ def _bench(args) -> int:
     output = Path(args.output or f"ilsim-bench-{bench.device_name()}.json")
     figure = Path(args.figure) if args.figure else output.with_suffix(".png")
     bench.check_outputs((output, figure), args.overwrite)
-    old = bench.load_result(args.compare) if args.compare else None
+    try:
+        old = bench.load_result(args.compare) if args.compare else None
+    except ValueError as error:
+        raise ValueError(f"--compare {error}; give the JSON an earlier ilsim bench wrote") from None
     grids = [bench.parse_grid(text) for text in args.grids] if args.grids else None
     platform = jax.devices()[0].platform
     matrix = bench.standard_matrix(platform, args.quick, grids, args.fields)
