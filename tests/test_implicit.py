@@ -610,6 +610,35 @@ def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(toleranc
     assert max(errors.values()) > tolerance / 20, errors  # not resolved far beyond it
 
 
+def test_error_control_holds_its_estimate_across_outputs(monkeypatch):
+    """An estimate of imex's step holds for `STEPS_PER_ESTIMATE` steps (or to the next
+    schedule edge) whether or not an output falls in between: V5 advanced in frames of 10 min
+    (a few estimates' reach each) estimates as often as in one advance over the 2 h (16 times;
+    24 when every frame estimated afresh), frames of 2 min (about 5 steps) 22 times against
+    61, and every run ends within the tolerance of the one advance."""
+    model = coupled_model(size=16)
+    estimates = []
+    accurate_step = engine.Simulation._accurate_step
+
+    def counted(sim, *args):
+        estimates.append(args[0].t)
+        return accurate_step(sim, *args)
+
+    monkeypatch.setattr(engine.Simulation, "_accurate_step", counted)
+    ends = {}
+    for frame in (7200.0, 600.0, 120.0):
+        estimates.clear()
+        sim = engine.Simulation(model, stepper="imex", dtype="float64", tolerance=1e-3)
+        state = sim.initial_state()
+        for t in np.arange(frame, 7200.0 + 1, frame):
+            state = sim.advance(state, float(t))
+        ends[frame] = (len(estimates), state.numpy())
+    once = ends[7200.0][0]
+    assert ends[600.0][0] <= once + 1 and ends[120.0][0] <= 1.5 * once, ends
+    for frame in (600.0, 120.0):
+        assert relative_error(ends[frame][1], ends[7200.0][1]) < 1e-3
+
+
 @pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
 def test_the_step_search_follows_the_power_its_errors_show(power):
     """`accurate_step` from a proposal 100x too long, on an error that grows as step^power

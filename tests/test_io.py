@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.io.checkpoint import read_checkpoint
+from engine.io.checkpoint import read_checkpoint, read_checkpoint_held
 from engine.io.layout import FORMAT_VERSION, FieldInfo, frame_chunks
 from engine.io.reader import open_output
 from engine.io.writer import OutputWriter
@@ -315,10 +315,12 @@ def test_checkpoint_round_trip(tmp_path):
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
         writer.write_checkpoint(3.0, 7, None, state)
         assert read_checkpoint(path)[2] is None  # readable while the writer is open
+        assert read_checkpoint_held(path) is None
         state["IL2"] = state["IL2"] * 2
-        writer.write_checkpoint(6.0, 14, 0.25, state)  # replaced in place
+        writer.write_checkpoint(6.0, 14, 0.25, state, held=(0.5, 8.0))  # replaced in place
     t, step, dt, fields = read_checkpoint(path)
     assert (t, step, dt) == (6.0, 14, 0.25)
+    assert read_checkpoint_held(path) == (0.5, 8.0)
     assert set(fields) == {"IL2", "T", "hidden"}
     for name, value in state.items():
         np.testing.assert_array_equal(fields[name], value)
@@ -327,6 +329,13 @@ def test_checkpoint_round_trip(tmp_path):
         writer.write_checkpoint(9.0, 20, None, {"IL2": np.zeros(grid.shape)})  # new layout
     t, step, dt, fields = read_checkpoint(path)
     assert (t, step, dt, set(fields)) == (9.0, 20, None, {"IL2"})
+    assert read_checkpoint_held(path) is None
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
+        members = (np.array([0.5, np.nan]), np.array([8.0, np.nan]))  # a sweep's: one holds
+        writer.write_checkpoint(12.0, 24, np.array([0.1, 0.2]), state, held=members)
+    step_held, until = read_checkpoint_held(path)
+    np.testing.assert_array_equal(step_held, members[0])
+    np.testing.assert_array_equal(until, members[1])
     with OutputWriter(tmp_path / "none.h5", grid, FIELDS, "float32", ATTRS, {}):
         pass
     with pytest.raises(ValueError, match="no checkpoint"):

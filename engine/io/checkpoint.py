@@ -89,14 +89,18 @@ def prepare_checkpoint(
     group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
 
 
-def commit_checkpoint(f: h5py.File, t: float, step: int, dt) -> None:
+def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None) -> None:
     """Mark /checkpoint_next (its data written) complete at time t (s) after `step` steps with
-    the proposed step size dt (s; one per member of a sweep; None: NaN in the file), then swap
+    the proposed step size dt (s; one per member of a sweep; None: NaN in the file) and error
+    control's held estimate (`State.held`: its step and until when, s; None: NaN), then swap
     it with /checkpoint. Flushed."""
     group = f[CHECKPOINT_NEXT]
     group.attrs["time"] = float(t)
     group.attrs["step"] = int(step)
-    group.attrs["dt"] = math.nan if dt is None else np.asarray(dt, np.float64)
+    group.attrs["dt"] = _nan_for_none(dt)
+    step_held, until = (None, None) if held is None else held
+    group.attrs["held_step"] = _nan_for_none(step_held)
+    group.attrs["held_until"] = _nan_for_none(until)
     group.attrs["complete"] = 1
     f.flush()
     if CHECKPOINT in f:
@@ -118,8 +122,7 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | np.ndarray | N
             if any(name in f for name in CHECKPOINT_GROUPS):
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
-        dt = np.asarray(group.attrs["dt"], np.float64)
-        dt = None if np.all(np.isnan(dt)) else float(dt) if dt.ndim == 0 else dt
+        dt = _none_for_nan(group.attrs["dt"])
         datasets = {k: d for k, d in group.items() if isinstance(d, h5py.Dataset)}
         fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
         return (
@@ -128,6 +131,27 @@ def read_checkpoint(path, load=None) -> tuple[float, int, float | np.ndarray | N
             dt,
             fields,
         )
+
+
+def _nan_for_none(value):
+    return math.nan if value is None else np.asarray(value, np.float64)
+
+
+def _none_for_nan(value):
+    """A float, an array (a sweep's members), or None where every value is NaN."""
+    value = np.asarray(value, np.float64)
+    return None if np.all(np.isnan(value)) else float(value) if value.ndim == 0 else value
+
+
+def read_checkpoint_held(path):
+    """The `State.held` of a file's latest complete checkpoint: (step, until) in s, floats or
+    a sweep's arrays, or None (none held, or a file written before estimates were held)."""
+    with open_read(path) as f:
+        group = latest_checkpoint(f)
+        if group is None or "held_step" not in group.attrs:
+            return None
+        step, until = (_none_for_nan(group.attrs[k]) for k in ("held_step", "held_until"))
+        return None if step is None else (step, until)
 
 
 def read_checkpoint_cells(path) -> dict[str, dict[str, np.ndarray]]:

@@ -331,10 +331,17 @@ class OutputWriter:
         self._last_time = t
 
     def write_checkpoint(
-        self, t: float, step: int, dt: float | None, fields: dict, cells: dict | None = None
+        self,
+        t: float,
+        step: int,
+        dt: float | None,
+        fields: dict,
+        cells: dict | None = None,
+        held=None,
     ) -> None:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
-        step size in use (None: NaN in the file); `cells` holds every cell type's arrays with
+        step size in use (None: NaN in the file), `held` error control's estimate that still
+        holds (`State.held`); `cells` holds every cell type's arrays with
         next_id and overflow (see the class). Written beside it and then swapped
         (`engine.io.checkpoint`): a kill at any point leaves one complete checkpoint, which
         `read_checkpoint` and `read_checkpoint_cells` take. Flushed, and the XDMF sidecar
@@ -362,7 +369,7 @@ class OutputWriter:
                     f[CHECKPOINT_NEXT][name][index] = block
 
         def finish(f):
-            commit_checkpoint(f, t, step, dt)
+            commit_checkpoint(f, t, step, dt, held)
             write_sidecar(f, self.current_path())
 
         self._each(blocks)

@@ -23,7 +23,12 @@ import numpy as np
 
 import engine
 from engine.config.toml import dump_toml
-from engine.io.checkpoint import read_checkpoint, read_checkpoint_cells, truncate_frames
+from engine.io.checkpoint import (
+    read_checkpoint,
+    read_checkpoint_cells,
+    read_checkpoint_held,
+    truncate_frames,
+)
 from engine.io.layout import CellInfo, FieldInfo
 from engine.io.writer import OutputWriter
 from engine.model.model import Species
@@ -142,7 +147,8 @@ def run(
         if first:
             with h5py.File(output, "a") as f:
                 truncate_frames(f, after=t)
-        state = State(t=t, fields=fields, step=step, dt=dt, cells=cells)
+        held = read_checkpoint_held(output)
+        state = State(t=t, fields=fields, step=step, dt=dt, cells=cells, held=held)
         path = output
     else:
         state = sim.initial_state()
@@ -203,7 +209,7 @@ def run(
                     bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
                 due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
                 if following is None or stop or due:
-                    writer.write_checkpoint(state.t, state.step, state.dt, host, cells)
+                    writer.write_checkpoint(state.t, state.step, state.dt, host, cells, state.held)
                     last_checkpoint = state.t
                 if stop:
                     raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")

@@ -23,8 +23,9 @@ from engine.stepping.simulation import (
     Simulation,
     State,
     difference_norm,
+    estimate_reach,
+    holds,
     in_precision,
-    leg_end,
     refuse_unstable_dt,
     steps_within,
     stretches,
@@ -228,7 +229,10 @@ class Ensemble:
         ahead = self._map(self._advance_members, t0, fields, span32, ones)
 
         def error_at(h):
-            full = self._map(self._advance_members, t0, fields, h.astype(self.dtype), ones)
+            if np.array_equal(h, longest):  # the step `ahead` took already
+                full = ahead
+            else:
+                full = self._map(self._advance_members, t0, fields, h.astype(self.dtype), ones)
             half = self._map(
                 self._advance_members, t0, fields, (h / 2).astype(self.dtype), 2 * ones
             )
@@ -252,17 +256,30 @@ class Ensemble:
             return state
         bounds = self.step_bounds(state)
         fields, steps, proposal = state.fields, state.step, state.dt
+        none = np.full(self.size, np.nan)
+        held_step, until = state.held if state.held is not None else (none, none)
         controlled = self.sim.error_controlled
         for start, end in stretches(self.sources, state.t, float(t_end)):
             t = np.full(self.size, start)  # each member's own legs, as its single run's
             while np.any(t < end):
                 going = t < end
-                dt_max = np.minimum(bounds, end - t)
-                if controlled:  # members already at the end try anything (and take nothing)
-                    longest = np.where(going, dt_max, end - start)
-                    dt_max, new = self._accurate_steps(fields, t, longest, proposal)
-                    proposal = new if proposal is None else np.where(going, new, proposal)
-                stop = np.array([leg_end(a, end, d, controlled) for a, d in zip(t, dt_max)])
+                dt_max, stop = np.minimum(bounds, end - t), np.full(self.size, end)
+                if controlled:  # as `Simulation.advance`, member by member
+                    estimate = going & ~holds(held_step, until, t)
+                    if np.any(estimate):  # the others try anything (and take nothing)
+                        longest = np.where(going, dt_max, end - start)
+                        step, new = self._accurate_steps(fields, t, longest, proposal)
+                        proposal = new if proposal is None else np.where(estimate, new, proposal)
+                        reach = np.array(
+                            [estimate_reach(self.sources, a, h) for a, h in zip(t, step)]
+                        )
+                        kept = step < end - t
+                        held_step = np.where(estimate, np.where(kept, step, np.nan), held_step)
+                        until = np.where(estimate, np.where(kept, reach, np.nan), until)
+                        dt_max = np.where(estimate, step, dt_max)
+                    has = np.isfinite(held_step)
+                    dt_max = np.where(has, np.minimum(dt_max, held_step), dt_max)
+                    stop = np.where(has, np.minimum(end, until), end)
                 n_steps = np.array(
                     [steps_within(b - a, d) if b > a else 0 for a, b, d in zip(t, stop, dt_max)]
                 )
@@ -275,7 +292,8 @@ class Ensemble:
                     n_steps.astype(np.int32),
                 )
                 steps, t = steps + int(n_steps.max()), stop
-        return State(t=float(t_end), fields=fields, step=steps, dt=proposal)
+        held = (held_step, until) if controlled else None
+        return State(t=float(t_end), fields=fields, step=steps, dt=proposal, held=held)
 
     @functools.cached_property
     def _advance_members(self):

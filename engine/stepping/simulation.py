@@ -34,13 +34,17 @@ DTYPES = ("float32", "float64")
 @dataclass(frozen=True)
 class State:
     """Fields at time `t` (s) after `step` steps; `dt` (s) is the step that adaptive or
-    error-controlled stepping proposes to try next (None until one has run)."""
+    error-controlled stepping proposes to try next (None until one has run); `held`: the
+    (step s, until s) of error control's last estimate while it still holds (`holds`), so
+    that the next `advance` goes on with it rather than estimating again at every output
+    (one of each per member of a sweep, NaN where none holds)."""
 
     t: float
     fields: Fields
     step: int = 0
     dt: float | None = None
     cells: dict[str, Cells] = field(default_factory=dict)
+    held: tuple | None = None
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.fields.items()}
@@ -112,12 +116,18 @@ STEPS_PER_ESTIMATE = 16
 estimate of its step before it estimates again: the dynamics may change within a stretch."""
 
 
-def leg_end(t: float, end: float, dt: float, controlled: bool) -> float:
-    """Where the next leg of steps of `dt` from t (s) towards `end` (s) stops: `end`, or,
-    with error control, after `STEPS_PER_ESTIMATE` steps if it would take more."""
-    if not controlled:
-        return end
-    return float(min(end, t + STEPS_PER_ESTIMATE * dt))
+def estimate_reach(sources, t: float, step: float) -> float:
+    """Until when (s) an estimate made at t (s) of the step (s) error control takes holds:
+    `STEPS_PER_ESTIMATE` steps on, or the next edge of a source's schedule before that,
+    where the dynamics change."""
+    edges = model_edges(sources, t, t + STEPS_PER_ESTIMATE * step)
+    return float(edges[0] if edges else t + STEPS_PER_ESTIMATE * step)
+
+
+def holds(step, until, t):
+    """Whether an estimate of `step` (s) that holds `until` (s) still holds at t (s), by more
+    than a sliver of a step (arrays of members alike; NaN: none)."""
+    return until - t > 1e-6 * step
 
 
 class UnstableStep(ValueError):
@@ -392,7 +402,7 @@ class Simulation:
     @in_precision
     def _accurate_step(self, state: State, longest: float):
         """(step, proposal): `steppers.accurate_step` from `state`, at most `longest` (s),
-        trying its proposal first."""
+        trying its proposal first; a trial of `longest` itself reuses the step `ahead` took."""
         if not math.isfinite(longest):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
         fields, cells, t = state.fields, state.cells, state.t
@@ -401,7 +411,7 @@ class Simulation:
 
         def error_at(h):
             h = float(h)
-            full = self._trial_steps(fields, cells, t, h, 1)
+            full = ahead if h == longest else self._trial_steps(fields, cells, t, h, 1)
             half = self._trial_steps(fields, cells, t, h / 2, 2)
             return float(self._difference(full, half, local, ahead))
 
@@ -418,7 +428,8 @@ class Simulation:
     def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
         """The state at `t_end` (s), in steps no longer than `time_step` that end at every
         start and end of a source's dose in between (`stretches`), equal within each stretch,
-        or with error control equal within each leg of at most `STEPS_PER_ESTIMATE` steps.
+        or with error control equal within each leg of at most `STEPS_PER_ESTIMATE` steps
+        on one estimate of the step, which holds across calls (`State.held`).
         `legs`, where given, gets each leg's (steps, dt, cell_every) appended: the run's steps,
         to be replayed (`runs.gradients.Trajectory`).
 
@@ -435,14 +446,21 @@ class Simulation:
             return state
         bound, cells_limit = self._steps(state)
         fields, cells, steps, proposal = state.fields, state.cells, state.step, state.dt
-        for start, end in stretches(self.host_model.sources, state.t, float(t_end)):
+        held = state.held
+        sources = self.host_model.sources
+        for start, end in stretches(sources, state.t, float(t_end)):
             t = start
             while t < end:
-                dt_max = min(bound, end - t)
+                dt_max, stop = min(bound, end - t), end
                 if self.error_controlled:
-                    here = State(t=t, fields=fields, cells=cells, dt=proposal)
-                    dt_max, proposal = self._accurate_step(here, dt_max)
-                stop = leg_end(t, end, dt_max, self.error_controlled)
+                    if held is None or not holds(*held, t):
+                        here = State(t=t, fields=fields, cells=cells, dt=proposal)
+                        step, proposal = self._accurate_step(here, dt_max)
+                        # held on past `end` unless `end` cut it short
+                        held = (step, estimate_reach(sources, t, step)) if step < end - t else None
+                        dt_max = step
+                    if held is not None:
+                        dt_max, stop = min(dt_max, held[0]), min(end, held[1])
                 n_steps = steps_within(stop - t, dt_max)
                 dt = (stop - t) / n_steps
                 every = self._cell_every(cells_limit, dt) if self.model.cells else 1
@@ -452,7 +470,7 @@ class Simulation:
                 if legs is not None:
                     legs.append((n_steps, dt, every))
                 steps, t = steps + n_steps, stop
-        return State(t=float(t_end), fields=fields, step=steps, cells=cells, dt=proposal)
+        return State(float(t_end), fields, steps, proposal, cells, held)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
