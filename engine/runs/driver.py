@@ -141,13 +141,13 @@ def run(
 
     if resume:
         t, step, dt, fields = read_checkpoint(output, load=sim.load_fields)
+        held = read_checkpoint_held(output)  # before the first process truncates the file
         cells = sim.load_cells(read_checkpoint_cells(output)) if sim.model.cells else {}
         if team is not None:
             team.barrier()  # every process has read its blocks
         if first:
             with h5py.File(output, "a") as f:
                 truncate_frames(f, after=t)
-        held = read_checkpoint_held(output)
         state = State(t=t, fields=fields, step=step, dt=dt, cells=cells, held=held)
         path = output
     else:
