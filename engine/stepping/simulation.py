@@ -470,7 +470,7 @@ class Simulation:
                 if legs is not None:
                     legs.append((n_steps, dt, every))
                 steps, t = steps + n_steps, stop
-        return State(float(t_end), fields, steps, proposal, cells, held)
+        return State(t=float(t_end), fields=fields, step=steps, dt=proposal, cells=cells, held=held)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
