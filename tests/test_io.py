@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.io.checkpoint import read_checkpoint, read_checkpoint_held
+from engine.io.checkpoint import read_checkpoint
 from engine.io.layout import FORMAT_VERSION, FieldInfo, frame_chunks
 from engine.io.reader import open_output
 from engine.io.writer import OutputWriter
@@ -314,26 +314,25 @@ def test_checkpoint_round_trip(tmp_path):
     }
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
         writer.write_checkpoint(3.0, 7, None, state)
-        assert read_checkpoint(path)[2] is None  # readable while the writer is open
-        assert read_checkpoint_held(path) is None
+        saved = read_checkpoint(path)  # readable while the writer is open
+        assert (saved.dt, saved.held, saved.cells) == (None, None, {})
         state["IL2"] = state["IL2"] * 2
         writer.write_checkpoint(6.0, 14, 0.25, state, held=(0.5, 8.0))  # replaced in place
-    t, step, dt, fields = read_checkpoint(path)
-    assert (t, step, dt) == (6.0, 14, 0.25)
-    assert read_checkpoint_held(path) == (0.5, 8.0)
-    assert set(fields) == {"IL2", "T", "hidden"}
+    saved = read_checkpoint(path)
+    assert (saved.time, saved.step, saved.dt, saved.held) == (6.0, 14, 0.25, (0.5, 8.0))
+    assert set(saved.fields) == {"IL2", "T", "hidden"}
     for name, value in state.items():
-        np.testing.assert_array_equal(fields[name], value)
-        assert fields[name].dtype == value.dtype
+        np.testing.assert_array_equal(saved.fields[name], value)
+        assert saved.fields[name].dtype == value.dtype
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
         writer.write_checkpoint(9.0, 20, None, {"IL2": np.zeros(grid.shape)})  # new layout
-    t, step, dt, fields = read_checkpoint(path)
-    assert (t, step, dt, set(fields)) == (9.0, 20, None, {"IL2"})
-    assert read_checkpoint_held(path) is None
+    saved = read_checkpoint(path)
+    assert (saved.time, saved.step, saved.dt, set(saved.fields)) == (9.0, 20, None, {"IL2"})
+    assert saved.held is None
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
         members = (np.array([0.5, np.nan]), np.array([8.0, np.nan]))  # a sweep's: one holds
         writer.write_checkpoint(12.0, 24, np.array([0.1, 0.2]), state, held=members)
-    step_held, until = read_checkpoint_held(path)
+    step_held, until = read_checkpoint(path).held
     np.testing.assert_array_equal(step_held, members[0])
     np.testing.assert_array_equal(until, members[1])
     with OutputWriter(tmp_path / "none.h5", grid, FIELDS, "float32", ATTRS, {}):
@@ -364,8 +363,8 @@ def test_a_kill_while_checkpointing_keeps_a_complete_checkpoint(tmp_path, stage)
             expected = 9.0
         if stage == "swapped":
             f.move("checkpoint_next", "checkpoint")
-    t, step, _, fields = read_checkpoint(path)
-    assert t == expected and np.all(fields["IL2"] == expected / 3)
+    saved = read_checkpoint(path)
+    assert saved.time == expected and np.all(saved.fields["IL2"] == expected / 3)
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
         writer.write_checkpoint(12.0, 4, None, {"IL2": state["IL2"] * 4})
     with h5py.File(path, "r") as f:
@@ -375,8 +374,8 @@ def test_a_kill_while_checkpointing_keeps_a_complete_checkpoint(tmp_path, stage)
         }
         assert f["checkpoint"].attrs["time"] == 12.0
         assert f["checkpoint_next"].attrs["time"] == expected  # the previous one, intact
-    t, _, _, fields = read_checkpoint(path)
-    assert t == 12.0 and np.all(fields["IL2"] == 4.0)
+    saved = read_checkpoint(path)
+    assert saved.time == 12.0 and np.all(saved.fields["IL2"] == 4.0)
 
 
 def test_resume_appends_after_the_last_frame(tmp_path):

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.io.checkpoint import read_checkpoint, read_checkpoint_cells, truncate_frames
+from engine.io.checkpoint import read_checkpoint, truncate_frames
 from engine.io.layout import CellInfo, FieldInfo
 from engine.io.reader import open_output
 from engine.io.writer import OutputWriter
@@ -318,9 +318,9 @@ def test_checkpoint_round_trip_with_cells(tmp_path):
     grid = GRIDS[3]
     frames = history(grid)
     path = write_cells_file(tmp_path / "ck.h5", grid)
-    t, step, dt, fields = read_checkpoint(path)  # unchanged: the fields only
-    assert (t, step, dt, set(fields)) == (30.0, 30, 0.5, {"IL2"})
-    cells = read_checkpoint_cells(path)
+    saved = read_checkpoint(path)
+    assert (saved.time, saved.step, saved.dt, set(saved.fields)) == (30.0, 30, 0.5, {"IL2"})
+    cells = saved.cells
     assert set(cells) == {"Th", "Treg"}
     for info in CELLS:
         written = frames[-1][info.name]
@@ -340,8 +340,9 @@ def test_checkpoint_round_trip_with_cells(tmp_path):
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True, cells=CELLS) as w:
         w.write_checkpoint(40.0, 41, None, fields_at(grid, 40.0), later)
         w.write_checkpoint(50.0, 51, None, fields_at(grid, 50.0), later)
-    assert read_checkpoint(path)[:2] == (50.0, 51)
-    cells = read_checkpoint_cells(path)
+    saved = read_checkpoint(path)
+    assert (saved.time, saved.step) == (50.0, 51)
+    cells = saved.cells
     np.testing.assert_array_equal(cells["Th"]["alive"], frames[1]["Th"]["alive"])
     assert int(cells["Treg"]["overflow"]) == 3
     with h5py.File(path, "r") as f:
@@ -367,8 +368,8 @@ def test_a_file_without_cells_is_unchanged(tmp_path):
     with h5py.File(path, "r") as f:
         assert "cells" not in f
         assert set(f["checkpoint"]) == {"IL2", "cells"}  # a field may be called cells here
-    assert set(read_checkpoint(path)[3]) == {"IL2", "cells"}
-    assert read_checkpoint_cells(path) == {}
+    saved = read_checkpoint(path)
+    assert set(saved.fields) == {"IL2", "cells"} and saved.cells == {}
     with open_output(path) as out:
         assert out.cell_types == ()
         with pytest.raises(KeyError, match="cell types: none"):

@@ -324,14 +324,14 @@ def test_an_error_controlled_run_resumes_with_its_held_estimate_bitwise(tmp_path
     """imex at dt = "auto" in frames of a few steps: the checkpoint keeps the estimate of the
     step that still holds (`State.held`), and the run resumed from it takes the steps of an
     uninterrupted one, to the bit (estimating afresh at the resume would not: 3e-6 apart)."""
-    from engine.io.checkpoint import read_checkpoint_held
+    from engine.io.checkpoint import read_checkpoint
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     resumed.mkdir(), straight.mkdir()
     options = dict(n=12, every="1 min", checkpoint="1 min")
     shorter = write_config(resumed, end="10 min", **options)
     assert main(["run", str(shorter), "-o", str(resumed / "o.h5"), "--quiet"]) == 0
-    held = read_checkpoint_held(resumed / "o.h5")
+    held = read_checkpoint(resumed / "o.h5").held
     assert held is not None and held[1] > 600.0  # it holds beyond the checkpoint
     longer = write_config(resumed, end="20 min", **options)
     assert main(["run", str(longer), "-o", str(resumed / "o.h5"), "--resume", "--quiet"]) == 0

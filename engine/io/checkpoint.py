@@ -8,6 +8,7 @@ A checkpoint is written into /checkpoint_next, marked complete, then swapped wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import h5py
@@ -111,26 +112,61 @@ def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None) -> None:
     f.flush()
 
 
-def read_checkpoint(path, load=None) -> tuple[float, int, float | np.ndarray | None, dict]:
-    """(time s, step, dt (an array for a sweep) or None, {name: array}) from a file's
-    /checkpoint. `load` turns the
-    checkpoint's datasets ({name: h5py.Dataset}) into the arrays, reading only what it needs
-    (`Simulation.load_fields` reads each process's own blocks); by default all of them."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A file's latest complete checkpoint, everything `--resume` continues from.
+
+    time (s) and step: where the run was; dt: the step (s) error control proposed next (an
+    array of a sweep's members), or None; fields: {name: array}; held: error control's
+    `State.held` (step, until when; s), or None (none held, or a file written before estimates
+    were held); cells: {type: {position, alive, id, <state>..., next_id, overflow (0-d int64)}},
+    {} when the run has no cells."""
+
+    time: float
+    step: int
+    dt: float | np.ndarray | None
+    fields: dict
+    held: tuple | None
+    cells: dict
+
+
+def read_checkpoint(path, load=None) -> Checkpoint:
+    """The `Checkpoint` of a file, read in one opening (a process that resumes reads it all
+    before any process truncates the file). `load` turns the checkpoint's datasets
+    ({name: h5py.Dataset}) into the arrays, reading only what it needs (`Simulation.load_fields`
+    reads each process's own blocks); by default all of them. ValueError when the file holds
+    no complete checkpoint."""
     with open_read(path) as f:
         group = latest_checkpoint(f)
         if group is None:
             if any(name in f for name in CHECKPOINT_GROUPS):
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
-        dt = _none_for_nan(group.attrs["dt"])
         datasets = {k: d for k, d in group.items() if isinstance(d, h5py.Dataset)}
-        fields = {k: d[()] for k, d in datasets.items()} if load is None else load(datasets)
-        return (
-            float(group.attrs["time"]),
-            int(group.attrs["step"]),
-            dt,
-            fields,
+        return Checkpoint(
+            time=float(group.attrs["time"]),
+            step=int(group.attrs["step"]),
+            dt=_none_for_nan(group.attrs["dt"]),
+            fields={k: d[()] for k, d in datasets.items()} if load is None else load(datasets),
+            held=_held(group.attrs),
+            cells=_cells(group),
         )
+
+
+def _held(attrs):
+    if "held_step" not in attrs:
+        return None
+    step, until = (_none_for_nan(attrs[k]) for k in ("held_step", "held_until"))
+    return None if step is None else (step, until)
+
+
+def _cells(group: h5py.Group) -> dict[str, dict[str, np.ndarray]]:
+    if not isinstance(group.get(CELLS), h5py.Group):
+        return {}
+    return {
+        name: {key: data[()] for key, data in arrays.items()}
+        for name, arrays in group[CELLS].items()
+    }
 
 
 def _nan_for_none(value):
@@ -141,33 +177,6 @@ def _none_for_nan(value):
     """A float, an array (a sweep's members), or None where every value is NaN."""
     value = np.asarray(value, np.float64)
     return None if np.all(np.isnan(value)) else float(value) if value.ndim == 0 else value
-
-
-def read_checkpoint_held(path):
-    """The `State.held` of a file's latest complete checkpoint: (step, until) in s, floats or
-    a sweep's arrays, or None (none held, or a file written before estimates were held)."""
-    with open_read(path) as f:
-        group = latest_checkpoint(f)
-        if group is None or "held_step" not in group.attrs:
-            return None
-        step, until = (_none_for_nan(group.attrs[k]) for k in ("held_step", "held_until"))
-        return None if step is None else (step, until)
-
-
-def read_checkpoint_cells(path) -> dict[str, dict[str, np.ndarray]]:
-    """Every cell type's arrays in a file's latest complete checkpoint: {type: {position,
-    alive, id, <state>..., next_id, overflow (0-d int64)}}; {} when it holds no cells.
-    ValueError like `read_checkpoint` when the file has no complete checkpoint."""
-    with open_read(path) as f:
-        group = latest_checkpoint(f)
-        if group is None:
-            raise ValueError(f"{path}: holds no complete checkpoint")
-        if not isinstance(group.get(CELLS), h5py.Group):
-            return {}
-        return {
-            name: {key: data[()] for key, data in arrays.items()}
-            for name, arrays in group[CELLS].items()
-        }
 
 
 def truncate_frames(f: h5py.File, after: float = math.inf) -> None:

@@ -344,7 +344,7 @@ class OutputWriter:
         holds (`State.held`); `cells` holds every cell type's arrays with
         next_id and overflow (see the class). Written beside it and then swapped
         (`engine.io.checkpoint`): a kill at any point leaves one complete checkpoint, which
-        `read_checkpoint` and `read_checkpoint_cells` take. Flushed, and the XDMF sidecar
+        `read_checkpoint` takes. Flushed, and the XDMF sidecar
         refreshed."""
         self._require_open()
         arrays = {name: as_parts(value) for name, value in fields.items()}

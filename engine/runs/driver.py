@@ -25,8 +25,6 @@ import engine
 from engine.config.toml import dump_toml
 from engine.io.checkpoint import (
     read_checkpoint,
-    read_checkpoint_cells,
-    read_checkpoint_held,
     truncate_frames,
 )
 from engine.io.layout import CellInfo, FieldInfo
@@ -140,15 +138,21 @@ def run(
     )
 
     if resume:
-        t, step, dt, fields = read_checkpoint(output, load=sim.load_fields)
-        held = read_checkpoint_held(output)  # before the first process truncates the file
-        cells = sim.load_cells(read_checkpoint_cells(output)) if sim.model.cells else {}
+        saved = read_checkpoint(output, load=sim.load_fields)
+        cells = sim.load_cells(saved.cells) if sim.model.cells else {}
         if team is not None:
             team.barrier()  # every process has read its blocks
         if first:
             with h5py.File(output, "a") as f:
-                truncate_frames(f, after=t)
-        state = State(t=t, fields=fields, step=step, dt=dt, cells=cells, held=held)
+                truncate_frames(f, after=saved.time)
+        state = State(
+            t=saved.time,
+            fields=saved.fields,
+            step=saved.step,
+            dt=saved.dt,
+            cells=cells,
+            held=saved.held,
+        )
         path = output
     else:
         state = sim.initial_state()
