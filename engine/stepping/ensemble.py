@@ -23,9 +23,9 @@ from engine.stepping.simulation import (
     Simulation,
     State,
     difference_norm,
-    estimate_reach,
-    holds,
     in_precision,
+    needs_estimate,
+    next_leg,
     refuse_unstable_dt,
     steps_within,
     stretches,
@@ -257,7 +257,7 @@ class Ensemble:
         bounds = self.step_bounds(state)
         fields, steps, proposal = state.fields, state.step, state.dt
         none = np.full(self.size, np.nan)
-        held_step, until = state.held if state.held is not None else (none, none)
+        held = state.held if state.held is not None else (none, none)
         controlled = self.sim.error_controlled
         for start, end in stretches(self.sources, state.t, float(t_end)):
             t = np.full(self.size, start)  # each member's own legs, as its single run's
@@ -265,21 +265,12 @@ class Ensemble:
                 going = t < end
                 dt_max, stop = np.minimum(bounds, end - t), np.full(self.size, end)
                 if controlled:  # as `Simulation.advance`, member by member
-                    estimate = going & ~holds(held_step, until, t)
-                    if np.any(estimate):  # the others try anything (and take nothing)
+                    need, step = needs_estimate(t, end, held), None
+                    if np.any(need):  # the others try anything (and take nothing)
                         longest = np.where(going, dt_max, end - start)
                         step, new = self._accurate_steps(fields, t, longest, proposal)
-                        proposal = new if proposal is None else np.where(estimate, new, proposal)
-                        reach = np.array(
-                            [estimate_reach(self.sources, a, h) for a, h in zip(t, step)]
-                        )
-                        kept = step < end - t
-                        held_step = np.where(estimate, np.where(kept, step, np.nan), held_step)
-                        until = np.where(estimate, np.where(kept, reach, np.nan), until)
-                        dt_max = np.where(estimate, step, dt_max)
-                    has = np.isfinite(held_step)
-                    dt_max = np.where(has, np.minimum(dt_max, held_step), dt_max)
-                    stop = np.where(has, np.minimum(end, until), end)
+                        proposal = new if proposal is None else np.where(need, new, proposal)
+                    dt_max, stop, held = next_leg(t, end, dt_max, held, step, self.sources)
                 n_steps = np.array(
                     [steps_within(b - a, d) if b > a else 0 for a, b, d in zip(t, stop, dt_max)]
                 )
@@ -292,7 +283,7 @@ class Ensemble:
                     n_steps.astype(np.int32),
                 )
                 steps, t = steps + int(n_steps.max()), stop
-        held = (held_step, until) if controlled else None
+        held = held if controlled else None
         return State(t=float(t_end), fields=fields, step=steps, dt=proposal, held=held)
 
     @functools.cached_property

@@ -130,6 +130,36 @@ def holds(step, until, t):
     return until - t > 1e-6 * step
 
 
+NOT_HELD = (math.nan, math.nan)
+"""`State.held` where no estimate holds, as `next_leg` takes it."""
+
+
+def needs_estimate(t, end, held):
+    """Whether error control estimates its step afresh at t (s) on the way to `end` (s): the
+    `held` estimate (step, until when, s; NaN: none) no longer `holds`, and the run has still
+    to go (one run's floats, or a sweep's members' arrays alike)."""
+    return np.logical_and(t < end, np.logical_not(holds(*held, t)))
+
+
+def next_leg(t, end, dt_max, held, step, sources):
+    """Error control's next leg from t (s) towards `end` (s), in steps of at most dt_max (s):
+    (dt_max, stop (s), held), one run (floats) or a sweep's members (arrays) alike. `step`:
+    the step (s) estimated afresh where `needs_estimate` (elsewhere ignored), which holds
+    until `estimate_reach` unless `end` cut it short."""
+    step_held, until = held
+    need = needs_estimate(t, end, held)
+    if np.any(need):
+        reach = np.vectorize(functools.partial(estimate_reach, sources))(t, step)
+        kept = step < end - t
+        step_held = np.where(need, np.where(kept, step, np.nan), step_held)
+        until = np.where(need, np.where(kept, reach, np.nan), until)
+        dt_max = np.where(need, step, dt_max)
+    has = np.isfinite(step_held)
+    dt_max = np.where(has, np.minimum(dt_max, step_held), dt_max)
+    stop = np.where(has, np.minimum(end, until), end)
+    return dt_max, stop, (step_held, until)
+
+
 class UnstableStep(ValueError):
     """A fixed time step beyond the explicit stepper's stability limit (bad input)."""
 
@@ -446,21 +476,19 @@ class Simulation:
             return state
         bound, cells_limit = self._steps(state)
         fields, cells, steps, proposal = state.fields, state.cells, state.step, state.dt
-        held = state.held
+        held = state.held or NOT_HELD
         sources = self.host_model.sources
         for start, end in stretches(sources, state.t, float(t_end)):
             t = start
             while t < end:
                 dt_max, stop = min(bound, end - t), end
                 if self.error_controlled:
-                    if held is None or not holds(*held, t):
+                    step = None
+                    if needs_estimate(t, end, held):
                         here = State(t=t, fields=fields, cells=cells, dt=proposal)
                         step, proposal = self._accurate_step(here, dt_max)
-                        # held on past `end` unless `end` cut it short
-                        held = (step, estimate_reach(sources, t, step)) if step < end - t else None
-                        dt_max = step
-                    if held is not None:
-                        dt_max, stop = min(dt_max, held[0]), min(end, held[1])
+                    dt_max, stop, held = next_leg(t, end, dt_max, held, step, sources)
+                    dt_max, stop = float(dt_max), float(stop)
                 n_steps = steps_within(stop - t, dt_max)
                 dt = (stop - t) / n_steps
                 every = self._cell_every(cells_limit, dt) if self.model.cells else 1
@@ -470,6 +498,7 @@ class Simulation:
                 if legs is not None:
                     legs.append((n_steps, dt, every))
                 steps, t = steps + n_steps, stop
+        held = None if math.isnan(held[0]) else tuple(float(x) for x in held)
         return State(t=float(t_end), fields=fields, step=steps, dt=proposal, cells=cells, held=held)
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
