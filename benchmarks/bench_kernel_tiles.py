@@ -19,7 +19,7 @@ import jax
 from common import RESULTS, device_name
 
 from engine.runs.bench import copy_bandwidth, measure_case, write_result
-from engine.stepping import kernels
+from engine.stepping.kernels import Launch
 
 TILES = ((4, 4, 128), (2, 8, 128), (2, 4, 128), (8, 4, 64), (4, 8, 64), (1, 8, 256))
 WARPS = (4, 8)
@@ -42,38 +42,34 @@ def main(argv=None) -> None:
     output = args.output or RESULTS / f"kernel_tiles-{name}.json"
     rows = []
     shape = (args.size,) * 3
-    default = (kernels.TILES[3], kernels.WARPS)
-    try:
-        for scheme in args.schemes:
-            for n_fields in args.fields:
-                for tile in TILES:
-                    for warps in WARPS:
-                        kernels.TILES[3], kernels.WARPS = tile, warps
-                        options = dict(stepper="explicit", scheme=scheme, kernels="pallas")
-                        case = measure_case(
-                            shape,
-                            n_fields,
-                            "float32",
-                            options,
-                            least_steps=10,
-                            call_seconds=args.call_seconds,
-                            repeats=args.repeats,
-                        )
-                        traffic = STAGE_TRAFFIC[scheme] * 4 * args.size**3 * n_fields
-                        row = dict(scheme=scheme, fields=n_fields, tile=tile, warps=warps)
-                        row.update(seconds=case["seconds"], compile_s=case["compile_s"])
-                        row["fraction"] = traffic / case["seconds"] / bandwidth
-                        rows.append(row)
-                        print(
-                            f"{scheme:>7} F={n_fields} tile {tile} warps {warps}: "
-                            f"{1e3 * case['seconds']:.3f} ms, {row['fraction']:.1%} of copy",
-                            flush=True,
-                        )
-                        result = dict(device=name, jax=jax.__version__, size=args.size)
-                        result.update(copy_bandwidth=bandwidth, rows=rows)
-                        write_result(result, output)
-    finally:
-        kernels.TILES[3], kernels.WARPS = default
+    for scheme in args.schemes:
+        for n_fields in args.fields:
+            for tile in TILES:
+                for warps in WARPS:
+                    options = dict(stepper="explicit", scheme=scheme, kernels="pallas")
+                    options["kernel_launch"] = Launch().with_tile(tile, warps)
+                    case = measure_case(
+                        shape,
+                        n_fields,
+                        "float32",
+                        options,
+                        least_steps=10,
+                        call_seconds=args.call_seconds,
+                        repeats=args.repeats,
+                    )
+                    traffic = STAGE_TRAFFIC[scheme] * 4 * args.size**3 * n_fields
+                    row = dict(scheme=scheme, fields=n_fields, tile=tile, warps=warps)
+                    row.update(seconds=case["seconds"], compile_s=case["compile_s"])
+                    row["fraction"] = traffic / case["seconds"] / bandwidth
+                    rows.append(row)
+                    print(
+                        f"{scheme:>7} F={n_fields} tile {tile} warps {warps}: "
+                        f"{1e3 * case['seconds']:.3f} ms, {row['fraction']:.1%} of copy",
+                        flush=True,
+                    )
+                    result = dict(device=name, jax=jax.__version__, size=args.size)
+                    result.update(copy_bandwidth=bandwidth, rows=rows)
+                    write_result(result, output)
     print(f"wrote {output}")
 
 

@@ -273,3 +273,44 @@ def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
     text = exported.mlir_module()
     assert text.count("xla.gpu.triton") >= 3  # a kernel per stage
     assert "num_warps = 8" in text
+
+
+def test_the_kernels_launch_as_kernel_launch_says(monkeypatch, config):
+    """`kernel_launch` sets the tile and warps the kernels are built with (what
+    bench_kernel_tiles.py varies, on this Simulation only): the lowered kernel has its
+    program grid and warps, and the interpreted step is the default launch's to the bit;
+    tiles that are not powers of two, and a launch without the kernels, are refused by name."""
+    from jax import export
+
+    cfg = load_config(config, CASES["3D dirichlet and robin"])  # 6 x 5 x 20 voxels
+    launch = fused_kernels.Launch().with_tile((2, 4, 8), 4)
+    assert launch.tiles[:2] == fused_kernels.DEFAULT_LAUNCH.tiles[:2]
+    options = dict(kernels="pallas", scheme="euler")  # float32, the rounding in the kernel
+    ramp = np.linspace(0.5, 1.5, 600, dtype=np.float32).reshape(6, 5, 20)
+    fields = {"IL2": ramp, "T": ramp[::-1]}
+    steps = []
+    for chosen in (launch, None):
+        sim = engine.Simulation(cfg, **options, kernel_launch=chosen)
+        given = {name: jnp.asarray(value) for name, value in fields.items()}  # donated
+        steps.append(sim.advance_steps(given, 0.0, 0.1, 2))
+    for name in fields:
+        np.testing.assert_array_equal(np.asarray(steps[0][name]), np.asarray(steps[1][name]))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    sim = engine.Simulation(cfg, kernels="pallas", kernel_launch=launch)
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    state = sim.initial_state()
+    numbers = (jnp.float32(0), jnp.float32(1), jnp.int32(1), jnp.int32(0), jnp.int32(1))
+    exported = export.export(sim._advance, platforms=["cuda"], disabled_checks=[triton])(
+        sim.model, state.fields, {}, *numbers
+    )
+    text = exported.mlir_module()
+    assert "num_warps = 4" in text and "num_warps = 8" not in text
+    assert all(f"grid_{a} = {n}" in text for a, n in zip("xyz", (3, 2, 3))), text[:2000]
+    with pytest.raises(ValueError, match=r"kernel_launch: tiles\[2\] must be 3 powers of two"):
+        fused_kernels.Launch().with_tile((2, 4, 6), 4)
+    with pytest.raises(ValueError, match="kernel_launch: warps must be a power of two"):
+        fused_kernels.Launch(warps=3)
+    with pytest.raises(
+        ValueError, match='kernel_launch: only the Pallas kernels.*kernels="pallas"'
+    ):
+        engine.Simulation(cfg, kernels="xla", kernel_launch=launch)

@@ -27,6 +27,7 @@ steppers without them.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +43,41 @@ from engine.model.model import Fields, Model
 from engine.model.rhs import euler_change, reaction_terms
 from engine.numerics import rounding
 
-TILES = {1: (1024,), 2: (8, 128), 3: (2, 8, 128)}
-"""Voxels per program along each axis (powers of two, as Triton needs). 3D: the fastest tile
-of `benchmarks/bench_kernel_tiles.py` on a GPU for one and four fields (ssprk3 at 512^3:
-2x8x128 with 8 warps; 4x4x128 was as fast for one field and 1.4x slower for four)."""
-WARPS = 8
+
+@dataclass(frozen=True)
+class Launch:
+    """How the kernels are launched: `tiles[d - 1]`, the voxels per program along each axis
+    of a grid of d axes (powers of two, as Triton needs), and `warps` per program. The 3D
+    default is the fastest tile of `benchmarks/bench_kernel_tiles.py` on a GPU for one and
+    four fields (ssprk3 at 512^3: 2x8x128 with 8 warps; 4x4x128 was as fast for one field and
+    1.4x slower for four)."""
+
+    tiles: tuple[tuple[int, ...], ...] = ((1024,), (8, 128), (2, 8, 128))
+    warps: int = 8
+
+    def __post_init__(self):
+        for d, tile in enumerate(self.tiles, start=1):
+            if len(tile) != d or any(n < 1 or n & (n - 1) for n in tile):
+                raise ValueError(
+                    f"kernel_launch: tiles[{d - 1}] must be {d} powers of two, got {tile}"
+                )
+        if self.warps < 1 or self.warps & (self.warps - 1):
+            raise ValueError(f"kernel_launch: warps must be a power of two, got {self.warps}")
+
+    def with_tile(self, tile: tuple[int, ...], warps: int) -> Launch:
+        """This launch with `tile` for grids of its number of axes, and `warps`."""
+        tiles = list(self.tiles)
+        tiles[len(tile) - 1] = tuple(tile)
+        return Launch(tiles=tuple(tiles), warps=warps)
+
+    def tile(self, shape) -> tuple[int, ...]:
+        """The tile for a grid of `shape`, each side no longer than its axis rounded up to a
+        power of two."""
+        tile = self.tiles[len(shape) - 1]
+        return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(tile, shape))
+
+
+DEFAULT_LAUNCH = Launch()
 
 
 def fusable(model: Model) -> bool:
@@ -73,11 +104,6 @@ def _unfused_reason(model: Model) -> str | None:
         if jnp.ndim(leaf) != 0 and jnp.shape(leaf) != tuple(model.grid.shape):
             return f"a parameter of shape {jnp.shape(leaf)}, neither scalar nor the grid's"
     return None
-
-
-def _tile(shape) -> tuple[int, ...]:
-    """TILES for this many axes, each no longer than the axis rounded up to a power of two."""
-    return tuple(min(t, 1 << max(n - 1, 0).bit_length()) for t, n in zip(TILES[len(shape)], shape))
 
 
 def face_rates(couplings: dict) -> dict:
@@ -113,6 +139,7 @@ def fused_stage(
     weight: float = 1.0,
     add_fields: bool = False,
     rounding_step=None,
+    launch: Launch = DEFAULT_LAUNCH,
 ) -> Fields:
     """One stage of an SSP scheme (`steppers.SSP_SCHEMES`) of every field, in one kernel (see
     the module): weight (total + E(u)), the step's increment after this stage, where u =
@@ -121,7 +148,8 @@ def fused_stage(
     model's `rhs.field_couplings`, built once before the loop.
     `add_fields`: the fields plus that increment instead (the last stage, in the same pass),
     added with stochastic rounding where `rounding_step` (`rounding.step_counter`) is given,
-    each field drawing its `rounding.streams`, as `steppers.advance_state` does."""
+    each field drawing its `rounding.streams`, as `steppers.advance_state` does. `launch`:
+    the kernel's tile and warps."""
     require_fusable(model)
     shape = tuple(model.grid.shape)
     names = model.names
@@ -158,7 +186,7 @@ def fused_stage(
             for rate in rates:
                 add(rate)
             outside[-1].append(values)
-    tile = _tile(shape)
+    tile = launch.tile(shape)
     kernel = functools.partial(
         _kernel,
         grid=model.grid,
@@ -179,7 +207,7 @@ def fused_stage(
         out_shape=[jax.ShapeDtypeStruct(shape, dtype) for _ in names],
         grid=tuple(pl.cdiv(n, t) for n, t in zip(shape, tile)),
         interpret=not gpu,
-        compiler_params=plt.CompilerParams(num_warps=WARPS, num_stages=1) if gpu else None,
+        compiler_params=plt.CompilerParams(num_warps=launch.warps, num_stages=1) if gpu else None,
     )(*inputs)
     return dict(zip(names, out))
 

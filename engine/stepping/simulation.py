@@ -191,6 +191,8 @@ class Simulation:
         devices: how many devices to use (default: all for "auto", one without a mesh).
         kernels: "auto" (default: `default_kernels`), "xla", or "pallas" for each explicit
             stage as one Pallas kernel (`engine.stepping.kernels`; on a GPU only it is fast).
+        kernel_launch: the Pallas kernels' tile and warps (`kernels.Launch`; by default its
+            defaults), to tune them on a GPU (`benchmarks/bench_kernel_tiles.py`).
         seed: the seed of the cells' random numbers (motion, division, death): step n of a
             run draws from fold_in(key(seed), n), so a run is reproducible and resumes
             bitwise.
@@ -216,6 +218,7 @@ class Simulation:
         mesh=None,
         devices: int | None = None,
         kernels: str = "auto",
+        kernel_launch: kernels_module.Launch | None = None,
         seed: int = 0,
     ):
         number = isinstance(dt, int | float) and not isinstance(dt, bool)
@@ -245,7 +248,10 @@ class Simulation:
             raise ValueError('kernels: "pallas" runs on one device; use "xla" with a mesh')
         if fused:
             kernels_module.require_fusable(model)
-        self.stepper = make_stepper(stepper, scheme, tolerance, fused)
+        if kernel_launch is not None and not fused:
+            raise ValueError('kernel_launch: only the Pallas kernels take it; add kernels="pallas"')
+        launch = kernel_launch or kernels_module.DEFAULT_LAUNCH
+        self.stepper = make_stepper(stepper, scheme, tolerance, fused, launch)
         self.adaptive = adaptive
         self.tolerance = tolerance
         self.max_steps = max_steps

@@ -97,6 +97,7 @@ class Explicit:
     scheme: str = "ssprk3"
     name: str = "explicit"
     fused: bool = False  # each stage's increment in one Pallas kernel (`kernels`)
+    launch: kernels.Launch = kernels.DEFAULT_LAUNCH  # the fused kernels' tile and warps
 
     def __post_init__(self):
         if self.scheme not in SSP_SCHEMES:
@@ -163,6 +164,7 @@ class Explicit:
                 weight,
                 add_fields=last,
                 rounding_step=rounding_step if last else None,
+                launch=self.launch,
             )
         return total
 
@@ -589,17 +591,22 @@ STEPPERS = {"explicit": Explicit, "imex": Imex, "quasi_steady": QuasiSteady}
 
 
 def make_stepper(
-    name: str, scheme: str = "ssprk3", tolerance: float = 1e-3, fused: bool = False
+    name: str,
+    scheme: str = "ssprk3",
+    tolerance: float = 1e-3,
+    fused: bool = False,
+    launch: kernels.Launch = kernels.DEFAULT_LAUNCH,
 ) -> Stepper:
     """A stepper by name. `scheme` picks the explicit scheme; `tolerance` is the accuracy
     target that sets dt = "auto" for the implicit steppers (the explicit one is bound by
-    stability well before accuracy); `fused`: the explicit stages as Pallas kernels."""
+    stability well before accuracy); `fused`: the explicit stages as Pallas kernels, launched
+    as `launch` says."""
     if name not in STEPPERS:
         raise ValueError(
             f"time.stepper: unknown stepper {name!r}; use one of {', '.join(STEPPERS)}"
         )
     if name == "explicit":
-        return Explicit(scheme=scheme, fused=fused)
+        return Explicit(scheme=scheme, fused=fused, launch=launch)
     if fused:
         raise ValueError(f'kernels: "pallas" fuses explicit steps only, not {name}; use "xla"')
     return STEPPERS[name](tolerance=tolerance)
