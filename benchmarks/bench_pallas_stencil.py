@@ -10,7 +10,10 @@ c) / (1 + dt decay). Two kernel layouts, each over a few tile shapes:
   by the cache);
 - block: a program owns a (tx, ty, tz) block and loads each of its six neighbours shifted.
 And the ceiling of any such kernel: copy, a program that loads its block and stores it scaled,
-the least a step can move, through Pallas instead of XLA.
+the least a step can move, through Pallas instead of XLA; and the same copy through Pallas'
+Mosaic GPU backend ("tma copy"), where each program streams its rows through shared memory
+with the TMA unit, several blocks in flight: whether a kernel that stages its blocks so can
+reach the in-place copy bandwidth where Triton's loads do not.
 Every kernel is first checked against the plain stencil (max abs difference printed), then
 timed as `bench_solver` times the engine: a device loop of two steps per iteration, each
 writing the other's input. Prints ms per step and the fraction of the copy bandwidth at the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -32,6 +36,11 @@ from common import RESULTS, device_name, median_seconds
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+
+try:  # Pallas' Mosaic GPU backend: without it, the script leaves out the TMA copies
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:
+    plgpu = None
 
 MARCH_TILES = [(32, 8, 128), (64, 4, 128), (32, 4, 64), (16, 8, 64), (64, 8, 64)]
 BLOCK_TILES = [
@@ -46,6 +55,9 @@ BLOCK_TILES = [
 ]
 COPY_TILES = [(4, 4, 128), (8, 8, 128), (1, 8, 512), (16, 16, 128)]
 WARPS = (4, 8)
+TMA_COPIES = [(16, 2, 256), (16, 4, 256), (32, 2, 256), (32, 3, 256), (16, 4, 1024), (8, 6, 512)]
+"""Mosaic GPU copies: (rows of TMA_WIDTH floats per block, blocks in flight, programs)."""
+TMA_WIDTH = 256  # the widest box a TMA copy takes along an axis
 
 
 def _shifted(ref, index, inside, centre):
@@ -102,6 +114,37 @@ def copy_kernel(c_ref, o_ref, *, a, gain, shape, tx, ty, tz):
 
 
 KERNELS = {"march": march_kernel, "block": block_kernel, "copy": copy_kernel}
+
+
+def tma_copy_step(shape, dtype, gain: float, rows: int, in_flight: int, programs: int):
+    """c * gain through Mosaic GPU: the grid viewed as rows of TMA_WIDTH values, each of
+    `programs` programs copying its share in blocks of `rows` rows through shared memory,
+    `in_flight` blocks loading or storing at once (`plgpu.emit_pipeline`)."""
+    size = math.prod(shape)
+    blocks = size // (rows * TMA_WIDTH)
+    if size % (rows * TMA_WIDTH) or blocks % programs:
+        raise ValueError(f"tma copy: {shape} does not split into {programs} x rows of {rows}")
+    steps = blocks // programs
+
+    def body(c_gmem, o_gmem):
+        program = lax.axis_index("program")
+
+        def block(_, c_smem, o_smem):
+            o_smem[...] = c_smem[...] * gain
+
+        spec = pl.BlockSpec((rows, TMA_WIDTH), lambda s: (program * steps + s, 0))
+        pipeline = plgpu.emit_pipeline(
+            block, grid=(steps,), in_specs=[spec], out_specs=[spec], max_concurrent_steps=in_flight
+        )
+        pipeline(c_gmem, o_gmem)
+
+    kernel = plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct((size // TMA_WIDTH, TMA_WIDTH), dtype),
+        grid=(programs,),
+        grid_names=("program",),
+    )
+    return lambda c: kernel(c.reshape(-1, TMA_WIDTH)).reshape(shape)
 
 
 def pallas_step(shape, dtype, a: float, gain: float, layout: str, tiles, warps: int, stages: int):
@@ -186,6 +229,16 @@ def main(argv=None) -> Path:
             kernels=kernels,
         )
         record(f"engine euler ({kernels})", case["seconds"])
+    for rows, in_flight, programs in TMA_COPIES if plgpu is not None else ():
+        label = f"tma copy {rows}x{TMA_WIDTH} f{in_flight} p{programs}"
+        try:
+            step = jax.jit(tma_copy_step(shape, jnp.float32, gain, rows, in_flight, programs))
+            error = float(jnp.max(jnp.abs(step(c) - c * gain)))
+            seconds = loop_seconds(step, c, args.steps, args.repeats)
+            extra = dict(tiles=(rows, TMA_WIDTH), in_flight=in_flight, programs=programs)
+            record(label, seconds, error, layout="tma copy", **extra)
+        except Exception as exc:  # a block the compiler refuses: say so and go on
+            print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     cases = [("copy", t, w, 1) for t in COPY_TILES for w in WARPS]
     cases += [("march", t, w, 1) for t in MARCH_TILES for w in WARPS]
     cases += [("block", t, w, 1) for t in BLOCK_TILES for w in WARPS]

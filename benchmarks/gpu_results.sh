@@ -8,7 +8,8 @@
 #
 #     bash benchmarks/gpu_results.sh [SCALE [STEPS...]]
 #
-# 1. hand-written Pallas kernels: the copy through Pallas and the bare stencils (the bound)
+# 1. hand-written Pallas kernels: the copy through Pallas (Triton, and Mosaic GPU with the
+#    TMA) and the bare stencils (the bound)
 # 2. the engine's explicit steps at 512^3 through XLA's fusion and through its kernels
 # 3. the kernels against XLA's step, compiled for the GPU (tests/test_kernels.py)
 # 4. the kernels' tiles and warps

@@ -200,6 +200,25 @@ def test_pallas_kernels_lower_to_triton_for_a_gpu(layout, tiles):
     assert f"grid_x = {8 // tiles[0]}" in exported.mlir_module()
 
 
+def test_the_tma_copy_lowers_to_mosaic_gpu():
+    """The Mosaic GPU copy of bench_pallas_stencil.py: its pipeline of TMA copies lowers for a
+    GPU here (Pallas' interpreters do not run such pipelines; the script checks what it
+    copies on the GPU), and a grid it cannot split evenly is refused."""
+    import bench_pallas_stencil
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    shape, gain = (4, 8, 256), 0.5  # 32 rows of 256: 4 blocks of 8 rows, 2 programs of 2
+    step = bench_pallas_stencil.tma_copy_step(shape, jnp.float32, gain, 8, 2, 2)
+    text = export.export(jax.jit(step), platforms=["cuda"])(
+        jax.ShapeDtypeStruct(shape, jnp.float32)
+    ).mlir_module()
+    assert "mosaic_gpu" in text and "cp.async.bulk.tensor" in text  # loads through the TMA
+    with pytest.raises(ValueError, match="does not split into 3"):
+        bench_pallas_stencil.tma_copy_step(shape, jnp.float32, gain, 8, 2, 3)
+
+
 @pytest.mark.slow  # runs the benchmark script
 def test_kernel_tiles_times_every_tile(tmp_path):
     import bench_kernel_tiles
@@ -211,3 +230,30 @@ def test_kernel_tiles_times_every_tile(tmp_path):
     tried = {(tuple(r["tile"]), r["warps"]) for r in rows}
     assert tried == {(t, w) for t in bench_kernel_tiles.TILES for w in bench_kernel_tiles.WARPS}
     assert all(r["seconds"] > 0 and r["fraction"] > 0 for r in rows)
+
+
+def test_the_bound_names_the_fastest_stencil_kernel_and_each_copy_apart(tmp_path):
+    """The GPU section's bound is the fastest hand-written kernel of the step, never one of
+    the copies (which move less and are always faster): those are stated as the ceiling of
+    each kind of copy kernel."""
+    import shutil
+
+    import make_readme
+
+    results = Path(__file__).parent.parent / "benchmarks" / "results"
+    for name in make_readme.CURRENT["gpu"]:
+        shutil.copy(results / name, tmp_path / name)
+    rows = [
+        dict(kernel="engine euler (xla)", seconds=6e-4, fraction=0.6, error=None),
+        dict(kernel="copy 4x4x128 w4 s1", seconds=3e-4, fraction=0.85, error=0.0, layout="copy"),
+        dict(kernel="tma copy 16x256 f2 p256", seconds=2.8e-4, fraction=0.93, error=0.0),
+        dict(kernel="block 4x4x128 w8 s1", seconds=4e-4, fraction=0.79, error=0.0, layout="block"),
+        dict(kernel="march 32x8x128 w4 s1", seconds=5e-4, fraction=0.7, error=0.0, layout="march"),
+    ]
+    rows[2]["layout"] = "tma copy"
+    bound = dict(device="gpu", shape=[512] * 3, copy_bandwidth=4e12, copy_method="in place")
+    (tmp_path / make_readme.CURRENT["gpu_bound"][0]).write_text(json.dumps(dict(bound, rows=rows)))
+    line = next(x for x in make_readme.results_markdown(tmp_path).splitlines() if "Bound" in x)
+    assert "the bare step, `block 4x4x128 w8 s1`, ran 0.400 ms per step (79%" in line
+    assert "The fastest copy through Pallas (`copy 4x4x128 w4 s1`)" in line and "85%" in line
+    assert "The fastest tma copy through Pallas (`tma copy 16x256 f2 p256`)" in line
