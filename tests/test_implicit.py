@@ -1,6 +1,9 @@
 """The implicit steppers (imex, quasi_steady) against the explicit one and exact solutions."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.linalg import expm
@@ -637,6 +640,40 @@ def test_error_control_holds_its_estimate_across_outputs(monkeypatch):
     assert ends[600.0][0] <= once + 1 and ends[120.0][0] <= 1.5 * once, ends
     for frame in (600.0, 120.0):
         assert relative_error(ends[frame][1], ends[7200.0][1]) < 1e-3
+
+
+def test_error_control_measures_errors_against_each_fields_largest_size_in_the_run():
+    """Errors are relative to each field's largest size so far in the run (`State.scale`), not
+    to its size now, so that a field decayed far below its peak is not resolved to its own
+    vanishing size: a run carries on each field's largest size met at its estimates, and told
+    that V5's fields were once 10x and 100x their size now, error control proposes steps
+    longer by 10^(1/3) and 100^(1/3) (imex's local error grows as step^3)."""
+    model = coupled_model(size=16)
+    sim = engine.Simulation(model, stepper="imex", dtype="float64", tolerance=1e-3)
+    first = sim.initial_state()
+    largest = {k: float(np.max(np.abs(v))) for k, v in first.numpy().items()}
+    state = sim.advance(first, 600.0)
+    sizes = {k: float(np.max(np.abs(v))) for k, v in state.numpy().items()}
+    for name, size in largest.items():  # met at the first estimate
+        assert state.scale[name] >= size
+    proposals = {}
+    for factor in (1, 10, 100):
+        told = dataclasses.replace(state, scale={k: factor * v for k, v in sizes.items()})
+        proposals[factor] = sim._accurate_step(told, 1e5)[1]
+    for factor in (10, 100):
+        assert proposals[factor] / proposals[1] == pytest.approx(factor ** (1 / 3), rel=0.1)
+    # adaptive stepping alike, its scale carried on through its device loop
+    options = dict(stepper="imex", dtype="float64", tolerance=1e-3, adaptive=True)
+    adaptive = engine.Simulation(model, **options)
+    steps = {}
+    for factor in (1, 100):
+        scale = {k: factor * v for k, v in sizes.items()}
+        fields = {k: jnp.copy(v) for k, v in state.fields.items()}  # donated
+        told = dataclasses.replace(state, fields=fields, scale=scale, dt=None)
+        end = adaptive.advance(told, 1800.0)
+        steps[factor] = end.step - state.step
+        assert all(end.scale[k] >= v for k, v in scale.items())
+    assert steps[100] < steps[1] / 2, steps
 
 
 @pytest.mark.parametrize("power", [1.0, 2.0, 3.0])

@@ -315,26 +315,36 @@ def test_checkpoint_round_trip(tmp_path):
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
         writer.write_checkpoint(3.0, 7, None, state)
         saved = read_checkpoint(path)  # readable while the writer is open
-        assert (saved.dt, saved.held, saved.cells) == (None, None, {})
+        assert (saved.dt, saved.held, saved.scale, saved.cells) == (None, None, None, {})
         state["IL2"] = state["IL2"] * 2
-        writer.write_checkpoint(6.0, 14, 0.25, state, held=(0.5, 8.0))  # replaced in place
+        scale = {"IL2": 2.5, "T": 1e-3}
+        writer.write_checkpoint(6.0, 14, 0.25, state, held=(0.5, 8.0), scale=scale)  # in place
     saved = read_checkpoint(path)
     assert (saved.time, saved.step, saved.dt, saved.held) == (6.0, 14, 0.25, (0.5, 8.0))
+    assert saved.scale == scale
     assert set(saved.fields) == {"IL2", "T", "hidden"}
     for name, value in state.items():
         np.testing.assert_array_equal(saved.fields[name], value)
         assert saved.fields[name].dtype == value.dtype
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
+        writer.write_checkpoint(8.0, 16, 0.25, state, held=(0.5, 8.0), scale=scale)
+        writer.write_checkpoint(8.5, 18, 0.25, state)  # into the copy of 6 s: its scale goes
+        assert read_checkpoint(path).scale is None
         writer.write_checkpoint(9.0, 20, None, {"IL2": np.zeros(grid.shape)})  # new layout
     saved = read_checkpoint(path)
     assert (saved.time, saved.step, saved.dt, set(saved.fields)) == (9.0, 20, None, {"IL2"})
-    assert saved.held is None
+    assert saved.held is None and saved.scale is None  # none left from the earlier ones
     with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True) as writer:
         members = (np.array([0.5, np.nan]), np.array([8.0, np.nan]))  # a sweep's: one holds
-        writer.write_checkpoint(12.0, 24, np.array([0.1, 0.2]), state, held=members)
-    step_held, until = read_checkpoint(path).held
+        scales = {"IL2": np.array([2.0, np.nan]), "T": np.array([1e-3, np.nan])}
+        writer.write_checkpoint(12.0, 24, np.array([0.1, 0.2]), state, held=members, scale=scales)
+    saved = read_checkpoint(path)
+    step_held, until = saved.held
     np.testing.assert_array_equal(step_held, members[0])
     np.testing.assert_array_equal(until, members[1])
+    assert list(saved.scale) == ["IL2", "T"]
+    for name, value in scales.items():
+        np.testing.assert_array_equal(saved.scale[name], value)
     with OutputWriter(tmp_path / "none.h5", grid, FIELDS, "float32", ATTRS, {}):
         pass
     with pytest.raises(ValueError, match="no checkpoint"):

@@ -35,7 +35,7 @@ sphere = {{ center = ["{c} um", "{c} um"], radius = "60 um" }}
 [species.IL2]
 diffusion = "100 um^2/s"
 decay = "1e-3 1/s"
-
+{il2_initial}
 [populations.T]
 initial = {{ region = "lesion", value = 1e-3 }}
 motility = "1 um^2/s"
@@ -59,12 +59,31 @@ checkpoint_every = "{checkpoint}"
 
 
 def write_config(
-    folder: Path, n=24, end="20 min", stepper="imex", dt='"auto"', every="2 min", checkpoint="4 min"
+    folder: Path,
+    n=24,
+    end="20 min",
+    stepper="imex",
+    dt='"auto"',
+    every="2 min",
+    checkpoint="4 min",
+    il2_initial=None,
 ) -> Path:
+    """The test case in `folder`; `il2_initial`: IL-2 in the lesion at the start (nM; none by
+    default: the T cells secrete it)."""
     path = folder / "case.toml"
+    initial = (
+        "" if il2_initial is None else f"initial = {{ region = 'lesion', value = {il2_initial} }}"
+    )
     path.write_text(
         CONFIG.format(
-            n=n, end=end, stepper=stepper, dt=dt, every=every, c=5 * n, checkpoint=checkpoint
+            n=n,
+            end=end,
+            stepper=stepper,
+            dt=dt,
+            every=every,
+            c=5 * n,
+            checkpoint=checkpoint,
+            il2_initial=initial,
         )
     )
     return path
@@ -320,19 +339,28 @@ def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
                 np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
 
 
-def test_an_error_controlled_run_resumes_with_its_held_estimate_bitwise(tmp_path):
+@pytest.mark.parametrize("every, il2_initial", [("1 min", None), ("2 min", 20.0)])
+def test_an_error_controlled_run_resumes_with_its_held_estimate_bitwise(
+    tmp_path, every, il2_initial
+):
     """imex at dt = "auto" in frames of a few steps: the checkpoint keeps the estimate of the
-    step that still holds (`State.held`), and the run resumed from it takes the steps of an
-    uninterrupted one, to the bit (estimating afresh at the resume would not: 3e-6 apart)."""
+    step that still holds (`State.held`) and the fields' largest sizes over the run
+    (`State.scale`: with IL-2 in the lesion at the start, its peak is long gone by the
+    checkpoint), and the run resumed from it takes the steps of an uninterrupted one, to the
+    bit (estimating afresh at the resume would not: 3e-6 apart; nor would the second case's
+    estimates against IL-2's size at the resume: 3e-6)."""
     from engine.io.checkpoint import read_checkpoint
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     resumed.mkdir(), straight.mkdir()
-    options = dict(n=12, every="1 min", checkpoint="1 min")
+    options = dict(n=12, every=every, checkpoint=every, il2_initial=il2_initial)
     shorter = write_config(resumed, end="10 min", **options)
     assert main(["run", str(shorter), "-o", str(resumed / "o.h5"), "--quiet"]) == 0
-    held = read_checkpoint(resumed / "o.h5").held
+    saved = read_checkpoint(resumed / "o.h5")
+    held = saved.held
     assert held is not None and held[1] > 600.0  # it holds beyond the checkpoint
+    if il2_initial is not None:  # the IL-2 of the start sets its scale still
+        assert saved.scale["IL2"] >= il2_initial > 4 * np.max(saved.fields["IL2"])
     longer = write_config(resumed, end="20 min", **options)
     assert main(["run", str(longer), "-o", str(resumed / "o.h5"), "--resume", "--quiet"]) == 0
     config = write_config(straight, end="20 min", **options)

@@ -90,11 +90,12 @@ def prepare_checkpoint(
     group.attrs["complete"] = 0  # written in place: no growth, marked meanwhile
 
 
-def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None) -> None:
+def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None, scale=None) -> None:
     """Mark /checkpoint_next (its data written) complete at time t (s) after `step` steps with
-    the proposed step size dt (s; one per member of a sweep; None: NaN in the file) and error
-    control's held estimate (`State.held`: its step and until when, s; None: NaN), then swap
-    it with /checkpoint. Flushed."""
+    the proposed step size dt (s; one per member of a sweep; None: NaN in the file), error
+    control's held estimate (`State.held`: its step and until when, s; None: NaN) and the
+    run's scale of each field (`State.scale`; None: left out), then swap it with
+    /checkpoint. Flushed."""
     group = f[CHECKPOINT_NEXT]
     group.attrs["time"] = float(t)
     group.attrs["step"] = int(step)
@@ -102,6 +103,11 @@ def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None) -> None:
     step_held, until = (None, None) if held is None else held
     group.attrs["held_step"] = _nan_for_none(step_held)
     group.attrs["held_until"] = _nan_for_none(until)
+    for key in SCALE_ATTRS:  # the spare copy may hold an earlier checkpoint's
+        group.attrs.pop(key, None)
+    if scale is not None:
+        group.attrs[SCALE_ATTRS[0]] = list(scale)
+        group.attrs[SCALE_ATTRS[1]] = np.array([scale[k] for k in scale], np.float64)
     group.attrs["complete"] = 1
     f.flush()
     if CHECKPOINT in f:
@@ -112,6 +118,11 @@ def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None) -> None:
     f.flush()
 
 
+SCALE_ATTRS = ("scale_fields", "scale")
+"""The checkpoint's attributes holding `State.scale`: the field names, and their scales in that
+order (one row per field, of one per member for a sweep)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """A file's latest complete checkpoint, everything `--resume` continues from.
@@ -119,7 +130,8 @@ class Checkpoint:
     time (s) and step: where the run was; dt: the step (s) error control proposed next (an
     array of a sweep's members), or None; fields: {name: array}; held: error control's
     `State.held` (step, until when; s), or None (none held, or a file written before estimates
-    were held); cells: {type: {position, alive, id, <state>..., next_id, overflow (0-d int64)}},
+    were held); scale: error control's `State.scale` ({field: size}, None where the run had
+    none); cells: {type: {position, alive, id, <state>..., next_id, overflow (0-d int64)}},
     {} when the run has no cells."""
 
     time: float
@@ -127,6 +139,7 @@ class Checkpoint:
     dt: float | np.ndarray | None
     fields: dict
     held: tuple | None
+    scale: dict | None
     cells: dict
 
 
@@ -149,6 +162,7 @@ def read_checkpoint(path, load=None) -> Checkpoint:
             dt=_none_for_nan(group.attrs["dt"]),
             fields={k: d[()] for k, d in datasets.items()} if load is None else load(datasets),
             held=_held(group.attrs),
+            scale=_scale(group.attrs),
             cells=_cells(group),
         )
 
@@ -158,6 +172,14 @@ def _held(attrs):
         return None
     step, until = (_none_for_nan(attrs[k]) for k in ("held_step", "held_until"))
     return None if step is None else (step, until)
+
+
+def _scale(attrs) -> dict | None:
+    if SCALE_ATTRS[1] not in attrs:
+        return None
+    values = np.asarray(attrs[SCALE_ATTRS[1]], np.float64)
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in attrs[SCALE_ATTRS[0]]]
+    return {name: float(v) if v.ndim == 0 else v for name, v in zip(names, values)}
 
 
 def _cells(group: h5py.Group) -> dict[str, dict[str, np.ndarray]]:

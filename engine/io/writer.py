@@ -338,13 +338,14 @@ class OutputWriter:
         fields: dict,
         cells: dict | None = None,
         held=None,
+        scale=None,
     ) -> None:
         """Replace /checkpoint with the full state at time t (s) after `step` steps; dt is the
         step size in use (None: NaN in the file), `held` error control's estimate that still
-        holds (`State.held`); `cells` holds every cell type's arrays with
-        next_id and overflow (see the class). Written beside it and then swapped
-        (`engine.io.checkpoint`): a kill at any point leaves one complete checkpoint, which
-        `read_checkpoint` takes. Flushed, and the XDMF sidecar
+        holds (`State.held`), `scale` the run's size of each field (`State.scale`); `cells`
+        holds every cell type's arrays with next_id and overflow (see the class). Written
+        beside it and then swapped (`engine.io.checkpoint`): a kill at any point leaves one
+        complete checkpoint, which `read_checkpoint` takes. Flushed, and the XDMF sidecar
         refreshed."""
         self._require_open()
         arrays = {name: as_parts(value) for name, value in fields.items()}
@@ -369,7 +370,7 @@ class OutputWriter:
                     f[CHECKPOINT_NEXT][name][index] = block
 
         def finish(f):
-            commit_checkpoint(f, t, step, dt, held)
+            commit_checkpoint(f, t, step, dt, held, scale)
             write_sidecar(f, self.current_path())
 
         self._each(blocks)

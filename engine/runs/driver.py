@@ -152,6 +152,7 @@ def run(
             dt=saved.dt,
             cells=cells,
             held=saved.held,
+            scale=saved.scale,
         )
         path = output
     else:
@@ -213,7 +214,9 @@ def run(
                     bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
                 due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
                 if following is None or stop or due:
-                    writer.write_checkpoint(state.t, state.step, state.dt, host, cells, state.held)
+                    writer.write_checkpoint(
+                        state.t, state.step, state.dt, host, cells, state.held, state.scale
+                    )
                     last_checkpoint = state.t
                 if stop:
                     raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")

@@ -23,10 +23,12 @@ from engine.stepping.simulation import (
     Simulation,
     State,
     difference_norm,
+    field_sizes,
     in_precision,
     needs_estimate,
     next_leg,
     refuse_unstable_dt,
+    run_scale,
     steps_within,
     stretches,
 )
@@ -206,7 +208,12 @@ class Ensemble:
     @functools.cached_property
     def _differences(self):
         """Each member's `simulation.difference_norm`, compiled once."""
-        return jax.jit(jax.vmap(difference_norm, in_axes=(0, 0, None, 0)))
+        return jax.jit(jax.vmap(difference_norm, in_axes=(0, 0, None, 0, 0)))
+
+    @functools.cached_property
+    def _sizes(self):
+        """Each member's `simulation.field_sizes`, compiled once."""
+        return jax.jit(jax.vmap(field_sizes))
 
     @in_precision
     def step_bounds(self, state: State) -> np.ndarray:
@@ -218,10 +225,13 @@ class Ensemble:
         return self.sim.safety * np.asarray(stable, dtype=np.float64)
 
     @in_precision
-    def _accurate_steps(self, fields, t: np.ndarray, longest: np.ndarray, proposal):
-        """Each member's (step, proposal) from `fields` at its t (s), at most `longest` (s),
-        trying `proposal` first (`steppers.accurate_step`, the members' trials in one
-        batch)."""
+    def _accurate_steps(self, fields, t: np.ndarray, longest: np.ndarray, proposal, scale):
+        """Each member's (step, proposal, scale) from `fields` at its t (s), at most `longest`
+        (s), trying `proposal` first, against at least the run's `scale`
+        (`Simulation._accurate_step`; the members' trials in one batch)."""
+        sizes = self._map(lambda leaves, f: self._sizes(f), fields)
+        scale = run_scale(scale, {k: np.asarray(v, np.float64) for k, v in sizes.items()})
+        floor = {k: v.astype(self.dtype) for k, v in scale.items()}
         t0 = t.astype(self.dtype)
         local = jnp.asarray(self.sim.tolerance * LOCAL_SHARE, self.dtype)
         ones = np.ones(self.size, np.int32)
@@ -237,11 +247,12 @@ class Ensemble:
                 self._advance_members, t0, fields, (h / 2).astype(self.dtype), 2 * ones
             )
             differences = self._map(
-                lambda _, a, b, c: self._differences(a, b, local, c), full, half, ahead
+                lambda _, a, b, c, d: self._differences(a, b, local, c, d), full, half, ahead, floor
             )
             return np.asarray(differences, np.float64)
 
-        return accurate_step(error_at, longest, proposal, self.stepper.order)
+        step, proposal = accurate_step(error_at, longest, proposal, self.stepper.order)
+        return step, proposal, scale
 
     @in_precision
     def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
@@ -258,6 +269,7 @@ class Ensemble:
         fields, steps, proposal = state.fields, state.step, state.dt
         none = np.full(self.size, np.nan)
         held = state.held if state.held is not None else (none, none)
+        scale = state.scale
         controlled = self.sim.error_controlled
         for start, end in stretches(self.sources, state.t, float(t_end)):
             t = np.full(self.size, start)  # each member's own legs, as its single run's
@@ -268,8 +280,12 @@ class Ensemble:
                     need, step = needs_estimate(t, end, held), None
                     if np.any(need):  # the others try anything (and take nothing)
                         longest = np.where(going, dt_max, end - start)
-                        step, new = self._accurate_steps(fields, t, longest, proposal)
+                        step, new, seen = self._accurate_steps(fields, t, longest, proposal, scale)
                         proposal = new if proposal is None else np.where(need, new, proposal)
+                        scale = {  # the others' as it was (NaN: none yet)
+                            k: np.where(need, v, np.nan if scale is None else scale[k])
+                            for k, v in seen.items()
+                        }
                     dt_max, stop, held = next_leg(t, end, dt_max, held, step, self.sources)
                 n_steps = np.array(
                     [steps_within(b - a, d) if b > a else 0 for a, b, d in zip(t, stop, dt_max)]
@@ -284,7 +300,7 @@ class Ensemble:
                 )
                 steps, t = steps + int(n_steps.max()), stop
         held = held if controlled else None
-        return State(t=float(t_end), fields=fields, step=steps, dt=proposal, held=held)
+        return State(t=float(t_end), fields=fields, step=steps, dt=proposal, held=held, scale=scale)
 
     @functools.cached_property
     def _advance_members(self):

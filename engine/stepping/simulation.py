@@ -37,7 +37,9 @@ class State:
     error-controlled stepping proposes to try next (None until one has run); `held`: the
     (step s, until s) of error control's last estimate while it still holds (`holds`), so
     that the next `advance` goes on with it rather than estimating again at every output
-    (one of each per member of a sweep, NaN where none holds)."""
+    (one of each per member of a sweep, NaN where none holds); `scale`: each field's largest
+    size (max |value|) error control has met so far in the run (`run_scale`; an array of
+    one per member of a sweep; None before its first estimate)."""
 
     t: float
     fields: Fields
@@ -45,6 +47,7 @@ class State:
     dt: float | None = None
     cells: dict[str, Cells] = field(default_factory=dict)
     held: tuple | None = None
+    scale: dict | None = None
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.fields.items()}
@@ -178,7 +181,8 @@ class Simulation:
             simulation's calls only).
         safety: fraction of the stable step used by dt = "auto".
         tolerance: accuracy target of the implicit steppers' dt = "auto", and the local error
-            target (relative to each field's maximum) of adaptive stepping.
+            target of adaptive stepping, both relative to each field's largest size over the
+            run (`State.scale`).
         adaptive: control the step size by the local error (step doubling) instead of a fixed
             or "auto" dt (which then only sets the first step).
         max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
@@ -267,6 +271,7 @@ class Simulation:
         )
         self._stable_dt = jax.jit(self._stable_dt_traced)
         self._difference = jax.jit(difference_norm)
+        self._sizes = jax.jit(field_sizes)
         self._advance_adaptive = jax.jit(
             self._adaptive_traced, donate_argnums=1, compiler_options=options
         )
@@ -323,11 +328,11 @@ class Simulation:
             )
         return self._keep_layout(fields), cells
 
-    def _adaptive_traced(self, model, fields, t0, t_end, dt):
+    def _adaptive_traced(self, model, fields, t0, t_end, dt, scale):
         self.trace_count += 1
         with parallel.layout(self.mesh):
             return advance_adaptive(
-                self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps
+                self.stepper, model, fields, t0, t_end, dt, self.tolerance, self.max_steps, scale
             )
 
     @in_precision
@@ -437,11 +442,15 @@ class Simulation:
 
     @in_precision
     def _accurate_step(self, state: State, longest: float):
-        """(step, proposal): `steppers.accurate_step` from `state`, at most `longest` (s),
-        trying its proposal first; a trial of `longest` itself reuses the step `ahead` took."""
+        """(step, proposal, scale): `steppers.accurate_step` from `state`, at most `longest`
+        (s), trying its proposal first, its errors measured against at least the run's
+        `scale` (`State.scale`, with the fields' sizes now); a trial of `longest` itself
+        reuses the step `ahead` took."""
         if not math.isfinite(longest):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
         fields, cells, t = state.fields, state.cells, state.t
+        scale = run_scale(state.scale, {k: float(v) for k, v in self._sizes(fields).items()})
+        floor = {k: jnp.asarray(v, self.dtype) for k, v in scale.items()}
         local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
         ahead = self._trial_steps(fields, cells, t, longest, 1)
 
@@ -449,10 +458,10 @@ class Simulation:
             h = float(h)
             full = ahead if h == longest else self._trial_steps(fields, cells, t, h, 1)
             half = self._trial_steps(fields, cells, t, h / 2, 2)
-            return float(self._difference(full, half, local, ahead))
+            return float(self._difference(full, half, local, ahead, floor))
 
         dt, proposal = accurate_step(error_at, longest, state.dt, self.stepper.order)
-        return float(dt), float(proposal)
+        return float(dt), float(proposal), scale
 
     def _trial_steps(self, fields, cells, t: float, dt: float, n_steps: int) -> Fields:
         """The fields after `n_steps` steps of `dt` (s) from t on copies of `fields` and
@@ -482,7 +491,7 @@ class Simulation:
             return state
         bound, cells_limit = self._steps(state)
         fields, cells, steps, proposal = state.fields, state.cells, state.step, state.dt
-        held = state.held or NOT_HELD
+        held, scale = state.held or NOT_HELD, state.scale
         sources = self.host_model.sources
         for start, end in stretches(sources, state.t, float(t_end)):
             t = start
@@ -491,8 +500,8 @@ class Simulation:
                 if self.error_controlled:
                     step = None
                     if needs_estimate(t, end, held):
-                        here = State(t=t, fields=fields, cells=cells, dt=proposal)
-                        step, proposal = self._accurate_step(here, dt_max)
+                        here = State(t=t, fields=fields, cells=cells, dt=proposal, scale=scale)
+                        step, proposal, scale = self._accurate_step(here, dt_max)
                     dt_max, stop, held = next_leg(t, end, dt_max, held, step, sources)
                     dt_max, stop = float(dt_max), float(stop)
                 n_steps = steps_within(stop - t, dt_max)
@@ -505,17 +514,27 @@ class Simulation:
                     legs.append((n_steps, dt, every))
                 steps, t = steps + n_steps, stop
         held = None if math.isnan(held[0]) else tuple(float(x) for x in held)
-        return State(t=float(t_end), fields=fields, step=steps, dt=proposal, cells=cells, held=held)
+        return State(
+            t=float(t_end),
+            fields=fields,
+            step=steps,
+            dt=proposal,
+            cells=cells,
+            held=held,
+            scale=scale,
+        )
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
         dt = min(dt, t_end - state.t)
-        fields, dt, accepted, rejected = self._advance_adaptive(
+        scale = run_scale(state.scale, {k: float(v) for k, v in self._sizes(state.fields).items()})
+        fields, dt, accepted, rejected, scale = self._advance_adaptive(
             self.model,
             state.fields,
             jnp.asarray(state.t, self.dtype),
             jnp.asarray(t_end, self.dtype),
             jnp.asarray(dt, self.dtype),
+            {k: jnp.asarray(v, self.dtype) for k, v in scale.items()},
         )
         accepted, rejected = int(accepted), int(rejected)
         if accepted + rejected >= self.max_steps:
@@ -524,7 +543,8 @@ class Simulation:
                 "raise time.tolerance or max_steps"
             )
         self.rejected_steps += rejected
-        return State(t=t_end, fields=fields, step=state.step + accepted, dt=float(dt))
+        scale = {k: float(v) for k, v in scale.items()}
+        return State(t=t_end, fields=fields, step=state.step + accepted, dt=float(dt), scale=scale)
 
     @in_precision
     def compile_stats(self, state: State, n_steps: int = 1) -> dict:
@@ -579,13 +599,28 @@ class Simulation:
         )
 
 
-def difference_norm(full: Fields, half: Fields, tolerance, ahead: Fields):
+def difference_norm(full: Fields, half: Fields, tolerance, ahead: Fields, floor: Fields):
     """`steppers.error_norm` of two half steps' difference from one full step, each field's
-    size the larger of the half steps' and `ahead`'s (the fields a step to the stretch's end
+    size the largest of the half steps', `ahead`'s (the fields a step to the stretch's end
     reaches: a field that starts from 0 is measured against the size it grows to, not the
-    vanishing one it has)."""
-    sizes = {k: jnp.maximum(jnp.abs(half[k]), jnp.max(jnp.abs(ahead[k]))) for k in half}
+    vanishing one it has) and `floor`'s (its size over the run so far, `run_scale`: a field
+    decayed far below its peak is not resolved relative to its own vanishing size)."""
+    sizes = {
+        k: jnp.maximum(jnp.maximum(jnp.max(jnp.abs(half[k])), jnp.max(jnp.abs(ahead[k]))), floor[k])
+        for k in half
+    }
     return error_norm([{k: half[k] - full[k] for k in half}], sizes, tolerance)
+
+
+def field_sizes(fields: Fields) -> Fields:
+    """Each field's size: its largest |value| (0-d arrays)."""
+    return {name: jnp.max(jnp.abs(value)) for name, value in fields.items()}
+
+
+def run_scale(scale: dict | None, sizes: dict) -> dict:
+    """Each field's largest size over the run: `State.scale` (None: none yet) updated with
+    the fields' `sizes` now (floats, or arrays of a sweep's members)."""
+    return dict(sizes) if scale is None else {k: np.fmax(scale[k], v) for k, v in sizes.items()}
 
 
 def default_kernels(model: Model, stepper: str, scheme: str, adaptive: bool, mesh) -> str:

@@ -212,7 +212,8 @@ def reaction_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
 
 
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
-    """Largest error relative to `tolerance` x each field's maximum (<= 1: step accepted)."""
+    """Largest error relative to `tolerance` x each field's maximum (<= 1: step accepted);
+    `fields`: the fields, or each field's size (0-d)."""
     worst = jnp.zeros((), next(iter(fields.values())).dtype)
     for error in errors:
         for name, e in error.items():
@@ -230,16 +231,22 @@ is the sum of the local errors that the dynamics have not yet damped (measured: 
 times the local target on V5, up to about 8 on `autoimmune`; docs/numerics.md)."""
 
 
-def step_doubling_error(stepper: Stepper, model: Model, prepared, fields: Fields, t, h, tolerance):
+def step_doubling_error(
+    stepper: Stepper, model: Model, prepared, fields: Fields, t, h, tolerance, floor=None
+):
     """One step of h against two of h/2 from `fields` at t: their largest difference relative
-    to `tolerance` x each field's maximum (`error_norm`; <= 1: within the tolerance), and the
-    two half steps' result. The difference is 2^p - 1 times the half steps' local error where
-    the scheme has reached its order p, and a bound on it where long steps over transients
-    have not."""
+    to `tolerance` x each field's size (`error_norm`; <= 1: within the tolerance), and the
+    two half steps' result. A field's size is its maximum after the half steps, or its
+    `floor` (its largest size over the run, 0-d) where that is larger. The difference is
+    2^p - 1 times the half steps' local error where the scheme has reached its order p, and a
+    bound on it where long steps over transients have not."""
     full = stepper.step(model, prepared, fields, t, h)
     half = stepper.step(model, prepared, fields, t, h / 2)
     half = stepper.step(model, prepared, half, t + h / 2, h / 2)
-    return error_norm([{k: half[k] - full[k] for k in fields}], half, tolerance), half
+    sizes = {k: jnp.max(jnp.abs(v)) for k, v in half.items()}
+    if floor is not None:
+        sizes = {k: jnp.maximum(v, floor[k]) for k, v in sizes.items()}
+    return error_norm([{k: half[k] - full[k] for k in fields}], sizes, tolerance), half
 
 
 def step_factor(error, order: int, safety: float = 0.9):
@@ -731,7 +738,15 @@ def _loop(n_steps, body, carry):
 
 
 def advance_adaptive(
-    stepper: Stepper, model: Model, fields: Fields, t0, t_end, dt, tolerance: float, max_steps
+    stepper: Stepper,
+    model: Model,
+    fields: Fields,
+    t0,
+    t_end,
+    dt,
+    tolerance: float,
+    max_steps,
+    scale: Fields,
 ):
     """Steps from t0 to t_end with the step size controlled by the local error, estimated by
     step doubling: one step of h against two of h/2, whose difference bounds the error of the
@@ -741,29 +756,34 @@ def advance_adaptive(
     error over a run exceeded the tolerance. This captures the coupling between reactions and
     diffusion as well as the reactions' own error, which an embedded pair of the reaction part
     alone misses. The next step is scaled by
-    0.9 error^(-1/(p+1)) within 0.2x..5x. One device loop.
+    0.9 error^(-1/(p+1)) within 0.2x..5x. Errors are relative to each field's largest size
+    over the run (`scale`, 0-d per field, at t0; carried on with each accepted step). One
+    device loop.
 
-    Returns the fields, the last proposed dt, and the accepted and rejected step counts."""
+    Returns the fields, the last proposed dt, the accepted and rejected step counts, and the
+    scale at t_end."""
     span = t_end - t0
     order = stepper.order
     prepared = stepper.prepare(model)
     local = tolerance * LOCAL_SHARE
 
     def cond(carry):
-        t, _, _, accepted, rejected = carry
+        t, _, _, accepted, rejected, _ = carry
         return (t_end - t > 1e-6 * span) & (accepted + rejected < max_steps)
 
     def body(carry):
-        t, dt, u, accepted, rejected = carry
+        t, dt, u, accepted, rejected, scale = carry
         h = jnp.minimum(dt, t_end - t)
-        error, half = step_doubling_error(stepper, model, prepared, u, t, h, local)
+        error, half = step_doubling_error(stepper, model, prepared, u, t, h, local, scale)
         ok = error <= 1
         u = {k: jnp.where(ok, half[k], u[k]) for k in u}
+        scale = {k: jnp.maximum(v, jnp.max(jnp.abs(u[k]))) for k, v in scale.items()}
         factor = step_factor(error, order)
-        return jnp.where(ok, t + h, t), h * factor, u, accepted + ok, rejected + (1 - ok)
+        t = jnp.where(ok, t + h, t)
+        return t, h * factor, u, accepted + ok, rejected + (1 - ok), scale
 
     zero = jnp.zeros((), jnp.int32)
-    _, dt, fields, accepted, rejected = lax.while_loop(
-        cond, body, (jnp.asarray(t0, dt.dtype), dt, fields, zero, zero)
+    _, dt, fields, accepted, rejected, scale = lax.while_loop(
+        cond, body, (jnp.asarray(t0, dt.dtype), dt, fields, zero, zero, scale)
     )
-    return fields, dt, accepted, rejected
+    return fields, dt, accepted, rejected, scale
