@@ -9,7 +9,10 @@ Each run advances in the config's output intervals (dt = "auto" re-evaluated at 
 `ilsim run` does) without writing files; the runs of a scenario advance frame by frame side by
 side, each frame's advance timed on its own. `--size N` coarsens the 128^3 grid to N^3 over the
 same tissue (the spacing scaled by 128 / N), for machines that cannot afford 128^3. The
-reference is imex in float64 at an accuracy target of 1e-6, which is converged. An explicit
+reference is imex in float64 at an accuracy target of 1e-6: converged to about 1e-5
+(`autoimmune` at 16^3: 1.4e-5 from one at 1e-7), far below imex's errors at its shipped
+1e-3 but at the level of explicit's, which read as bounds (against the reference at 1e-7 that
+scenario's ssprk3 is 6.6e-6 off, float32 and float64 alike). An explicit
 reference cannot be made fine enough: its linear sinks are implicit per voxel, first order in
 the sink rate, and in IL-2's uptake-dominated tail after a dose its error falls only in
 proportion to the step (the readings for both: docs/numerics.md). The error of a run is the

@@ -616,7 +616,7 @@ def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(toleranc
 def test_error_control_holds_its_estimate_across_outputs(monkeypatch):
     """An estimate of imex's step holds for `STEPS_PER_ESTIMATE` steps (or to the next
     schedule edge) whether or not an output falls in between: V5 advanced in frames of 10 min
-    (a few estimates' reach each) estimates as often as in one advance over the 2 h (16 times;
+    (a few estimates' reach each) estimates as often as in one advance over the 2 h (15 times;
     24 when every frame estimated afresh), frames of 2 min (about 5 steps) 22 times against
     61, and every run ends within the tolerance of the one advance."""
     model = coupled_model(size=16)
