@@ -176,7 +176,7 @@ class Simulation:
         scheme: explicit scheme, "euler" | "ssprk2" | "ssprk3".
         dt: time step (s), or "auto" for `safety` times the stepper's largest step (stability
             for explicit, the accuracy target `tolerance` for the implicit steppers),
-            re-evaluated at the start of every `advance` (rates change with the fields).
+            re-evaluated as the run goes (rates change with the fields).
         dtype: "float32" (default) or "float64" (JAX's 64-bit mode is switched on inside this
             simulation's calls only).
         safety: fraction of the stable step used by dt = "auto".
@@ -410,8 +410,8 @@ class Simulation:
     @property
     def error_controlled(self) -> bool:
         """Whether dt = "auto" is set by the local error (`steppers.accurate_step`): the
-        implicit steppers' accuracy target, estimated afresh at the start of every stretch
-        of `advance`."""
+        implicit steppers' accuracy target, estimated every `STEPS_PER_ESTIMATE` steps at
+        most and at every schedule edge (`advance`, `next_leg`)."""
         return self.dt == "auto" and self.stepper.name != "explicit" and not self.adaptive
 
     def time_step(self, state: State, span: float = math.inf) -> float:
