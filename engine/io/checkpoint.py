@@ -20,6 +20,8 @@ from engine.io.layout import (
     CHECKPOINT_GROUPS,
     CHECKPOINT_NEXT,
     CHECKPOINT_SWAP,
+    attr_value,
+    decode_attr,
     frame_chunks,
     open_read,
 )
@@ -106,7 +108,7 @@ def commit_checkpoint(f: h5py.File, t: float, step: int, dt, held=None, scale=No
     for key in SCALE_ATTRS:  # the spare copy may hold an earlier checkpoint's
         group.attrs.pop(key, None)
     if scale is not None:
-        group.attrs[SCALE_ATTRS[0]] = list(scale)
+        group.attrs[SCALE_ATTRS[0]] = attr_value(list(scale))
         group.attrs[SCALE_ATTRS[1]] = np.array([scale[k] for k in scale], np.float64)
     group.attrs["complete"] = 1
     f.flush()
@@ -178,7 +180,7 @@ def _scale(attrs) -> dict | None:
     if SCALE_ATTRS[1] not in attrs:
         return None
     values = np.asarray(attrs[SCALE_ATTRS[1]], np.float64)
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in attrs[SCALE_ATTRS[0]]]
+    names = decode_attr(attrs[SCALE_ATTRS[0]])
     return {name: float(v) if v.ndim == 0 else v for name, v in zip(names, values)}
 
 

@@ -449,7 +449,7 @@ class Simulation:
         if not math.isfinite(longest):
             raise ValueError("time_step: give the span to step over; the step is unbounded")
         fields, cells, t = state.fields, state.cells, state.t
-        scale = run_scale(state.scale, {k: float(v) for k, v in self._sizes(fields).items()})
+        scale = self._scale_now(state)
         floor = {k: jnp.asarray(v, self.dtype) for k, v in scale.items()}
         local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
         ahead = self._trial_steps(fields, cells, t, longest, 1)
@@ -462,6 +462,11 @@ class Simulation:
 
         dt, proposal = accurate_step(error_at, longest, state.dt, self.stepper.order)
         return float(dt), float(proposal), scale
+
+    def _scale_now(self, state: State) -> dict:
+        """`state.scale` with the fields' sizes at `state` (`run_scale`), floats."""
+        sizes = {k: float(v) for k, v in self._sizes(state.fields).items()}
+        return run_scale(state.scale, sizes)
 
     def _trial_steps(self, fields, cells, t: float, dt: float, n_steps: int) -> Fields:
         """The fields after `n_steps` steps of `dt` (s) from t on copies of `fields` and
@@ -527,7 +532,7 @@ class Simulation:
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
         dt = min(dt, t_end - state.t)
-        scale = run_scale(state.scale, {k: float(v) for k, v in self._sizes(state.fields).items()})
+        scale = self._scale_now(state)
         fields, dt, accepted, rejected, scale = self._advance_adaptive(
             self.model,
             state.fields,

@@ -235,9 +235,9 @@ def step_doubling_error(
     stepper: Stepper, model: Model, prepared, fields: Fields, t, h, tolerance, floor=None
 ):
     """One step of h against two of h/2 from `fields` at t: their largest difference relative
-    to `tolerance` x each field's size (`error_norm`; <= 1: within the tolerance), and the
-    two half steps' result. A field's size is its maximum after the half steps, or its
-    `floor` (its largest size over the run, 0-d) where that is larger. The difference is
+    to `tolerance` x each field's size (`error_norm`; <= 1: within the tolerance), the two
+    half steps' result, and the sizes. A field's size is its maximum after the half steps, or
+    its `floor` (its largest size over the run, 0-d) where that is larger. The difference is
     2^p - 1 times the half steps' local error where the scheme has reached its order p, and a
     bound on it where long steps over transients have not."""
     full = stepper.step(model, prepared, fields, t, h)
@@ -246,7 +246,7 @@ def step_doubling_error(
     sizes = {k: jnp.max(jnp.abs(v)) for k, v in half.items()}
     if floor is not None:
         sizes = {k: jnp.maximum(v, floor[k]) for k, v in sizes.items()}
-    return error_norm([{k: half[k] - full[k] for k in fields}], sizes, tolerance), half
+    return error_norm([{k: half[k] - full[k] for k in fields}], sizes, tolerance), half, sizes
 
 
 def step_factor(error, order: int, safety: float = 0.9):
@@ -774,10 +774,10 @@ def advance_adaptive(
     def body(carry):
         t, dt, u, accepted, rejected, scale = carry
         h = jnp.minimum(dt, t_end - t)
-        error, half = step_doubling_error(stepper, model, prepared, u, t, h, local, scale)
+        error, half, sizes = step_doubling_error(stepper, model, prepared, u, t, h, local, scale)
         ok = error <= 1
         u = {k: jnp.where(ok, half[k], u[k]) for k in u}
-        scale = {k: jnp.maximum(v, jnp.max(jnp.abs(u[k]))) for k, v in scale.items()}
+        scale = {k: jnp.where(ok, sizes[k], v) for k, v in scale.items()}  # sizes >= scale
         factor = step_factor(error, order)
         t = jnp.where(ok, t + h, t)
         return t, h * factor, u, accepted + ok, rejected + (1 - ok), scale
