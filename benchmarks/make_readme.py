@@ -54,6 +54,7 @@ CURRENT = {
         "time_to_solution-gpu-NVIDIA_H200.json",
     ],
     "work_precision": ["work_precision-cpu-cpu.json"],
+    "tolerance": ["tolerance-cpu-cpu.json"],
     "implicit": ["implicit_step_cost-cpu-cpu.json"],
     "vessels": [
         "vessels_and_consumers-cpu-cpu-64.json",
@@ -370,6 +371,34 @@ def work_precision_section(loaded: list[tuple[str, dict]], results: Path) -> lis
     return lines
 
 
+@_section("Error against the tolerance: imex, float64", "tolerance")
+def tolerance_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
+    lines = []
+    for name, result in loaded:
+        steps = "adaptive steps" if result["adaptive"] else 'dt = "auto"'
+        lines += [
+            f"`{result['device']}`, jax {result['jax']}, `{name}`: the seed scenarios at "
+            f"{result['size']}^3, end {result['end']}, imex with {steps} in float64; "
+            f"reference {_reference_text(result)}. Each cell: the error over the trajectory "
+            "(as above) / `time.tolerance`, and the steps; `check`: the reference against one "
+            "at twice its step.",
+            "",
+        ]
+        tolerances = sorted({r["tolerance"] for r in result["rows"]}, reverse=True)
+        rows = []
+        for scenario, check in result["reference_check"].items():
+            cells = {r["tolerance"]: r for r in result["rows"] if r["scenario"] == scenario}
+            rows.append(
+                [scenario]
+                + [f"{cells[t]['ratio']:.2f} ({cells[t]['steps']})" for t in tolerances]
+                + [f"{check:.1e}"]
+            )
+        lines += _table(["scenario", *[f"{t:g}" for t in tolerances], "check"], rows) + [""]
+        ratios = [r["ratio"] for r in result["rows"]]
+        lines += [f"- error / tolerance: {_span(ratios, '.2f')} over every run.", ""]
+    return lines
+
+
 @_section("Implicit step cost", "implicit")
 def implicit_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
     lines = []
@@ -545,6 +574,7 @@ SECTIONS = [
     gpu_section,
     time_to_solution_section,
     work_precision_section,
+    tolerance_section,
     implicit_section,
     vessels_section,
     sweep_section,

@@ -64,6 +64,25 @@ def test_grid_labels_round_trip(text, shape):
 
 
 @pytest.mark.slow  # runs the benchmark script
+def test_tolerance_benchmark_measures_error_against_each_tolerance(tmp_path):
+    import bench_tolerance
+    import make_readme
+
+    output = tmp_path / "tolerance-cpu-cpu.json"
+    argv = ["--configs", "infection_resolution_3d", "--size", "12", "--end", "2 h"]
+    bench_tolerance.main([*argv, "--tolerances", "1e-2", "1e-4", "--output", str(output)])
+    result = json.loads(output.read_text())
+    rows = result["rows"]
+    assert [r["tolerance"] for r in rows] == [1e-2, 1e-4]
+    assert all(r["ratio"] == r["error"] / r["tolerance"] and r["steps"] > 0 for r in rows)
+    assert 0 < rows[1]["error"] < rows[0]["error"] < 1e-2  # tighter, closer to the reference
+    # the check (about 7x the reference's own error) below the finest run's error
+    assert 0 < result["reference_check"]["infection_resolution_3d"] < rows[1]["error"]
+    text = "\n".join(make_readme.tolerance_section(tmp_path))
+    assert f"| infection_resolution_3d | {rows[0]['ratio']:.2f} ({rows[0]['steps']}) |" in text
+
+
+@pytest.mark.slow  # runs the benchmark script
 def test_time_to_solution_runs_and_measures_error(tmp_path):
     import bench_time_to_solution
 

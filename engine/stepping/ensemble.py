@@ -32,7 +32,7 @@ from engine.stepping.simulation import (
     steps_within,
     stretches,
 )
-from engine.stepping.steppers import LOCAL_SHARE, accurate_step, advance_fields
+from engine.stepping.steppers import accurate_step, advance_fields, local_error_target
 
 CPU_BATCH_BYTES = 4 * 2**20
 """Field state per device batch on a CPU (bytes): a larger batch streams from memory where
@@ -233,7 +233,8 @@ class Ensemble:
         scale = run_scale(scale, {k: np.asarray(v, np.float64) for k, v in sizes.items()})
         floor = {k: v.astype(self.dtype) for k, v in scale.items()}
         t0 = t.astype(self.dtype)
-        local = jnp.asarray(self.sim.tolerance * LOCAL_SHARE, self.dtype)
+        target = local_error_target(self.sim.tolerance, self.sim.stepper.order)
+        local = jnp.asarray(target, self.dtype)
         ones = np.ones(self.size, np.int32)
         span32 = longest.astype(self.dtype)
         ahead = self._map(self._advance_members, t0, fields, span32, ones)

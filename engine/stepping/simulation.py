@@ -19,12 +19,12 @@ from engine.model.sources import model_edges
 from engine.numerics import compilation, parallel
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
-    LOCAL_SHARE,
     Explicit,
     accurate_step,
     advance_adaptive,
     advance_state,
     error_norm,
+    local_error_target,
     make_stepper,
 )
 
@@ -180,9 +180,9 @@ class Simulation:
         dtype: "float32" (default) or "float64" (JAX's 64-bit mode is switched on inside this
             simulation's calls only).
         safety: fraction of the stable step used by dt = "auto".
-        tolerance: accuracy target of the implicit steppers' dt = "auto", and the local error
-            target of adaptive stepping, both relative to each field's largest size over the
-            run (`State.scale`).
+        tolerance: accuracy target of the implicit steppers' dt = "auto" and of adaptive
+            stepping: the error over the run, relative to each field's largest size over the
+            run (`State.scale`), is in proportion to it (`steppers.per_step_tolerance`).
         adaptive: control the step size by the local error (step doubling) instead of a fixed
             or "auto" dt (which then only sets the first step).
         max_steps: bound on the steps (accepted and rejected) of one adaptive `advance`.
@@ -451,7 +451,7 @@ class Simulation:
         fields, cells, t = state.fields, state.cells, state.t
         scale = self._scale_now(state)
         floor = {k: jnp.asarray(v, self.dtype) for k, v in scale.items()}
-        local = jnp.asarray(self.tolerance * LOCAL_SHARE, self.dtype)
+        local = jnp.asarray(local_error_target(self.tolerance, self.stepper.order), self.dtype)
         ahead = self._trial_steps(fields, cells, t, longest, 1)
 
         def error_at(h):

@@ -226,9 +226,30 @@ ERROR_TRIALS = 8
 """Most step-doubling trials `accurate_step` makes before it takes the step it has."""
 
 LOCAL_SHARE = 0.1
-"""The share of `time.tolerance` one step's local error may take: the error over a trajectory
-is the sum of the local errors that the dynamics have not yet damped (measured: 1.4 to 2.4
-times the local target on V5, up to about 8 on `autoimmune`; docs/numerics.md)."""
+"""The share of the per-step tolerance (`per_step_tolerance`) one step's local error may
+take: the error over a trajectory is the sum of the local errors that the dynamics have not
+yet damped (measured: 1.3 to 1.9 times the local target on the seed scenarios and V5, about
+20 on `autoimmune`, whose feedback amplifies them; docs/numerics.md)."""
+
+CALIBRATED_TOLERANCE = 1e-3
+"""The tolerance (the default) at which a step's tolerance is `time.tolerance` itself."""
+
+
+def per_step_tolerance(tolerance: float, order: int) -> float:
+    """What one step's error may be, relative to each field's size, for a run whose error is
+    in proportion to `tolerance`: the tolerance itself at `CALIBRATED_TOLERANCE`, and
+    tolerance^((p+1)/p) around it (Hairer and Wanner's tolerance map). A scheme of order p
+    errs by h^(p+1) per step and by h^p over a run, so a step error in fixed proportion to
+    the tolerance gives a run error of tolerance^(p/(p+1)), which falls behind a tightening
+    tolerance (imex on `infection_resolution`: 0.08 of it at 1e-2, 2.8x it at 1e-6)."""
+    ratio = tolerance / CALIBRATED_TOLERANCE
+    return CALIBRATED_TOLERANCE * ratio ** ((order + 1) / order)
+
+
+def local_error_target(tolerance: float, order: int) -> float:
+    """The step-doubling error one step may make under error control (dt = "auto" and
+    adaptive), relative to each field's size: `LOCAL_SHARE` of `per_step_tolerance`."""
+    return LOCAL_SHARE * per_step_tolerance(tolerance, order)
 
 
 def step_doubling_error(
@@ -264,8 +285,8 @@ with the step), which would otherwise shrink the steps to milliseconds for a whi
 def accurate_step(error_at, longest, proposal, order: int):
     """(step, proposal) (s; arrays of one per member where `longest` is): the longest step
     of at most `longest` (what is left of the stretch, or the stepper's bound) whose
-    step-doubling error norm `error_at(step)` (`step_doubling_error` at `LOCAL_SHARE` of
-    the tolerance, the array of every member's at once) is within 1, and the step the next
+    step-doubling error norm `error_at(step)` (`step_doubling_error` at `local_error_target`,
+    the array of every member's at once) is within 1, and the step the next
     leg should try. It tries the previous leg's `proposal` (None: `longest`), shrunk by
     `step_factor` (at the power of the step that the error followed between the last two
     trials, `observed_exponent`) until it is within 1 (at most `ERROR_TRIALS` trials, not below
@@ -438,8 +459,9 @@ def _tr_bdf2_change(c, decay, supply, dt, faces, grid, boundary):
 
 def diffusion_accuracy_dt(model: Model, names, tolerance: float):
     """Largest step (s) for which TR-BDF2 integrates a mode of 8-voxel wavelength, the finest
-    feature worth resolving, to `tolerance` (its error per step is about (dt lambda)^3 / 12);
-    unlimited when every field in `names` is diffused exactly in spectral space."""
+    feature worth resolving, to `tolerance` per step (`per_step_tolerance`; its error per step
+    is about (dt lambda)^3 / 12); unlimited when every field in `names` is diffused exactly in
+    spectral space."""
     dt = jnp.inf
     for f in model.fields:
         D, boundary = model.diffusivity(f), model.boundary(f)
@@ -487,7 +509,8 @@ class Imex:
     def stable_dt(self, model: Model, fields: Fields):
         """No stability limit: the longest step that resolves the doses and the fine modes
         that CG diffuses; within it, the accuracy target sets the step (`accurate_step`)."""
-        diffusion = diffusion_accuracy_dt(model, model.names, self.tolerance)
+        tolerance = per_step_tolerance(self.tolerance, self.order)
+        diffusion = diffusion_accuracy_dt(model, model.names, tolerance)
         return jnp.minimum(diffusion, dose_dt(model))
 
 
@@ -590,7 +613,8 @@ class QuasiSteady:
     def stable_dt(self, model: Model, fields: Fields):
         """As `Imex.stable_dt` for the populations (species are always at steady state)."""
         populations = tuple(p.name for p in model.populations)
-        diffusion = diffusion_accuracy_dt(model, populations, self.tolerance)
+        tolerance = per_step_tolerance(self.tolerance, self.order)
+        diffusion = diffusion_accuracy_dt(model, populations, tolerance)
         return jnp.minimum(diffusion, dose_dt(model))
 
 
@@ -765,7 +789,7 @@ def advance_adaptive(
     span = t_end - t0
     order = stepper.order
     prepared = stepper.prepare(model)
-    local = tolerance * LOCAL_SHARE
+    local = local_error_target(tolerance, order)
 
     def cond(carry):
         t, _, _, accepted, rejected, _ = carry
