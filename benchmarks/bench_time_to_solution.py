@@ -9,13 +9,13 @@ Each run advances in the config's output intervals (dt = "auto" re-evaluated at 
 `ilsim run` does) without writing files; the runs of a scenario advance frame by frame side by
 side, each frame's advance timed on its own. `--size N` coarsens the 128^3 grid to N^3 over the
 same tissue (the spacing scaled by 128 / N), for machines that cannot afford 128^3. The
-reference is imex in float64 at an accuracy target of 1e-6: converged to about 1e-5
-(`autoimmune` at 16^3: 1.4e-5 from one at 1e-7), far below imex's errors at its shipped
-1e-3 but at the level of explicit's, which read as bounds (against the reference at 1e-7 that
-scenario's ssprk3 is 6.6e-6 off, float32 and float64 alike). An explicit
-reference cannot be made fine enough: its linear sinks are implicit per voxel, first order in
-the sink rate, and in IL-2's uptake-dominated tail after a dose its error falls only in
-proportion to the step (the readings for both: docs/numerics.md). The error of a run is the
+reference is imex in float64 at an accuracy target of 1e-6: at 16^3 over 24 h 4.5e-7, 8.7e-7
+and 2.0e-6 from ssprk3 at a sixteenth of its step (`bench_tolerance.py`), far below imex's
+errors at its shipped 1e-3 and below explicit's. Results recorded before the tolerance map
+(`steppers.per_step_tolerance`; `time_to_solution-cpu-cpu-32.json`) used a reference of the
+same name that was about 1e-5 off (`autoimmune`: 1.4e-5), at the level of explicit's errors,
+which there read as bounds. An explicit reference would take steps that shrink with the
+square of the spacing: affordable at 16^3, not at 128^3. The error of a run is the
 largest over fields of max_t ||u(t) - u_ref(t)||_2 / max_t ||u_ref(t)||_2 over the output
 frames: the deviation anywhere along the trajectory, relative to the field's largest size, so
 that a field that vanishes by the end (IL-2 hours after the last dose, at 1e-25 nM) does not
@@ -41,6 +41,8 @@ from engine.runs.driver import output_times
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 REFERENCE = dict(stepper="imex", dtype="float64", tolerance=1e-6)
+SEED_SCENARIOS = ["infection_resolution_3d", "il2_therapy_3d", "autoimmune_3d"]
+"""The 3D seed scenarios the accuracy benchmarks run by default."""
 
 
 def scenario(name: str, size: int, end: str | None) -> engine.Config:
@@ -109,11 +111,7 @@ class Deviation:
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        default=["infection_resolution_3d", "il2_therapy_3d", "autoimmune_3d"],
-    )
+    parser.add_argument("--configs", nargs="+", default=SEED_SCENARIOS)
     parser.add_argument("--steppers", nargs="+", default=["explicit", "imex", "quasi_steady"])
     parser.add_argument("--size", type=int, default=128, help="voxels per axis (128: as seeded)")
     parser.add_argument("--end", default=None, help='simulated time, e.g. "24 h" (default: config)')

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import jax
-from bench_time_to_solution import Deviation, Run, scenario
+from bench_time_to_solution import SEED_SCENARIOS, Deviation, Run, scenario
 from common import RESULTS, device_name
 
 from engine.runs.driver import output_times
@@ -33,11 +33,7 @@ TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        default=["infection_resolution_3d", "il2_therapy_3d", "autoimmune_3d"],
-    )
+    parser.add_argument("--configs", nargs="+", default=SEED_SCENARIOS)
     parser.add_argument("--size", type=int, default=16, help="voxels per axis")
     parser.add_argument("--end", default="24 h", help='simulated time, e.g. "24 h"')
     parser.add_argument("--tolerances", nargs="+", type=float, default=list(TOLERANCES))

@@ -233,7 +233,7 @@ class Ensemble:
         scale = run_scale(scale, {k: np.asarray(v, np.float64) for k, v in sizes.items()})
         floor = {k: v.astype(self.dtype) for k, v in scale.items()}
         t0 = t.astype(self.dtype)
-        target = local_error_target(self.sim.tolerance, self.sim.stepper.order)
+        target = local_error_target(self.sim.tolerance, self.sim.stepper.order, self.dtype)
         local = jnp.asarray(target, self.dtype)
         ones = np.ones(self.size, np.int32)
         span32 = longest.astype(self.dtype)

@@ -451,7 +451,8 @@ class Simulation:
         fields, cells, t = state.fields, state.cells, state.t
         scale = self._scale_now(state)
         floor = {k: jnp.asarray(v, self.dtype) for k, v in scale.items()}
-        local = jnp.asarray(local_error_target(self.tolerance, self.stepper.order), self.dtype)
+        target = local_error_target(self.tolerance, self.stepper.order, self.dtype)
+        local = jnp.asarray(target, self.dtype)
         ahead = self._trial_steps(fields, cells, t, longest, 1)
 
         def error_at(h):
