@@ -10,7 +10,7 @@ float64, so that rounding sets no floor. The reference is explicit ssprk3 in flo
 sixteenth of its default step (safety 0.05625), independent of the error control it measures; a
 second run at twice its step gives `reference_check`, their difference, which is 7x the
 reference's own error where ssprk3 has its third order. The error of a run is
-`bench_time_to_solution`'s: the largest over fields of max_t ||u - u_ref||_2 / max_t
+`bench_work_precision.measure`'s: the largest over fields of max_t ||u - u_ref||_2 / max_t
 ||u_ref||_2 over the output frames. `--size N` coarsens each scenario to N^3 over the same
 tissue. Writes benchmarks/results/tolerance-<device>.json.
 """
@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 
 import jax
-from bench_time_to_solution import SEED_SCENARIOS, Deviation, Run, scenario
+from bench_time_to_solution import SEED_SCENARIOS, Run, scenario
+from bench_work_precision import measure
 from common import RESULTS, device_name
 
 from engine.runs.driver import output_times
@@ -57,20 +58,18 @@ def main(argv=None):
     for config in args.configs:
         cfg = scenario(config, args.size, args.end)
         reference = Run.start(cfg, **REFERENCE)
-        check = Run.start(cfg, **{**REFERENCE, "safety": 2 * REFERENCE["safety"]})
         options = dict(stepper="imex", dtype="float64", adaptive=args.adaptive)
-        runs = {t: Run.start(cfg, tolerance=t, **options) for t in args.tolerances}
-        deviations = {t: Deviation() for t in [*runs, "check"]}
-        for t in output_times(cfg.time.end, cfg.time.output_every)[1:]:
-            for run in [reference, check, *runs.values()]:
-                run.advance(t)
-            exact = reference.fields()
-            for key, run in [*runs.items(), ("check", check)]:
-                deviations[key].add(run.fields(), exact)
-        result["reference_check"][config] = max(deviations["check"].relative().values())
-        for tolerance, run in runs.items():
-            error = max(deviations[tolerance].relative().values())
-            row = dict(scenario=config, tolerance=tolerance, error=error, **run.timing())
+        runs = {("imex", t): Run.start(cfg, tolerance=t, **options) for t in args.tolerances}
+        check = {**REFERENCE, "safety": 2 * REFERENCE["safety"]}
+        runs["check", check["safety"]] = Run.start(cfg, **check)
+        times = output_times(cfg.time.end, cfg.time.output_every)[1:]
+        for measured in measure(config, reference, runs, times):
+            if measured["scheme"] == "check":
+                result["reference_check"][config] = measured["error"]
+                continue
+            tolerance, error = measured["setting"], measured["error"]
+            timing = {k: measured[k] for k in ("wall_s", "compile_s", "steps")}
+            row = dict(scenario=config, tolerance=tolerance, error=error, **timing)
             row["ratio"] = error / tolerance
             result["rows"].append(row)
             print(
