@@ -12,7 +12,7 @@ second run at twice its step gives `reference_check`, their difference, which is
 reference's own error where ssprk3 has its third order. The error of a run is
 `bench_work_precision.measure`'s: the largest over fields of max_t ||u - u_ref||_2 / max_t
 ||u_ref||_2 over the output frames. `--size N` coarsens each scenario to N^3 over the same
-tissue. Writes benchmarks/results/tolerance-<device>.json.
+tissue. Writes benchmarks/results/tolerance-<device>.json (`-adaptive.json` with --adaptive).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/)")
     args = parser.parse_args(argv)
     name = device_name()
-    output = args.output or RESULTS / f"tolerance-{name}.json"
+    suffix = "-adaptive" if args.adaptive else ""
+    output = args.output or RESULTS / f"tolerance-{name}{suffix}.json"
     result = dict(
         device=name,
         jax=jax.__version__,

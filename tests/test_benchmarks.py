@@ -64,14 +64,17 @@ def test_grid_labels_round_trip(text, shape):
 
 
 @pytest.mark.slow  # runs the benchmark script
-def test_tolerance_benchmark_measures_error_against_each_tolerance(tmp_path):
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_tolerance_benchmark_measures_error_against_each_tolerance(tmp_path, adaptive):
     import bench_tolerance
     import make_readme
 
     output = tmp_path / "tolerance-cpu-cpu.json"
     argv = ["--configs", "infection_resolution_3d", "--size", "12", "--end", "2 h"]
+    argv += ["--adaptive"] * adaptive
     bench_tolerance.main([*argv, "--tolerances", "1e-2", "1e-4", "--output", str(output)])
     result = json.loads(output.read_text())
+    assert result["adaptive"] is adaptive
     rows = result["rows"]
     assert [r["tolerance"] for r in rows] == [1e-2, 1e-4]
     assert all(r["ratio"] == r["error"] / r["tolerance"] and r["steps"] > 0 for r in rows)
@@ -80,6 +83,7 @@ def test_tolerance_benchmark_measures_error_against_each_tolerance(tmp_path):
     assert 0 < result["reference_check"]["infection_resolution_3d"] < rows[1]["error"]
     text = "\n".join(make_readme.tolerance_section(tmp_path))
     assert f"| infection_resolution_3d | {rows[0]['ratio']:.2f} ({rows[0]['steps']}) |" in text
+    assert ("with adaptive steps" in text) is adaptive
 
 
 @pytest.mark.slow  # runs the benchmark script
