@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.config.build import build_model
 from engine.config.errors import ConfigError
 from engine.config.loading import load_config, parse_override
 from engine.config.memory import check_memory
@@ -26,6 +27,7 @@ from engine.config.schema import (
 )
 from engine.config.toml import dump_toml
 from engine.numerics.memory import available_memory
+from engine.runs.driver import output_times
 
 EXAMPLE = Path(__file__).parent / "data" / "configs" / "design_example.toml"
 
@@ -182,13 +184,37 @@ MALFORMED = [
     (
         "negative_robin_h",
         {"species.IL2.boundary.x_min": {"robin": {"h": -1}}},
+        "species.IL2.boundary.x_min.robin.h",
+        ">= 0",
+    ),
+    (
+        "negative_robin_h_full_form",
+        {"species.IL2.boundary.x_min": {"kind": "robin", "h": -1}},
         "species.IL2.boundary.x_min.h",
         ">= 0",
     ),
     (
+        "robin_outside_in_nM_for_a_population",
+        {"populations.cancer.boundary.x_min": {"robin": {"h": 1, "outside": "1 nM"}}},
+        "populations.cancer.boundary.x_min.robin.outside",
+        "expected density",
+    ),
+    (
+        "negative_dirichlet",
+        {"species.IL2.boundary.x_min": {"dirichlet": -1}},
+        "species.IL2.boundary.x_min.dirichlet",
+        "must be >= 0",
+    ),
+    (
+        "negative_dirichlet_table",
+        {"species.IL2.boundary.x_min": {"dirichlet": {"value": -1}}},
+        "species.IL2.boundary.x_min.dirichlet.value",
+        "must be >= 0",
+    ),
+    (
         "grid_face_with_unit",
         {"grid.boundary": {"dirichlet": "1 nM"}},
-        "grid.boundary.value",
+        "grid.boundary.dirichlet",
         "plain number",
     ),
     ("uptake_vmax_no_km", _append_term({**UPTAKE, "vmax": 10}), "terms[2].km", "missing (vmax"),
@@ -214,7 +240,6 @@ MALFORMED = [
     ("dt_word", {"time.dt": "fast"}, "time.dt", 'expected "auto" or a time step'),
     ("dt_bool", {"time.dt": True}, "time.dt", 'expected "auto" or a time step'),
     ("dt_not_below_end", {"time.dt": "2 h"}, "time.dt", "not below end"),
-    ("output_every_after_end", {"time.output_every": "2 h"}, "time.output_every", "exceeds end"),
     ("dtype_float16", {"time.dtype": "float16"}, "time.dtype", "'float16' is not allowed"),
     ("stepper_unknown", {"time.stepper": "rk4"}, "time.stepper", "'explicit'"),
     ("tolerance_above_one", {"time.tolerance": 1.5}, "time.tolerance", "must be < 1"),
@@ -260,6 +285,12 @@ MALFORMED = [
         "output.fields[1]",
         'unknown species or population "IL99"',
     ),
+    (
+        "output_field_twice",
+        {"output.fields": ["IL2", "IL2"]},
+        "output.fields[1]",
+        '"IL2" is listed twice; list each field once',
+    ),
     ("compression_unknown", {"output.compression": "zip"}, "output.compression", "'gzip'"),
     (
         "duplicate_name",
@@ -295,7 +326,55 @@ MALFORMED = [
         "species.IL2.initial.region",
         'unknown region "bone"',
     ),
-    ("initial_negative", {"species.IL2.initial": -1}, "species.IL2.initial.value", "must be >= 0"),
+    ("initial_negative", {"species.IL2.initial": -1e-5}, "species.IL2.initial", "must be >= 0"),
+    (
+        "population_initial_negative",
+        {"populations.cancer.initial": -1},
+        "populations.cancer.initial",
+        "must be >= 0",
+    ),
+    (
+        "initial_region_value_negative",
+        {"species.IL2.initial": {"region": "tumour", "value": -1}},
+        "species.IL2.initial.value",
+        "must be >= 0",
+    ),
+    (
+        "gaussian_zero_sigma",
+        {"species.IL10.initial": {"gaussian": {"center": [1, 1], "sigma": 0, "amplitude": 1}}},
+        "species.IL10.initial.gaussian.sigma",
+        "must be > 0",
+    ),
+    (
+        "gaussian_bad_coordinate",
+        {"species.IL10.initial": {"gaussian": {"center": [1, "x"], "sigma": 1, "amplitude": 1}}},
+        "species.IL10.initial.gaussian.center[1]",
+        "cannot read 'x'",
+    ),
+    (
+        "random_negative_std",
+        {"species.IL10.initial": {"random": {"mean": 1, "std": -1}}},
+        "species.IL10.initial.random.std",
+        "must be >= 0",
+    ),
+    (
+        "random_no_std",
+        {"species.IL10.initial": {"random": {"mean": 1}}},
+        "species.IL10.initial.random.std",
+        "needs std",
+    ),
+    (
+        "random_negative_seed",
+        {"species.IL10.initial": {"random": {"mean": 1, "std": 1, "seed": -1}}},
+        "species.IL10.initial.random.seed",
+        "must be >= 0",
+    ),
+    (
+        "initial_file_missing",
+        {"species.IL10.initial": {"file": "missing.npy"}},
+        "species.IL10.initial.file",
+        "no such file",
+    ),
     (
         "initial_two_forms",
         {"species.IL2.initial": {"file": "a.npy", "random": {"mean": 1, "std": 0}}},
@@ -305,13 +384,13 @@ MALFORMED = [
     (
         "gaussian_no_sigma",
         {"species.IL2.initial": {"gaussian": {"center": [1, 1], "amplitude": 1}}},
-        "species.IL2.initial.sigma",
+        "species.IL2.initial.gaussian.sigma",
         "needs sigma",
     ),
     (
         "gaussian_center_length",
         {"species.IL2.initial": {"gaussian": {"center": [1], "sigma": 5, "amplitude": 1}}},
-        "species.IL2.initial.center",
+        "species.IL2.initial.gaussian.center",
         "1 coordinate,",
     ),
     (
@@ -373,6 +452,26 @@ MALFORMED = [
     ),
     ("not_a_table", {"time": 5}, "time", "expected a table"),
     ("seed_float", {"time.seed": 1.5}, "time.seed", "expected an integer"),
+    ("seed_huge", {"time.seed": 99999999999999999999}, "time.seed", "must be below 2^32"),
+    ("seed_2_32", {"time.seed": 2**32}, "time.seed", "from 0 to 4294967295"),
+    (
+        "override_unknown_species",
+        {"species.IL22.diffusion": 3},
+        "species.IL22",
+        'unknown species "IL22"; defined: IL2, IL6, IL10; define it in the config file',
+    ),
+    (
+        "override_unknown_population",
+        {"populations.effectr.motility": 1},
+        "populations.effectr",
+        'unknown population "effectr"; defined: cancer, effector',
+    ),
+    (
+        "override_unknown_region",
+        {"regions.tumor.sphere.radius": 5},
+        "regions.tumor",
+        'unknown region "tumor"; defined: tumour, vessels',
+    ),
     ("adaptive_string", {"time.adaptive": "yes"}, "time.adaptive", "expected true or false"),
 ]
 
@@ -444,6 +543,15 @@ def test_toml_error_names_file_and_line(tmp_path):
     assert message.startswith(f"{path}: invalid TOML")
     assert "line 6" in message
     assert "\n" not in message
+
+
+def test_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "cfg.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + dump_toml(load_config(base())).encode())
+    assert load_config(path) == load_config(base())
+    path.write_bytes(b"\xef\xbb\xbf[grid]\nshape = [8\n")
+    with pytest.raises(ConfigError, match=r"invalid TOML at line 2"):
+        load_config(path)
 
 
 def test_bad_source_type():
@@ -668,6 +776,28 @@ def test_initial_forms(tmp_path):
     assert cfg.species["IL10"].initial.path == str(data)
 
 
+def test_initial_file_of_another_shape_says_which_shape(tmp_path):
+    np.save(tmp_path / "c0.npy", np.zeros((8, 8)))
+    cfg = load_config(
+        base(), overrides={"species.IL10.initial": {"file": str(tmp_path / "c0.npy")}}
+    )
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg)
+    message = str(info.value)
+    assert message.startswith("species.IL10.initial.file: ")
+    assert message.endswith("; save an array of shape (64, 64)")
+
+
+def test_output_every_beyond_end_gives_frames_at_0_and_end():
+    cfg = load_config(base(), overrides={"time.end": "100 s", "time.output_every": "300 s"})
+    assert cfg.time.output_every == 300.0
+    assert list(output_times(cfg.time.end, cfg.time.output_every)) == [0.0, 100.0]
+
+
+def test_largest_seed():
+    assert load_config(base(), overrides={"time.seed": 2**32 - 1}).time.seed == 2**32 - 1
+
+
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -776,13 +906,14 @@ def test_overrides_create_missing_tables():
         base(),
         overrides={
             "species.IL2.boundary.x_min.dirichlet": "1 nM",
-            "populations.naive.motility": "1 um^2/s",
-            "regions.spot.sphere": {"center": [10, 10], "radius": 10},
+            "populations.naive": {"motility": "1 um^2/s"},
+            "regions.spot": {"sphere": {"center": [10, 10], "radius": 10}},
+            "regions.spot.sphere.radius": 20,
         },
     )
     assert cfg.species["IL2"].boundary["x_min"].value == 1.0
     assert cfg.populations["naive"].motility.value == 1.0
-    assert cfg.regions["spot"].kind == "sphere"
+    assert cfg.regions["spot"].kind == "sphere" and cfg.regions["spot"].sphere.radius == 20
 
 
 @pytest.mark.parametrize(
@@ -956,7 +1087,7 @@ def test_field_faces_compare_with_plain_faces():
 def test_dict_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
     np.save(tmp_path / "mask.npy", np.ones((64, 64)))
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(base(), overrides={"regions.mask.file": "mask.npy"})
+    cfg = load_config(base(), overrides={"regions.mask": {"file": "mask.npy"}})
     assert cfg.regions["mask"].file == str(tmp_path / "mask.npy")
 
 

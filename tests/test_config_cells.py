@@ -293,7 +293,7 @@ def test_overrides_of_a_config_file(tmp_path):
     assert (cfg.cells["Treg"].count, cfg.cells["Treg"].capacity) == (10, 40)
     assert cfg.cells["Th"].motility == 3.0
     assert build_model(cfg).cells[1].initial.shape == (10, 2)
-    added = load_config(path, {"cells.New.count": 2, "cells.New.state.x": 1.0})
+    added = load_config(path, {"cells.New": {"count": 2, "state": {"x": 1.0}}})
     assert added.cells["New"].state == {"x": 1.0}
 
 

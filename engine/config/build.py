@@ -108,14 +108,20 @@ def _initial_from_file(path: Path, grid: Grid, name: str, key: str) -> np.ndarra
 
         with h5py.File(path, "r") as f:
             if f"fields/{name}" not in f:
-                raise ConfigError(f"{key}.initial.file: {path} has no dataset fields/{name}")
+                raise ConfigError(
+                    f"{key}.initial.file: {path} has no dataset fields/{name}; give an ilsim "
+                    f"output that holds field {name}, or a .npy array"
+                )
             value = f[f"fields/{name}"][-1]
     if value.shape != grid.shape:
         raise ConfigError(
-            f"{key}.initial.file: {path} holds shape {value.shape}, the grid is {grid.shape}"
+            f"{key}.initial.file: {path} holds shape {value.shape}, the grid is {grid.shape}; "
+            f"save an array of shape {grid.shape}"
         )
     if not np.all(np.isfinite(value)) or value.min() < 0:
-        raise ConfigError(f"{key}.initial.file: {path} has negative or non-finite values")
+        raise ConfigError(
+            f"{key}.initial.file: {path} has negative or non-finite values; save finite values >= 0"
+        )
     return value.astype(float)
 
 

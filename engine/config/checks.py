@@ -14,7 +14,7 @@ from engine.config.errors import fail, key_part, listing
 if TYPE_CHECKING:
     from engine.config.schema import CellTypeConfig, Coefficient, Config, Initial
 
-CELL_ARRAYS = ("position", "alive", "id", "next_id", "overflow")
+CELL_ARRAYS = ("position", "alive", "id", "next_id", "overflow", "cell", "axis")
 """Every cell type's own arrays: no state variable may take these names."""
 
 
@@ -39,8 +39,13 @@ class _Checker:
         self.terms()
         self.sources()
         self.cells()
-        for i, name in enumerate(self.cfg.output.fields or ()):
+        fields = self.cfg.output.fields or ()
+        for i, name in enumerate(fields):
             self.ref(name, "field", f"output.fields[{i}]")
+            if name in fields[:i]:
+                raise fail(
+                    f'"{name}" is listed twice; list each field once', at=f"output.fields[{i}]"
+                )
 
     # names --------------------------------------------------------------------------------
     def names(self) -> None:
@@ -217,7 +222,7 @@ class _Checker:
         if initial.kind == "region":
             self.ref(initial.region, "region", f"{at}.region")
         if initial.kind == "gaussian":
-            self.coordinates(initial.center, f"{at}.center")
+            self.coordinates(initial.center, f"{at}.gaussian.center")
 
     def coefficient(self, coefficient: Coefficient, at: str) -> None:
         for region in coefficient.regions:

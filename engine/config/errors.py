@@ -76,6 +76,13 @@ def key_path(parts: Iterable[str | int]) -> str:
     return text
 
 
+def _join(path: str, below: str) -> str:
+    """Key path `below` appended to `path`: `a` + `b` -> `a.b`, `a` + `[1]` -> `a[1]`."""
+    if not below or not path:
+        return path or below
+    return path + below if below.startswith("[") else f"{path}.{below}"
+
+
 def _clean_loc(loc: tuple, tagged: Mapping[str, tuple[str, ...]]) -> list:
     """Pydantic's location without discriminator tags and union member names."""
     parts = []
@@ -128,8 +135,21 @@ def config_error(error: ValidationError, tagged: Mapping[str, tuple[str, ...]]) 
     """
     first = error.errors(include_url=False)[0]
     message, at = _describe(first, tagged)
-    path = key_path(_clean_loc(first["loc"], tagged))
-    if at:
-        path = path + at if at.startswith("[") or not path else f"{path}.{at}"
+    path = _join(key_path(_clean_loc(first["loc"], tagged)), at)
     text = f"{path}: {message}" if path else message
     return ConfigError(" ".join(text.splitlines()))
+
+
+def moved(error: ValidationError, written: Mapping[str, str]) -> PydanticCustomError | None:
+    """The first error of a table given in a short TOML form, as a `fail` at the key the user
+    wrote; `written` maps each field the form fills to that key, below the table ("" for the
+    table itself, `gaussian.sigma`, `robin.h`). None if the error is not in such a field."""
+    first = error.errors(include_url=False)[0]
+    message, at = _describe(first, {})
+    parts = _clean_loc(first["loc"], {})
+    if not parts:
+        field, _, at = at.partition(".")
+        parts = [field]
+    if parts[0] not in written:
+        return None
+    return fail(message, at=_join(_join(written[parts[0]], key_path(parts[1:])), at))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.config.errors import ConfigError, config_error, key_path
+from engine.config.errors import ConfigError, config_error, key_path, listing
 from engine.config.schema import TAGGED, Config
 from engine.config.toml import read_toml, to_raw
 
@@ -39,11 +39,36 @@ def load_config(source, overrides: dict | None = None) -> Config:
             "pass a path or a dict"
         )
     for key, value in (overrides or {}).items():
+        _check_named(raw, key)
         set_path(raw, key, copy.deepcopy(value))
     try:
         return Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as error:
         raise config_error(error, TAGGED) from None
+
+
+_NAMED = {
+    "species": "species",
+    "populations": "population",
+    "regions": "region",
+    "cells": "cell type",
+}
+"""Tables of named entries -> what an entry is: an override below a name they lack is a typo
+(it would define a new entry with nothing else set), not a way to define one."""
+
+
+def _check_named(raw: dict, path: str) -> None:
+    """ConfigError if override `path` goes below an entry of a named table (`species.IL22.x`)
+    that `raw` does not define; setting a whole entry (`species.IL22 = {...}`) defines it."""
+    tokens = split_path(path)
+    if len(tokens) < 3 or tokens[0] not in _NAMED or not isinstance(tokens[1], str):
+        return
+    table = raw.get(tokens[0], {})
+    if isinstance(table, dict) and tokens[1] not in table:
+        raise ConfigError(
+            f'{key_path(tokens[:2])}: unknown {_NAMED[tokens[0]]} "{tokens[1]}"; defined: '
+            f"{listing(table)}; define it in the config file"
+        )
 
 
 def parse_override(text: str) -> tuple[str, object]:

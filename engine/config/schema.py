@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -32,7 +33,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.config.checks import check_config
-from engine.config.errors import fail, key_part, listing, show
+from engine.config.errors import fail, key_part, listing, moved, show
 from engine.config.units import ENGINE_UNITS, UnitError, to_engine
 from engine.numerics.grid import AXIS_NAMES
 from engine.numerics.memory import cells_bytes, state_bytes
@@ -170,6 +171,23 @@ class _Model(BaseModel):
                     raise fail(f"unknown key; valid keys: {', '.join(valid)}", at=str(key))
         return data
 
+    @classmethod
+    def _written(cls, data: Any) -> dict[str, str]:
+        """Field -> the key below the table where a short TOML form `data` wrote its value
+        (overridden by subclasses that have short forms)."""
+        return {}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _at_written_keys(cls, data: Any, handler):
+        """Errors in the values of a short form at the keys the user wrote (defined after
+        `_known_keys`, so it sees `data` before `_normalize`)."""
+        written = cls._written(data)
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise moved(error, written) or error from None
+
 
 # ---------------------------------------------------------------------------------------------
 # Field values (boundary values, initial values): concentration for species, density for
@@ -238,6 +256,15 @@ class Face(_Model):
                 f"{kind} takes no parameters; write {kind!r} or {{ {kind} = {{}} }}", at=kind
             )
         return {"kind": kind}
+
+    @classmethod
+    def _written(cls, data):
+        if not isinstance(data, dict) or len(data) != 1:
+            return {}
+        ((kind, arg),) = data.items()
+        if kind == "dirichlet":
+            return {"value": "dirichlet.value" if isinstance(arg, dict) else "dirichlet"}
+        return {"h": "robin.h", "outside": "robin.outside"} if kind == "robin" else {}
 
     @field_validator("value", "outside", mode="before")
     @classmethod
@@ -329,7 +356,21 @@ class Initial(_Model):
             if key not in _INITIAL_FORMS[form]:
                 valid = ", ".join(_INITIAL_FORMS[form])
                 raise fail(f"unknown key; valid keys: {valid}", at=f"{form}.{key}")
+        for key in _INITIAL_NEEDS[form]:  # as `_complete`, but naming the key as written
+            if key not in inner:
+                raise fail(f"missing; a {form} initial condition needs {key}", at=f"{form}.{key}")
         return {"kind": form, **inner}
+
+    @classmethod
+    def _written(cls, data):
+        if isinstance(data, int | float | str) and not isinstance(data, bool):
+            return {"value": ""}
+        if not isinstance(data, dict) or "kind" in data:
+            return {}
+        if "file" in data:
+            return {"path": "file"}
+        form = next((form for form in _INITIAL_FORMS if form in data), None)
+        return {key: f"{form}.{key}" for key in _INITIAL_FORMS[form]} if form else {}
 
     @field_validator("value", "amplitude", "mean", "std", mode="before")
     @classmethod
@@ -485,8 +526,18 @@ def _dt(value: Any) -> float | str:
         ) from None
 
 
+def _key_seed(value: Any) -> int:
+    """A seed of JAX's random keys: 0 <= seed < 2^32 (a larger one would be cut to 32 bits
+    outside float64 runs, or overflow)."""
+    seed = _integer(value, ge=0)
+    if seed >= 2**32:
+        raise fail(f"must be below 2^32, got {seed}; use a whole number from 0 to {2**32 - 1}")
+    return seed
+
+
 class TimeConfig(_Model):
-    """end, dt, output_every in s; dt "auto" is safety times the stepper's stability limit."""
+    """end, dt, output_every in s (frames at 0, every output_every and at end, also when
+    output_every > end); dt "auto" is safety times the stepper's stability limit."""
 
     end: Duration
     dt: Annotated[float | Literal["auto"], BeforeValidator(_dt)] = "auto"
@@ -494,7 +545,7 @@ class TimeConfig(_Model):
     scheme: Literal["euler", "ssprk2", "ssprk3"] = "ssprk3"
     output_every: Duration | None = None
     dtype: Literal["float32", "float64"] = "float32"
-    seed: Annotated[int, _int(ge=0)] = 0
+    seed: Annotated[int, BeforeValidator(_key_seed)] = 0
     adaptive: Annotated[bool, BeforeValidator(_boolean)] = False
     tolerance: Annotated[float, _q("dimensionless", gt=0, lt=1)] = 1e-3
     safety: Annotated[float, _q("dimensionless", gt=0, le=1)] = 0.9
@@ -506,12 +557,6 @@ class TimeConfig(_Model):
             raise fail(
                 f'dt = {self.dt:g} s is not below end = {self.end:g} s; use a smaller dt or "auto"',
                 at="dt",
-            )
-        if self.output_every is not None and self.output_every > self.end:
-            raise fail(
-                f"output_every = {self.output_every:g} s exceeds end = {self.end:g} s; "
-                "use output_every <= end",
-                at="output_every",
             )
         return self
 

@@ -20,12 +20,12 @@ _TRAILING = ("activators", "inhibitors", "schedule")
 
 
 def read_toml(path: Path) -> dict:
-    """The tables of the TOML file at `path`; ConfigError (one line) if it is missing,
-    unreadable or not valid TOML."""
+    """The tables of the TOML file at `path` (a UTF-8 byte order mark at its start is
+    skipped); ConfigError (one line) if it is missing, unreadable or not valid TOML."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; check the path")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(
