@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from engine.io.checkpoint import read_checkpoint
 from engine.io.layout import FORMAT_VERSION, FieldInfo, frame_chunks
 from engine.io.reader import open_output
 from engine.io.writer import OutputWriter
-from engine.io.xdmf import write_xdmf
+from engine.io.xdmf import LZF_WARNING, write_xdmf
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
 from engine.numerics.grid import Grid
 
@@ -185,8 +186,16 @@ def test_summaries_equal_the_analytic_totals(tmp_path):
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
 def test_compression_options(tmp_path, compression):
+    """Every option writes a readable file; lzf, whose sidecar ParaView cannot read, with a
+    one-line warning from the writer and from `write_xdmf`, the others without one."""
     grid = GRIDS[2]
-    path = write_file(tmp_path / "c.h5", grid, compression=compression)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_file(tmp_path / "c.h5", grid, compression=compression)
+        write_xdmf(path)
+    lzf = [str(w.message) for w in caught if "lzf" in str(w.message)]
+    assert lzf == ([LZF_WARNING] * 2 if compression == "lzf" else [])
+    assert "\n" not in LZF_WARNING and "ParaView" in LZF_WARNING
     with h5py.File(path, "r") as f:
         data = f["fields"]["IL2"]
         assert data.compression == (None if compression == "none" else compression)
@@ -203,7 +212,10 @@ def test_large_3d_frames_are_tiled(tmp_path):
     assert frame_chunks((64, 64, 64)) == (64, 64, 64)  # still one frame per chunk
     assert frame_chunks((1024, 1024)) == (512, 512)
     grid = Grid((96, 80, 72), spacing=5.0)
-    with OutputWriter(tmp_path / "big.h5", grid, FIELDS[:1], "float32", ATTRS, {}, "lzf") as w:
+    with (
+        pytest.warns(UserWarning, match="lzf"),
+        OutputWriter(tmp_path / "big.h5", grid, FIELDS[:1], "float32", ATTRS, {}, "lzf") as w,
+    ):
         w.write_frame(0.0, {"IL2": np.ones(grid.shape, dtype=np.float32)})
     with h5py.File(tmp_path / "big.h5", "r") as f:
         chunks = f["fields"]["IL2"].chunks
@@ -349,6 +361,37 @@ def test_checkpoint_round_trip(tmp_path):
         pass
     with pytest.raises(ValueError, match="no checkpoint"):
         read_checkpoint(tmp_path / "none.h5")
+
+
+ROD = """
+[grid]
+shape = [8]
+spacing = "10 um"
+
+[time]
+end = "10 s"
+stepper = "{stepper}"
+dt = {dt}
+output_every = "5 s"
+
+[species.IL2]
+diffusion = "10 um^2/s"
+initial = 1.0
+"""
+
+
+def test_a_run_checkpoints_its_fixed_step(tmp_path):
+    """The checkpoint's dt is the run's step: time.dt where it is fixed (here the explicit
+    stepper's 0.5 s), not NaN; with error control, the step it proposes next."""
+    from engine.cli.main import main
+
+    config = tmp_path / "rod.toml"
+    config.write_text(ROD.format(stepper="explicit", dt='"0.5 s"'))
+    out = tmp_path / "rod.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    saved = read_checkpoint(out)
+    assert (saved.time, saved.step) == (10.0, 20)
+    assert saved.dt == 0.5
 
 
 @pytest.mark.parametrize("stage", ["writing", "swapping", "swapped"])
@@ -538,9 +581,9 @@ def _check_xdmf(h5_path: Path):
             [float(g.find("Time").get("Value")) for g in frames], f["time"][()]
         )
         referenced = 0
+        cells = shape if len(shape) > 1 else (1, *shape)  # a 1D rod: a mesh 1 x n cells
         for index, frame in enumerate(frames):
             topology = frame.find("Topology")
-            cells = shape if len(shape) > 1 else (1, *shape)
             assert topology.get("TopologyType") == f"{len(cells)}DCoRectMesh"
             assert [int(n) for n in topology.get("Dimensions").split()] == [n + 1 for n in cells]
             origin, spacing = frame.findall("Geometry/DataItem")
@@ -560,15 +603,22 @@ def _check_xdmf(h5_path: Path):
                 stated = tuple(int(n) for n in item.get("Dimensions").split())
                 assert f[dataset].shape == stated
                 referenced += 1
-            for slab in frame.findall("Attribute/DataItem[@ItemType='HyperSlab']"):
+            for attribute in frame.findall("Attribute"):  # fields and regions alike
+                (slab,) = attribute.findall("DataItem")
+                assert slab.get("ItemType") == "HyperSlab"
+                stated = [int(n) for n in slab.get("Dimensions").split()]
+                assert stated == list(cells)  # the mesh's: what vtkXdmfReader reads
                 selection, source = slab.findall("DataItem")
                 values = np.array(selection.text.split(), dtype=int).reshape(3, -1)
                 start, stride, count = values
-                assert start[0] == index and np.all(stride == 1)
-                source_shape = f[source.text.strip().partition(":")[2]].shape
-                assert np.all(start + count <= source_shape)
-                stated = [int(n) for n in slab.get("Dimensions").split()]
-                assert np.prod(count) == np.prod(stated) == np.prod(shape)
+                dataset = source.text.strip().partition(":")[2]
+                if dataset.startswith("/regions/"):
+                    assert list(count) == list(shape) and not np.any(start)
+                else:
+                    assert start[0] == index
+                assert np.all(stride == 1)
+                assert np.all(start + count <= f[dataset].shape)
+                assert np.prod(count) == np.prod(shape)
         assert referenced >= len(frames) * len(f["fields"])
 
 
@@ -584,6 +634,43 @@ def test_xdmf_sidecar(written, tmp_path):
     os.remove(moved / path.with_suffix(".xdmf").name)
     assert write_xdmf(moved / path.name) == moved / path.with_suffix(".xdmf").name
     _check_xdmf(moved / path.name)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_xdmf_region_masks_have_the_fields_dimensions(tmp_path, ndim):
+    """A region mask is read with the same dimensions as a field (the mesh's cells; a 1D rod's
+    1 x n): vtkXdmfReader read a rod's mask stated as n long as a single value."""
+    path = write_file(tmp_path / f"r{ndim}.h5", GRIDS[ndim])
+    for frame in ET.parse(path.with_suffix(".xdmf")).getroot().findall("Domain/Grid/Grid"):
+        dimensions = {
+            attribute.get("Name"): attribute.find("DataItem").get("Dimensions")
+            for attribute in frame.findall("Attribute")
+        }
+        assert set(dimensions) == {"IL2", "T", "region_left", "region_all"}
+        assert set(dimensions.values()) == {dimensions["IL2"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_vtk_xdmf_reader_reads_fields_and_regions(tmp_path, ndim):
+    """ParaView's XDMF reader (vtkXdmfReader) gets every field and region mask with one value
+    per voxel, in the arrays' C order (x fastest, as VTK orders cells)."""
+    vtk = pytest.importorskip("vtk")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    grid = GRIDS[ndim]
+    path = write_file(tmp_path / f"v{ndim}.h5", grid)
+    reader = vtk.vtkXdmfReader()
+    reader.SetFileName(str(path.with_suffix(".xdmf")))
+    reader.UpdateInformation()
+    reader.UpdateTimeStep(10.0)
+    mesh = reader.GetOutputDataObject(0)
+    assert mesh.GetNumberOfCells() == grid.size
+    data = mesh.GetCellData()
+    for name, values in synthetic(grid, 10.0).items():
+        np.testing.assert_allclose(vtk_to_numpy(data.GetArray(name)), values.ravel(), rtol=1e-6)
+    for name, mask in regions_for(grid).items():
+        np.testing.assert_array_equal(vtk_to_numpy(data.GetArray(f"region_{name}")), mask.ravel())
 
 
 def test_xdmf_follows_a_rename_while_open(tmp_path):

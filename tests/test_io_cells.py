@@ -91,6 +91,11 @@ def written(request, tmp_path):
     return write_cells_file(tmp_path / f"cells{request.param}d.h5", grid), grid
 
 
+def frame_arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """A cell type's per-frame datasets: all but its dimension scales (cell, axis)."""
+    return {name: data for name, data in group.items() if not data.is_scale}
+
+
 def alive_of(arrays: dict) -> dict:
     """The alive cells of one type's frame arrays, as `Output.cells` gives them."""
     keep = arrays["alive"]
@@ -112,10 +117,20 @@ def test_layout_and_round_trip(written):
             assert [s.decode() if isinstance(s, bytes) else s for s in group.attrs["state"]] == [
                 *info.state
             ]
-            assert list(group) == ["position", "alive", "id", *info.state]
+            assert list(group) == ["position", "alive", "id", *info.state, "cell", "axis"]
+            np.testing.assert_array_equal(group["cell"][()], np.arange(info.capacity))
+            assert [a.decode() for a in group["axis"][()]] == list(grid.axes)
             shapes = {"position": (4, info.capacity, grid.ndim)}
             dtypes = {"alive": np.bool_, "id": np.int64}
-            for name, data in group.items():
+            for name, data in frame_arrays(group).items():
+                scales = [dim[0].name for dim in data.dims]  # for h5netcdf: one on every axis
+                assert (
+                    scales
+                    == ["/time", f"/cells/{info.name}/cell", f"/cells/{info.name}/axis"][
+                        : data.ndim
+                    ]
+                )
+                assert [dim.label for dim in data.dims] == ["time", "cell", "axis"][: data.ndim]
                 assert data.shape == shapes.get(name, (4, info.capacity))
                 assert data.dtype == dtypes.get(name, np.float32)
                 assert data.chunks == (1, *data.shape[1:])  # one frame per chunk
@@ -182,6 +197,8 @@ def test_cell_info_is_checked():
         (dict(name="T", capacity=2.5), "positive integer"),
         (dict(name="T", capacity=4, state=("alive",)), "differ from"),
         (dict(name="T", capacity=4, state=("next_id",)), "differ from"),
+        (dict(name="T", capacity=4, state=("cell",)), "differ from"),  # the scales' names
+        (dict(name="T", capacity=4, state=("axis",)), "differ from"),
         (dict(name="T", capacity=4, state=("R", "R")), "duplicate"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -222,7 +239,7 @@ def test_bad_cell_frames_are_refused_before_the_file_changes(tmp_path):
                 0.0, 0, None, fields, {k: alive_of(v) for k, v in frames[0].items()}
             )
     with h5py.File(path, "r") as f:
-        assert all(data.shape[0] == 1 for data in f["cells"]["Th"].values())
+        assert all(data.shape[0] == 1 for data in frame_arrays(f["cells"]["Th"]).values())
 
 
 def test_cells_need_a_single_run_in_one_process(tmp_path):
@@ -290,7 +307,9 @@ def test_truncate_frames_drops_later_cell_frames(tmp_path):
     path = write_cells_file(tmp_path / "t.h5", grid)
     with h5py.File(path, "r+") as f:
         truncate_frames(f, after=10.0)
-        assert all(data.shape[0] == 2 for group in f["cells"].values() for data in group.values())
+        for group in f["cells"].values():
+            assert all(data.shape[0] == 2 for data in frame_arrays(group).values())
+            assert group["cell"].shape == (group.attrs["capacity"],)  # the scales stay
     with open_output(path) as out:
         np.testing.assert_array_equal(out.cell_counts("Th"), COUNTS["Th"][:2])
 
@@ -302,7 +321,7 @@ def test_a_half_written_frame_of_cells_is_ignored_then_dropped(tmp_path):
     frames = history(grid)
     path = write_cells_file(tmp_path / "h.h5", grid, times=TIMES[:2])
     with h5py.File(path, "r+") as f:
-        for data in f["cells"]["Th"].values():
+        for data in frame_arrays(f["cells"]["Th"]).values():
             data.resize(3, axis=0)
             data[2] = 1
     with open_output(path) as out:
@@ -387,6 +406,35 @@ def test_xarray_still_opens_a_file_with_cells(tmp_path):
         assert ds["IL2"].dims == ("time", *grid.axes)
     with xr.open_dataset(path, engine="h5netcdf", group="cells/Th", phony_dims="sort") as ds:
         assert ds["position"].shape == (4, 8, 2) and ds["alive"].dtype == bool
+
+
+def test_xarray_names_the_dimensions_of_the_cells(written):
+    """Every axis of a cell array has a dimension scale (h5netcdf refuses a mix), so a type's
+    group opens with dimensions time (the root's /time), cell and axis."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    path, grid = written
+    frames = history(grid)
+    for info in CELLS:
+        with xr.open_dataset(path, engine="h5netcdf", group=f"cells/{info.name}") as ds:
+            assert dict(ds.sizes) == {"time": 4, "cell": info.capacity, "axis": grid.ndim}
+            assert ds["position"].dims == ("time", "cell", "axis")
+            for name in ("alive", "id", *info.state):
+                assert ds[name].dims == ("time", "cell")
+            np.testing.assert_array_equal(ds["cell"].values, np.arange(info.capacity))
+            assert list(ds["axis"].values) == list(grid.axes)
+            assert ds["position"].attrs["units"] == "um"
+            for k in range(4):
+                expected = frames[k][info.name]
+                np.testing.assert_array_equal(ds["alive"].isel(time=k).values, expected["alive"])
+                np.testing.assert_array_equal(ds["id"].isel(time=k).values, expected["id"])
+                np.testing.assert_allclose(
+                    ds["position"].isel(time=k).sel(axis=grid.axes[-1]).values,
+                    expected["position"][:, -1],
+                    rtol=1e-6,
+                )
+    with xr.open_dataset(path, engine="h5netcdf") as ds:  # the root is as it was
+        assert ds["IL2"].dims == ("time", *grid.axes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def truncate_frames(f: h5py.File, after: float = math.inf) -> None:
                 data.resize(keep, axis=axis)
     for cells in f[CELLS].values() if CELLS in f else ():
         for data in cells.values():
-            if data.shape[0] != keep:
+            if not data.is_scale and data.shape[0] != keep:  # not the slots or axes
                 data.resize(keep, axis=0)
     if time.shape[0] != keep:
         time.resize(keep, axis=0)

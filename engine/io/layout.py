@@ -20,7 +20,9 @@ Layout (format "ilsim", format_version 1)::
                         order); position (n_frames, capacity, ndim) um in the grid's axis
                         order, alive (n_frames, capacity) bool, id (n_frames, capacity)
                         int64, one (n_frames, capacity) dataset per state variable in the
-                        run's dtype; chunked one frame per chunk; empty slots: alive False
+                        run's dtype; chunked one frame per chunk; empty slots: alive False;
+                        axes labelled time, cell, axis, with the dimension scales /time,
+                        cell (slot index, int64) and axis (the grid's axis names) attached
     /checkpoint         attrs time, step, dt (NaN for None), complete; one dataset per state
                         field; cells/<type>/ with the arrays of /cells/<type> for one time
                         (in the state's own dtypes) and 0-d int64 next_id and overflow
@@ -90,6 +92,11 @@ CELL_ARRAYS = ("position", "alive", "id")
 CELL_COUNTERS = ("next_id", "overflow")
 """A cell type's 0-d int64 counters, kept in the checkpoint only."""
 
+CELL_SCALES = ("cell", "axis")
+"""A cell type's dimension scales beside its arrays: the slot index (capacity,) int64 and the
+grid's axis names (ndim,), so that h5netcdf names every axis (it refuses a dataset with scales
+on some axes only; time is the root's /time)."""
+
 RESERVED_NAMES = {
     "grid",
     "time",
@@ -143,7 +150,7 @@ class CellInfo:
         if int(self.capacity) != self.capacity or self.capacity < 1:
             raise ValueError(f"cells {self.name!r}: capacity must be a positive integer")
         object.__setattr__(self, "capacity", int(self.capacity))
-        taken = set(CELL_ARRAYS) | set(CELL_COUNTERS)
+        taken = set(CELL_ARRAYS) | set(CELL_COUNTERS) | set(CELL_SCALES)
         for variable in self.state:
             if not _valid_name(variable) or variable in taken:
                 raise ValueError(

@@ -80,7 +80,8 @@ def create_cells(
 ) -> None:
     """Empty /cells/<type> groups (attrs capacity, state) with position (um), alive, id and
     one dataset per state variable, each extendable along time, one frame per chunk (tiles
-    past MAX_CHUNK_VALUES), its axes labelled time, cell (and axis)."""
+    past MAX_CHUNK_VALUES), and the group's `CELL_SCALES`: each array's axes have the
+    dimension scales /time, cell (and axis) attached, and labels of those names."""
     if not cells:
         return
     root = f.create_group(CELLS, track_order=True)
@@ -95,7 +96,7 @@ def create_cells(
             **{name: ((info.capacity,), dtype) for name in info.state},
         }
         for name, (shape, kind) in arrays.items():
-            data = group.create_dataset(
+            group.create_dataset(
                 name,
                 shape=(0, *shape),
                 maxshape=(None, *shape),
@@ -103,11 +104,16 @@ def create_cells(
                 chunks=(1, *frame_chunks(shape)),
                 **compression,
             )
-            data.dims[0].label = "time"  # labels only: h5netcdf refuses a scale on one axis
-            data.dims[1].label = "cell"
         group["position"].attrs["units"] = "um"
         group["position"].attrs["axes"] = np.array(grid.axes, dtype=h5py.string_dtype())
-        group["position"].dims[2].label = "axis"
+        cell = group.create_dataset("cell", data=np.arange(info.capacity, dtype=np.int64))
+        cell.make_scale("cell")
+        cell.attrs["long_name"] = "cell slot"
+        axis = group.create_dataset("axis", data=np.array(grid.axes, dtype=h5py.string_dtype()))
+        axis.make_scale("axis")
+        axis.attrs["long_name"] = "grid axis"
+        for name in arrays:
+            attach_scales(group[name], [f["time"], cell, axis][: group[name].ndim])
 
 
 def _create_grid(f: h5py.File, grid: Grid) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -43,7 +44,7 @@ from engine.io.schema import (
     write_regions,
 )
 from engine.io.turns import Turns
-from engine.io.xdmf import write_sidecar
+from engine.io.xdmf import LZF_WARNING, write_sidecar
 from engine.numerics.grid import Grid
 
 
@@ -59,7 +60,8 @@ class OutputWriter:
         attrs: root attributes besides format, format_version and created (ilsim_version,
             backend, device, dtype, stepper, config).
         regions: name -> mask of the grid's shape, stored as uint8.
-        compression: "gzip" | "lzf" | "none".
+        compression: "gzip" | "lzf" | "none"; lzf (which ParaView cannot read) with a
+            warning, `xdmf.LZF_WARNING`.
         members: for a sweep, each varied key's values per member (engine units): fields get
             a leading member axis.
         resume: open an existing file and append after its last frame; the grid, fields
@@ -117,6 +119,8 @@ class OutputWriter:
             what = "sweep members" if self.members else "several processes"
             raise ValueError(f"cells: cell types {types} are not supported with {what}")
         self._compression = compression_options(compression)
+        if compression == "lzf" and (self._turns is None or self._turns.first):
+            warnings.warn(LZF_WARNING, stacklevel=2)
         self._file: h5py.File | None = None
         self._closed = False
         if self._turns is None:

@@ -2,13 +2,14 @@
 
 It holds a temporal collection of uniform grids, 3DCoRectMesh / 2DCoRectMesh (1D: a
 2DCoRectMesh one cell of `depth` thick), cell-centred attributes read through a hyperslab of
-`OUT.h5:/fields/<name>` per frame (a sweep's member k as `<name>[k]`), and the region masks.
-Origin and spacing are listed z, y, x (the order ParaView's reader reverses into VTK's x, y,
-z); the topology counts points, shape + 1 per axis. The reference uses the h5 file's bare name
-so both files can move together. The writer rewrites the sidecar on every checkpoint and on
-close, to the file's current name, so a file renamed while open gets a matching sidecar;
-`write_xdmf` regenerates it. "lzf" compression is an h5py-only filter that ParaView cannot
-decode; use "gzip" or "none" for ParaView.
+`OUT.h5:/fields/<name>` per frame (a sweep's member k as `<name>[k]`), and the region masks,
+hyperslabs of the same dimensions. Origin and spacing are listed z, y, x (the order ParaView's
+reader reverses into VTK's x, y, z); the topology counts points, shape + 1 per axis. The
+reference uses the h5 file's bare name so both files can move together. The writer rewrites
+the sidecar on every checkpoint and on close, to the file's current name, so a file renamed
+while open gets a matching sidecar; `write_xdmf` regenerates it. "lzf" compression is an
+h5py-only filter that ParaView cannot decode (the writer warns, `LZF_WARNING`); use "gzip" or
+"none" for ParaView.
 
 Each cell type is a temporal collection of its own, `cells_<type>`, beside the fields' one
 (`ilsim`), so ParaView shows a multiblock of the fields' mesh and one point set per type:
@@ -21,6 +22,7 @@ between 1 and 1 keeps the live cells.
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -34,6 +36,13 @@ VTK_COLUMNS = {3: (2, 1, 0), 2: (None, 1, 0), 1: (None, 0, None)}
 and z (None: 0), so that the cells lie on the fields' mesh as vtkXdmfReader builds it: a
 3D mesh with VTK (x, y, z) = (x, y, z); a 2DCoRectMesh, listed (y, x), in the plane VTK
 x = 0 with VTK (y, z) = (x, y); a 1D rod's mesh with VTK y = x, z across the rod."""
+
+
+LZF_WARNING = (
+    'output.compression = "lzf": ParaView cannot read the data of the XDMF sidecar (lzf is an '
+    'h5py-only filter); use "gzip" or "none" for files ParaView should open'
+)
+"""The one-line warning (`warnings.warn`) of a writer or `write_xdmf` for an lzf file."""
 
 
 def _number_type(dtype: np.dtype) -> tuple[str, str]:
@@ -75,7 +84,7 @@ def xdmf_text(f: h5py.File, h5_name: str) -> str:
             for member in _members_of(field[1], grid.ndim):
                 _field_attribute(uniform, grid, h5_name, field, index, member)
         for region in regions:
-            _region_attribute(uniform, h5_name, region)
+            _region_attribute(uniform, grid, h5_name, region)
     for info in read_cells(f):
         _cell_series(domain, f, h5_name, info)
     ET.indent(root, space=" ")
@@ -140,19 +149,24 @@ def _field_attribute(
         AttributeType="Scalar",
         Center="Cell",
     )
-    slab = ET.SubElement(
-        attribute, "DataItem", ItemType="HyperSlab", Dimensions=_dims(_mesh(grid)[0])
-    )
+    lead = (index,) if member is None else (member, index)
+    _mesh_slab(attribute, grid, f"{h5_name}:/fields/{name}", data_shape, dtype, lead)
+
+
+def _mesh_slab(parent: ET.Element, grid, source: str, data_shape, dtype, lead: tuple = ()) -> None:
+    """The grid-shaped block at the leading indices `lead` (member, frame) of the dataset
+    `source` (of `data_shape` and `dtype`) as a hyperslab of the mesh's cell dimensions: a
+    DataItem of other dimensions (a 1D rod's n, not 1 x n) vtkXdmfReader reads as one value."""
+    slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Dimensions=_dims(_mesh(grid)[0]))
     selection = ET.SubElement(slab, "DataItem", Dimensions=f"3 {len(data_shape)}", Format="XML")
-    lead = () if member is None else (member,)
     selection.text = "  ".join(
         (
-            _dims((*lead, index) + (0,) * grid.ndim),
+            _dims((*lead, *(0 for _ in grid.shape))),
             _dims((1,) * len(data_shape)),
-            _dims((*(1 for _ in lead), 1, *grid.shape)),
+            _dims((*(1 for _ in lead), *grid.shape)),
         )
     )
-    _hdf_item(slab, f"{h5_name}:/fields/{name}", data_shape, dtype)
+    _hdf_item(slab, source, data_shape, dtype)
 
 
 def _cell_series(domain: ET.Element, f: h5py.File, h5_name: str, info) -> None:
@@ -216,13 +230,14 @@ def _cell_slab(
     _hdf_item(slab, source, shape, dtype)
 
 
-def _region_attribute(uniform: ET.Element, h5_name: str, region: tuple) -> None:
-    """A region mask, (name, dataset shape, dtype), as a cell attribute."""
+def _region_attribute(uniform: ET.Element, grid, h5_name: str, region: tuple) -> None:
+    """A region mask, (name, dataset shape, dtype), as a cell attribute: the whole mask as a
+    hyperslab of the fields' dimensions."""
     name, data_shape, dtype = region
     attribute = ET.SubElement(
         uniform, "Attribute", Name=f"region_{name}", AttributeType="Scalar", Center="Cell"
     )
-    _hdf_item(attribute, f"{h5_name}:/regions/{name}", data_shape, dtype)
+    _mesh_slab(attribute, grid, f"{h5_name}:/regions/{name}", data_shape, dtype)
 
 
 def _hdf_item(parent: ET.Element, source: str, data_shape, dtype) -> None:
@@ -254,4 +269,6 @@ def write_xdmf(path) -> Path:
     """(Re)write the sidecar `path.with_suffix(".xdmf")` of an ilsim file; returns its path."""
     with open_read(path) as f:
         check_format(f, path)
+        if any(data.compression == "lzf" for data in f["fields"].values()):
+            warnings.warn(LZF_WARNING, stacklevel=2)
         return write_sidecar(f, Path(path))
