@@ -233,6 +233,76 @@ def test_receptors_follow_their_state_ode_exactly_at_a_fixed_field():
     np.testing.assert_allclose(R, exact, rtol=1e-12)
 
 
+def receptor_growth_model() -> Model:
+    """20 cells that secrete IL-2 and take it up through receptors R that grow without decay,
+    1000 to 1e6 over 1000 s: the uptake the field sees grows 1000x within the run."""
+    grid = Grid((8, 8), spacing=10.0)
+    rng = np.random.default_rng(0)
+    cell = one_type(
+        grid,
+        rng.uniform(grid.lower, grid.upper, (20, 2)),
+        state={"R": 1000.0},
+        secretion=(CellSecretion("IL2", 100.0),),
+        uptake=(CellUptake("IL2", k_on=1.0, receptors_state="R"),),
+        state_terms=(StateTerm("R", production=1000.0),),
+    )
+    return Model(grid, species=(Species("IL2", diffusion=10.0, initial=1.0),), cells=(cell,))
+
+
+@pytest.mark.parametrize(
+    "stepper, dt",
+    [("explicit", "auto"), ("imex", "auto"), pytest.param("imex", 0.3, marks=pytest.mark.slow)],
+)
+def test_a_growing_cell_state_reaches_the_field_however_the_run_is_cut(stepper, dt, monkeypatch):
+    """The fields see a cell's state as it was at the cell step's start, so the cell step
+    bounds the state's relative growth (`cells.STATE_PER_STEP`): the run in one call, in
+    100 calls, and with a tenth of that growth per step agree within 6% (first order in
+    the cell step; 1.0e-4 nM at the end). Without the bound, receptors growing without
+    decay were still for a whole call: 0.1 nM in one call against 1e-4 in 100. The explicit
+    stepper sets its step afresh at each cell step: with the step of the call's start, the
+    growing uptake made it unstable (4e5 nM by 20 s)."""
+    import engine.model.cells as cells_module
+
+    def mean_il2(calls):
+        sim = Simulation(receptor_growth_model(), stepper=stepper, dt=dt, dtype="float64")
+        state = sim.initial_state()
+        for t in np.linspace(0.0, 1000.0, calls + 1)[1:]:
+            state = sim.advance(state, t)
+        il2 = np.asarray(state.fields["IL2"])
+        assert np.all(np.isfinite(il2)) and il2.min() >= 0
+        return il2.mean()
+
+    one, many = mean_il2(1), mean_il2(100)
+    monkeypatch.setattr(cells_module, "STATE_PER_STEP", cells_module.STATE_PER_STEP / 10)
+    finer = mean_il2(1)
+    assert 0.9e-4 < finer < 1.1e-4
+    np.testing.assert_allclose([one, many], finer, rtol=0.06)
+
+
+def test_advance_leaves_its_input_state_as_it_is_unless_donated():
+    """`advance` is pure: twice from one state, the same result; `donate=True` (the run
+    driver's, for the least memory) gives the input's buffers to the computation."""
+    model = receptor_growth_model()
+    sim = Simulation(model, stepper="imex", dt=5.0, dtype="float64")
+    start = sim.initial_state()
+    first, second = sim.advance(start, 50.0), sim.advance(start, 50.0)
+    np.testing.assert_array_equal(first.fields["IL2"], second.fields["IL2"])
+    np.testing.assert_array_equal(first.cells["T"].state["R"], second.cells["T"].state["R"])
+    np.testing.assert_array_equal(start.fields["IL2"], 1.0)
+    sim.advance(start, 50.0, donate=True)
+    assert start.fields["IL2"].is_deleted()
+
+
+@pytest.mark.parametrize("stepper", ["explicit", "imex", "quasi_steady"])
+def test_a_model_of_cells_only_steps_with_every_stepper(stepper):
+    grid = Grid((6, 6), spacing=10.0)
+    cell = one_type(grid, at_centres(grid, [(1, 1), (4, 2)]), motility=1.0)
+    sim = Simulation(Model(grid, cells=(cell,)), stepper=stepper, seed=3)
+    state = sim.advance(sim.initial_state(), 60.0)
+    moved = np.asarray(state.cells["T"].position)[:2] - at_centres(grid, [(1, 1), (4, 2)])
+    assert state.fields == {} and 0 < np.abs(moved).max() < 30.0
+
+
 def test_division_and_death_grow_the_count_as_n0_exp_b_minus_d_t():
     grid = Grid((10, 10), spacing=10.0)
     rng = np.random.default_rng(5)

@@ -673,3 +673,28 @@ def test_the_explicit_loop_builds_its_face_couplings_once(scheme, accelerator, m
         if any(getattr(v.aval, "shape", None) in axis_vectors for v in eqn.outvars)
     ]
     assert built == []
+
+
+@pytest.mark.parametrize(
+    "species, steady",
+    [
+        (dict(decay=0.0), False),
+        (dict(decay=1e-3), True),
+        (dict(decay=0.0, boundary=Boundary.from_faces(2, x_min=Dirichlet(0.0))), True),
+    ],
+)
+def test_quasi_steady_refuses_a_species_that_nothing_removes(species, steady):
+    """Without decay, uptake or an absorbing face a species has no steady state (its total
+    grows under any supply): quasi_steady returned NaN; now it names the species."""
+    grid = Grid((6, 6), spacing=10.0)
+    model = Model(
+        grid,
+        species=(Species("IL2", diffusion=10.0, **species),),
+        sources=(point_source(grid, "IL2", (30.0, 30.0), 70.0),),
+    )
+    if steady:
+        sim = Simulation(model, stepper="quasi_steady", dtype="float64")
+        assert np.all(np.isfinite(sim.advance(sim.initial_state(), 60.0).fields["IL2"]))
+    else:
+        with pytest.raises(ValueError, match=r"IL2 has none without a loss; give species.IL2"):
+            Simulation(model, stepper="quasi_steady")

@@ -334,14 +334,20 @@ FATE_PER_STEP = 0.1
 """The largest division or death rate times a cell step: a cell divides at most once per
 step, and its modulators are read once per step."""
 
+STATE_PER_STEP = 0.1
+"""The most a state variable may change in one cell step, relative to its size
+(`state_scale`) by its production, relative to itself by its decay: the fields see the
+state as it was at the step's start (receptors that set the uptake, say), and the state's
+terms the fields as they were."""
+
 
 def cells_dt(
     cell_types: tuple[CellType, ...], population: Mapping[str, Cells], fields, grid, periodic
 ):
     """Largest cell step (s): no cell's rms random step sqrt(2 ndim M dt) nor its chemotactic
     drift |chi grad c| dt exceeds `MOVE_PER_STEP` voxels, no division or death rate (its
-    unmodulated bound) exceeds `FATE_PER_STEP` per step, and no state variable decays by more
-    than e^-1 per step (the fields its terms read are frozen over the step)."""
+    unmodulated bound) exceeds `FATE_PER_STEP` per step, and no state variable's decay or
+    production (unmodulated) changes it by more than `STATE_PER_STEP` of its size."""
     h = MOVE_PER_STEP * min(grid.spacing)
     dt = jnp.inf
     for ct in cell_types:
@@ -355,9 +361,26 @@ def cells_dt(
         for fate in (ct.division, ct.death):
             if fate is not None:
                 dt = jnp.minimum(dt, FATE_PER_STEP / jnp.maximum(fate.rate, 1e-30))
+        production: dict = {}
         for term in ct.state_terms:
-            dt = jnp.minimum(dt, 1 / jnp.maximum(term.decay, 1e-30))
+            dt = jnp.minimum(dt, STATE_PER_STEP / jnp.maximum(term.decay, 1e-30))
+            accumulate(production, term.variable, jnp.abs(term.production))
+        cells = population[ct.name]
+        for name, rate in production.items():
+            scale = state_scale(ct, name, cells)
+            limit = jnp.where(scale > 0, STATE_PER_STEP * scale / jnp.maximum(rate, 1e-30), jnp.inf)
+            dt = jnp.minimum(dt, limit)
     return dt
+
+
+def state_scale(cell_type: CellType, name: str, cells: Cells):
+    """The size a state variable's change per step is measured against: the largest of its
+    values in alive cells, its initial value and the K of the type's modulators that read it
+    (the level at which it matters); 0 for a variable that none of these gives a size."""
+    values = jnp.where(cells.alive, jnp.abs(cells.state[name]), 0.0)
+    sizes = [jnp.max(values, initial=0.0), jnp.abs(jnp.asarray(cell_type.state[name]))]
+    sizes += [m.K for _, group in cell_type.modulated() for m in group if m.of == name]
+    return jnp.max(jnp.stack([jnp.asarray(x, values.dtype) for x in sizes]))
 
 
 def state_change(cell_type: CellType, cells: Cells, seen: Mapping, dt) -> dict:

@@ -256,11 +256,14 @@ class Ensemble:
         return step, proposal, scale
 
     @in_precision
-    def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
+    def advance(
+        self, state: State, t_end: float, legs: list | None = None, donate: bool = False
+    ) -> State:
         """Every member at `t_end` (s), each in the legs of steps its single run would take
         (`Simulation.advance`; the stretches between the schedule edges of every member's
         sources, so a sweep that varies a schedule steps at each member's edges). `legs`,
-        where given, gets each batch leg's (steps, dt) per member appended."""
+        where given, gets each batch leg's (steps, dt) per member appended. `state` is
+        always left as it is (`donate`, `Simulation.advance`'s, changes nothing here)."""
         span = float(t_end) - state.t
         if span < 0:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -16,7 +17,9 @@ from engine.model.cells import Cells, cells_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
+from engine.model.terms import Uptake
 from engine.numerics import compilation, parallel
+from engine.numerics.boundary import Dirichlet, Robin
 from engine.stepping import kernels as kernels_module
 from engine.stepping.steppers import (
     Explicit,
@@ -254,6 +257,8 @@ class Simulation:
             kernels_module.require_fusable(model)
         if kernel_launch is not None and not fused:
             raise ValueError('kernel_launch: only the Pallas kernels take it; add kernels="pallas"')
+        if stepper == "quasi_steady":
+            refuse_without_steady_state(model)
         launch = kernel_launch or kernels_module.DEFAULT_LAUNCH
         self.stepper = make_stepper(stepper, scheme, tolerance, fused, launch)
         self.adaptive = adaptive
@@ -404,8 +409,17 @@ class Simulation:
         return self._cell_every(self._steps(state)[1], dt)
 
     def _cell_every(self, cells_limit: float, dt: float) -> int:
+        """Field steps of `dt` (s) per cell step: as many as fit in `cells_limit` (s); one
+        where nothing limits the cells' step but they change (a state growing from 0 that
+        nothing gives a size), so that they change with the fields, not with the output;
+        one under error control, whose estimates would see the cells' less frequent
+        changes as transients of the fields and shorten the step (3x more steps)."""
+        if self.error_controlled:
+            return 1
+        if not math.isfinite(cells_limit):
+            return 1 if any(map(changes, self.host_model.cells)) else 2**30
         steps = self.safety * cells_limit / dt * (1 + 1e-9) if dt > 0 else 1.0
-        return int(min(max(1.0, math.floor(steps)), 2**30))  # still cells: once per call
+        return int(min(max(1.0, math.floor(steps)), 2**30))
 
     @property
     def error_controlled(self) -> bool:
@@ -476,21 +490,30 @@ class Simulation:
         return self.advance_cells_and_fields(fields, cells, t, dt, n_steps, 0, 2**30)[0]
 
     @in_precision
-    def advance(self, state: State, t_end: float, legs: list | None = None) -> State:
+    def advance(
+        self, state: State, t_end: float, legs: list | None = None, donate: bool = False
+    ) -> State:
         """The state at `t_end` (s), in steps no longer than `time_step` that end at every
         start and end of a source's dose in between (`stretches`), equal within each stretch,
         or with error control equal within each leg of at most `STEPS_PER_ESTIMATE` steps
-        on one estimate of the step, which holds across calls (`State.held`).
+        on one estimate of the step, which holds across calls (`State.held`). With cells, in
+        legs of `_cell_steps_per_leg` cell steps, each setting the steps afresh.
         `legs`, where given, gets each leg's (steps, dt, cell_every) appended: the run's steps,
         to be replayed (`runs.gradients.Trajectory`).
 
-        The input state's buffers are donated to the computation: use the returned state.
+        `state` is left as it is, unless `donate`: then its buffers are given to the
+        computation (no copy: the least memory) and only the returned state may be used.
+        A fixed dt is taken as given, stable or not (`check_time_step` refuses one beyond
+        the explicit stability limit, as `run` does before it starts).
         """
         span = float(t_end) - state.t
         if span < 0:
             raise ValueError(f"advance: t_end {t_end} s is before the state's time {state.t} s")
         if span == 0:
             return state
+        if not donate:
+            fields, cells = jax.tree.map(jnp.copy, (state.fields, state.cells))
+            state = dataclasses.replace(state, fields=fields, cells=cells)
         if self.adaptive:
             for _, end in stretches(self.host_model.sources, state.t, float(t_end)):
                 state = self._advance_adaptively(state, end)
@@ -499,9 +522,12 @@ class Simulation:
         fields, cells, steps, proposal = state.fields, state.cells, state.step, state.dt
         held, scale = state.held or NOT_HELD, state.scale
         sources = self.host_model.sources
+        cell_steps = self._cell_steps_per_leg()
         for start, end in stretches(sources, state.t, float(t_end)):
             t = start
             while t < end:
+                if cell_steps and t > state.t:
+                    bound, cells_limit = self._steps(State(t=t, fields=fields, cells=cells))
                 dt_max, stop = min(bound, end - t), end
                 if self.error_controlled:
                     step = None
@@ -513,6 +539,9 @@ class Simulation:
                 n_steps = steps_within(stop - t, dt_max)
                 dt = (stop - t) / n_steps
                 every = self._cell_every(cells_limit, dt) if self.model.cells else 1
+                if cell_steps and every * cell_steps < n_steps:
+                    n_steps = every * cell_steps
+                    stop = t + n_steps * dt
                 fields, cells = self.advance_cells_and_fields(
                     fields, cells, t, dt, n_steps, steps, every
                 )
@@ -529,6 +558,16 @@ class Simulation:
             held=held,
             scale=scale,
         )
+
+    def _cell_steps_per_leg(self) -> int:
+        """How many cell steps `advance` takes before it sets the step and the cells' step
+        afresh (0: no cells): the cells' receptors, states and positions change the uptake
+        and the cells' own limit. One for the explicit stepper at dt = "auto", whose
+        stability limit the uptake sets; else `STEPS_PER_ESTIMATE`."""
+        if not self.model.cells:
+            return 0
+        explicit_auto = self.dt == "auto" and not self.error_controlled
+        return 1 if explicit_auto else STEPS_PER_ESTIMATE
 
     def _advance_adaptively(self, state: State, t_end: float) -> State:
         dt = state.dt if state.dt is not None else min(self.time_step(state), t_end - state.t)
@@ -641,6 +680,32 @@ def default_kernels(model: Model, stepper: str, scheme: str, adaptive: bool, mes
     if gpu and several_stages and one_device and model.grid.ndim == 3:
         return "pallas" if kernels_module.fusable(model) else "xla"
     return "xla"
+
+
+def changes(cell_type) -> bool:
+    """Whether a cell type's cells change as they step: they move, divide, die or have
+    state terms (else a cell step leaves them as they are)."""
+    moves = cell_type.motility != 0 or cell_type.chemotaxis_species is not None
+    fates = cell_type.division is not None or cell_type.death is not None
+    return bool(moves or fates or cell_type.state_terms)
+
+
+def refuse_without_steady_state(model: Model) -> None:
+    """ValueError naming a species that nothing removes (no decay, uptake by a population
+    or by cells, nor a dirichlet or robin face): it has no steady state for the
+    quasi_steady stepper to hold it at (its total grows with any supply, else any uniform
+    level is one)."""
+    taken = {t.species for t in model.terms if isinstance(t, Uptake)}
+    taken |= {u.species for c in model.cells for u in c.uptake}
+    for s in model.species:
+        faces = [f for pair in model.boundary(s).faces for f in pair]
+        absorbing = any(isinstance(f, Dirichlet | Robin) for f in faces)
+        if not (np.any(np.asarray(s.decay) > 0) or s.name in taken or absorbing):
+            raise ValueError(
+                f"time.stepper: quasi_steady holds species at their steady state, and "
+                f"{s.name} has none without a loss; give species.{s.name}.decay, an uptake, "
+                'or a dirichlet or robin face, or use time.stepper = "imex"'
+            )
 
 
 def refuse_with_cells(mesh, devices, adaptive: bool, kernels: str) -> None:

@@ -214,7 +214,7 @@ def reaction_change(model: Model, prepared, fields: Fields, t, dt, names) -> Fie
 def error_norm(errors: list[Fields], fields: Fields, tolerance: float):
     """Largest error relative to `tolerance` x each field's maximum (<= 1: step accepted);
     `fields`: the fields, or each field's size (0-d)."""
-    worst = jnp.zeros((), next(iter(fields.values())).dtype)
+    worst = jnp.zeros(())  # 0 where there are no fields (a model of cells only)
     for error in errors:
         for name, e in error.items():
             scale = tolerance * jnp.maximum(jnp.max(jnp.abs(fields[name])), 1e-30)
@@ -557,6 +557,8 @@ class QuasiSteady:
         self, model: Model, faces, preconditioners, fields: Fields, t, supply: Fields
     ) -> Fields:
         """The species' steady state for the current populations and a supply (nM/s)."""
+        if not model.species:
+            return fields
         float32 = next(iter(fields.values())).dtype == jnp.float32
         floor = 1e-4 if float32 else 1e-10  # relative change: 100 or 10 CG tolerances
 
