@@ -54,7 +54,7 @@ k_on = "3.1e7 1/M/s"
 receptors = 1e3
 
 [output]
-checkpoint_every = "{checkpoint}"
+{checkpoint}
 """
 
 
@@ -69,7 +69,7 @@ def write_config(
     il2_initial=None,
 ) -> Path:
     """The test case in `folder`; `il2_initial`: IL-2 in the lesion at the start (nM; none by
-    default: the T cells secrete it)."""
+    default: the T cells secrete it); `checkpoint`: output.checkpoint_every (None: unset)."""
     path = folder / "case.toml"
     initial = (
         "" if il2_initial is None else f"initial = {{ region = 'lesion', value = {il2_initial} }}"
@@ -82,7 +82,7 @@ def write_config(
             dt=dt,
             every=every,
             c=5 * n,
-            checkpoint=checkpoint,
+            checkpoint="" if checkpoint is None else f'checkpoint_every = "{checkpoint}"',
             il2_initial=initial,
         )
     )
@@ -151,6 +151,43 @@ def test_existing_output_is_never_clobbered(tmp_path, capsys):
     assert h5py.is_hdf5(out)
 
 
+def test_an_existing_sidecar_is_not_clobbered_either(tmp_path, capsys):
+    config, out = write_config(tmp_path), tmp_path / "out.h5"
+    sidecar = out.with_suffix(".xdmf")
+    sidecar.write_text("mine")
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out.xdmf exists" in err and "--overwrite" in err
+    assert sidecar.read_text() == "mine" and not out.exists()
+    assert main(["run", str(config), "-o", str(out), "--quiet", "--overwrite"]) == 0
+    assert "Xdmf" in sidecar.read_text()
+
+
+@pytest.mark.parametrize(
+    "override, refusal",
+    [
+        ("species.IL2.diffusion=50 um^2/s", "species.IL2.diffusion: 50.0 now, 100.0 in the run"),
+        ("time.output_every=3 min", "time.output_every: 180.0 now, 120.0 in the run"),
+        ("time.end=4 min", "time.end: 240 s is before"),
+    ],
+)
+def test_resume_refuses_a_config_that_differs_from_the_run(tmp_path, capsys, override, refusal):
+    """The frames in the file were made by its config: a resume under another one would
+    describe them wrongly (only a later time.end, or another checkpoint_every, may differ)."""
+    config, out = write_config(tmp_path, end="6 min", every="2 min"), tmp_path / "out.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    before = out.read_bytes()
+    args = ["run", str(config), "-o", str(out), "--resume", "--quiet", "--set", override]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and refusal in err, err
+    assert out.read_bytes() == before
+    later = ["--set", "time.end=8 min", "--set", "output.checkpoint_every=1 min"]
+    assert main(["run", str(config), "-o", str(out), "--resume", "--quiet", *later]) == 0
+    with engine.open_output(out) as done:
+        np.testing.assert_allclose(done.time, 120.0 * np.arange(5))
+
+
 UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 0.25 s
 
 BAD_INPUT = pytest.mark.parametrize(
@@ -165,6 +202,8 @@ BAD_INPUT = pytest.mark.parametrize(
         (["validate", "{config}", "--set", "terms[0].species=IL7"], "terms[0].species"),
         (["run", "{broken}"], "broken.toml"),
         (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
+        (["run", "{config}", "-o", "{folder}", "--overwrite"], "is a folder"),
+        (["run", "{config}", "--resume", "-o", "{config}"], "not a readable HDF5 file"),
         (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
         (["run", "{config}", *UNSTABLE], "time.dt"),
         (["validate", "{config}", *UNSTABLE], "stability limit, 0.2468 s"),  # sinks count
@@ -191,7 +230,11 @@ def bad_input(tmp_path, args) -> tuple[Path, list[str]]:
     broken = tmp_path / "broken.toml"
     broken.write_text("[grid\nshape = [4, 4]\n")
     names = dict(
-        config=config, missing=tmp_path / "missing.toml", broken=broken, out=tmp_path / "x.h5"
+        config=config,
+        missing=tmp_path / "missing.toml",
+        broken=broken,
+        out=tmp_path / "x.h5",
+        folder=tmp_path,
     )
     args = [a.format(**names) for a in args]
     if args[0] == "run" and "-o" not in args:
@@ -297,18 +340,21 @@ def _start_long_run(tmp_path):
     return config, out, process
 
 
+@pytest.mark.parametrize("checkpoint", ["4 min", None])
 def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, checkpoint
 ):
     """In this process (with real signals to a process of its own: the two tests below, -m
     slow): SIGINT after the fourth frame stops the run at the next frame, with a checkpoint
     and status 130; the file as it was on disk right after that frame (what a kill then
-    leaves) opens with every frame; both resume to the frames of an uninterrupted run."""
+    leaves) opens with every frame; both resume to the frames of an uninterrupted run. Also
+    without output.checkpoint_every: a run checkpoints its first frame, so that a kill
+    before its first timed checkpoint leaves a file to resume."""
     import shutil
 
     from engine.io.writer import OutputWriter
 
-    config = write_config(tmp_path, n=12, stepper="explicit")
+    config = write_config(tmp_path, n=12, stepper="explicit", checkpoint=checkpoint)
     out, killed = tmp_path / "stopped.h5", tmp_path / "killed.h5"
     write_frame = OutputWriter.write_frame
 
@@ -391,6 +437,42 @@ def test_sigint_checkpoints_and_resume_completes_like_an_uninterrupted_run(tmp_p
         np.testing.assert_allclose(a.time, b.time)
         for name in ("IL2", "T"):
             np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("after", [0.3, 1.5])
+def test_a_signal_while_the_run_starts_exits_130_with_one_line(tmp_path, sig, after):
+    """Whenever it comes (importing, building, compiling, the first frames), Ctrl-C or
+    SIGTERM stops the run with status 130 and one line: none lost (Python drops a
+    KeyboardInterrupt raised inside JAX's garbage-collection callback), no traceback, and
+    any file left resumable."""
+    config, out = write_config(tmp_path, n=32), tmp_path / "o.h5"
+    process = subprocess.Popen(
+        ilsim_argv("run", config, "-o", out, "--quiet"),
+        env=child_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    if out.exists():
+        resumed = ilsim("run", config, "-o", out, "--resume", "--quiet")
+        assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.slow  # a process of its own: JAX's platform is chosen once per process
+def test_a_backend_that_is_not_here_is_bad_input(tmp_path):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is here")
+    result = ilsim("run", write_config(tmp_path), "-o", tmp_path / "o.h5", "--backend", "gpu")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "ilsim: error: --backend gpu: no gpu device is available here"
 
 
 @pytest.mark.slow

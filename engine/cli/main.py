@@ -10,8 +10,11 @@ and the figures load none of them."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import signal
 import sys
+import warnings
 
 import engine
 from engine.cli import batch, bench, files, simulate
@@ -43,10 +46,41 @@ def _raised_by(module: str, name: str) -> tuple[type, ...]:
     return () if loaded is None else (getattr(loaded, name),)
 
 
+class Interrupts:
+    """The handler of SIGINT and SIGTERM until a run's frame loop takes them over: keep the
+    signal in `received`, which the loop reads (`runs.driver`), and raise KeyboardInterrupt,
+    except inside a garbage-collection callback (JAX has one), where Python would print
+    and drop it: the run then stops at its first frame."""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def __call__(self, signum, frame):
+        self.received.append(signum)
+        callbacks = {getattr(c, "__code__", None) for c in gc.callbacks}
+        while frame is not None:
+            if frame.f_code in callbacks:
+                return
+            frame = frame.f_back
+        raise KeyboardInterrupt
+
+
+def _note(message, category, filename, lineno, file=None, line=None):
+    """A warning raised by a command, as one line on stderr."""
+    print(f"ilsim: note: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = Interrupts()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"ilsim: {args.command} interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into a reader that stopped (| head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -74,3 +108,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

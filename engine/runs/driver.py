@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,14 @@ from engine.io.writer import OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
 from engine.stepping.simulation import Simulation, State, check_capacity
+
+CHECKPOINT_WALL_S = 600.0
+"""Wall time (s) between checkpoints where `output.checkpoint_every` is not set (a run
+also checkpoints at its first frame and its end): a run killed outright (SIGKILL, a lost
+node) resumes having lost at most this much work."""
+
+RESUMABLE_CHANGES = ("time.end", "output.checkpoint_every")
+"""The config keys a `--resume` may change: the rest made the frames already written."""
 
 
 class RunError(ValueError):
@@ -77,9 +86,49 @@ def _check_finite(fields: dict[str, list], t: float, processes: Processes | None
         )
 
 
+def refuse_changed_config(output: Path, cfg) -> None:
+    """RunError naming the first key (other than `RESUMABLE_CHANGES`) whose value in `cfg`
+    differs from the config that made `output`'s frames."""
+    try:
+        with h5py.File(output, "r") as f:
+            text = f.attrs.get("config")
+    except OSError as error:
+        raise RunError(f"{output}: not a readable HDF5 file ({error}); nothing to resume") from None
+    if text is None:
+        raise RunError(f"{output}: holds no config; it is not an ilsim run to resume")
+    stored = _flat(tomllib.loads(text if isinstance(text, str) else text.decode()))
+    given = _flat(tomllib.loads(dump_toml(cfg)))
+    for key in sorted(set(stored) | set(given)):
+        old, new = stored.get(key), given.get(key)
+        if old != new and key not in RESUMABLE_CHANGES:
+            key = key.removesuffix(".value")  # a coefficient's or an initial value's key
+            raise RunError(
+                f"{key}: {_shown(new)} now, {_shown(old)} in the run {output} holds; resume "
+                f"with its config (only {' and '.join(RESUMABLE_CHANGES)} may change) or "
+                "start a new output"
+            )
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """A parsed TOML document as {dotted path ([i] for array entries): value}."""
+    if isinstance(tree, dict):
+        items = [(f"{prefix}.{k}" if prefix else k, v) for k, v in tree.items()]
+    elif isinstance(tree, list) and any(isinstance(v, dict | list) for v in tree):
+        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(tree)]
+    else:
+        return {prefix: tree}
+    return {k: v for key, value in items for k, v in _flat(value, key).items()}
+
+
+def _shown(value) -> str:
+    return "unset" if value is None else repr(value)
+
+
 @contextmanager
 def _stop_requests():
-    """Turn SIGINT/SIGTERM into a flag checked between frames (the frame in hand finishes)."""
+    """Turn SIGINT/SIGTERM into a flag checked between frames (the frame in hand finishes),
+    raised already by the signals the CLI's handler received (`cli.main.Interrupts`) but
+    whose KeyboardInterrupt Python dropped."""
     requested = []
     previous = {}
 
@@ -88,6 +137,7 @@ def _stop_requests():
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
+        requested += getattr(previous[sig], "received", [])
     try:
         yield requested
     finally:
@@ -124,8 +174,16 @@ def run(
     first = team is None or team.rank == 0
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other")
+    if output.is_dir():
+        raise RunError(f"{output} is a folder; give a file path, such as {output / 'run.h5'}")
     if output.exists() and not (resume or overwrite):
         raise RunError(f"{output} exists; pass --overwrite to replace it or --resume to continue")
+    sidecar = output.with_suffix(".xdmf")
+    if sidecar.exists() and not output.exists() and not overwrite:
+        raise RunError(
+            f"{sidecar} exists (the sidecar of {output}); pass --overwrite to replace it "
+            "or choose another -o path"
+        )
     if resume and not output.exists():
         raise RunError(f"{output} does not exist; nothing to resume")
     folder = output.parent if str(output.parent) else Path(".")
@@ -133,12 +191,16 @@ def run(
         raise RunError(f"{output}: cannot write in {folder}; choose another -o path")
     names = cfg.output.fields or list(sim.model.names)
     times = output_times(cfg.time.end, cfg.time.output_every)
-    every_checkpoint = (
-        cfg.time.end if cfg.output.checkpoint_every is None else cfg.output.checkpoint_every
-    )
+    every_checkpoint = cfg.output.checkpoint_every
 
     if resume:
+        refuse_changed_config(output, cfg)
         saved = read_checkpoint(output, load=sim.load_fields)
+        if saved.time > cfg.time.end * (1 + 1e-12):
+            raise RunError(
+                f"time.end: {cfg.time.end:g} s is before {output}'s checkpoint at "
+                f"t = {saved.time:g} s; resume with a later time.end"
+            )
         cells = sim.load_cells(saved.cells) if sim.model.cells else {}
         if team is not None:
             team.barrier()  # every process has read its blocks
@@ -185,6 +247,8 @@ def run(
     bar = _progress(cfg.time.end, quiet or not first)
     started = time.perf_counter()
     last_checkpoint = state.t
+    last_checkpoint_wall = time.perf_counter() if resume else None  # None: checkpoint now
+    fixed_dt = None if cfg.time.dt == "auto" else cfg.time.dt  # the step of a fixed time.dt
     targets = [t for t in times if t > state.t * (1 + 1e-12)]
     write_current = not resume  # a resumed state's frame is already in the file
     try:
@@ -198,7 +262,9 @@ def run(
                 check_capacity(state)  # stops before a frame that lost daughters
                 # dispatch the next chunk before writing: the device computes while the host
                 # compresses and writes (the input buffers are donated, the copy is ours)
-                following = sim.advance(state, targets.pop(0)) if targets and not stop else None
+                following = None
+                if targets and not stop:
+                    following = sim.advance(state, targets.pop(0), donate=True)
                 if write_current:
                     _check_finite(host, state.t, team)
                     writer.write_frame(state.t, {n: host[n] for n in names}, cells)
@@ -212,12 +278,18 @@ def run(
                     rejected = getattr(sim, "rejected_steps", 0)  # adaptive steps; a sweep has none
                     note = f", {rejected} rejected" if rejected else ""
                     bar.set_postfix_str(f"{rate:.3g} steps/s{note}", refresh=False)
-                due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
+                if last_checkpoint_wall is None:  # the first frame of a new run
+                    due = True
+                elif every_checkpoint is None:
+                    due = time.perf_counter() - last_checkpoint_wall >= CHECKPOINT_WALL_S
+                else:
+                    due = state.t - last_checkpoint >= every_checkpoint * (1 - 1e-12)
                 if following is None or stop or due:
+                    dt = state.dt if state.dt is not None else fixed_dt
                     writer.write_checkpoint(
-                        state.t, state.step, state.dt, host, cells, state.held, state.scale
+                        state.t, state.step, dt, host, cells, state.held, state.scale
                     )
-                    last_checkpoint = state.t
+                    last_checkpoint, last_checkpoint_wall = state.t, time.perf_counter()
                 if stop:
                     raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")
                 if following is None:

@@ -51,7 +51,7 @@ class Simulation(simulation.Simulation):
         for a config the number of steps to time.end at the first step and the memory
         estimate (bytes)."""
         if self.config is not None and not math.isfinite(span):
-            span = self.config.time.output_every or self.config.time.end
+            span = min(self.config.time.output_every or math.inf, self.config.time.end)
         report = super().validate(state, span)
         if self.config is not None:
             end = self.config.time.end
