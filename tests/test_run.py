@@ -188,6 +188,19 @@ def test_resume_refuses_a_config_that_differs_from_the_run(tmp_path, capsys, ove
         np.testing.assert_allclose(done.time, 120.0 * np.arange(5))
 
 
+def test_a_step_too_short_to_count_is_refused_and_leaves_no_file(tmp_path, capsys):
+    """An explicit step set by a rate of 1e12 1/s would take 1e15 steps (more than a loop's
+    int32 counts): one line naming time.dt and the stepper to use; no file, partial or
+    sidecar."""
+    config, out = write_config(tmp_path), tmp_path / "out.h5"
+    stiff = ["--set", "time.stepper=explicit", "--set", "species.IL2.decay=1e12 1/s"]
+    assert main(["run", str(config), "-o", str(out), "--quiet", *stiff]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "imex" in err
+    assert err.startswith("ilsim: error: time.dt: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.toml"]
+
+
 UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 0.25 s
 
 BAD_INPUT = pytest.mark.parametrize(

@@ -299,6 +299,9 @@ def run(
         writer.close()
         if bar is not None:
             bar.close()
+        if path != output and first:  # stopped before its first frame: leave nothing
+            for made in (path, path.with_suffix(".xdmf")):
+                made.unlink(missing_ok=True)
 
 
 def _region_masks(sim: Simulation) -> dict[str, np.ndarray]:

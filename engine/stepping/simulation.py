@@ -537,6 +537,7 @@ class Simulation:
                     dt_max, stop, held = next_leg(t, end, dt_max, held, step, sources)
                     dt_max, stop = float(dt_max), float(stop)
                 n_steps = steps_within(stop - t, dt_max)
+                refuse_uncountable_steps(n_steps, stop - t, self.stepper.name)
                 dt = (stop - t) / n_steps
                 every = self._cell_every(cells_limit, dt) if self.model.cells else 1
                 if cell_steps and every * cell_steps < n_steps:
@@ -688,6 +689,21 @@ def changes(cell_type) -> bool:
     moves = cell_type.motility != 0 or cell_type.chemotaxis_species is not None
     fates = cell_type.division is not None or cell_type.death is not None
     return bool(moves or fates or cell_type.state_terms)
+
+
+MAX_STEPS_PER_LOOP = 2**31 - 1
+"""The most steps one device loop counts (int32)."""
+
+
+def refuse_uncountable_steps(n_steps: int, span: float, stepper: str) -> None:
+    """ValueError naming time.dt where covering `span` (s) takes more steps than a device
+    loop counts: a step that short (a stiff rate under the explicit stepper) never ends."""
+    if n_steps > MAX_STEPS_PER_LOOP:
+        advice = 'time.stepper = "imex"' if stepper == "explicit" else "a longer time.dt"
+        raise ValueError(
+            f"time.dt: {span:g} s would take {n_steps:.3g} steps of {span / n_steps:.3g} s, more "
+            f"than a device loop counts (2^31); the stiffest rate sets that step: use {advice}"
+        )
 
 
 def refuse_without_steady_state(model: Model) -> None:
