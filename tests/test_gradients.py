@@ -228,10 +228,18 @@ def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
     assert main([*argv, "--set", "terms[0].k_on=0.03"]) == 0
     printed = capsys.readouterr().out
     assert "converged" in printed and "--set species.IL2.diffusion=20" in printed
-    assert main(["fit", str(config), "--data", str(data), "--param", "time.end"]) == 2
-    assert "changes nothing" in capsys.readouterr().err
-    missing = tmp_path / "none.h5"
-    assert main(["fit", str(config), "--data", str(missing), "--param", FIT_KEYS[0]]) == 2
+    refusals = [
+        (["--param", "time.end"], "changes nothing"),
+        (["--param", FIT_KEYS[0], "--set", "time.stepper=quasi_steady"], "--set time.stepper"),
+        (["--param", FIT_KEYS[0], "--max-iterations", "0"], "--max-iterations: 0"),
+    ]
+    for args, refusal in refusals:
+        assert main(["fit", str(config), "--data", str(data), *args]) == 2
+        err = capsys.readouterr().err.strip()  # one line: no note before it
+        assert len(err.splitlines()) == 1 and refusal in err, err
+    for bad in (tmp_path / "none.h5", config):
+        assert main(["fit", str(config), "--data", str(bad), "--param", FIT_KEYS[0]]) == 2
+        assert str(bad) in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a forward-mode program per parameter; value_and_gradient runs by default

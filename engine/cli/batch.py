@@ -171,12 +171,14 @@ def _fit(args) -> int:
     data = Path(args.data)
     if not data.exists():
         raise ConfigError(f"--data {data}: no such file")
+    if args.max_iterations < 1:
+        raise ConfigError(f"--max-iterations: {args.max_iterations}; give at least 1")
+    result = fit(cfg, data, args.param, fields=args.field, max_iterations=args.max_iterations)
     if cfg.time.dtype == "float32" and not args.quiet:
         print(
-            "ilsim: note: fitting in float32; --set time.dtype=float64 gives exact gradients",
+            "ilsim: note: fitted in float32; --set time.dtype=float64 gives exact gradients",
             file=sys.stderr,
         )
-    result = fit(cfg, data, args.param, fields=args.field, max_iterations=args.max_iterations)
     print(result.table())
     print(
         "fitted config: "

@@ -72,7 +72,7 @@ def config_number(cfg: Config, key: str, sections=MODEL_SECTIONS) -> tuple[str, 
     if tokens[0] not in sections:
         raise ConfigError(
             f"{key}: changes nothing in the model; name a number of {', '.join(sections)} "
-            "(time, grid and output keys cannot vary within one batch)"
+            "(time, grid and output keys are not parameters of the model)"
         )
     node = _node(to_raw(cfg), key)
     if tokens[0] == "cells" and len(tokens) >= 3 and tokens[2] in CELL_NOT_PARAMETERS:

@@ -210,23 +210,29 @@ def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key):
     return fields, population, number + steps
 
 
-def _check_mode(trajectory: Trajectory, mode: str) -> None:
+def _check_mode(trajectory: Trajectory, mode: str, forward: bool = True) -> None:
+    """ConfigError where reverse mode cannot differentiate the run's stepper; its advice
+    offers forward mode only where the caller has it (`forward`; fits have not)."""
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r}; use reverse or forward")
     if mode == "forward":
         return
     sim = trajectory.sim
-    if sim.stepper.name == "quasi_steady":
-        raise ConfigError(
-            "time.stepper: quasi_steady relaxes species in a while loop, which reverse mode "
-            'cannot differentiate; use mode="forward" (or the imex or explicit stepper)'
-        )
     drifting = any(p.chemotaxis_species for p in sim.model.populations)
-    if sim.stepper.name == "imex" and drifting:
-        raise ConfigError(
-            "time.stepper: imex sub-cycles chemotaxis a field-dependent number of times, which "
-            'reverse mode cannot differentiate; use mode="forward" or the explicit stepper'
-        )
+    if sim.stepper.name == "quasi_steady":
+        why, other = "relaxes species in a while loop", "imex"
+    elif sim.stepper.name == "imex" and drifting:
+        why, other = "sub-cycles chemotaxis a field-dependent number of times", "explicit"
+    else:
+        return
+    if forward:
+        advice = f'mode="forward" or time.stepper = "{other}"'
+    else:
+        advice = f"--set time.stepper={other} (fits differentiate in reverse mode)"
+    raise ConfigError(
+        f"time.stepper: {sim.stepper.name} {why}, which reverse mode cannot differentiate; "
+        f"use {advice}"
+    )
 
 
 def in_config_precision(function):
@@ -338,7 +344,11 @@ class Observed:
             fields = {k: np.asarray(v, np.float64) for k, v in source.items() if k != "time"}
             observed = cls(np.asarray(source["time"], np.float64), fields)
         else:
-            out = source if isinstance(source, Output) else open_output(source)
+            try:
+                out = source if isinstance(source, Output) else open_output(source)
+            except OSError as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ValueError(f"data: {source}: not a readable HDF5 file ({reason})") from None
             try:
                 fields = {
                     n: np.asarray(out.field(n)[: out.n_frames], np.float64) for n in out.fields
@@ -416,7 +426,7 @@ def fit(
             f"model ({', '.join(cfg.field_names)})"
         )
     trajectory = Trajectory(cfg, params, data.times, segment)
-    _check_mode(trajectory, "reverse")
+    _check_mode(trajectory, "reverse", forward=False)
     start = trajectory.values
     if np.any(start <= 0):
         bad = [k for k, v in zip(trajectory.keys, start) if v <= 0]
