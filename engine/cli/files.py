@@ -100,7 +100,7 @@ def _frame_note(out, time, index: int) -> None:
     if abs(asked - actual) > 1e-9 * max(1.0, abs(asked)):
         print(
             f"ilsim: note: no frame at {analysis.format_time(asked)}; using the nearest, "
-            f"{analysis.format_time(actual)} (frame {index})",
+            f"{analysis.format_time(actual)} (frame {index + 1}/{len(out.time)})",
             file=sys.stderr,
         )
 
