@@ -201,6 +201,22 @@ def test_a_step_too_short_to_count_is_refused_and_leaves_no_file(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.toml"]
 
 
+def test_frames_that_outgrow_the_disk_are_announced(tmp_path, capsys, monkeypatch):
+    """A run whose frames, uncompressed, take more than the disk has free says so in one
+    note before it starts (compression may still fit them)."""
+    import shutil
+
+    from engine.runs import driver
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(driver.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    config = write_config(tmp_path, end="4 min")
+    assert main(["run", str(config), "-o", str(tmp_path / "out.h5"), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ilsim: note: the 3 frames take 1.38e-05 GB uncompressed")
+    assert len(err.splitlines()) == 1
+
+
 UNSTABLE = ["--set", "time.stepper=explicit", "--set", "time.dt=1 s"]  # limit: 0.25 s
 
 BAD_INPUT = pytest.mark.parametrize(

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 import tomllib
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,6 +85,21 @@ def _check_finite(fields: dict[str, list], t: float, processes: Processes | None
         raise Diverged(
             f"field {name} became NaN or infinite by t = {t:g} s; use a smaller time.dt, "
             'time.dt = "auto", or another time.stepper (imex, quasi_steady)'
+        )
+
+
+def warn_if_frames_outgrow_disk(frames: int, values: int, sim, folder: Path) -> None:
+    """A warning where `frames` frames of `values` numbers each (and a sweep's members)
+    would take more, uncompressed, than the disk holding `folder` has free."""
+    members = sim.size if hasattr(sim, "members") else 1
+    needed = frames * values * members * sim.dtype.itemsize
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        warnings.warn(
+            f"the {frames} frames take {needed / 1e9:.3g} GB uncompressed, and {folder} has "
+            f"{free / 1e9:.3g} GB free; compression may fit them, else raise "
+            "time.output_every or list fewer output.fields",
+            stacklevel=2,
         )
 
 
@@ -191,6 +208,8 @@ def run(
         raise RunError(f"{output}: cannot write in {folder}; choose another -o path")
     names = cfg.output.fields or list(sim.model.names)
     times = output_times(cfg.time.end, cfg.time.output_every)
+    if first:
+        warn_if_frames_outgrow_disk(len(times), len(names) * sim.model.grid.size, sim, folder)
     every_checkpoint = cfg.output.checkpoint_every
 
     if resume:
