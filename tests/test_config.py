@@ -815,6 +815,28 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         load_config(path)
 
 
+def test_a_region_reads_its_mask_from_an_hdf5_file(tmp_path):
+    import h5py
+
+    from engine.config.build import build_model
+
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:20, 30:40] = 1
+    with h5py.File(tmp_path / "masks.h5", "w") as f:
+        f["regions/mask"] = mask
+        f["regions/other"] = 1 - mask
+        f["time"] = [0.0]
+    path = tmp_path / "cfg.toml"
+    path.write_text(dump_toml(load_config(base())) + '\n[regions.mask]\nfile = "masks.h5"\n')
+    overrides = {"species.IL2.initial": {"region": "mask", "value": 2.0}}
+    initial = build_model(load_config(path, overrides)).species[0].initial
+    np.testing.assert_array_equal(initial, 2.0 * mask)
+    with h5py.File(tmp_path / "masks.h5", "a") as f:
+        del f["regions/mask"]
+    with pytest.raises(ConfigError, match=r"^regions\.mask\.file: cannot read .* 2 datasets"):
+        load_config(path)
+
+
 def test_region_kinds_and_3d_geometry():
     raw = {
         "grid": {"shape": [8, 16, 32], "spacing": [4, 2, 1], "origin": [-16, 0, 0]},

@@ -231,6 +231,24 @@ def test_from_file_round_trip(tmp_path, dtype):
     np.testing.assert_array_equal(regions.from_file(grid, str(path)), mask)
 
 
+def test_a_mask_reads_from_an_hdf5_file_by_its_name_or_as_its_only_dataset(tmp_path):
+    """DESIGN's "NumPy or HDF5 mask file": an ilsim output's regions/<name> (the masks a run
+    used), or a file of one dataset; a file of several without that name is refused."""
+    import h5py
+
+    grid = Grid((5, 4))
+    mask = np.random.default_rng(2).random(grid.shape) < 0.4
+    with h5py.File(tmp_path / "run.h5", "w") as f:
+        f["regions/lesion"] = mask.astype(np.uint8)
+        f["regions/other"] = ~mask
+    with h5py.File(tmp_path / "one.hdf5", "w") as f:
+        f["anything/mask"] = mask.astype(np.float32)
+    np.testing.assert_array_equal(regions.from_file(grid, tmp_path / "run.h5", "lesion"), mask)
+    np.testing.assert_array_equal(regions.from_file(grid, tmp_path / "one.hdf5", "x"), mask)
+    with pytest.raises(ValueError, match="no dataset regions/vessels and 2 datasets"):
+        regions.from_file(grid, tmp_path / "run.h5", "vessels")
+
+
 def test_from_file_wrong_shape(tmp_path):
     path = tmp_path / "mask.npy"
     np.save(path, np.ones((6, 7)))

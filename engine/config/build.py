@@ -50,7 +50,7 @@ def region_mask(grid: Grid, region, name: str) -> np.ndarray:
         if region.kind == "spots":
             s = region.spots
             return regions.spots(grid, s.count, s.radius, s.seed)
-        return regions.from_file(grid, region.file)
+        return regions.from_file(grid, region.file, name)
     except ValueError as error:
         raise ConfigError(f"regions.{name}: {error}") from None
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.config.errors import fail, key_part, listing
+from engine.model.regions import read_mask
 
 if TYPE_CHECKING:
     from engine.config.schema import CellTypeConfig, Coefficient, Config, Initial
@@ -205,10 +206,12 @@ class _Checker:
                     )
             elif region.file is not None:
                 try:
-                    shape = np.load(region.file, mmap_mode="r", allow_pickle=False).shape
+                    shape = read_mask(region.file, name).shape
                 except (OSError, ValueError) as error:
+                    reason = str(error).splitlines()[0]
                     raise fail(
-                        f"cannot read {region.file!r} as a .npy array ({error}); give a .npy mask",
+                        f"cannot read {region.file!r} as a mask ({reason}); give a .npy array "
+                        "or an HDF5 file with the mask as regions/NAME or its only dataset",
                         at=f"{here}.file",
                     ) from None
                 if tuple(shape) != tuple(self.grid.shape):

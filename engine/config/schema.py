@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 from engine.config.checks import check_config
 from engine.config.errors import fail, key_part, listing, moved, show
 from engine.config.units import ENGINE_UNITS, UnitError, to_engine
+from engine.model.regions import MASK_SUFFIXES
 from engine.numerics.grid import AXIS_NAMES
 from engine.numerics.memory import cells_bytes, state_bytes
 
@@ -595,7 +596,8 @@ _REGION_KINDS = ("sphere", "box", "cylinder", "spots", "file")
 
 
 class RegionConfig(_Model):
-    """A named mask: exactly one of sphere, box, cylinder, spots, file (.npy, absolute path)."""
+    """A named mask: exactly one of sphere, box, cylinder, spots, file (.npy or HDF5,
+    `regions.read_mask`; an absolute path)."""
 
     sphere: Sphere | None = None
     box: Box | None = None
@@ -606,7 +608,7 @@ class RegionConfig(_Model):
     @field_validator("file", mode="before")
     @classmethod
     def _file(cls, value, info: ValidationInfo):
-        return None if value is None else _resolve_file(value, info, (".npy",))
+        return None if value is None else _resolve_file(value, info, MASK_SUFFIXES)
 
     @model_validator(mode="after")
     def _one_shape(self):

@@ -1,4 +1,5 @@
-"""Named geometric masks on a grid: sphere, box, cylinder, seeded random spots, .npy file.
+"""Named geometric masks on a grid: sphere, box, cylinder, seeded random spots, a .npy or
+HDF5 mask file.
 
 Each function returns a boolean NumPy array of the grid's shape; a voxel belongs to a region
 when its centre does. Coordinates are in um, in the axis order of the grid's shape.
@@ -72,12 +73,38 @@ def spots(grid: Grid, count: int, radius: float, seed: int) -> np.ndarray:
     return mask
 
 
-def from_file(grid: Grid, path: str | Path) -> np.ndarray:
-    """A mask read from a .npy file of the grid's shape (nonzero = inside)."""
+MASK_SUFFIXES = (".npy", ".h5", ".hdf5")
+
+
+def read_mask(path: str | Path, name: str) -> np.ndarray:
+    """The array of a mask file: a .npy array, or from an HDF5 file its dataset
+    `regions/<name>` (an ilsim output's mask of that name) or else its only dataset.
+    ValueError naming the file where it holds neither."""
     path = Path(path)
-    if path.suffix != ".npy":
-        raise ValueError(f"file {path}: region masks must be .npy files")
-    mask = np.load(path, allow_pickle=False)
+    if path.suffix.lower() not in MASK_SUFFIXES:
+        raise ValueError(f"file {path}: region masks are .npy or HDF5 (.h5, .hdf5) files")
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f"regions/{name}" in f:
+            return f[f"regions/{name}"][()]
+        datasets = []
+        f.visititems(
+            lambda key, item: datasets.append(key) if isinstance(item, h5py.Dataset) else None
+        )
+        if len(datasets) != 1:
+            raise ValueError(
+                f"file {path}: holds no dataset regions/{name} and {len(datasets)} datasets; "
+                f"store the mask as regions/{name} or as the file's only dataset"
+            )
+        return f[datasets[0]][()]
+
+
+def from_file(grid: Grid, path: str | Path, name: str = "") -> np.ndarray:
+    """A mask read from a file of the grid's shape (nonzero = inside; `read_mask`)."""
+    mask = read_mask(path, name)
     if mask.shape != grid.shape:
         raise ValueError(
             f"file {path}: mask shape {mask.shape} differs from grid shape {grid.shape}"
