@@ -406,6 +406,18 @@ MALFORMED = [
         "is a population, not a species",
     ),
     (
+        "conversion_into_itself",
+        _append_term({"type": "conversion", "from": "effector", "to": "effector", "rate": 1e-4}),
+        "terms[2].to",
+        'converts "effector" into itself',
+    ),
+    (
+        "depth_of_a_3d_grid",
+        {"grid.shape": [4, 4, 4], "grid.depth": "5 um"},
+        "grid.depth",
+        "a 3D grid has no depth",
+    ),
+    (
         "conversion_from_unknown",
         _append_term({"type": "conversion", "from": "naive", "to": "effector", "rate": 1e-4}),
         "terms[2].from",

@@ -232,6 +232,7 @@ BAD_INPUT = pytest.mark.parametrize(
         (["run", "{broken}"], "broken.toml"),
         (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
         (["run", "{config}", "-o", "{folder}", "--overwrite"], "is a folder"),
+        (["validate", "{folder}"], "is a folder; give the config's .toml file"),
         (["run", "{config}", "--resume", "-o", "{config}"], "not a readable HDF5 file"),
         (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
         (["run", "{config}", *UNSTABLE], "time.dt"),

@@ -5,6 +5,7 @@ handlers read files through `engine.io` and draw with `engine.post`."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -127,6 +128,14 @@ def _add_figure_options(parser, colours: bool = True) -> None:
 def _image_options(args) -> dict:
     """The options `ilsim plot` and `ilsim movie` share: plane, colour scale, figure size,
     cells."""
+    for option in ("vmin", "vmax"):
+        value = getattr(args, option)
+        if value is not None and not math.isfinite(value):
+            raise analysis.AnalysisError(f"--{option} {value}: give a finite number")
+    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+        raise analysis.AnalysisError(
+            f"--vmin {args.vmin:g} is not below --vmax {args.vmax:g}; swap or change them"
+        )
     return dict(
         cells=tuple(args.cells),
         slice=args.slice,

@@ -258,6 +258,12 @@ class _Checker:
                 if key in type(term).model_fields:
                     alias = type(term).model_fields[key].alias or key
                     self.ref(getattr(term, key), want, f"{here}.{alias}")
+            if term.type == "conversion" and term.from_ == term.to:
+                raise fail(
+                    f'converts "{term.to}" into itself, which changes nothing; name another '
+                    "population, or use a death term for a loss",
+                    at=f"{here}.to",
+                )
             for k, name in enumerate(getattr(term, "crowding", None) or ()):
                 self.ref(name, "population", f"{here}.crowding[{k}]")
             for group in ("activators", "inhibitors"):

@@ -486,6 +486,8 @@ class GridConfig(_Model):
                     "give one number or one per axis",
                     at=key,
                 )
+        if self.depth is not None and self.ndim == 3:
+            raise fail("a 3D grid has no depth (its z axis is resolved); remove it", at="depth")
         return self
 
     @property

@@ -22,6 +22,8 @@ _TRAILING = ("activators", "inhibitors", "schedule")
 def read_toml(path: Path) -> dict:
     """The tables of the TOML file at `path` (a UTF-8 byte order mark at its start is
     skipped); ConfigError (one line) if it is missing, unreadable or not valid TOML."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the config's .toml file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; check the path")
     try:
