@@ -1003,6 +1003,9 @@ def test_parse_override_nan_and_errors():
     for text in ("time.end", "=3", "time..end=3"):
         with pytest.raises(ConfigError):
             parse_override(text)
+    for text in ('time.end="2 h', "grid.shape=[4, 4", "species.IL2.initial={ value = 1"):
+        with pytest.raises(ConfigError, match=r"is not a TOML value \(a quote or bracket"):
+            parse_override(text)
 
 
 def test_parse_override_feeds_load_config():

@@ -85,6 +85,11 @@ def parse_override(text: str) -> tuple[str, object]:
     try:
         parsed = tomllib.loads(f"v = {value}")
     except tomllib.TOMLDecodeError:
+        if value[:1] in "\"'[{" and value:  # meant as TOML, but broken
+            raise ConfigError(
+                f"{key}: {value} is not a TOML value (a quote or bracket unclosed?); "
+                f'write e.g. {key}="2 h" or {key}=[1, 2]'
+            ) from None
         return key, value
     return key, parsed["v"] if list(parsed) == ["v"] else value
 
