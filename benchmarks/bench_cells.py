@@ -69,7 +69,7 @@ def seconds_per_step(size: int, count: int, stepper: str, dt: float, repeats: in
 
     def advance(steps):
         state = holder["state"]
-        holder["state"] = sim.advance(state, state.t + steps * dt)
+        holder["state"] = sim.advance(state, state.t + steps * dt, donate=True)
         jax.block_until_ready(holder["state"].fields)
 
     return timed_steps(advance, least_steps=4, call_seconds=1.0, repeats=repeats)

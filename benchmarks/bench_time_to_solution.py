@@ -80,7 +80,7 @@ class Run:
 
     def advance(self, t: float) -> None:
         start = time.perf_counter()
-        self.state = self.sim.advance(self.state, t)
+        self.state = self.sim.advance(self.state, t, donate=True)
         jax.block_until_ready(self.state.fields)
         self.wall_s += time.perf_counter() - start
 
