@@ -1,5 +1,5 @@
 """`python -m engine.cli`: the `ilsim` command."""
 
-from engine.cli.main import main
+from engine.cli.main import console
 
-raise SystemExit(main())
+console()

@@ -111,3 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def console() -> None:
+    """The `ilsim` command: `main`'s status as the process's. An interrupt exits 130 at
+    once: where the KeyboardInterrupt passed through a library's start-up code, Python
+    would otherwise end the process by SIGINT after `main` returned (status -2 to a
+    parent that waits on it)."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -17,7 +17,7 @@ from engine.model.cells import Cells, cells_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import reaction_terms
 from engine.model.sources import model_edges
-from engine.model.terms import Uptake
+from engine.model.terms import Custom, Uptake
 from engine.numerics import compilation, parallel
 from engine.numerics.boundary import Dirichlet, Robin
 from engine.stepping import kernels as kernels_module
@@ -708,9 +708,11 @@ def refuse_uncountable_steps(n_steps: int, span: float, stepper: str) -> None:
 
 def refuse_without_steady_state(model: Model) -> None:
     """ValueError naming a species that nothing removes (no decay, uptake by a population
-    or by cells, nor a dirichlet or robin face): it has no steady state for the
+    or by cells, Python reactions, nor a dirichlet or robin face): it has no steady state for the
     quasi_steady stepper to hold it at (its total grows with any supply, else any uniform
     level is one)."""
+    if model.reactions is not None or any(isinstance(t, Custom) for t in model.terms):
+        return  # Python reactions may remove any field
     taken = {t.species for t in model.terms if isinstance(t, Uptake)}
     taken |= {u.species for c in model.cells for u in c.uptake}
     for s in model.species:
