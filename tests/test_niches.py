@@ -40,7 +40,7 @@ def test_regulatory_cells_lower_the_fraction_of_signalling_responders():
         np.mean(run["Tresp"]["pSTAT5"][run["Tresp"]["alive"]] > THRESHOLD)
         for run in (with_treg, without)
     ]
-    assert fractions[0] < 0.5 * fractions[1], fractions  # measured 0.15 against 0.59
+    assert fractions[0] < 0.5 * fractions[1], fractions  # measured 0.15 against 0.55
     receptors = with_treg["Treg"]["R"][with_treg["Treg"]["alive"]]
     assert np.median(receptors) > 1.3 * 10_000  # raised from rest by IL-2 (measured 1.7x)
 
