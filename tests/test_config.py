@@ -88,6 +88,12 @@ MALFORMED = [
     ("toml_syntax", "[grid]\nshape = [4, 4\n", "<file>", "line 2"),
     ("toml_duplicate_key", "[time]\nend = 1\nend = 2\n", "<file>", "line 3"),
     ("unknown_top_level", {"gird": {}}, "gird", "unknown key; valid keys: grid, time"),
+    (
+        "nothing_to_simulate",
+        lambda raw: {"grid": raw["grid"], "time": raw["time"]},
+        "species",
+        "defines no species, population or cell type",
+    ),
     ("unknown_nested", {"time.endd": "2 h"}, "time.endd", "unknown key; valid keys: end, dt"),
     (
         "unknown_species",

@@ -50,6 +50,12 @@ class _Checker:
 
     # names --------------------------------------------------------------------------------
     def names(self) -> None:
+        if not (self.cfg.species or self.cfg.populations or self.cfg.cells):
+            raise fail(
+                "the config defines no species, population or cell type: nothing to simulate; "
+                "add a [species.NAME], [populations.NAME] or [cells.NAME] table",
+                at="species",
+            )
         for table in ("species", "populations"):
             for name in getattr(self.cfg, table):
                 if not name.isidentifier():
