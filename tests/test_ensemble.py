@@ -96,7 +96,7 @@ def test_member_values_convert_units_and_combine_or_zip(config):
     keys, rows = member_rows({"a": [1, 2], "b": [3, 4]}, product=True)
     assert rows == [(1, 3), (1, 4), (2, 3), (2, 4)]
     assert member_rows({"a": [1, 2], "b": [3, 4]}, product=False)[1] == [(1, 3), (2, 4)]
-    with pytest.raises(ConfigError, match="as many values"):
+    with pytest.raises(ConfigError, match=r"need as many of each key; got a \(2\), b \(1\)"):
         member_rows({"a": [1, 2], "b": [3]}, product=False)
 
 
@@ -137,6 +137,8 @@ def test_vary_syntax():
     np.testing.assert_allclose(parse_vary("k=lin:0:1:5")[1], [0, 0.25, 0.5, 0.75, 1])
     with pytest.raises(ConfigError, match="log spacing"):
         parse_vary("k=log:0:1:3")
+    with pytest.raises(ConfigError, match="lin:1:2: write lin:A:B:N or log:A:B:N"):
+        parse_vary("k=lin:1:2")
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,8 @@ def parse_vary(text: str) -> tuple[str, list]:
             raise ConfigError(f"--vary {key}: {text}: log spacing needs A, B > 0")
         space = np.geomspace if kind == "log" else np.linspace
         return key, space(lo, hi, int(count)).tolist()
+    if re.match(r"(lin|log):", text):
+        raise ConfigError(f"--vary {key}: {text}: write lin:A:B:N or log:A:B:N (N values)")
     values = [parse_override(f"v={part}")[1] for part in text.split(",") if part.strip()]
     if isinstance(value, list):  # written as a TOML array
         values = value

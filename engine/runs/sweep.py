@@ -37,8 +37,9 @@ def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list
     lengths = {len(v) for v in lists}
     if len(lengths) > 1:
         raise ConfigError(
-            "sweep: with product = False every key needs as many values; got "
+            "sweep: paired values (--zip, product = False) need as many of each key; got "
             + ", ".join(f"{k} ({len(v)})" for k, v in zip(keys, lists))
+            + "; give each the same number, or combine them (no --zip)"
         )
     return keys, list(zip(*lists))
 
