@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine.io.layout import MEMBER_STATISTICS
+from engine.io.layout import MEMBER_STATISTICS, unreadable
 from engine.post import analysis
 from engine.post.quantities import UnitError, read_quantity
 
@@ -46,8 +46,7 @@ def _open_output(path, member=None, whole_sweep: bool = False):
     try:
         out = engine.open_output(path, member)
     except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise analysis.AnalysisError(f"{path}: not a readable HDF5 file ({reason})") from None
+        raise analysis.AnalysisError(unreadable(path, error)) from None
     if out.is_sweep and not whole_sweep:
         out.close()
         raise analysis.AnalysisError(

@@ -233,6 +233,12 @@ def open_read(path) -> h5py.File:
         return h5py.File(path, "r", locking=False)
 
 
+def unreadable(path, error: OSError) -> str:
+    """The one-line message for a file HDF5 could not open: its path and HDF5's reason."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{path}: not a readable HDF5 file ({reason})"
+
+
 def read_grid(f: h5py.File) -> Grid:
     """The grid described by an open file's /grid attributes."""
     attrs = f["grid"].attrs

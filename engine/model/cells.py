@@ -351,9 +351,9 @@ def cells_dt(
     h = MOVE_PER_STEP * min(grid.spacing)
     dt = jnp.inf
     for ct in cell_types:
+        cells = population[ct.name]
         dt = jnp.minimum(dt, h**2 / (2 * grid.ndim * jnp.maximum(ct.motility, 1e-30)))
         if ct.chemotaxis_species is not None:
-            cells = population[ct.name]
             gradient = gradient_at(fields[ct.chemotaxis_species], grid, cells.position, periodic)
             speed = jnp.abs(ct.chemotaxis_sensitivity) * jnp.sqrt(jnp.sum(gradient**2, axis=1))
             speed = jnp.max(jnp.where(cells.alive, speed, 0.0))
@@ -365,7 +365,6 @@ def cells_dt(
         for term in ct.state_terms:
             dt = jnp.minimum(dt, STATE_PER_STEP / jnp.maximum(term.decay, 1e-30))
             accumulate(production, term.variable, jnp.abs(term.production))
-        cells = population[ct.name]
         for name, rate in production.items():
             scale = state_scale(ct, name, cells)
             limit = jnp.where(scale > 0, STATE_PER_STEP * scale / jnp.maximum(rate, 1e-30), jnp.inf)

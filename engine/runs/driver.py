@@ -30,7 +30,7 @@ from engine.io.checkpoint import (
     read_checkpoint,
     truncate_frames,
 )
-from engine.io.layout import CellInfo, FieldInfo
+from engine.io.layout import CellInfo, FieldInfo, open_read, unreadable
 from engine.io.writer import OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
@@ -107,10 +107,10 @@ def refuse_changed_config(output: Path, cfg) -> None:
     """RunError naming the first key (other than `RESUMABLE_CHANGES`) whose value in `cfg`
     differs from the config that made `output`'s frames."""
     try:
-        with h5py.File(output, "r") as f:
+        with open_read(output) as f:
             text = f.attrs.get("config")
     except OSError as error:
-        raise RunError(f"{output}: not a readable HDF5 file ({error}); nothing to resume") from None
+        raise RunError(f"{unreadable(output, error)}; nothing to resume") from None
     if text is None:
         raise RunError(f"{output}: holds no config; it is not an ilsim run to resume")
     stored = _flat(tomllib.loads(text if isinstance(text, str) else text.decode()))

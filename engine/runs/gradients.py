@@ -336,6 +336,7 @@ class Observed:
     def read(cls, source, names=None) -> Observed:
         """From an ilsim output file (path or open Output), a dict with "time" and fields,
         or an Observed; `names` picks fields (default: all of the source's)."""
+        from engine.io.layout import unreadable
         from engine.io.reader import Output, open_output
 
         if isinstance(source, Observed):
@@ -347,8 +348,7 @@ class Observed:
             try:
                 out = source if isinstance(source, Output) else open_output(source)
             except OSError as error:
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                raise ValueError(f"data: {source}: not a readable HDF5 file ({reason})") from None
+                raise ValueError(f"data: {unreadable(source, error)}") from None
             try:
                 fields = {
                     n: np.asarray(out.field(n)[: out.n_frames], np.float64) for n in out.fields
