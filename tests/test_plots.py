@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from test_analysis import ATTRS, LAMBDA, ReadCounter, write_output, yukawa
 
+import engine
 from engine.cli.main import main
 from engine.numerics.grid import Grid
 from engine.post import analysis
@@ -282,6 +283,57 @@ def test_bad_input_exits_2_with_one_line(outputs, tmp_path, capsys, args, messag
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize(
+    "command, suffix, extra",
+    [
+        ("plot", ".png", ["--field", "IL2"]),
+        ("plot", ".png", []),
+        ("profile", ".png", ["--field", "IL2", "--center", "100,100"]),
+        ("profile", ".csv", ["--field", "IL2", "--center", "100,100"]),
+        ("movie", ".gif", ["--field", "IL2"]),
+    ],
+)
+def test_an_existing_figure_is_replaced_only_with_overwrite(
+    outputs, tmp_path, capsys, command, suffix, extra
+):
+    """DESIGN 4: an existing output is never overwritten without --overwrite (refused before
+    any drawing, the file untouched); with it the new figure replaces the old whole, and no
+    partial file is left beside it."""
+    figure = tmp_path / ("fig.gif" if command == "movie" else "fig.png")
+    existing = figure if suffix != ".csv" else tmp_path / "values.csv"
+    existing.write_bytes(b"earlier")
+    args = [command, str(outputs["2d"]), *extra, "-o", str(figure)]
+    args += ["--csv", str(existing)] if suffix == ".csv" else []
+    code, out, err = ilsim(capsys, *args)
+    assert (code, out) == (2, "")
+    assert err == f"ilsim: error: {existing} exists; pass --overwrite to replace it\n"
+    assert existing.read_bytes() == b"earlier"
+    assert ilsim(capsys, *args, "--overwrite")[0] == 0
+    assert existing.read_bytes() != b"earlier"
+    if suffix != ".csv":
+        assert Image.open(figure).size == (800, 600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({figure.name, existing.name})
+
+
+def test_a_stopped_movie_leaves_the_earlier_file_whole(outputs, tmp_path, monkeypatch):
+    """A movie stopped while it is written (Ctrl-C after half the file) leaves no partial
+    file, and the movie it was to replace as it was."""
+    from engine.post import plots
+
+    movie = tmp_path / "movie.gif"
+    movie.write_bytes(b"earlier")
+
+    def stopped(image, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a movie")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", stopped)
+    with engine.open_output(outputs["2d"]) as out, pytest.raises(KeyboardInterrupt):
+        plots.movie(out, "IL2", movie)
+    assert movie.read_bytes() == b"earlier"
+    assert [p.name for p in tmp_path.iterdir()] == ["movie.gif"]
 
 
 def test_not_an_output_file(tmp_path, capsys):

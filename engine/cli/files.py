@@ -107,6 +107,9 @@ def _frame_note(out, time, index: int) -> None:
 
 def _add_figure_options(parser, colours: bool = True) -> None:
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing figure (and --csv)"
+    )
+    parser.add_argument(
         "--size",
         type=_size,
         default=(800, 600),
@@ -122,6 +125,13 @@ def _add_figure_options(parser, colours: bool = True) -> None:
         parser.add_argument(
             "--cells", action="append", default=[], metavar="TYPE[:STATE]", help=_CELLS_HELP
         )
+
+
+def _check_new(paths, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing file without --overwrite."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise analysis.AnalysisError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _image_options(args) -> dict:
@@ -306,6 +316,7 @@ def _register_plot(commands) -> None:
 def _plot(args) -> int:
     from engine.post import plots
 
+    _check_new([args.figure], args.overwrite)
     with _open_output(args.output, args.member, whole_sweep=not args.field) as out:
         if not args.field:
             if args.time is not None or args.slice is not None or args.cells:
@@ -373,6 +384,7 @@ def _register_profile(commands) -> None:
 def _profile(args) -> int:
     from engine.post import plots
 
+    _check_new([args.figure, args.csv], args.overwrite)
     with _open_output(args.output, args.member) as out:
         analysis.check_field(out, args.field)
         line = _profile_kind(args)
@@ -485,6 +497,7 @@ def _register_movie(commands) -> None:
 def _movie(args) -> int:
     from engine.post import plots
 
+    _check_new([args.movie], args.overwrite)
     with _open_output(args.output, args.member) as out:
         path = plots.movie(out, args.field, args.movie, fps=args.fps, **_image_options(args))
         frames = out.n_frames

@@ -10,6 +10,7 @@ time series show plain tick values (no offset).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -83,10 +84,26 @@ def _check_folder(path: Path) -> None:
         raise AnalysisError(f"{path}: folder {folder} does not exist")
 
 
-def _save(figure: Figure, path) -> Path:
+def save(figure: Figure, path, dpi: float | None = None) -> Path:
+    """`figure` written whole to `path` (its suffix names the format) at `dpi` (default the
+    figure's), replacing it only once written."""
     path = Path(path)
-    figure.savefig(path, dpi=figure.dpi)
+    with _replaced(path) as partial:
+        figure.savefig(partial, dpi=dpi or figure.dpi, format=path.suffix.lstrip(".").lower())
     return path
+
+
+@contextlib.contextmanager
+def _replaced(path: Path):
+    """A path beside `path`, with its suffix, to write to: renamed to `path` once the block
+    ends, removed if it raises (an interrupted figure or movie leaves no half-written file
+    and the earlier one, if any, whole)."""
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _label(name: str, units: str) -> str:
@@ -299,7 +316,7 @@ def field_map(
             f"t = {analysis.format_time(first.time)} (frame {first.frame + 1}/{out.n_frames})"
             f"{where}"
         )
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 100) -> Path:
@@ -353,7 +370,7 @@ def summary_plot(out, path, *, log: bool = False, size=DEFAULT_SIZE, dpi: int = 
     sweep = getattr(out, "is_sweep", False)
     members = f", {out.n_members} members (thin) and their mean" if sweep else ""
     figure.suptitle(f"{Path(out.path).name}: summaries{members}")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def _series_lines(axes, time, values, colour: str, label: str, marker) -> None:
@@ -414,7 +431,7 @@ def profile_plot(
     if title is None:
         title = describe_profile(first)
     axes.set_title(title, fontsize="medium")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def _point_text(profile: analysis.Profile, point) -> str:
@@ -524,18 +541,20 @@ def movie(
             images.append(image.quantize(colors=256, method=Image.Quantize.MEDIANCUT))
             if progress:
                 progress(index + 1, n)
-        images[0].save(
-            path,
-            save_all=True,
-            append_images=images[1:],
-            duration=max(20, int(round(1000 / fps))),
-            loop=0,
-        )
+        with _replaced(path) as partial:
+            images[0].save(
+                partial,
+                format="GIF",
+                save_all=True,
+                append_images=images[1:],
+                duration=max(20, int(round(1000 / fps))),
+                loop=0,
+            )
         return path
     from matplotlib import animation
 
     writer = animation.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"])
-    with writer.saving(figure, str(path), dpi):
+    with _replaced(path) as partial, writer.saving(figure, str(partial), dpi):
         for index in frames():
             writer.grab_frame()
             if progress:

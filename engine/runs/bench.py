@@ -40,7 +40,7 @@ from engine.model.model import Fields, Model, Species
 from engine.model.terms import Conversion
 from engine.numerics.grid import Grid
 from engine.numerics.memory import device_memory, peak_process_bytes
-from engine.post.plots import check_figure_path
+from engine.post import plots
 from engine.stepping.simulation import Simulation, State
 
 SCHEMA = "ilsim-bench/1"
@@ -513,7 +513,7 @@ def check_outputs(paths, overwrite: bool) -> None:
     """ValueError, one line, where an output path exists (without `overwrite`), its folder
     does not, or a figure's format is unknown: checked before a run, not after it."""
     json_path, figure_path = (Path(p) for p in paths)
-    check_figure_path(figure_path)
+    plots.check_figure_path(figure_path)
     for path in (json_path, figure_path):
         if path.exists() and not overwrite:
             raise ValueError(f"{path} exists; pass --overwrite to replace it")
@@ -640,6 +640,4 @@ def figure(result: dict) -> Figure:
 
 def save_figure(result: dict, path) -> Path:
     """`figure(result)` written to `path` (its suffix names the format)."""
-    path = Path(path)
-    figure(result).savefig(path, dpi=120)
-    return path
+    return plots.save(figure(result), path, dpi=120)
