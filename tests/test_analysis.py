@@ -35,7 +35,7 @@ def write_output(
     fields: dict,
     times=(0.0,),
     regions=None,
-    compression="lzf",
+    compression="gzip",
     dtype="float32",
 ) -> Path:
     """An ilsim file with known content: `fields` maps name -> (kind, function of (t, grid)

@@ -239,7 +239,7 @@ def _cg_cases():
     for spectrally in (False, True):
         for case, shift, scale in cases:
             imex_cg = case in ("robin", "varying D") or not shift
-            default = scale == 30.0 and imex_cg and (spectrally or case == "varying D")
+            default = scale == 30.0 and imex_cg and spectrally
             marks = () if default else SLOW
             yield pytest.param(case, shift, scale, spectrally, marks=marks)
 
@@ -631,9 +631,14 @@ def test_imex_at_auto_dt_stays_within_its_tolerance_over_the_trajectory(toleranc
     assert error > tolerance / 20  # not resolved far beyond it
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize(
-    "tolerances", [(1e-3, 1e-5), pytest.param((1e-3, 1e-4, 1e-5, 1e-6), marks=SLOW)]
+@pytest.mark.parametrize(  # dt = "auto" at two tolerances by default, the rest with -m slow
+    "tolerances, adaptive",
+    [
+        ((1e-3, 1e-5), False),
+        pytest.param((1e-3, 1e-5), True, marks=SLOW),
+        pytest.param((1e-3, 1e-4, 1e-5, 1e-6), False, marks=SLOW),
+        pytest.param((1e-3, 1e-4, 1e-5, 1e-6), True, marks=SLOW),
+    ],
 )
 def test_the_trajectory_error_is_in_proportion_to_the_tolerance(tolerances, adaptive):
     """Tolerance proportionality: V5's error over the run divided by `time.tolerance` stays

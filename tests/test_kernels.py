@@ -248,6 +248,7 @@ def test_on_a_gpu_explicit_runs_of_several_stages_default_to_the_kernels(monkeyp
         engine.Simulation(cfg, kernels="pallas")
 
 
+@pytest.mark.slow  # test_the_kernels_launch_as_kernel_launch_says lowers for a GPU by default
 def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
     """On a machine without a GPU: the whole stepping loop, with the kernels built as for a GPU
     (every reaction term and the stochastic rounding traced into them), lowers to one Triton
