@@ -13,7 +13,11 @@ And the ceiling of any such kernel: copy, a program that loads its block and sto
 the least a step can move, through Pallas instead of XLA; and the same copy through Pallas'
 Mosaic GPU backend ("tma copy"), where each program streams its rows through shared memory
 with the TMA unit, several blocks in flight: whether a kernel that stages its blocks so can
-reach the in-place copy bandwidth where Triton's loads do not.
+reach the in-place copy bandwidth where Triton's loads do not; and the step staged so ("tma
+stencil"): each program marches a column of blocks along the slowest axis, each block and its
+six neighbours shifted by one voxel loaded through the TMA (the shifted copies are served by
+the L2 cache: the program read the planes before and after, its neighbours the rows beside,
+moments ago), several blocks in flight.
 Every kernel is first checked against the plain stencil (max abs difference printed), then
 timed as `bench_solver` times the engine: a device loop of two steps per iteration, each
 writing the other's input. Prints ms per step and the fraction of the copy bandwidth at the
@@ -58,6 +62,10 @@ WARPS = (4, 8)
 TMA_COPIES = [(16, 2, 256), (16, 4, 256), (32, 2, 256), (32, 3, 256), (16, 4, 1024), (8, 6, 512)]
 """Mosaic GPU copies: (rows of TMA_WIDTH floats per block, blocks in flight, programs)."""
 TMA_WIDTH = 256  # the widest box a TMA copy takes along an axis
+TMA_STENCILS = [(8, 256, 2, 128), (4, 256, 3, 256), (8, 128, 3, 256), (2, 256, 4, 512)]
+"""Mosaic GPU stencils: (rows, width, blocks in flight, programs); at 512^3 one or two columns
+of blocks per program, every one within the 227 KiB of shared memory a program may hold."""
+NEIGHBOURS = ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1))
 
 
 def _shifted(ref, index, inside, centre):
@@ -145,6 +153,71 @@ def tma_copy_step(shape, dtype, gain: float, rows: int, in_flight: int, programs
         grid_names=("program",),
     )
     return lambda c: kernel(c.reshape(-1, TMA_WIDTH)).reshape(shape)
+
+
+def tma_stencil_step(
+    shape, dtype, a: float, gain: float, rows: int, width: int, in_flight: int, programs: int
+):
+    """The bare step (c + a lap c) * gain, zero-flux walls, through Mosaic GPU: the grid split
+    into columns of blocks (1, rows, width) along the slowest axis, each of `programs`
+    programs marching its share of the columns; a block and its six neighbour blocks, shifted
+    by a voxel (`pl.Element` offsets; where a shift leaves the grid the TMA fills zeros, and
+    the wall takes the centre's value instead), come through the TMA into shared memory,
+    `in_flight` steps at once (`plgpu.emit_pipeline`)."""
+    nx, ny, nz = shape
+    if ny % rows or nz % width:
+        raise ValueError(f"tma stencil: {shape} does not split into blocks of {rows} x {width}")
+    columns = (ny // rows) * (nz // width)
+    if columns % programs:
+        raise ValueError(f"tma stencil: {columns} columns do not split into {programs} programs")
+    per_program = columns // programs
+    # the layout Mosaic GPU gives a block read from shared memory: 8-byte vectors per thread
+    vector = min(8 // jnp.dtype(dtype).itemsize, rows * width // 128)
+    layout = plgpu.Layout.WG_STRIDED((1, rows, width), vec_size=vector)
+
+    def body(c_gmem, o_gmem):
+        program = lax.axis_index("program")
+
+        def origin(s):
+            column = program * per_program + s // nx
+            return s % nx, (column // (nz // width)) * rows, (column % (nz // width)) * width
+
+        def spec(dx, dy, dz):
+            def index(s):
+                x, y, z = origin(s)
+                return x + dx, y + dy, z + dz
+
+            return plgpu.BlockSpec((pl.Element(1), pl.Element(rows), pl.Element(width)), index)
+
+        def block(indices, centre, *neighbours_and_out):
+            *neighbours, out = neighbours_and_out
+            x, y0, z0 = origin(indices[0])
+            c = centre[...]
+            ys = y0 + plgpu.broadcasted_iota(jnp.int32, (1, rows, width), 1, layout=layout)
+            zs = z0 + plgpu.broadcasted_iota(jnp.int32, (1, rows, width), 2, layout=layout)
+            inside = (x > 0, x < nx - 1, ys > 0, ys < ny - 1, zs > 0, zs < nz - 1)
+            lap = -6 * c
+            for ref, within in zip(neighbours, inside):
+                lap += jnp.where(within, ref[...], c)
+            out[...] = (c + a * lap) * gain
+
+        specs = [spec(0, 0, 0)] + [spec(*shift) for shift in NEIGHBOURS]
+        pipeline = plgpu.emit_pipeline(
+            block,
+            grid=(nx * per_program,),
+            in_specs=specs,
+            out_specs=[spec(0, 0, 0)],
+            max_concurrent_steps=in_flight,
+        )
+        pipeline(*[c_gmem] * len(specs), o_gmem)
+
+    return plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct(shape, dtype),
+        grid=(programs,),
+        grid_names=("program",),
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
+    )
 
 
 def pallas_step(shape, dtype, a: float, gain: float, layout: str, tiles, warps: int, stages: int):
@@ -238,6 +311,18 @@ def main(argv=None) -> Path:
             extra = dict(tiles=(rows, TMA_WIDTH), in_flight=in_flight, programs=programs)
             record(label, seconds, error, layout="tma copy", **extra)
         except Exception as exc:  # a block the compiler refuses: say so and go on
+            print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    for rows, width, in_flight, programs in TMA_STENCILS if plgpu is not None else ():
+        label = f"tma stencil {rows}x{width} f{in_flight} p{programs}"
+        try:
+            step = jax.jit(
+                tma_stencil_step(shape, jnp.float32, a, gain, rows, width, in_flight, programs)
+            )
+            error = float(jnp.max(jnp.abs(step(c) - expected)))
+            seconds = loop_seconds(step, c, args.steps, args.repeats)
+            extra = dict(tiles=(rows, width), in_flight=in_flight, programs=programs)
+            record(label, seconds, error, layout="tma stencil", **extra)
+        except Exception as exc:  # a block the compiler refuses or a grid it does not split
             print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     cases = [("copy", t, w, 1) for t in COPY_TILES for w in WARPS]
     cases += [("march", t, w, 1) for t in MARCH_TILES for w in WARPS]

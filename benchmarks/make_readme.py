@@ -254,7 +254,7 @@ def gpu_section(loaded: list[tuple[str, dict]], results: Path) -> list[str]:
 
 
 KERNELS = {"xla": "XLA's fusion", "pallas": "the Pallas kernels (one per stage)"}
-STENCIL_LAYOUTS = ("march", "block")
+STENCIL_LAYOUTS = ("march", "block", "tma stencil")
 """The hand-written kernels of the bare step in `bench_pallas_stencil.py`, not its copies."""
 
 

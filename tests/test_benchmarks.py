@@ -242,6 +242,32 @@ def test_the_tma_copy_lowers_to_mosaic_gpu():
         bench_pallas_stencil.tma_copy_step(shape, jnp.float32, gain, 8, 2, 3)
 
 
+def test_the_tma_stencil_lowers_to_mosaic_gpu():
+    """The Mosaic GPU stencil of bench_pallas_stencil.py: its block and six shifted neighbour
+    blocks come through the TMA in a pipeline that lowers for a GPU here (no interpreter runs
+    it: the script checks it against the plain stencil on the GPU before timing it); blocks
+    beyond the shared memory and grids it cannot split are refused."""
+    import bench_pallas_stencil
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    def lowered(shape, *launch):
+        step = bench_pallas_stencil.tma_stencil_step(shape, jnp.float32, 0.1, 0.99, *launch)
+        return export.export(jax.jit(step), platforms=["cuda"])(
+            jax.ShapeDtypeStruct(shape, jnp.float32)
+        ).mlir_module()
+
+    text = lowered((4, 16, 512), 8, 256, 2, 4)  # 4 columns of 4 blocks, one per program
+    assert "mosaic_gpu" in text and "cp.async.bulk.tensor" in text  # through the TMA
+    with pytest.raises(ValueError, match="exceeds available shared memory"):
+        lowered((4, 64, 512), 32, 256, 2, 2)
+    with pytest.raises(ValueError, match="do not split into 3 programs"):
+        bench_pallas_stencil.tma_stencil_step((4, 16, 512), jnp.float32, 0.1, 0.99, 8, 256, 2, 3)
+    with pytest.raises(ValueError, match="blocks of 5 x 256"):
+        bench_pallas_stencil.tma_stencil_step((4, 16, 512), jnp.float32, 0.1, 0.99, 5, 256, 2, 1)
+
+
 @pytest.mark.slow  # runs the benchmark script
 def test_kernel_tiles_times_every_tile(tmp_path):
     import bench_kernel_tiles
