@@ -127,6 +127,27 @@ def test_radial_profile_in_2d_and_1d(tmp_path):
         assert fit.length == pytest.approx(LAMBDA, rel=0.01)
 
 
+def test_screening_length_leaves_out_the_source_voxels_by_default(tmp_path):
+    """A simulated source is not the analytic singularity: the field over the source (a disc
+    of 16 um here) and next to it falls short of K0(r/L) (here flattened to its value at 16
+    um). The default r_min, two bin widths (of 8 um), leaves that core out, so the fit still
+    finds L; fitted from r = 0 it would not."""
+    grid = Grid((80, 80), spacing=4.0)
+    center = (162.0, 162.0)  # a voxel centre
+    core = 16.0
+
+    def make(t, g):
+        r = np.maximum(distance(g, center), core)
+        return np.exp(analysis.log_k0(r.ravel() / LAMBDA)).reshape(r.shape)
+
+    path = write_output(tmp_path / "s.h5", grid, {"c": ("species", make)}, dtype="float64")
+    with open_output(path) as out:
+        profile = analysis.radial_profile(out, "c", center, radius=150.0, bin_width=8.0)
+    fit = analysis.screening_length(profile)
+    assert fit.r_min >= core and fit.length == pytest.approx(LAMBDA, rel=0.01)
+    assert analysis.screening_length(profile, r_min=0.0).length > 1.05 * LAMBDA
+
+
 def test_log_k0_matches_scipy():
     from scipy.special import k0
 
@@ -210,6 +231,94 @@ def test_fraction_above_threshold(tmp_path):
         )
         with pytest.raises(AnalysisError, match="threshold"):
             analysis.fraction_above(out, "IL2", "3 kg")
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, center, radius, width",
+    [
+        ((20, 24), (3.0, 2.0), (31.0, 20.5), 25.0, 2.5),
+        ((9, 10, 11), 2.0, (8.3, 10.0, 11.7), None, None),
+    ],
+    ids=["2d", "3d"],
+)
+def test_radial_profile_is_the_mean_over_shells_of_the_bin_width(
+    tmp_path, shape, spacing, center, radius, width
+):
+    """Bin k of a radial profile holds the voxels whose centre lies at distance r with
+    k w <= r < (k + 1) w (w the bin width, default the smallest voxel edge) and r <= radius
+    (default the farthest corner): its counts, mean distance and mean value equal a
+    brute-force average over the voxel centres, for a random field that no smooth profile
+    could hide a misplaced voxel in."""
+    grid = Grid(shape, spacing=spacing)
+    values = np.random.default_rng(3).uniform(0.5, 2.0, grid.shape)
+    path = write_output(
+        tmp_path / "p.h5", grid, {"c": ("species", lambda t, g: values)}, dtype="float64"
+    )
+    with open_output(path) as out:
+        profile = analysis.radial_profile(out, "c", center, radius, bin_width=width)
+    r = distance(grid, center).ravel()
+    if radius is None:
+        corners = np.array([[0.0, u] for u in grid.upper])
+        radius = np.sqrt(np.sum(np.max(np.abs(corners - np.array(center)[:, None]), axis=1) ** 2))
+    w = min(grid.spacing) if width is None else width
+    bins = np.floor(r / w).astype(int)
+    inside = r <= radius
+    kept = sorted(set(bins[inside]))
+    counts = [np.sum(inside & (bins == k)) for k in kept]
+    assert profile.counts.tolist() == counts and sum(counts) == inside.sum()
+    for i, k in enumerate(kept):
+        selected = inside & (bins == k)
+        assert profile.distance[i] == pytest.approx(r[selected].mean(), rel=1e-12)
+        assert profile.values[i] == pytest.approx(values.ravel()[selected].mean(), rel=1e-12)
+        assert k * w <= profile.distance[i] < (k + 1) * w
+
+
+def test_exposure_peak_of_a_pulse_is_its_largest_mean_and_when(tmp_path):
+    """A pulse that rises and falls, c = A exp(-((t - t0) / s)^2) in a region: its exposure
+    peaks at the frame t0 with the mean A, not at the run's end, and its integral is the
+    trapezoid sum of the frame means (close to A s sqrt(pi) for frames fine enough)."""
+    grid = Grid((6, 6), spacing=5.0)
+    spot = np.zeros(grid.shape, dtype=np.uint8)
+    spot[2:4, 1:5] = 1
+    amplitude, t0, s = 3.0, 1200.0, 300.0
+    times = np.linspace(0.0, 3600.0, 61)
+    pulse = lambda t: amplitude * np.exp(-(((t - t0) / s) ** 2))  # noqa: E731
+    path = write_output(
+        tmp_path / "pulse.h5",
+        grid,
+        {"IL2": ("species", lambda t, g: np.where(spot == 1, pulse(t), 0.0))},
+        times=times,
+        regions={"spot": spot},
+        dtype="float64",
+    )
+    with open_output(path) as out:
+        result = analysis.exposure(out, "IL2", regions=["spot", "domain"])
+    item = result["spot"]
+    assert item.peak_time == t0 and item.peak == pytest.approx(amplitude, rel=1e-12)
+    assert item.max == pytest.approx(amplitude, rel=1e-12)
+    np.testing.assert_allclose(item.mean, pulse(times), rtol=1e-12, atol=1e-300)
+    assert item.integral == pytest.approx(amplitude * s * np.sqrt(np.pi), rel=1e-6)
+    share = spot.sum() / spot.size
+    assert result["domain"].peak_time == t0
+    assert result["domain"].peak == pytest.approx(amplitude * share, rel=1e-12)
+
+
+def test_fraction_above_counts_only_values_strictly_above(tmp_path):
+    """ "Where the field exceeds the threshold": a field that is exactly 0 outside a region is
+    above 0 only inside it (the fraction reached by a cytokine), and a value equal to the
+    threshold is not above it."""
+    grid = Grid((5, 8), spacing=10.0)
+    inside = np.zeros(grid.shape, dtype=bool)
+    inside[1:4, 2:7] = True
+    path = write_output(
+        tmp_path / "z.h5",
+        grid,
+        {"IL2": ("species", lambda t, g: np.where(inside, 0.5, 0.0))},
+        dtype="float64",
+    )
+    with open_output(path) as out:
+        assert analysis.fraction_above(out, "IL2", 0.0).values.tolist() == [inside.mean()]
+        assert analysis.fraction_above(out, "IL2", 0.5).values.tolist() == [0.0]
 
 
 def test_frame_stats_and_summaries(tmp_path, monkeypatch):

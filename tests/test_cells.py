@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,8 +18,14 @@ from engine.model.cells import (
     CellUptake,
     Fate,
     StateTerm,
+    cells_dt,
+    divide,
+    exchange_terms,
     fold_into,
+    gradient_at,
+    step_cells,
     voxel_index,
+    with_densities,
 )
 from engine.model.model import Model, Population, Species
 from engine.model.terms import Hill, Secretion, Uptake
@@ -338,6 +345,148 @@ def test_division_and_death_grow_the_count_as_n0_exp_b_minus_d_t():
     assert np.all(np.asarray(cells.id)[~alive] == -1)
     R = np.asarray(cells.state["R"])[alive]
     assert set(np.unique(R)) <= {2.0**-g for g in range(20)} and R.min() < 1
+
+
+def test_division_halves_the_named_state_in_mother_and_daughter_and_copies_the_rest():
+    """`Fate.halve`: a dividing cell's daughter takes the lowest free slot (in slot order),
+    a new id and the mother's position; the `halve` variables are halved in both mother and
+    daughter (what a cell holds is shared), every other variable is copied unchanged."""
+    grid = Grid((4, 4), spacing=10.0)
+    positions = [[5.0, 5.0], [15.0, 25.0], [35.0, 32.0]]
+    cell = one_type(
+        grid, positions, capacity=5, state={"R": 0.0, "S": 0.0}, division=Fate(1e-3, halve=("R",))
+    )
+    cells = cell.initial_cells(jnp.float32)
+    state = {"R": jnp.array([8.0, 4.0, 2.0, 0.0, 0.0]), "S": jnp.array([1.0, 3.0, 5.0, 0.0, 0.0])}
+    cells = dataclasses.replace(cells, state=state)
+    dividing = jnp.array([True, False, True, False, False])
+    out = jax.jit(divide, static_argnums=0)(cell, cells, dividing)
+    np.testing.assert_array_equal(np.asarray(out.alive), [True] * 5)
+    np.testing.assert_array_equal(np.asarray(out.id), [0, 1, 2, 3, 4])
+    assert int(out.next_id) == 5 and int(out.overflow) == 0
+    np.testing.assert_array_equal(np.asarray(out.state["R"]), [4.0, 4.0, 1.0, 4.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(out.state["S"]), [1.0, 3.0, 5.0, 1.0, 5.0])
+    np.testing.assert_array_equal(
+        np.asarray(out.position), np.asarray(positions + [positions[0], positions[2]], np.float32)
+    )
+    # the halved variable's total over the cells is conserved by division
+    assert float(out.state["R"].sum()) == float(cells.state["R"].sum())
+
+
+def test_the_gradient_a_cell_senses_is_exact_for_a_linear_field_up_to_the_walls():
+    """`gradient_at`: central differences inside, one-sided in the first and last voxel of
+    an axis (span one voxel, not two), 0 along an axis of one voxel: a linear field's gradient
+    is exact in every voxel, so a cell against a wall drifts at chi grad c like any other."""
+    grid = Grid((5, 6, 1), spacing=(2.0, 3.0, 4.0))
+    a, b = 0.7, -0.25  # nM/um along z and y
+    field = jnp.asarray(a * grid.centres()[0] + b * grid.centres()[1] + 1.0)
+    voxels = [(i, j, 0) for i in range(5) for j in range(6)]
+    gradient = np.asarray(
+        gradient_at(field, grid, jnp.asarray(at_centres(grid, voxels)), (False, False, False))
+    )
+    np.testing.assert_allclose(gradient, np.tile([a, b, 0.0], (len(voxels), 1)), atol=1e-5)
+
+
+def test_dead_cells_and_empty_slots_neither_exchange_nor_are_sensed():
+    """Only alive cells secrete, take up and count in what other cells sense: a dead cell
+    keeps its slot's position and state, and empty slots sit at the origin voxel, yet the
+    exchange (nM/s, loss rate 1/s, saturable vmax density) and the sensed density and summed
+    state per um^3 are those of the alive cells alone."""
+    grid = Grid((4, 4), spacing=(10.0, 8.0), depth=5.0)
+    per_nM = grid.voxel_volume * MOLECULES_PER_UM3_PER_NM
+    secreting = one_type(
+        grid,
+        at_centres(grid, [(1, 1), (1, 1), (2, 3)]),
+        capacity=5,
+        state={"R": 0.0},
+        secretion=(CellSecretion("A", 30.0),),
+        uptake=(CellUptake("A", k_on=0.5, receptors=100.0), CellUptake("B", vmax=7.0, km=0.2)),
+    )
+    reader = dataclasses.replace(
+        one_type(grid, at_centres(grid, [(3, 3)]), secretion=(CellSecretion("A", 1.0),)),
+        name="S",
+        secretion=(CellSecretion("A", 1.0, (Hill("T", 1.0), Hill("T.R", 1.0))),),
+    )
+    cells = secreting.initial_cells(jnp.float32)
+    cells = dataclasses.replace(  # the second cell has died
+        cells,
+        alive=jnp.array([True, False, True, False, False]),
+        id=jnp.array([0, -1, 2, -1, -1], jnp.int32),
+        state={"R": jnp.array([10.0, 20.0, 40.0, 80.0, 160.0])},
+    )
+    population = {"T": cells}
+    fields = {"A": jnp.zeros(grid.shape), "B": jnp.zeros(grid.shape)}
+    occupied = np.zeros(grid.shape)
+    occupied[1, 1] = occupied[2, 3] = 1.0
+    exchange = {e.species: e for e in exchange_terms((secreting,), population, fields, grid)}
+    np.testing.assert_allclose(exchange["A"].production, 30.0 / per_nM * occupied, rtol=1e-6)
+    np.testing.assert_allclose(exchange["A"].loss, 0.5 * 100.0 / per_nM * occupied, rtol=1e-6)
+    ((vmax, km),) = exchange["B"].saturable
+    np.testing.assert_allclose(vmax, 7.0 / per_nM * occupied, rtol=1e-6)
+    population["S"] = reader.initial_cells(jnp.float32)
+    sensed = with_densities((secreting, reader), population, fields, grid)
+    np.testing.assert_allclose(sensed["T"], occupied / grid.voxel_volume, rtol=1e-6)
+    summed = np.zeros(grid.shape)
+    summed[1, 1], summed[2, 3] = 10.0, 40.0
+    np.testing.assert_allclose(sensed["T.R"], summed / grid.voxel_volume, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fate", ["death", "division"])
+def test_death_and_division_rates_are_scaled_by_their_modulators(fate):
+    """A fate's rate times its Hill factors of the field in the cell's voxel: in one cell step
+    of dt, each of N cells dies with probability 1 - exp(-d f dt) or divides with exp(b f dt)
+    - 1, f = 1/(1 + (c/K)^h), here f = 0.2 where c = 2 K (h = 2) and 1 where c = 0. The
+    counts of each half of the grid are binomial: within 5 standard deviations of N p."""
+    grid = Grid((2, 2), spacing=10.0)
+    n, rate, dt, K = 4000, 0.05, 2.0, 0.1
+    c = np.zeros(grid.shape)
+    c[0, :] = 2 * K
+    positions = np.concatenate([at_centres(grid, [(0, 0)] * n), at_centres(grid, [(1, 1)] * n)])
+    modulators = (Hill("C", K, 2.0, inhibits=True),)
+    cell = one_type(grid, positions, capacity=4 * n, **{fate: Fate(rate, modulators)})
+    cells = cell.initial_cells(jnp.float32)
+    step = jax.jit(step_cells, static_argnums=(0, 3, 4))  # one compilation, not one per op
+    out = step(cell, cells, {"C": jnp.asarray(c)}, grid, (False, False), dt, jax.random.key(4))
+    alive = np.asarray(out.alive)
+    if fate == "death":  # the dead give up their ids (-1), the living keep theirs
+        np.testing.assert_array_equal(np.asarray(out.id), np.where(alive, cells.id, -1))
+        assert 0 < alive[: 2 * n].sum() < 2 * n
+    for rows, f in ((slice(0, n), 0.2), (slice(n, 2 * n), 1.0)):
+        if fate == "death":
+            p, events = -np.expm1(-rate * f * dt), n - alive[rows].sum()
+        else:
+            p = np.expm1(rate * f * dt)
+            daughters = np.asarray(out.position)[2 * n :][alive[2 * n :]]
+            events = np.sum(daughters[:, 0] < 10.0) if f < 1 else np.sum(daughters[:, 0] > 10.0)
+        assert abs(events - n * p) <= 5 * np.sqrt(n * p * (1 - p)), (fate, f, events, n * p)
+
+
+def test_the_cell_step_bounds_each_move_and_fate_per_step():
+    """`cells_dt`: the rms random step sqrt(2 ndim M dt) is `MOVE_PER_STEP` voxels (all ndim
+    axes move), the chemotactic drift |chi grad c| dt at most that, attracted or repelled
+    (chi < 0), and a fate's rate times the step at most `FATE_PER_STEP`."""
+    import engine.model.cells as cells_module
+
+    for ndim in (1, 2, 3):
+        grid = Grid((6,) * ndim, spacing=4.0)
+        cell = one_type(grid, at_centres(grid, [(2,) * ndim]), motility=0.3)
+        population = {"T": cell.initial_cells(jnp.float32)}
+        dt = float(cells_dt((cell,), population, {}, grid, (False,) * ndim))
+        rms = np.sqrt(2 * ndim * 0.3 * dt)
+        assert rms == pytest.approx(cells_module.MOVE_PER_STEP * 4.0, rel=1e-6)
+    grid = Grid((6, 6), spacing=4.0)
+    ramp = jnp.asarray(0.02 * grid.centres()[1])  # nM/um along x
+    for chi in (100.0, -100.0):
+        cell = one_type(
+            grid, at_centres(grid, [(2, 2)]), chemotaxis_species="C", chemotaxis_sensitivity=chi
+        )
+        population = {"T": cell.initial_cells(jnp.float32)}
+        dt = float(cells_dt((cell,), population, {"C": ramp}, grid, (False, False)))
+        assert 100.0 * 0.02 * dt == pytest.approx(cells_module.MOVE_PER_STEP * 4.0, rel=1e-5)
+    cell = one_type(grid, at_centres(grid, [(2, 2)]), division=Fate(2e-3), death=Fate(5e-3))
+    population = {"T": cell.initial_cells(jnp.float32)}
+    dt = float(cells_dt((cell,), population, {}, grid, (False, False)))
+    assert 5e-3 * dt == pytest.approx(cells_module.FATE_PER_STEP, rel=1e-6)
 
 
 def test_a_run_beyond_capacity_stops_with_the_key_to_raise():

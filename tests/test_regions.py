@@ -49,6 +49,20 @@ def test_disc_in_2d_matches_explicit_disc():
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_sphere_and_cylinder_are_closed_on_voxel_centres(ndim):
+    """ "Within radius" includes the voxels whose centre lies exactly at the radius: around a
+    voxel centre, a radius of one voxel edge holds the centre and its 2 ndim face neighbours
+    (not the centre alone), and a cylinder of that radius along x a cross section of 2 ndim - 1
+    voxels in each x row."""
+    grid = Grid((7,) * ndim, spacing=2.0)
+    centre = tuple(grid.coordinates(a)[3] for a in range(ndim))
+    assert regions.sphere(grid, centre, 2.0).sum() == 2 * ndim + 1
+    if ndim > 1:
+        cylinder = regions.cylinder(grid, centre, 2.0, "x")
+        assert cylinder.sum() == (2 * (ndim - 1) + 1) * 7
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_box_is_closed_box_of_centres(ndim):
     grid = GRIDS[ndim]
     lower = np.array([o + 0.2 * (u - o) for o, u in zip(grid.lower, grid.upper)])

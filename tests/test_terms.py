@@ -26,6 +26,17 @@ def test_hill_factors():
     np.testing.assert_allclose(terms.modulation((activator, inhibitor), f), [0.0, 0.25, 0.09])
 
 
+def test_hill_factors_of_a_slightly_negative_field_are_those_of_zero():
+    """Round-off can leave a field a little below 0: a Hill factor reads it as 0 (activator 0,
+    inhibitor 1), finite for a non-integer exponent too, where c^h of c < 0 is NaN."""
+    f = fields(c=[-1e-12, -0.3, 0.0])
+    for hill in (1.0, 1.5, 2.0):
+        activator = terms.Hill("c", K=0.2, hill=hill)
+        inhibitor = terms.Hill("c", K=0.2, hill=hill, inhibits=True)
+        np.testing.assert_array_equal(activator(f), [0.0, 0.0, 0.0])
+        np.testing.assert_array_equal(inhibitor(f), [1.0, 1.0, 1.0])
+
+
 @pytest.mark.parametrize(
     "term, expected_production, expected_loss",
     [
@@ -64,6 +75,93 @@ def test_modulators_multiply_a_term():
     modulated = terms.Secretion("c", "n", 10.0, mods)
     ratio = terms.evaluate((modulated,), f)[0]["c"] / terms.evaluate((plain,), f)[0]["c"]
     assert float(ratio) == pytest.approx(0.5 * 0.5)
+
+
+# Each term's rates with a Hill inhibitor of i (K = 2, h = 3) at i = 1: (1/2)^3 = 1/8, so the
+# factor is 1 / (1 + 1/8) = 8/9; and an activator of c (K = 0.25, h = 2) at c = 0.5: 4 / 5.
+MODULATORS = (terms.Hill("i", 2.0, 3.0, inhibits=True), terms.Hill("c", 0.25, 2.0))
+MODULATION = 8 / 9 * 4 / 5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: terms.Secretion("c", "n", 10.0, m),
+        lambda m: terms.Uptake("c", "n", vmax=5.0, km=0.5, modulators=m),
+        lambda m: terms.Uptake("c", "n", k_on=0.031, receptors=1e3, modulators=m),
+        lambda m: terms.Growth("n", 0.1, 4e-3, crowding=("n", "m"), modulators=m),
+        lambda m: terms.Death("n", 0.2, m),
+        lambda m: terms.Proliferation("n", 0.3, m),
+        lambda m: terms.Killing("m", "n", 50.0, m),
+        lambda m: terms.Conversion("n", "m", 0.4, m),
+        lambda m: terms.Recruitment("m", jnp.asarray(1.0), 1e-6, m),
+    ],
+    ids=[
+        "Secretion",
+        "Uptake-saturable",
+        "Uptake-receptors",
+        "Growth",
+        "Death",
+        "Proliferation",
+        "Killing",
+        "Conversion",
+        "Recruitment",
+    ],
+)
+def test_every_term_is_scaled_by_its_modulators(make):
+    """DESIGN's terms table: every term is a rate that its Hill activators and inhibitors
+    multiply, so each of its productions and loss rates (of a Conversion both the source's
+    loss and the target's gain, or mass is not conserved) is the unmodulated one times the
+    product of the Hill factors, here with K != 1 and h != 1 (K^h, not K, sets the level)."""
+    f = fields(c=0.5, n=2e-3, m=1e-3, i=1.0)
+    plain_production, plain_loss = terms.evaluate((make(()),), f)
+    production, loss = terms.evaluate((make(MODULATORS),), f)
+    assert set(production) == set(plain_production) and set(loss) == set(plain_loss)
+    for modulated, plain in ((production, plain_production), (loss, plain_loss)):
+        for name, value in plain.items():
+            assert float(value) > 0
+            assert float(modulated[name]) == pytest.approx(MODULATION * float(value), rel=1e-12)
+
+
+def test_a_conversion_moves_cells_without_creating_or_losing_any():
+    """n -> m at a modulated rate: d(n + m)/dt = production - loss n summed is 0."""
+    f = fields(c=0.5, n=2e-3, m=1e-3, i=1.0)
+    production, loss = terms.evaluate((terms.Conversion("n", "m", 0.4, MODULATORS),), f)
+    gained = float(production["m"])
+    lost = float(loss["n"] * f["n"])
+    assert gained == pytest.approx(lost, rel=1e-12) and gained > 0
+
+
+def test_recruitment_acts_only_inside_its_region():
+    """Recruitment adds rate cells/um^3/s in the voxels of its region mask and nothing
+    outside: over a box region of a grid, exactly rate x (its voxels) in all."""
+    grid = engine.Grid((6, 8), spacing=10.0)
+    mask = regions.box(grid, (20, 20), (40, 50))
+    f = fields(m=np.full(grid.shape, 1e-3))
+    term = terms.Recruitment("m", jnp.asarray(mask, jnp.float64), 2e-6)
+    production, loss = terms.evaluate((term,), f)
+    np.testing.assert_allclose(np.asarray(production["m"]), np.where(mask, 2e-6, 0.0), rtol=1e-12)
+    assert loss == {} and 0 < mask.sum() < mask.size
+
+
+@pytest.mark.parametrize(
+    "grid, position",
+    [
+        (engine.Grid((5, 7, 6), spacing=(1.0, 2.5, 4.0)), (2.2, 9.0, 13.0)),
+        (engine.Grid((6, 9), spacing=(3.0, 5.0), depth=2.0), (10.0, 31.0)),
+        (engine.Grid((12,), spacing=4.0, depth=7.0), (21.0,)),
+    ],
+    ids=["3d-anisotropic", "2d-slab", "1d-rod"],
+)
+def test_a_point_source_releases_its_rate_in_molecules_into_its_voxel(grid, position):
+    """`point_source`: `rate` molecules/s into the voxel holding `position`, whatever the
+    voxel's shape (anisotropic spacing, a 2D slab's or 1D rod's depth): the supply (nM/s)
+    times the voxel volume and molecules per um^3 per nM is the rate, in that voxel only."""
+    source = engine.point_source(grid, "c", position, 1234.0)
+    rate = np.asarray(source.rate)
+    assert np.count_nonzero(rate) == 1 and rate[grid.index_of(position)] > 0
+    molecules = rate.sum() * grid.voxel_volume * NA
+    assert molecules == pytest.approx(1234.0, rel=1e-12)
 
 
 def test_custom_term_registered_from_python_and_used_from_a_config():
