@@ -371,6 +371,14 @@ def test_division_halves_the_named_state_in_mother_and_daughter_and_copies_the_r
     )
     # the halved variable's total over the cells is conserved by division
     assert float(out.state["R"].sum()) == float(cells.state["R"].sum())
+    # a full population: the first mother's daughter takes the last slot, the second's finds
+    # none (counted in overflow) and that mother keeps her state whole
+    cells = dataclasses.replace(
+        cells, alive=jnp.array([True, True, True, True, False]), next_id=jnp.int32(4)
+    )
+    out = jax.jit(divide, static_argnums=0)(cell, cells, dividing)
+    assert int(out.overflow) == 1 and int(out.next_id) == 5 and bool(out.alive.all())
+    np.testing.assert_array_equal(np.asarray(out.state["R"]), [4.0, 4.0, 2.0, 0.0, 4.0])
 
 
 def test_the_gradient_a_cell_senses_is_exact_for_a_linear_field_up_to_the_walls():

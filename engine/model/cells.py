@@ -435,7 +435,7 @@ def move(cell_type: CellType, cells: Cells, fields: Mapping, grid: Grid, periodi
 def divide(cell_type: CellType, cells: Cells, dividing) -> Cells:
     """Each dividing cell's daughter in the lowest free slots, in slot order, with a new id,
     the mother's position and state (the `halve` variables halved in both); daughters that
-    find no free slot are counted in `overflow`."""
+    find no free slot are counted in `overflow`, and their mothers keep their state whole."""
     capacity = cell_type.capacity
     free = jnp.nonzero(~cells.alive, size=capacity, fill_value=capacity)[0]
     n_free = jnp.sum(~cells.alive)
@@ -443,7 +443,7 @@ def divide(cell_type: CellType, cells: Cells, dividing) -> Cells:
     placed = dividing & (rank < n_free)
     target = jnp.where(placed, free[jnp.clip(rank, 0, capacity - 1)], capacity)  # capacity: drop
     halve = cell_type.division.halve
-    state = {k: jnp.where(dividing, v / 2, v) if k in halve else v for k, v in cells.state.items()}
+    state = {k: jnp.where(placed, v / 2, v) if k in halve else v for k, v in cells.state.items()}
     n_placed = jnp.sum(placed).astype(jnp.int32)
     return Cells(
         position=cells.position.at[target].set(cells.position, mode="drop"),
