@@ -15,7 +15,7 @@ from engine.model.rhs import face_diffusivities
 from engine.model.terms import MOLECULES_PER_UM3_PER_NM
 from engine.numerics import compilation, operators, solvers, spectral
 from engine.stepping.simulation import difference_norm, field_sizes, precision
-from engine.stepping.steppers import accurate_step, local_error_target
+from engine.stepping.steppers import accurate_step, error_norm, local_error_target
 
 pytestmark = pytest.mark.usefixtures("x64_module")
 SLOW = pytest.mark.slow
@@ -751,3 +751,176 @@ def test_the_step_search_follows_the_power_its_errors_show(power):
     assert np.all(step <= fits * (1 + 1e-12)) and np.all(step >= 0.75 * fits)
     single, _ = accurate_step(lambda h: (h / fits[0]) ** power, longest, 500.0, order)
     assert single == pytest.approx(step[0])
+
+
+# --- what the default run would otherwise leave unchecked -------------------------------------
+
+
+def _steps_of(stepper, model):
+    """`n` steps of dt from the model's initial fields, float64, compiled once for every dt."""
+    fields = model.initial_fields(jnp.float64)
+    advance = jax.jit(
+        lambda dt, n: engine.stepping.steppers.advance_fields(stepper, model, fields, 0.0, dt, n)
+    )
+    return lambda t_end, n: {k: np.asarray(v) for k, v in advance(t_end / n, n).items()}
+
+
+def test_tr_bdf2_is_second_order_in_time(convergence_order):
+    """The linear part on robin faces (not diagonalised by the transforms) is one TR-BDF2 step
+    per imex step: against the exact solution expm of the semi-discrete system, its error
+    falls as dt^2. Its stage fraction 2 - sqrt(2) is what lets both stages solve the same
+    matrix; any other fraction with that matrix is first order. (The slow variant of
+    test_imex_is_second_order_in_time checks this with reactions.)"""
+    grid = engine.Grid((16,), spacing=15.0)
+    x = grid.coordinates(0)
+    boundary = engine.Boundary.from_faces(1, x_min=engine.Robin(0.5, 2.0))
+    D, decay = 20.0, 1e-3
+    initial = 1.0 + np.cos(np.pi * x / 240.0)
+    model = engine.Model(
+        grid,
+        species=(
+            engine.Species("c", diffusion=D, decay=decay, boundary=boundary, initial=initial),
+        ),
+    )
+    assert not spectral.eligible(D, decay, boundary)  # TR-BDF2 with CG
+    t_end = 300.0
+    matrix, affine = semi_discrete_matrix(grid, D, boundary)
+    system = matrix - decay * np.eye(grid.size)
+    propagator = expm(system * t_end)
+    exact = propagator @ initial + np.linalg.solve(
+        system, (propagator - np.eye(grid.size)) @ affine
+    )
+
+    steps = _steps_of(engine.stepping.steppers.Imex(), model)
+    counts = np.array([8, 16, 32])
+    errors = [np.abs(steps(t_end, n)["c"] - exact).max() / exact.max() for n in counts]
+    assert errors[-1] < 1e-3
+    assert convergence_order(t_end / counts, errors) == pytest.approx(2.0, abs=0.2), errors
+
+
+def test_imex_is_second_order_in_time_with_chemotaxis(convergence_order):
+    """The drift half steps (upwind, sub-cycled within its CFL limit) around the linear part
+    keep imex second order (docs/numerics.md: imex, order 2) for a population that climbs a
+    gradient, against ssprk3 at a step 1/100 of the finest; and keep it non-negative. Each
+    half step must advance dt / 2, and each sub-cycle be second order itself: forward-Euler
+    sub-cycles made it first order (errors 0.2 of the field at dt = 12.5 s)."""
+    grid = engine.Grid((32,), spacing=10.0)
+    x = grid.coordinates(0)
+    chemokine = engine.Species("c", diffusion=0.0, initial=np.exp(-(((x - 200) / 60) ** 2)))
+    cells = engine.Population(
+        "n",
+        motility=1.0,
+        chemotaxis_species="c",
+        chemotaxis_sensitivity=100.0,
+        initial=1.0 + 0.5 * np.cos(2 * np.pi * x / 320),
+    )
+    model = engine.Model(grid, species=(chemokine,), populations=(cells,))
+    t_end = 100.0
+    reference = _steps_of(engine.stepping.steppers.Explicit(), model)(t_end, 10000)["n"]
+    imex = _steps_of(engine.stepping.steppers.Imex(), model)
+    counts = np.array([16, 32, 64])
+    results = [imex(t_end, n)["n"] for n in counts]
+    errors = [np.abs(n - reference).max() / reference.max() for n in results]
+    assert min(n.min() for n in results) >= 0
+    assert errors[-1] < 1e-3
+    assert convergence_order(t_end / counts, errors) == pytest.approx(2.0, abs=0.25), errors
+
+
+@pytest.mark.parametrize("dt", [100.0, 1000.0])
+def test_imex_drift_far_beyond_its_cfl_limit_conserves_and_stays_non_negative(dt):
+    """Cells flee a minimum of the chemokine on both sides (the upwind outflow of that voxel
+    is the largest the CFL limit allows for): one imex step of 14 and 140 times the limit,
+    sub-cycled within it, keeps the population non-negative and its total exact between
+    zero-flux faces. Sub-cycles beyond the limit overshoot below zero, and the clip at zero
+    then creates cells (a total of 50 for 32 with sub-cycles of 4x the limit)."""
+    grid = engine.Grid((32,), spacing=10.0)
+    x = grid.coordinates(0)
+    chemokine = engine.Species("c", diffusion=0.0, initial=np.abs(x - 160.0) / 160.0)
+    cells = engine.Population(
+        "n", chemotaxis_species="c", chemotaxis_sensitivity=100.0, initial=1.0
+    )
+    model = engine.Model(grid, species=(chemokine,), populations=(cells,))
+    n = _steps_of(engine.stepping.steppers.Imex(), model)(dt, 1)["n"]
+    assert n.min() >= 0
+    assert n.sum() == pytest.approx(grid.size, rel=1e-12)
+    assert n[15:17].max() < 0.01  # they have left the minimum
+
+
+def test_cg_converges_within_as_many_iterations_as_unknowns():
+    """Conjugate gradients on an n-unknown SPD system reach the solution within n iterations
+    (in exact arithmetic; here to 1e-9 in float64), with either preconditioner: their search
+    directions are conjugate. A steepest-descent update (dropping the previous direction)
+    still converges in the iterations `maxiter` allows, but needs many more."""
+    rng = np.random.default_rng(6)
+    basis, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    b = rng.normal(size=12)
+    diagonal = None
+    # four distinct eigenvalues (condition number 1e3): four iterations, without a
+    # preconditioner; twelve distinct ones, well conditioned: twelve, with the diagonal
+    for spectrum, iterations, jacobi in (
+        (np.repeat([1.0, 10.0, 100.0, 1000.0], 3), 4, False),
+        (np.geomspace(1.0, 10.0, 12), 12, True),
+    ):
+        matrix = (basis * spectrum) @ basis.T
+        exact = np.linalg.solve(matrix, b)
+        A, diagonal = jnp.asarray(matrix), jnp.asarray(np.diag(matrix))
+
+        def precondition(r, jacobi=jacobi, diagonal=diagonal):
+            return r / diagonal if jacobi else r
+
+        x = solvers.conjugate_gradients(
+            lambda v, A=A: A @ v, jnp.asarray(b), 0.0, iterations, precondition
+        )
+        np.testing.assert_allclose(np.asarray(x), exact, rtol=0, atol=1e-9 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["predictor", "end value"])
+def test_the_linear_part_never_takes_a_field_below_zero(implicit):
+    """With sinks that differ from voxel to voxel, the exponential trapezoidal change is not
+    non-negative by construction (the remainder (k - sink) c is a forcing, and a strong sink
+    in a voxel takes more than the voxel holds: the predictor to -2.7, the end value to
+    -0.26 here); `linear_change` clips it at -c, so that the predictor that the reactions
+    are evaluated at, and the step, stay non-negative."""
+    grid = engine.Grid((16,), spacing=10.0)
+    x = np.arange(16)
+    model = engine.Model(grid, species=(engine.Species("c", diffusion=1.0, initial=1.0),))
+    prepared = engine.stepping.steppers.prepare_diffusion(model, ("c",))
+    fields = {"c": jnp.ones(grid.shape)}
+    sink = {"c": jnp.asarray(np.where(x % 4 == 0, 10.0, 0.0))}
+    change = engine.stepping.steppers.linear_change(
+        model, prepared, fields, {}, sink, 1.0, implicit
+    )["c"]
+    new = np.asarray(fields["c"] + change)
+    assert new.min() >= 0
+    assert new[x % 4 == 0].max() < 0.1 and new[x % 4 != 0].min() > 0.5  # the sinks still act
+
+
+def test_the_exact_sink_rate_stays_within_the_sinks_range():
+    """k is clipped to [min sink, max sink]: where a field (rounding, a negative change not yet
+    clipped) has values of both signs, sum(sink c) / sum(c) can lie far outside the range,
+    and a k above every sink would make 1 - dt phi2 (k - sink) lose its positive
+    definiteness."""
+    sink = np.array([1e-3, 2e-3, 3e-3, 4e-3])
+    c = np.array([1.0, -0.9, 0.2, 0.05])  # sums to 0.35: the weighted mean is negative
+    assert np.sum(sink * c) / np.sum(c) < sink.min()
+    k = float(spectral.exact_sink_rate(sink, c))
+    assert sink.min() <= k <= sink.max()
+    flipped = float(spectral.exact_sink_rate(sink[::-1], c))
+    assert sink.min() <= flipped <= sink.max()
+
+
+def test_the_error_norm_is_the_largest_voxel_error_relative_to_each_fields_size():
+    """Error control measures the step-doubling difference in the max norm, per field,
+    relative to tolerance x the field's size: an error confined to one voxel (next to a point
+    source, a voxel-scale sink) counts in full, where a mean over the grid would dilute it by
+    the voxel count and let the step grow until that voxel is wrong by far more than the
+    tolerance. The worst field decides."""
+    shape = (16, 16)
+    local = np.zeros(shape)
+    local[3, 5] = -2e-4  # one voxel
+    spread = np.full(shape, 1e-6)
+    fields = {"a": np.full(shape, 2.0), "b": 0.5 + np.zeros(shape)}
+    norm = float(error_norm([{"a": jnp.asarray(local), "b": jnp.asarray(spread)}], fields, 1e-3))
+    assert norm == pytest.approx(max(2e-4 / (1e-3 * 2.0), 1e-6 / (1e-3 * 0.5)), rel=1e-12)
+    sizes = {"a": jnp.asarray(2.0), "b": jnp.asarray(0.5)}  # each field's size as a 0-d array
+    assert float(error_norm([{"a": jnp.asarray(local)}], sizes, 1e-3)) == pytest.approx(0.1)

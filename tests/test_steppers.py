@@ -698,3 +698,31 @@ def test_quasi_steady_refuses_a_species_that_nothing_removes(species, steady):
     else:
         with pytest.raises(ValueError, match=r"IL2 has none without a loss; give species.IL2"):
             Simulation(model, stepper="quasi_steady")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_explicit_schemes_keep_their_order_with_time_dependent_production(scheme, float64):
+    """Production that varies in time, p(t) = 1 + sin(t), with a first-order loss: each stage
+    evaluates the reactions at its own time t + c_k dt (ssprk2: 0, 1; ssprk3: 0, 1, 1/2), and
+    the error against the exact solution falls as dt^order. A stage at the wrong time keeps
+    every time-independent test passing and drops the order (ssprk3 with c = 1 at its last
+    stage: 2)."""
+    grid = Grid((4,), spacing=10.0)
+    k, c0 = 0.2, 0.5
+    model = Model(
+        grid,
+        species=(Species("c", diffusion=0.0, initial=c0),),
+        reactions=lambda fields, t: ({"c": 1.0 + jnp.sin(t)}, {"c": k}),
+    )
+    fields = model.initial_fields(jnp.float64)
+    stepper = Explicit(scheme=scheme)
+    advance = jax.jit(lambda dt, n: advance_fields(stepper, model, fields, 0.0, dt, n)["c"])
+    t_end = 10.0
+    decay = math.exp(-k * t_end)
+    exact = (
+        c0 * decay + (1 - decay) / k + (k * math.sin(t_end) - math.cos(t_end) + decay) / (k**2 + 1)
+    )
+    counts = np.array([20, 40, 80])
+    errors = [abs(float(advance(t_end / n, n)[0]) - exact) / exact for n in counts]
+    slope = -np.polyfit(np.log(counts), np.log(errors), 1)[0]
+    assert slope == pytest.approx(SSP_ORDER[scheme], abs=0.15), errors

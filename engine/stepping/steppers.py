@@ -336,7 +336,9 @@ def observed_exponent(h1, error1, h2, error2, order: int):
 
 def drift_substep(model: Model, fields: Fields, h) -> Fields:
     """Chemotactic drift alone over h, species frozen, sub-cycled within the upwind CFL
-    limit."""
+    limit, each sub-cycle a Heun (SSPRK2) step: second order, as the imex step's splitting
+    needs (forward-Euler sub-cycles made imex first order with chemotaxis), and non-negative
+    within the limit (SSP coefficient 1)."""
     drifting = [p for p in model.populations if p.chemotaxis_species is not None]
     if not drifting:
         return fields
@@ -354,12 +356,16 @@ def drift_substep(model: Model, fields: Fields, h) -> Fields:
     needed = {p.name for p in drifting} | {p.chemotaxis_species for p in drifting}
     couplings = field_couplings(model)
 
-    def body(_, u):
+    def euler(u):
         padded = ghost_copies(couplings, u, needed)
         drift = chemotaxis_terms(
             model, {**u, **{k: operators.interior_of(v) for k, v in padded.items()}}
         )
         return {k: u[k] + dh * drift[k] if k in drift else u[k] for k in u}
+
+    def body(_, u):  # SSPRK2 (Heun): second order, non-negative at the forward-Euler limit
+        twice = euler(euler(u))
+        return {k: (u[k] + twice[k]) / 2 if twice[k] is not u[k] else u[k] for k in u}
 
     return lax.fori_loop(0, cycles, body, fields)
 
