@@ -25,7 +25,7 @@ from engine.config.schema import (
     Secretion,
     Uptake,
 )
-from engine.config.toml import dump_toml
+from engine.config.toml import dump_toml, to_raw
 from engine.numerics.memory import available_memory
 from engine.runs.driver import output_times
 
@@ -939,6 +939,46 @@ def test_overrides_apply_before_validation():
     assert cfg.species["IL2"].diffusion.value == 10.0
     assert cfg.terms[0].activators[0].hill == 3.0
     assert cfg.sources[0].schedule.count == 2
+
+
+@pytest.mark.parametrize(
+    "key, value, place",
+    [
+        ("terms[1].rate", 7.0, lambda raw: (raw["terms"][1], "rate")),
+        ("terms[1].activators[1].K", 0.25, lambda raw: (raw["terms"][1]["activators"][1], "K")),
+        (
+            "terms[0].activators[1].hill",
+            3.0,
+            lambda raw: (raw["terms"][0]["activators"][1], "hill"),
+        ),
+        ("sources[1].position[1]", 310.0, lambda raw: (raw["sources"][1]["position"], 1)),
+        ("sources[1].rate", 42.0, lambda raw: (raw["sources"][1], "rate")),
+        ("grid.spacing[1]", 8.0, lambda raw: (raw["grid"]["spacing"], 1)),
+    ],
+)
+def test_an_override_sets_the_array_entry_it_indexes_and_nothing_else(key, value, place):
+    """`terms[1].activators[1].K = v` (--set, sweeps, fits) changes that entry of the
+    resolved config alone: not entry 0, not the last, and at every depth of indexing; alike
+    in a config file's tables and in a loaded Config (whose arrays of numbers are tuples)."""
+    raw = base()
+    modulators = [{"of": "IL6", "K": 0.5, "hill": 1.0}, {"of": "IL10", "K": 2.0, "hill": 1.0}]
+    for term in raw["terms"]:
+        term["activators"] = copy.deepcopy(modulators)
+    raw["terms"].append({"type": "death", "population": "cancer", "rate": 1e-6})
+    raw["grid"]["spacing"] = [10.0, 10.0]
+    before = load_config(raw)
+    expected = to_raw(before)
+    for node in (expected["grid"], *expected["sources"]):  # tuples, to set an entry
+        for name in ("spacing", "position"):
+            if name in node:
+                node[name] = list(node[name])
+    container, entry = place(expected)
+    assert container[entry] != value
+    container[entry] = value
+    expected = to_raw(load_config(expected))
+    assert to_raw(load_config(raw, overrides={key: value})) == expected
+    # the same override of a loaded Config (the Python API, sweeps, fits)
+    assert to_raw(load_config(before, overrides={key: value})) == expected
 
 
 def test_overrides_create_missing_tables():

@@ -108,6 +108,9 @@ def test_layout_of_design_section_3(written):
         np.testing.assert_allclose(g.attrs["origin"], grid.origin)
         assert [_str(a) for a in g.attrs["axes"]] == list(grid.axes)
         assert g.attrs["depth"] == grid.depth
+        # a 2D slab is depth thick, a 1D rod depth^2 in cross-section (DESIGN section 1)
+        volume = np.prod(grid.spacing) * grid.depth ** (3 - grid.ndim)
+        assert g.attrs["voxel_volume"] == pytest.approx(volume, rel=1e-12)
         for axis, name in enumerate(grid.axes):
             scale = g[name]
             assert scale.dtype == np.float64 and scale.is_scale
@@ -160,6 +163,8 @@ def test_one_dimensional_file(tmp_path):
         np.testing.assert_array_equal(out.frame("IL2", 2), synthetic(grid, 20.0)["IL2"])
         ds = out.to_xarray()
         assert ds["IL2"].dims == ("time", "x") and ds["IL2"].dtype == np.float64
+    with h5py.File(path, "r") as f:  # a rod of cross-section depth^2
+        assert f["grid"].attrs["voxel_volume"] == pytest.approx(2.0 * 4.0**2, rel=1e-12)
     _check_xdmf(path)
 
 
@@ -482,14 +487,17 @@ def test_open_output(written):
         assert out.attrs["format"] == "ilsim" and out.attrs["stepper"] == "imex"
         assert out.attrs["config"] == ATTRS["config"]
         assert set(out.summary) == {"IL2_total", "IL2_max", "T_total", "T_max"}
-        np.testing.assert_allclose(out.frame("IL2", -1), synthetic(grid, 20.0)["IL2"], rtol=1e-6)
+        for index, t in enumerate(out.time):  # negative indices count from the end
+            expected = synthetic(grid, t)["IL2"]
+            np.testing.assert_allclose(out.frame("IL2", index - 3), expected, rtol=1e-6)
         assert out.field("T").shape == (3, *grid.shape)
         np.testing.assert_array_equal(out.regions["left"], regions_for(grid)["left"] != 0)
         assert out.regions["all"].dtype == bool and out.regions["all"].all()
         with pytest.raises(KeyError, match="IL7"):
             out.frame("IL7", 0)
-        with pytest.raises(IndexError):
-            out.frame("IL2", 3)
+        for outside in (3, -4):
+            with pytest.raises(IndexError):
+                out.frame("IL2", outside)
     with pytest.raises(ValueError, match="closed"):
         out.frame("IL2", 0)
 
@@ -593,6 +601,14 @@ def _check_xdmf(h5_path: Path):
                 )
                 np.testing.assert_allclose(
                     [float(v) for v in spacing.text.split()], grid_attrs["spacing"]
+                )
+            else:  # a rod one cell of its depth thick, centred on its axis (where its cells lie)
+                depth = float(grid_attrs["depth"])
+                np.testing.assert_allclose(
+                    [float(v) for v in origin.text.split()], [-depth / 2, *grid_attrs["origin"]]
+                )
+                np.testing.assert_allclose(
+                    [float(v) for v in spacing.text.split()], [depth, *grid_attrs["spacing"]]
                 )
             for item in frame.iter("DataItem"):
                 if item.get("Format") != "HDF":

@@ -126,6 +126,34 @@ def test_run_writes_every_frame_and_matches_the_python_api(tmp_path):
     assert not (tmp_path / "out.h5.partial").exists()
 
 
+@pytest.mark.parametrize("fields", [["T"], ["IL2", "T"]])
+def test_a_run_writes_the_output_fields_with_their_kinds_units_and_totals(tmp_path, fields):
+    """output.fields lists what the file holds (no other field); a population is stored as
+    one, in cells/um^3 with its total in cells, a species in nM with its total in molecules
+    (DESIGN section 3), each total the frame's sum times the voxel volume."""
+    config = write_config(tmp_path, n=8, end="4 min")
+    out = tmp_path / "out.h5"
+    listed = "[" + ", ".join(f'"{name}"' for name in fields) + "]"
+    assert (
+        main(["run", str(config), "-o", str(out), "--quiet", "--set", f"output.fields={listed}"])
+        == 0
+    )
+    kinds = {"IL2": ("species", "nM", "molecules"), "T": ("population", "cells/um^3", "cells")}
+    with engine.open_output(out) as result:
+        assert result.fields == tuple(fields)
+        volume = result.grid.voxel_volume
+        for name in fields:
+            kind, units, total_units = kinds[name]
+            assert (result.kinds[name], result.units[name]) == (kind, units)
+            assert result.summary_units[f"{name}_total"] == total_units
+            per_nm = 0.602214076 if kind == "species" else 1.0  # molecules/um^3 per nM
+            totals = [
+                result.frame(name, i).sum(dtype=np.float64) * volume * per_nm for i in range(3)
+            ]
+            np.testing.assert_allclose(result.summary[f"{name}_total"], totals, rtol=1e-6)
+        assert result.summary["T_total"][0] > 0  # the T cells of the lesion
+
+
 def test_run_with_the_fused_kernels_writes_the_xla_run(tmp_path):
     """--kernels pallas (here in Pallas' interpreter): the same frames as the default run."""
     config = write_config(tmp_path, n=12, end="4 min", stepper="explicit", checkpoint="2 min")
@@ -186,6 +214,42 @@ def test_resume_refuses_a_config_that_differs_from_the_run(tmp_path, capsys, ove
     assert main(["run", str(config), "-o", str(out), "--resume", "--quiet", *later]) == 0
     with engine.open_output(out) as done:
         np.testing.assert_allclose(done.time, 120.0 * np.arange(5))
+
+
+SECRETION_ONLY = [{"type": "secretion", "species": "IL2", "by": "T", "rate": 10}]
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("time.dt", "1 s", "time.dt"),
+        ("time.stepper", "explicit", "time.stepper"),
+        ("time.dtype", "float64", "time.dtype"),
+        ("time.seed", 7, "time.seed"),
+        ("grid.spacing", "5 um", "grid.spacing"),
+        ("terms[1].receptors", 2e3, "terms[1].receptors"),
+        ("terms", SECRETION_ONLY, "terms[1]"),  # a term removed
+        ("populations.T.initial.value", 2e-3, "populations.T.initial"),
+        ("output.fields", ["IL2"], "output.fields"),
+    ],
+)
+def test_resume_refuses_any_change_but_the_end_and_the_checkpoint_interval(
+    tmp_path, key, value, named
+):
+    """Every key of the config that made a file's frames is fixed on resume (a run that
+    changed its step, stepper, dtype, grid or any model number, or dropped a term, would
+    append frames of another run), naming the key; only time.end and
+    output.checkpoint_every may change."""
+    from engine.runs.driver import RunError, refuse_changed_config
+
+    config = write_config(tmp_path, dt='"0.5 s"')
+    out = tmp_path / "out.h5"
+    with h5py.File(out, "w") as f:
+        f.attrs["config"] = dump_toml(load_config(config))
+    later = {"time.end": "40 min", "output.checkpoint_every": "1 min"}
+    refuse_changed_config(out, load_config(config, overrides=later))
+    with pytest.raises(RunError, match=rf"^{re.escape(named)}[.:]"):
+        refuse_changed_config(out, load_config(config, overrides={**later, key: value}))
 
 
 def test_a_step_too_short_to_count_is_refused_and_leaves_no_file(tmp_path, capsys):
@@ -413,6 +477,36 @@ def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
             np.testing.assert_allclose(a.time, b.time)
             for name in ("IL2", "T"):
                 np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "every, expected",
+    [
+        ("4 min", [0, 240, 480, 720, 960, 1200]),
+        ("5 min", [0, 360, 720, 1080, 1200]),
+        (None, [0, 1200]),
+    ],
+)
+def test_checkpoints_come_every_checkpoint_every_and_at_the_first_and_last_frames(
+    tmp_path, monkeypatch, every, expected
+):
+    """output.checkpoint_every (here with frames every 2 min): a checkpoint at the first
+    frame, then at the first frame at least checkpoint_every after the last one, and at the
+    end; unset, the first frame and the end (the wall-time interval, 10 min, is far off). A
+    run that checkpoints too rarely loses more work to a kill than the config allows."""
+    from engine.io.writer import OutputWriter
+
+    config = write_config(tmp_path, n=8, checkpoint=every)
+    times = []
+    write_checkpoint = OutputWriter.write_checkpoint
+
+    def record(writer, t, *args, **kwargs):
+        times.append(t)
+        write_checkpoint(writer, t, *args, **kwargs)
+
+    monkeypatch.setattr(OutputWriter, "write_checkpoint", record)
+    assert main(["run", str(config), "-o", str(tmp_path / "out.h5"), "--quiet"]) == 0
+    np.testing.assert_allclose(times, expected)
 
 
 @pytest.mark.parametrize("every, il2_initial", [("1 min", None), ("2 min", 20.0)])
