@@ -272,3 +272,36 @@ def test_members_split_over_devices_equal_one_device(child, config):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["devices"] == 2
     assert result["diff"] < 1e-6
+
+
+STRIP = {  # diffusion alone sets the explicit "auto" dt: h^2 / (2 D) differs 6x between members
+    "grid": {"shape": [12], "spacing": "10 um"},
+    "time": {"end": "60 s", "output_every": "20 s", "stepper": "explicit", "dtype": "float64"},
+    "regions": {"left": {"box": {"lower": [0], "upper": [30]}}},
+    "species": {"c": {"diffusion": "10 um^2/s", "decay": "1e-3 1/s"}},
+    "sources": [{"type": "region", "species": "c", "region": "left", "rate": "0.05 nM/s"}],
+}
+
+
+def test_each_member_takes_its_own_auto_dt_and_the_step_count_is_the_longest_members(float64):
+    """Members whose "auto" dt differs (the diffusion sets it) each take their single run's
+    steps, not the batch's shortest: in float64 a member equals its single run to rounding
+    (another step size would differ by its time error, far above 1e-12), over several
+    output times. The sweep's State.step counts the steps of its member that took most."""
+    cfg = load_config(STRIP)
+    vary = {"species.c.diffusion": [10.0, 60.0, 30.0]}
+    ensemble = Ensemble(cfg, vary, chunk=2)  # a batch of 2, then one of 1
+    state = ensemble.initial_state()
+    singles = []
+    for d in vary["species.c.diffusion"]:
+        sim = engine.Simulation(load_config(STRIP, {"species.c.diffusion": d}))
+        singles.append((sim, sim.initial_state()))
+    for t in (20.0, 40.0, 60.0):
+        state = ensemble.advance(state, t)
+        singles = [(sim, sim.advance(s, t)) for sim, s in singles]
+        for m, (_, single) in enumerate(singles):
+            member = np.asarray(state.fields["c"][m])
+            np.testing.assert_allclose(member, single.numpy()["c"], rtol=1e-12, atol=1e-300)
+        assert state.step == max(s.step for _, s in singles)
+    steps = [s.step for _, s in singles]
+    assert steps[1] > 3 * steps[0]  # the members' dt differ

@@ -276,3 +276,114 @@ def test_value_and_gradient_of_a_summary(float64, config):
     assert value == pytest.approx(float(summary(trajectory(trajectory.values))), rel=1e-12)
     (expected,) = central_differences(trajectory, summary)
     assert expected > 0 and grads["sources[0].rate"] == pytest.approx(expected, rel=1e-4)
+
+
+SMALL = {  # a 1D strip of 10 voxels, explicit, 2 min: gradients compile in a second or so
+    "grid": {"shape": [10], "spacing": "10 um"},
+    "time": {
+        "end": "2 min",
+        "output_every": "1 min",
+        "dtype": "float64",
+        "stepper": "explicit",
+        "dt": "2 s",
+    },
+    "regions": {"left": {"box": {"lower": [0], "upper": [30]}}},
+    "species": {"IL2": {"diffusion": "20 um^2/s", "decay": "1e-3 1/s"}},
+    "populations": {"T": {"initial": 1e-4}},
+    "terms": [{"type": "uptake", "species": "IL2", "by": "T", "k_on": 0.01, "receptors": 1000}],
+    "sources": [{"type": "region", "species": "IL2", "region": "left", "rate": "0.05 nM/s"}],
+}
+SMALL_KEYS = ["species.IL2.diffusion", "species.IL2.decay", "sources[0].rate", "terms[0].k_on"]
+
+
+@pytest.mark.slow  # a reverse and a forward program to compile, 5 s
+def test_each_parameter_gets_its_own_derivative(float64):
+    """Several parameters of different sizes and units at once, reverse and forward mode,
+    against central differences of the trajectory in float64: a derivative reported under
+    another parameter's key, or taken with respect to another leaf, fails."""
+    cfg = load_config(SMALL)
+    trajectory = Trajectory(cfg, SMALL_KEYS)
+    weights = np.linspace(1.0, 2.0, 10)
+
+    def loss(frames):
+        return jnp.sum(frames["IL2"][-1] * weights) + jnp.sum(frames["IL2"][0] ** 2)
+
+    value, reverse = value_and_gradient(cfg, loss, SMALL_KEYS)
+    forward = gradient(cfg, loss, SMALL_KEYS, mode="forward")
+    expected = central_differences(trajectory, loss, relative=1e-6)
+    assert value == pytest.approx(float(loss(trajectory(trajectory.values))), rel=1e-12)
+    assert len(set(np.sign(expected))) > 1  # the derivatives differ: a swap shows
+    for key, fd in zip(SMALL_KEYS, expected):
+        assert reverse[key] == pytest.approx(fd, rel=1e-6), key
+        assert forward[key] == pytest.approx(reverse[key], rel=1e-9), key
+
+
+@pytest.mark.slow  # a reverse-mode program to compile, 3 s
+def test_sensitivity_is_the_derivative_of_the_total_in_molecules(float64):
+    """sensitivity's summary is the total of a species at time.end in molecules (voxel
+    volume x molecules per um^3 per nM): its derivative against central differences of
+    that total, and the elasticity of a linear model's total in its source rate is 1."""
+    linear = {k: v for k, v in SMALL.items() if k not in ("terms", "populations")}
+    cfg = load_config(linear)
+    rows = {
+        r.key: r for r in sensitivity(cfg, "IL2", params=["species.IL2.decay", "sources[0].rate"])
+    }
+    factor = 10.0 * 10.0 * 10.0 * MOLECULES_PER_UM3_PER_NM  # a 1D voxel is 10 um on a side
+    trajectory = Trajectory(cfg, ["species.IL2.decay", "sources[0].rate"], [cfg.time.end])
+
+    def total(frames):
+        return jnp.sum(frames["IL2"][-1]) * factor
+
+    expected = central_differences(trajectory, total, relative=1e-6)
+    value = float(total(trajectory(trajectory.values)))
+    for (key, fd), v in zip(zip(trajectory.keys, expected), trajectory.values):
+        assert rows[key].value == v
+        assert rows[key].derivative == pytest.approx(fd, rel=1e-6), key
+        assert rows[key].elasticity == pytest.approx(v * fd / value, rel=1e-6), key
+    assert rows["sources[0].rate"].elasticity == pytest.approx(1.0, rel=1e-9)
+
+
+@pytest.mark.slow  # L-BFGS and a Jacobian to compile, 11 s
+def test_a_fit_reports_its_gauss_newton_errors_in_the_parameters_units(float64):
+    """At the fitted values, the residuals are each field scaled by its observed maximum;
+    the loss is their mean square and the standard errors are the Gauss-Newton ones
+    (sigma^2 (J^T J)^-1, sigma^2 = |r|^2 / (n - p)) of the parameters themselves, which the
+    fit's log-parameters give through the chain rule d log p = dp / p."""
+    truth = load_config(SMALL)
+    keys = ["species.IL2.diffusion", "sources[0].rate"]
+    trajectory = Trajectory(truth, keys)
+    clean = np.asarray(trajectory(trajectory.values)["IL2"])
+    noisy = 1e3 * clean * (1 + 0.03 * np.random.default_rng(5).standard_normal(clean.shape))
+    data = {"time": trajectory.times, "IL2": noisy / 1e3}
+    result = fit(truth, data, keys, max_iterations=30)
+    scale = np.max(np.abs(data["IL2"]))
+
+    def residuals(values):
+        return ((trajectory(values)["IL2"] - data["IL2"]) / scale).ravel()
+
+    r = np.asarray(residuals(result.values))
+    jacobian = np.asarray(jax.jacfwd(residuals)(jnp.asarray(result.values)))
+    sigma2 = float(r @ r) / (r.size - len(keys))
+    std = np.sqrt(np.diag(sigma2 * np.linalg.inv(jacobian.T @ jacobian)))
+    assert result.loss == pytest.approx(float(r @ r) / r.size, rel=1e-9)
+    np.testing.assert_allclose(result.std, std, rtol=1e-6)
+    np.testing.assert_allclose(result.values, [20.0, 0.05], rtol=0.1)
+
+
+def test_the_trajectory_is_the_run_across_dose_edges_and_uneven_steps(float64):
+    """A source dosed on and off between frames, and a dt (7 s) that divides neither the
+    frame interval nor the stretches between edges: the trajectory steps as
+    Simulation.advance does (equal steps of at most dt within each stretch, each at its
+    own time), so their frames agree to rounding."""
+    dosed = dict(SMALL, time=dict(SMALL["time"], dt="7 s", output_every="40 s"))
+    schedule = {"start": "13.3 s", "duration": "31 s", "every": "50 s", "count": 2}
+    dosed["sources"] = [dict(SMALL["sources"][0], schedule=schedule)]
+    cfg = load_config(dosed)
+    trajectory = Trajectory(cfg, ["species.IL2.decay"])
+    frames = jax.jit(trajectory)(trajectory.values)
+    sim = engine.Simulation(cfg)
+    state = sim.initial_state()
+    for index, t in enumerate(trajectory.times):
+        state = sim.advance(state, t)
+        np.testing.assert_allclose(frames["IL2"][index], state.numpy()["IL2"], rtol=1e-12)
+    assert float(np.max(state.numpy()["IL2"])) > 0

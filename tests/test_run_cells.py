@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import textwrap
+import tomllib
 
 import h5py
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 
 import engine
 from engine.cli.main import main
+from engine.config.loading import load_config
+from engine.stepping.simulation import State
 
 CONFIG = """
 [grid]
@@ -175,3 +178,33 @@ def test_a_sweep_of_a_config_with_cells_is_refused_in_one_line(tmp_path, capsys)
     assert "cells" in capsys.readouterr().err
     assert not out.exists()
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow  # the cells' device loop to compile, 3.5 s
+def test_the_cells_legs_cover_the_run_and_step_within_the_cells_limit():
+    """advance with cells goes in legs of at most 16 cell steps, each setting the cells'
+    step afresh from the cells as they are: the legs follow each other without a gap and
+    end at t_end (every field step taken, State.step counting them), and a cell step never
+    spans more field steps than fit in safety x the cells' limit at its leg's start."""
+    text = CONFIG.format(end="1 min", capacity=200, division="1e-4 1/s")
+    sim = engine.Simulation(load_config(tomllib.loads(text), {"time.dt": "0.5 s"}))
+    legs = []
+    advance = sim.advance_cells_and_fields
+
+    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
+        limit = sim._steps(State(t=t0, fields=fields, cells=cells))[1]
+        legs.append((t0, dt, n_steps, first_step, cell_every, limit))
+        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
+
+    sim.advance_cells_and_fields = spy
+    state = sim.initial_state()
+    for t_end in (60.0, 67.0):  # the cells limit drops within the first call
+        state = sim.advance(state, t_end)
+    t, steps = 0.0, 0
+    for t0, dt, n_steps, first_step, every, limit in legs:
+        assert t0 == pytest.approx(t, abs=1e-9) and first_step == steps
+        assert dt <= 0.5 * (1 + 1e-12) and n_steps <= 16 * every
+        assert every == 1 or every * dt <= sim.safety * limit * (1 + 1e-9)
+        t, steps = t0 + n_steps * dt, steps + n_steps
+    assert t == pytest.approx(67.0, rel=1e-12) and state.step == steps == 134
+    assert max(every for *_, every, _ in legs) > 1  # the cells step over several field steps
