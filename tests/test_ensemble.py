@@ -38,7 +38,7 @@ def config(cells_config):
 
 
 VARY = {
-    "species.IL2.diffusion": [10.0, "60 um^2/s"],  # "auto" dt differs between members
+    "species.IL2.diffusion": [10.0, "60 um^2/s"],  # the "auto" dt is set by other rates
     "terms[0].activators[0].K": [0.1, 2.0],
 }
 
