@@ -26,7 +26,7 @@ def load_config(source, overrides: dict | None = None) -> Config:
     working directory for a dict). Raises ConfigError (one line, key path first)."""
     base_dir = None
     if isinstance(source, Config):
-        raw = _as_lists(to_raw(source))  # its tuples (shape, spacing, positions) indexable
+        raw = to_raw(source)
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)
     elif isinstance(source, str | os.PathLike):
@@ -45,16 +45,6 @@ def load_config(source, overrides: dict | None = None) -> Config:
         return Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as error:
         raise config_error(error, TAGGED) from None
-
-
-def _as_lists(node):
-    """Raw tables with every tuple a list, as a TOML file's arrays are: an override can set
-    one entry of them (`grid.spacing[1]`, `sources[0].position[0]`)."""
-    if isinstance(node, dict):
-        return {key: _as_lists(value) for key, value in node.items()}
-    if isinstance(node, list | tuple):
-        return [_as_lists(value) for value in node]
-    return node
 
 
 _NAMED = {

@@ -51,9 +51,10 @@ def _where(error: tomllib.TOMLDecodeError, text: str) -> str:
 
 
 def to_raw(cfg: Config) -> dict:
-    """The config as plain tables (engine units, TOML keys such as `from`), None values left
-    out; in each term and source, `type` first and modulators and schedule last."""
-    raw = cfg.model_dump(by_alias=True, exclude_none=True)
+    """The config as plain tables, as a TOML file reads (engine units, TOML keys such as
+    `from`, arrays as lists, so that an override can set one entry: `grid.spacing[1]`), None
+    values left out; in each term and source, `type` first and modulators and schedule last."""
+    raw = _as_lists(cfg.model_dump(by_alias=True, exclude_none=True))
     for key in ("terms", "sources"):
         raw[key] = [
             {
@@ -64,6 +65,15 @@ def to_raw(cfg: Config) -> dict:
             for entry in raw[key]
         ]
     return raw
+
+
+def _as_lists(node):
+    """`node` with every tuple (a Config's arrays of numbers) a list, at any depth."""
+    if isinstance(node, dict):
+        return {key: _as_lists(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_as_lists(value) for value in node]
+    return node
 
 
 def dump_toml(cfg: Config) -> str:
