@@ -127,13 +127,6 @@ def _add_figure_options(parser, colours: bool = True) -> None:
         )
 
 
-def _check_new(paths, overwrite: bool) -> None:
-    """Refuse, before any work, to replace an existing file without --overwrite."""
-    for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
-            raise analysis.AnalysisError(f"{path} exists; pass --overwrite to replace it")
-
-
 def _image_options(args) -> dict:
     """The options `ilsim plot` and `ilsim movie` share: plane, colour scale, figure size,
     cells."""
@@ -316,7 +309,7 @@ def _register_plot(commands) -> None:
 def _plot(args) -> int:
     from engine.post import plots
 
-    _check_new([args.figure], args.overwrite)
+    plots.check_replaceable([args.figure], args.overwrite)
     with _open_output(args.output, args.member, whole_sweep=not args.field) as out:
         if not args.field:
             if args.time is not None or args.slice is not None or args.cells:
@@ -384,7 +377,7 @@ def _register_profile(commands) -> None:
 def _profile(args) -> int:
     from engine.post import plots
 
-    _check_new([args.figure, args.csv], args.overwrite)
+    plots.check_replaceable([args.figure, args.csv], args.overwrite)
     with _open_output(args.output, args.member) as out:
         analysis.check_field(out, args.field)
         line = _profile_kind(args)
@@ -497,7 +490,7 @@ def _register_movie(commands) -> None:
 def _movie(args) -> int:
     from engine.post import plots
 
-    _check_new([args.movie], args.overwrite)
+    plots.check_replaceable([args.movie], args.overwrite)
     with _open_output(args.output, args.member) as out:
         path = plots.movie(out, args.field, args.movie, fps=args.fps, **_image_options(args))
         frames = out.n_frames

@@ -78,6 +78,13 @@ def check_figure_path(path) -> Path:
     return path
 
 
+def check_replaceable(paths, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing output without --overwrite."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise AnalysisError(f"{path} exists; pass --overwrite to replace it")
+
+
 def _check_folder(path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -515,8 +515,7 @@ def check_outputs(paths, overwrite: bool) -> None:
     json_path, figure_path = (Path(p) for p in paths)
     plots.check_figure_path(figure_path)
     for path in (json_path, figure_path):
-        if path.exists() and not overwrite:
-            raise ValueError(f"{path} exists; pass --overwrite to replace it")
+        plots.check_replaceable([path], overwrite)
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise ValueError(f"{path}: folder {path.parent} does not exist")
 
