@@ -302,26 +302,38 @@ def main(argv=None) -> Path:
             kernels=kernels,
         )
         record(f"engine euler ({kernels})", case["seconds"])
-    for rows, in_flight, programs in TMA_COPIES if plgpu is not None else ():
-        label = f"tma copy {rows}x{TMA_WIDTH} f{in_flight} p{programs}"
+    staged = [  # (layout, tiles, in flight, programs, the step, what it must give)
+        (
+            "tma copy",
+            (rows, TMA_WIDTH),
+            in_flight,
+            programs,
+            functools.partial(tma_copy_step, shape, jnp.float32, gain, rows, in_flight, programs),
+            c * gain,
+        )
+        for rows, in_flight, programs in TMA_COPIES
+    ]
+    staged += [
+        (
+            "tma stencil",
+            (rows, width),
+            in_flight,
+            programs,
+            functools.partial(
+                tma_stencil_step, shape, jnp.float32, a, gain, rows, width, in_flight, programs
+            ),
+            expected,
+        )
+        for rows, width, in_flight, programs in TMA_STENCILS
+    ]
+    for layout, tiles, in_flight, programs, build, wanted in staged if plgpu is not None else ():
+        label = f"{layout} {'x'.join(map(str, tiles))} f{in_flight} p{programs}"
         try:
-            step = jax.jit(tma_copy_step(shape, jnp.float32, gain, rows, in_flight, programs))
-            error = float(jnp.max(jnp.abs(step(c) - c * gain)))
+            step = jax.jit(build())
+            error = float(jnp.max(jnp.abs(step(c) - wanted)))
             seconds = loop_seconds(step, c, args.steps, args.repeats)
-            extra = dict(tiles=(rows, TMA_WIDTH), in_flight=in_flight, programs=programs)
-            record(label, seconds, error, layout="tma copy", **extra)
-        except Exception as exc:  # a block the compiler refuses: say so and go on
-            print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    for rows, width, in_flight, programs in TMA_STENCILS if plgpu is not None else ():
-        label = f"tma stencil {rows}x{width} f{in_flight} p{programs}"
-        try:
-            step = jax.jit(
-                tma_stencil_step(shape, jnp.float32, a, gain, rows, width, in_flight, programs)
-            )
-            error = float(jnp.max(jnp.abs(step(c) - expected)))
-            seconds = loop_seconds(step, c, args.steps, args.repeats)
-            extra = dict(tiles=(rows, width), in_flight=in_flight, programs=programs)
-            record(label, seconds, error, layout="tma stencil", **extra)
+            extra = dict(tiles=tiles, in_flight=in_flight, programs=programs)
+            record(label, seconds, error, layout=layout, **extra)
         except Exception as exc:  # a block the compiler refuses or a grid it does not split
             print(f"{label:>28} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     cases = [("copy", t, w, 1) for t in COPY_TILES for w in WARPS]
