@@ -8,31 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from test_schedule_edges import dosed_model, spied
 
-from engine import Grid, Model, Schedule, Simulation, Species, region_source
+from engine import Model, Simulation
 from engine.model.sources import model_edges
-
-DOSES = Schedule(start=37.3, duration=101.7, every=311.1, count=3.0)
-
-
-def dosed_model(decay: float = 3e-3) -> Model:
-    grid = Grid((6, 5), spacing=10.0)
-    species = Species("c", diffusion=50.0, decay=decay)
-    source = region_source("c", np.ones(grid.shape), 0.02, DOSES)
-    return Model(grid, species=(species,), sources=(source,))
-
-
-def spied(sim: Simulation) -> list:
-    """Record every device loop's (t0, dt, n_steps) that `sim.advance` runs."""
-    calls = []
-    advance = sim.advance_cells_and_fields
-
-    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
-        calls.append((float(t0), float(dt), int(n_steps)))
-        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
-
-    sim.advance_cells_and_fields = spy
-    return calls
 
 
 @pytest.mark.parametrize("t_end, dt", [(200.0, 60.0), (30.0, 7.0), (1.0, 0.25), (10.0, 3.3)])

@@ -45,12 +45,25 @@ def exact_dose_response(rate: float, decay: float, t: float) -> float:
     return total
 
 
-def dosed_model(decay: float) -> Model:
+def dosed_model(decay: float = 3e-3) -> Model:
     grid = Grid((6, 5), spacing=10.0)
     species = Species("c", diffusion=50.0, decay=decay)
     return Model(
         grid, species=(species,), sources=(region_source("c", np.ones(grid.shape), 0.02, DOSES),)
     )
+
+
+def spied(sim: Simulation) -> list:
+    """Record every device loop's (t0, dt, n_steps) that `sim.advance` runs."""
+    calls = []
+    advance = sim.advance_cells_and_fields
+
+    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
+        calls.append((float(t0), float(dt), int(n_steps)))
+        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
+
+    sim.advance_cells_and_fields = spy
+    return calls
 
 
 STEPPERS = [
@@ -68,14 +81,7 @@ def test_no_step_straddles_a_dose_edge_and_the_dose_total_is_exact(options):
     steady = options["stepper"] == "quasi_steady"
     model = dosed_model(decay=1e-2 if steady else 0.0)
     sim = Simulation(model, dtype="float64", dt=60.0, **options)
-    calls = []
-    advance = sim.advance_cells_and_fields
-
-    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
-        calls.append((t0, dt, n_steps))
-        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
-
-    sim.advance_cells_and_fields = spy
+    calls = spied(sim)
     state = sim.initial_state()
     for t in (200.0, 500.0, 900.0):
         state = sim.advance(state, t)
