@@ -50,7 +50,8 @@ CURRENT = {
     ],
     "gpu_bound": ["pallas_stencil-gpu-NVIDIA_H200.json"],
     "time_to_solution": [
-        "time_to_solution-cpu-cpu-32.json",
+        "time_to_solution-cpu-cpu-32-heun_drift.json",
+        "time_to_solution-cpu-cpu-32-autoimmune-heun_drift.json",
         "time_to_solution-gpu-NVIDIA_H200.json",
     ],
     "work_precision": ["work_precision-cpu-cpu.json"],
