@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from engine.io.blocks import check_parts
 from engine.io.checkpoint import read_checkpoint
 from engine.io.layout import FORMAT_VERSION, FieldInfo, frame_chunks
 from engine.io.reader import open_output
@@ -464,6 +465,9 @@ def test_resume_appends_after_the_last_frame(tmp_path):
         (dict(fields=FIELDS[:1]), "fields"),
         (dict(fields=[FIELDS[0], FieldInfo("T", "species")]), "field 'T'"),
         (dict(dtype="float64"), "float32 in the file"),
+        (dict(grid=Grid((6, 8), spacing=(2.0, 3.0), origin=(0.0, 1.0))), "grid origin"),
+        (dict(grid=Grid((6, 8), spacing=(2.0, 3.0), origin=(-5.0, 1.0), depth=5.0)), "grid depth"),
+        (dict(fields=[FieldInfo("IL2", "species", "pM"), FIELDS[1]]), "species in pM requested"),
     ],
 )
 def test_resume_refuses_an_incompatible_file(tmp_path, change, message):
@@ -618,6 +622,7 @@ def _check_xdmf(h5_path: Path):
                 assert dataset in f, dataset
                 stated = tuple(int(n) for n in item.get("Dimensions").split())
                 assert f[dataset].shape == stated
+                assert int(item.get("Precision")) == f[dataset].dtype.itemsize  # float64 too
                 referenced += 1
             for attribute in frame.findall("Attribute"):  # fields and regions alike
                 (slab,) = attribute.findall("DataItem")
@@ -636,6 +641,7 @@ def _check_xdmf(h5_path: Path):
                 assert np.all(start + count <= f[dataset].shape)
                 assert np.prod(count) == np.prod(shape)
         assert referenced >= len(frames) * len(f["fields"])
+    assert not list(h5_path.parent.glob(".*.tmp"))  # the sidecar's temporary is renamed
 
 
 def test_xdmf_sidecar(written, tmp_path):
@@ -701,3 +707,154 @@ def test_xdmf_follows_a_rename_while_open(tmp_path):
     assert (tmp_path / "run.xdmf").exists()
     assert not (tmp_path / "run.h5.xdmf").exists()
     _check_xdmf(final)
+
+
+def test_only_ilsim_files_of_a_version_it_knows_are_read(tmp_path):
+    """A changed meaning bumps format_version (docs/file-format.md): a newer file is refused
+    by the reader and by a resume, and an HDF5 file of another format by the reader."""
+    grid = GRIDS[2]
+    path = write_file(tmp_path / "v.h5", grid, times=(0.0,))
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match="newer"):
+        open_output(path)
+    with pytest.raises(ValueError, match="newer"):
+        OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["grid"] = 0
+    with pytest.raises(ValueError, match="not an ilsim output file"):
+        open_output(tmp_path / "other.h5")
+
+
+def test_a_field_named_like_a_root_entry_gets_no_root_link(tmp_path):
+    """Fields called x and time keep the root's /x and /time (the grid's scale and the frame
+    times) and are read from /fields."""
+    grid = GRIDS[2]
+    fields = [FieldInfo("x", "species"), FieldInfo("time", "population")]
+    path = tmp_path / "names.h5"
+    values = synthetic(grid, 1.0)
+    with OutputWriter(path, grid, fields, "float32", ATTRS, {}) as writer:
+        writer.write_frame(1.0, {"x": values["IL2"], "time": values["T"]})
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], grid.coordinates(1))
+        np.testing.assert_array_equal(f["time"][()], [1.0])
+    with open_output(path) as out:
+        np.testing.assert_allclose(out.frame("x", 0), values["IL2"])
+
+
+def test_a_half_written_frame_is_ignored_then_dropped(tmp_path):
+    """A kill after the fields and summaries grew but before /time did: open_output and
+    to_xarray show the completed frames only, and a resumed writer drops the rest on opening,
+    before it writes any frame (a run resumed at its end writes none)."""
+    grid = GRIDS[2]
+    path = write_file(tmp_path / "h.h5", grid, times=(0.0, 10.0))
+    with h5py.File(path, "r+") as f:
+        for group in ("fields", "summary"):
+            for data in f[group].values():
+                data.resize(3, axis=0)
+                data[2] = -1.0
+    with open_output(path) as out:
+        assert out.n_frames == 2
+        assert out.summary["IL2_max"].tolist() == [grid.size - 1, grid.size + 9]
+        ds = out.to_xarray()
+        assert ds.sizes["time"] == 2 and ds["IL2"].shape == (2, *grid.shape)
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}, resume=True):
+        pass
+    with h5py.File(path, "r") as f:
+        for group in ("fields", "summary"):
+            assert all(data.shape[0] == 2 for data in f[group].values())
+
+
+def test_region_masks_are_one_inside_and_follow_a_resume(tmp_path):
+    """A mask is stored as 1 wherever it is nonzero, whatever its dtype, and a resumed run's
+    changed mask replaces the stored one."""
+    grid = GRIDS[2]
+    weights = np.zeros(grid.shape)
+    weights[0, :3] = (0.5, 2.0, 300.0)
+    path = tmp_path / "m.h5"
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {"w": weights}):
+        pass
+    with open_output(path) as out:
+        np.testing.assert_array_equal(out.regions["w"], weights != 0)
+    moved = np.roll(weights != 0, 1, axis=0)
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {"w": moved}, resume=True):
+        pass
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["regions"]["w"][()], moved.astype(np.uint8))
+
+
+def test_a_checkpoint_keeps_each_fields_dtype(tmp_path):
+    """The spare copy is reused only when the names, shapes and dtypes match: a float64 state
+    after float32 ones is stored, and read back, exactly."""
+    grid = GRIDS[2]
+    path = tmp_path / "d.h5"
+    precise = np.full(grid.shape, 1 + 2.0**-40)
+    with OutputWriter(path, grid, FIELDS, "float32", ATTRS, {}) as writer:
+        for t in (1.0, 2.0):
+            writer.write_checkpoint(t, int(t), None, {"IL2": precise.astype(np.float32)})
+        writer.write_checkpoint(3.0, 3, None, {"IL2": precise})
+    saved = read_checkpoint(path)
+    assert saved.fields["IL2"].dtype == np.float64
+    np.testing.assert_array_equal(saved.fields["IL2"], precise)
+
+
+def test_a_sweep_file_summarises_and_shows_each_member(tmp_path):
+    """A sweep's fields lead with the member axis: each member's summaries take every block it
+    comes in (as a sharded run hands them over), and the sidecar reads member k's frame i at
+    (k, i, 0, 0) as <name>[k]."""
+    grid = GRIDS[2]
+    path = tmp_path / "sweep.h5"
+    times = (0.0, 10.0, 20.0)
+    # the x halves, the one holding each member's maximum (the last voxel) first
+    halves = [(slice(0, 2), slice(0, 6), slice(4, 8)), (slice(0, 2), slice(0, 6), slice(0, 4))]
+    with OutputWriter(
+        path, grid, FIELDS, "float32", ATTRS, {}, members={"k": [1.0, 2.0]}
+    ) as writer:
+        for t in times:
+            fields = {
+                name: np.stack([synthetic(grid, t + 100 * k)[name] for k in range(2)])
+                for name in ("IL2", "T")
+            }
+            writer.write_frame(t, {n: [(i, v[i]) for i in halves] for n, v in fields.items()})
+    n = grid.size
+    for k in range(2):
+        with open_output(path, member=k) as out:
+            shift = np.array(times) + 100.0 * k
+            np.testing.assert_allclose(out.summary["IL2_max"], shift + n - 1)
+            np.testing.assert_allclose(
+                out.summary["IL2_total"],
+                (n * shift + n * (n - 1) / 2) * grid.voxel_volume * MOLECULES_PER_UM3_PER_NM,
+                rtol=1e-12,
+            )
+            np.testing.assert_allclose(out.frame("IL2", 2), synthetic(grid, 20.0 + 100 * k)["IL2"])
+    frames = ET.parse(path.with_suffix(".xdmf")).getroot().findall("Domain/Grid/Grid")
+    assert len(frames) == len(times)
+    for index, frame in enumerate(frames):
+        for k in range(2):
+            slab = frame.find(f"Attribute[@Name='IL2[{k}]']/DataItem")
+            start = [int(v) for v in slab.find("DataItem").text.split()[:4]]
+            assert start == [k, index, 0, 0]
+
+
+def test_a_checkpoint_refreshes_the_sidecar(tmp_path):
+    """The sidecar is rewritten on every checkpoint, not only on close: a run killed after
+    one leaves a sidecar that shows the frames written by then."""
+    grid = GRIDS[2]
+    path = tmp_path / "c.h5"
+    writer = OutputWriter(path, grid, FIELDS, "float32", ATTRS, {})
+    for t in (0.0, 5.0):
+        writer.write_frame(t, synthetic(grid, t))
+    writer.write_checkpoint(5.0, 10, None, synthetic(grid, 5.0))
+    _check_xdmf(path)
+    frames = ET.parse(path.with_suffix(".xdmf")).getroot().findall("Domain/Grid/Grid")
+    assert [float(g.find("Time").get("Value")) for g in frames] == [0.0, 5.0]
+    writer.close()
+
+
+def test_blocks_of_other_processes_outside_the_field_are_refused():
+    """Several processes check that each block lies within the field before writing it."""
+    inside = [((slice(0, 6), slice(4, 8)), np.zeros((6, 4)))]
+    check_parts("field 'IL2'", inside, (6, 8), whole=False)
+    outside = [((slice(0, 6), slice(6, 10)), np.zeros((6, 4)))]
+    with pytest.raises(ValueError, match="lies outside the shape"):
+        check_parts("field 'IL2'", outside, (6, 8), whole=False)

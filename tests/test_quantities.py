@@ -28,12 +28,30 @@ def test_every_unit_agrees_with_pint(kind, unit):
         ("3 furlongs", "length"),
         (True, "time"),
         ("inf h", "time"),
+        ("1e400 h", "time"),
+        (float("nan"), "time"),
     ],
 )
 def test_other_values_are_refused_in_one_line(value, kind):
     with pytest.raises(UnitError) as error:
         read_quantity(value, kind)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("1e5 1/mm^3", "density"),
+        ("-30 min", "time"),
+        (".5 h", "time"),
+        ("-4.5um", "length"),
+        ("2 cells / mm^3", "density"),
+    ],
+)
+def test_config_examples_signs_fractions_and_spaced_units_agree_with_pint(text, kind):
+    """DESIGN's density example, negative numbers (a position below the origin), a leading
+    decimal point and a unit with spaces read as the config layer reads them."""
+    assert read_quantity(text, kind) == pytest.approx(to_engine(text, kind), rel=1e-12)
 
 
 def test_numbers_are_engine_units():
