@@ -4,6 +4,7 @@ plots its figures, compares with an earlier run, and refuses bad outputs and inp
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import math
@@ -64,6 +65,8 @@ def test_a_quick_run_of_one_grid_writes_its_rows_table_and_figure(tmp_path):
     assert set(result) == TOP_KEYS and result["schema"] == bench.SCHEMA
     assert all(set(r) == ROW_KEYS for r in result["rows"])
     assert result["complete"] and result["kernels"] == "auto"  # on a CPU: XLA's everywhere
+    assert result["mode"] == "quick"
+    assert datetime.datetime.fromisoformat(result["created"]).utcoffset() == datetime.timedelta(0)
     assert {r["kernels"] for r in result["rows"]} == {"xla"}
     assert {(r["grid"], r["fields"], r["dtype"], r["stepper"]) for r in result["rows"]} == {
         ("16^2", 1, dtype, stepper)
@@ -318,3 +321,182 @@ def test_the_process_peak_is_the_process_own_when_started_from_a_larger_one():
     before, after = map(int, ran.stdout.split())
     assert before < here - 2**28, (before, here)
     assert after - before == pytest.approx(2**27, rel=0.1)  # 128 MB of float64 ones
+
+
+def test_the_default_outputs_are_named_after_the_device(tmp_path, monkeypatch):
+    """docs/benchmarking.md: the JSON defaults to ilsim-bench-<device>.json in the current
+    folder and the figure to its name with .png; either existing is refused (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    name = f"ilsim-bench-{bench.device_name()}"
+    for taken in (f"{name}.json", f"{name}.png"):
+        (tmp_path / taken).write_text("earlier")
+        status, printed, errors = ilsim("bench", "--quick", "--grids", "8^3", "--fields", "1")
+        assert (status, printed) == (2, "")
+        assert errors == f"ilsim: error: {taken} exists; pass --overwrite to replace it\n"
+        (tmp_path / taken).unlink()
+
+
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        (["--figure={tmp}/bench.xyz"], "unknown figure format '.xyz'"),
+        (["--output={tmp}/no/bench.json"], "folder {tmp}/no does not exist"),
+        (["--output={tmp}/no/bench.json", "--figure={tmp}/b.png"], "folder {tmp}/no does not"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, paths, message):
+    """Checked before a run, not after it: nothing measured, printed or written."""
+    argv = ["--quick", "--grids", "8^3", "--fields", "1", "-o", str(tmp_path / "bench.json")]
+    status, printed, errors = ilsim("bench", *argv, *(p.format(tmp=tmp_path) for p in paths))
+    assert (status, printed) == (2, "") and len(errors.splitlines()) == 1
+    assert message.format(tmp=tmp_path) in errors
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_result_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """write_result writes beside the file and renames it: a write stopped halfway leaves the
+    earlier result whole."""
+    path = bench.write_result({"schema": bench.SCHEMA, "rows": []}, tmp_path / "bench.json")
+    earlier = path.read_text()
+
+    def stopped(self, text, *args, **kwargs):
+        with open(self, "w") as file:
+            file.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        bench.write_result({"schema": bench.SCHEMA, "rows": [{"grid": "8^3"}]}, path)
+    assert path.read_text() == earlier
+
+
+CASE = dict(dt=60.0, seconds=2e-3, steps_per_call=10, compile_s=0.5, peak_bytes=8192)
+
+
+def test_a_row_holds_the_documented_figures_of_its_case():
+    """docs/benchmarking.md's row of a measured case: updates = voxels x fields / seconds,
+    bandwidth = 2 x itemsize x updates, its fraction of the copy bandwidth, the cost in
+    explicit steps (null without the explicit row) and peak bytes per voxel and field; the
+    table shows milliseconds per step."""
+    row = bench.row_of((16, 8), 4, "float64", "imex", dict(CASE, kernels="xla"), 1e9, 1e-3)
+    assert row == pytest.approx(
+        dict(
+            grid="16x8", voxels=128, fields=4, dtype="float64", stepper="imex", dt=60.0,
+            seconds_per_step=2e-3, steps_per_call=10, updates_per_s=2.56e5,
+            bandwidth=4.096e6, bandwidth_fraction=4.096e-3, explicit_steps=2.0,
+            compile_s=0.5, peak_bytes=8192, peak_bytes_per_voxel_field=16.0, kernels="xla",
+        )
+    )  # fmt: skip
+    words = bench.format_row(row).split()
+    assert words[:5] == ["16x8", "4", "float64", "imex", "2.000"]
+    assert (
+        bench.row_of((8,), 1, "float32", "imex", dict(CASE, kernels="xla"), 1e9, None)[
+            "explicit_steps"
+        ]
+        is None
+    )
+
+
+def test_kernels_reach_the_cases_and_explicit_steps_are_null_without_their_row(
+    tmp_path, monkeypatch
+):
+    """`--kernels xla` reaches every explicit case and the JSON; each row's explicit_steps is
+    relative to the explicit row of its own grid, fields and dtype, and null where that row
+    was skipped (beyond the memory), never another case's. Cases measured by a stand-in."""
+    asked = []
+
+    def measured(shape, n_fields, dtype, options, **timing):
+        asked.append(options)
+        if options.get("compensated") and n_fields == 4:
+            return None
+        return dict(CASE, seconds=1e-3 * n_fields, page_faults_per_call=0, kernels="xla")
+
+    unknown = dict(predicted_shape=None, bytes_per_voxel_field=None, peak_bytes=None)
+    monkeypatch.setattr(bench, "measure_case", measured)
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda repeats: 1e9)
+    monkeypatch.setattr(
+        bench, "largest_grid", lambda s, memory, confirm: dict(unknown, fields=6, dtype="float32")
+    )
+    output = tmp_path / "bench.json"
+    argv = ["--quick", "--grids", "8^2", "--kernels", "xla", "-o", str(output)]
+    assert ilsim("bench", *argv)[0] == 0
+    result = json.loads(output.read_text())
+    assert result["kernels"] == "xla"
+    assert {o["kernels"] for o in asked if o["stepper"] == "explicit"} == {"xla"}
+    assert result["skipped"] == [
+        dict(grid="8^2", fields=4, dtype=dtype, stepper="explicit")
+        for dtype in ("float32", "float64")
+    ]
+    steps = {(r["fields"], r["dtype"], r["stepper"]): r["explicit_steps"] for r in result["rows"]}
+    assert steps == {
+        (1, "float32", "explicit"): 1.0,
+        (1, "float32", "explicit-uncompensated"): 1.0,
+        (1, "float32", "imex"): 1.0,
+        (4, "float32", "explicit-uncompensated"): None,
+        (4, "float32", "imex"): None,
+        (1, "float64", "explicit"): 1.0,
+        (1, "float64", "imex"): 1.0,
+        (4, "float64", "imex"): None,
+    }
+
+
+def _result(name, created, bandwidth, rows, **more) -> dict:
+    device = dict(name=name)
+    return dict(schema=bench.SCHEMA, device=device, created=created, rows=rows, **more) | dict(
+        copy_bandwidth=bandwidth
+    )
+
+
+def test_compare_prints_new_over_old_per_case_in_both():
+    """docs/benchmarking.md: the two runs (a result without kernels ran XLA's), the new/old
+    copy bandwidth, and per case in both old and new ms per step and new/old (above 1:
+    slower)."""
+    row = dict(grid="64^2", fields=1, dtype="float32")
+    old = _result(
+        "cpu-old",
+        "2024-01-01T00:00:00+00:00",
+        2e9,
+        [
+            dict(row, stepper="explicit", seconds_per_step=4e-3),
+            dict(row, stepper="imex", seconds_per_step=1.0),
+        ],
+    )
+    new = _result(
+        "gpu-new",
+        "2025-01-01T00:00:00+00:00",
+        1e9,
+        [dict(row, stepper="explicit", seconds_per_step=1e-3)],
+        kernels="auto",
+    )
+    assert bench.comparison(new, old) == [
+        dict(row, stepper="explicit", old=4e-3, new=1e-3, ratio=0.25)
+    ]
+    lines = bench.comparison_lines(new, old)
+    assert lines[0] == (
+        "new: gpu-new (2025-01-01T00:00:00+00:00, kernels auto); "
+        "old: cpu-old (2024-01-01T00:00:00+00:00, kernels xla)"
+    )
+    assert lines[1] == "copy bandwidth: new/old 0.500"
+    assert lines[3].split() == ["64^2", "1", "float32", "explicit", "4.000", "1.000", "0.250"]
+    assert len(lines) == 4
+
+
+def test_the_figure_styles_each_dtype_and_marks_the_copy_bandwidth():
+    """docs/benchmarking.md: solid with circles float32, dashed with squares float64, and a
+    grey line per dtype at the copy bandwidth / (2 x itemsize) updates per second."""
+    rows = [
+        dict(grid="64^2", voxels=4096, fields=1, dtype=dtype, stepper="imex", updates_per_s=1e6)
+        for dtype in ("float32", "float64")
+    ]
+    figure = bench.figure(_result("cpu-cpu", "", 8e9, rows))
+    drawn = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert (
+        drawn["imex, 1 field, float32"].get_linestyle(),
+        drawn["imex, 1 field, float32"].get_marker(),
+    ) == ("-", "o")
+    assert (
+        drawn["imex, 1 field, float64"].get_linestyle(),
+        drawn["imex, 1 field, float64"].get_marker(),
+    ) == ("--", "s")
+    assert list(drawn["copy bandwidth, float32"].get_ydata()) == [1e9, 1e9]
+    assert list(drawn["copy bandwidth, float64"].get_ydata()) == [5e8, 5e8]

@@ -1,9 +1,13 @@
-"""Usage errors of the command line: one line naming the help of the command concerned."""
+"""Usage errors of the command line: one line naming the help of the command concerned; what a
+command raises as its exit status and one line."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
+from engine.cli import files
 from engine.cli.main import main
 
 
@@ -21,3 +25,33 @@ def test_a_usage_error_is_one_line_pointing_to_the_right_help(capsys, argv, hint
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ilsim: error: ") and err.rstrip().endswith(hint)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "line"),
+    [
+        (ValueError("bad value\nmore detail"), 2, "ilsim: error: bad value"),
+        (OSError("unreadable\nmore detail"), 2, "ilsim: error: unreadable"),
+        (KeyboardInterrupt(), 130, "ilsim: info interrupted"),
+        (
+            RuntimeError("a bug"),
+            1,
+            "ilsim: internal error: RuntimeError: a bug (set ILSIM_DEBUG=1 for the traceback)",
+        ),
+    ],
+)
+def test_what_a_command_raises_is_one_line_and_its_exit_status(
+    monkeypatch, capsys, raised, status, line
+):
+    """DESIGN 4: bad input exits 2, an interrupt 130, an internal error 1, each with one line on
+    stderr and no traceback; main gives back the signal handlers it took over."""
+
+    def handler(args):
+        raise raised
+
+    monkeypatch.setattr(files, "_info", handler)
+    monkeypatch.delenv("ILSIM_DEBUG", raising=False)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    assert main(["info", "out.h5"]) == status
+    assert capsys.readouterr().err == line + "\n"
+    assert {sig: signal.getsignal(sig) for sig in before} == before

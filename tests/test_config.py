@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config.build import build_model
+from engine.config.build import build_grid, build_model, region_mask
 from engine.config.errors import ConfigError
 from engine.config.loading import load_config, parse_override
 from engine.config.memory import check_memory
@@ -131,6 +131,12 @@ MALFORMED = [
         {"regions.tumour.sphere.center": [2000, 2000]},
         "regions.tumour",
         "the sphere lies outside the grid [0, 640] um x [0, 640] um",
+    ),
+    (
+        "box_between_centres",
+        {"regions.tumour": {"box": {"lower": [1, 1], "upper": [4, 4]}}},
+        "regions.tumour",
+        "the box contains no voxel centre",
     ),
     (
         "box_outside",
@@ -289,7 +295,7 @@ MALFORMED = [
         "output_field_unknown",
         {"output.fields": ["IL2", "IL99"]},
         "output.fields[1]",
-        'unknown species or population "IL99"',
+        'unknown species or population "IL99"; defined: IL2, IL6, IL10, cancer, effector',
     ),
     (
         "output_field_twice",
@@ -305,6 +311,20 @@ MALFORMED = [
         '"IL2" is also a species',
     ),
     ("invalid_name", {"species.2IL": {"diffusion": 1}}, "species.2IL", "not a valid name"),
+    (  # a key TOML must quote, quoted and escaped
+        "invalid_name_quoted",
+        lambda raw: {**raw, "species": {**raw["species"], 'I"L': {"diffusion": 1}}},
+        'species."I\\"L"',
+        "not a valid name",
+    ),
+    ("invalid_name_with_hyphen", {"species.IL-2": {"diffusion": 1}}, "species.IL-2", "not a valid"),
+    (  # one line: the newline of a name shows as a space
+        "unknown_species_with_newline",
+        {"terms[0].species": "IL\n7"},
+        "terms[0].species",
+        'unknown species "IL 7"',
+    ),
+    ("stepper_bool", {"time.stepper": True}, "time.stepper", "true is not allowed; use 'explicit'"),
     ("bool_rate", {"terms[0].rate": True}, "terms[0].rate", "expected a number or a string"),
     ("string_name", {"terms[0].by": 3}, "terms[0].by", "expected a name"),
     (
@@ -853,6 +873,15 @@ def test_a_region_reads_its_mask_from_an_hdf5_file(tmp_path):
         del f["regions/mask"]
     with pytest.raises(ConfigError, match=r"^regions\.mask\.file: cannot read .* 2 datasets"):
         load_config(path)
+
+
+def test_a_box_as_thin_as_a_voxel_centre_holds_that_layer():
+    """A box holds the voxel centres within its faces: lower = upper on a centre (x = 5 um) is
+    the one layer of voxels there, not an empty box."""
+    box = {"box": {"lower": [0, 5], "upper": [640, 5]}}
+    cfg = load_config(base(), overrides={"regions.tumour": box})
+    mask = region_mask(build_grid(cfg), cfg.regions["tumour"], "tumour")
+    assert mask.sum() == 64 and mask[:, 0].all()
 
 
 def test_region_kinds_and_3d_geometry():

@@ -426,6 +426,12 @@ BAD = [
         "row 0 (150, 150) um lies outside the grid [-50, 150) x [100, 400) um",
     ),
     (
+        "file_not_finite",
+        lambda tmp: {"cells.Treg.place": {"file": _file(tmp, np.full((20, 2), np.nan))}},
+        "cells.Treg.place.file",
+        "the file holds non-finite positions; give finite positions (um)",
+    ),
+    (
         "file_missing",
         {"cells.Treg.place": {"file": "no_such_file.npy"}},
         "cells.Treg.place.file",
@@ -460,6 +466,12 @@ BAD = [
         {"cells.Th.division.halve": ["R", "S"]},
         "cells.Th.division.halve[1]",
         'unknown state variable "S"; defined: R, pSTAT5',
+    ),
+    (
+        "halve_twice",
+        {"cells.Th.division.halve": ["R", "R"]},
+        "cells.Th.division.halve[1]",
+        '"R" is listed twice; list it once',
     ),
     (
         "unknown_state_term_variable",

@@ -175,6 +175,25 @@ def test_the_sweep_file_holds_a_member_axis_and_the_members_table(sweep_file):
     assert 'Name="IL2[3]"' in text and "3 3 0 0" in text
 
 
+def test_a_sweep_summary_plot_draws_every_member_thin_and_their_mean_thick(
+    sweep_file, tmp_path, monkeypatch
+):
+    """Each summary of a sweep: a thin line per member and a thick one for their mean."""
+    from engine.post import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure))
+    with engine.open_output(sweep_file[1]) as out:
+        plots.summary_plot(out, tmp_path / "summaries.png", size=(400, 300))
+        totals = out.summary["IL2_total"]
+    (axes,) = [a for a in figures[0].axes if a.get_title() == "IL2"]
+    lines = [line for line in axes.get_lines() if line.get_color() == "C0"]
+    assert [line.get_linewidth() for line in lines] == [0.7] * 4 + [2]
+    for line, values in zip(lines, [*totals, totals.mean(axis=0)]):
+        np.testing.assert_allclose(line.get_ydata(), values, rtol=1e-12)
+    assert lines[-1].get_label() == "IL2_total (mean)"
+
+
 def test_the_sweep_file_opens_in_xarray_with_member_coordinates(sweep_file):
     xarray = pytest.importorskip("xarray")
     _, path = sweep_file
@@ -305,3 +324,24 @@ def test_each_member_takes_its_own_auto_dt_and_the_step_count_is_the_longest_mem
         assert state.step == max(s.step for _, s in singles)
     steps = [s.step for _, s in singles]
     assert steps[1] > 3 * steps[0]  # the members' dt differ
+
+
+def test_a_sweep_without_output_writes_config_sweep_h5_here(tmp_path, capsys, monkeypatch, config):
+    """Without -o, `ilsim sweep model.toml` writes ./model_sweep.h5, not the run's model.h5:
+    an existing one is refused, named; and --sensitivity, at the config's values, refuses
+    --vary."""
+    from engine.config.toml import dump_toml
+
+    (tmp_path / "model.toml").write_text(dump_toml(load_config(config)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_sweep.h5").write_bytes(b"earlier")
+    vary = ["--vary", "terms[1].k_on=0.001,0.01"]
+    assert main(["sweep", "model.toml", *vary, "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "ilsim: error: model_sweep.h5 exists; pass --overwrite to replace it or --resume to "
+        "continue\n"
+    )
+    assert main(["sweep", "model.toml", "--sensitivity", *vary]) == 2
+    assert capsys.readouterr().err == (
+        "ilsim: error: --sensitivity differentiates at the config's values; drop --vary\n"
+    )

@@ -16,7 +16,7 @@ from test_analysis import ATTRS, LAMBDA, ReadCounter, write_output, yukawa
 import engine
 from engine.cli.main import main
 from engine.numerics.grid import Grid
-from engine.post import analysis
+from engine.post import analysis, plots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,11 +137,122 @@ def test_plot_reads_one_plane_of_a_3d_frame(tmp_path, capsys, monkeypatch):
     image(figure)
 
 
+@pytest.fixture
+def saved(monkeypatch):
+    """The figures the command saves, as drawn."""
+    figures = []
+    original = plots.save
+
+    def save(figure, path, dpi=None):
+        figures.append(figure)
+        return original(figure, path, dpi)
+
+    monkeypatch.setattr(plots, "save", save)
+    return figures
+
+
+def test_a_map_shows_the_frame_asked_for_on_the_scale_asked_for(outputs, tmp_path, capsys, saved):
+    """The nearest frame to --time (a note says which), its values as an image with y up (the
+    file's row 0 at the bottom) over the grid's extent in um, x across and y up, on
+    --vmin/--vmax with the default colour map, titled with its time and frame (from 1)."""
+    code, _, err = ilsim(
+        capsys, "plot", outputs["2d"], "--field", "IL2", "--time", "50", "--vmin", "0.5",
+        "--vmax", "1.5", "--size", "400x300", "-o", tmp_path / "map.png",
+    )  # fmt: skip
+    assert (code, err) == (
+        0,
+        "ilsim: note: no frame at 50 s; using the nearest, 60 s (frame 2/4)\n",
+    )
+    axes = saved[0].axes[0]
+    (image,) = axes.images
+    with engine.open_output(outputs["2d"]) as out:
+        np.testing.assert_array_equal(image.get_array(), out.frame("IL2", 1))
+    assert image.origin == "lower" and list(image.get_extent()) == [0, 250, 0, 200]
+    assert (image.norm.vmin, image.norm.vmax, image.cmap.name) == (0.5, 1.5, "viridis")
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("x (um)", "y (um)")
+    assert axes.get_title() == "IL2 at t = 60 s (frame 2/4)"
+
+
+def test_each_map_of_a_panel_has_its_own_colour_scale(outputs, tmp_path, capsys, saved):
+    """--log without --vmin: each field's map spans its own positive values (here less than
+    LOG_DECADES decades), not the first field's."""
+    code, _, _ = ilsim(
+        capsys, "plot", outputs["2d"], "--field", "IL2", "--field", "T", "--log",
+        "--size", "400x300", "-o", tmp_path / "panel.png",
+    )  # fmt: skip
+    assert code == 0
+    with engine.open_output(outputs["2d"]) as out:
+        for axes, name in zip(saved[0].axes, ("IL2", "T")):
+            values = out.frame(name, -1)
+            (image,) = axes.images
+            assert axes.get_title() == name
+            assert (image.norm.vmin, image.norm.vmax) == (values.min(), values.max())
+    assert saved[0].get_suptitle() == "t = 3 min (frame 4/4)"
+
+
+def test_a_movie_of_a_slice_is_on_the_scale_of_that_plane(outputs, tmp_path, capsys, monkeypatch):
+    """One colour scale for every frame of the plane shown (--slice), not of another plane."""
+    norms = []
+    draw = plots._draw_plane
+
+    def drawn(axes, plane, norm, cmap):
+        norms.append(norm)
+        return draw(axes, plane, norm, cmap)
+
+    monkeypatch.setattr(plots, "_draw_plane", drawn)
+    code, _, _ = ilsim(
+        capsys, "movie", outputs["3d"], "--field", "IL6", "--slice", "x=31", "--size", "200x150",
+        "-o", tmp_path / "x.gif",
+    )  # fmt: skip
+    assert code == 0
+    with engine.open_output(outputs["3d"]) as out:
+        plane = out.field("IL6")[:, :, :, 31]
+    assert (norms[0].vmin, norms[0].vmax) == pytest.approx((plane.min(), plane.max()))
+
+
+def test_the_summaries_are_drawn_against_time_in_the_unit_of_the_axis(
+    outputs, tmp_path, capsys, saved
+):
+    """A panel per field: its total on the left axis and its maximum on a right axis of its
+    own, in its units, against time in the unit the axis names (frames over 3 min: min)."""
+    code, _, _ = ilsim(capsys, "plot", outputs["2d"], "--size", "400x300", "-o", tmp_path / "s.png")
+    assert code == 0
+    drawn = {line.get_label(): (axes, line) for axes in saved[0].axes for line in axes.get_lines()}
+    with engine.open_output(outputs["2d"]) as out:
+        for name, units in (("IL2", "nM"), ("T", "cells/um^3")):
+            (left, total), (right, peak) = drawn[f"{name}_total"], drawn[f"{name}_max"]
+            assert (left.get_title(), left.get_xlabel()) == (name, "time (min)")
+            assert right is not left and right.get_ylabel() == f"max ({units})"
+            for line in (total, peak):
+                np.testing.assert_allclose(line.get_xdata(), out.time / 60)
+            np.testing.assert_array_equal(peak.get_ydata(), out.summary[f"{name}_max"])
+
+
+def test_a_1d_map_is_the_frame_as_a_line_inside_the_axes(tmp_path, capsys, saved):
+    """A 1D output's field: a line of the frame's values over x in um, within the value axis's
+    limits (a margin either side), not on its edges."""
+    path = write_output(
+        tmp_path / "rod.h5", Grid((40,), spacing=5.0), {"IL2": ("species", blob((100.0,), 40.0))}
+    )
+    code, _, _ = ilsim(
+        capsys, "plot", path, "--field", "IL2", "--size", "400x300", "-o", tmp_path / "rod.png"
+    )
+    assert code == 0
+    axes = saved[0].axes[0]
+    (line,) = axes.get_lines()
+    with engine.open_output(path) as out:
+        values = out.frame("IL2", 0)
+    np.testing.assert_array_equal(line.get_ydata(), values)
+    np.testing.assert_allclose(line.get_xdata(), 2.5 + 5.0 * np.arange(40))
+    low, high = axes.get_ylim()
+    assert low < values.min() and values.max() < high
+
+
 # ----------------------------------------------------------------------------------------------
 # profile
 
 
-def test_profiles_2d_and_3d(outputs, tmp_path, capsys):
+def test_profiles_2d_and_3d(outputs, tmp_path, capsys, saved):
     line = tmp_path / "line.png"
     table = tmp_path / "line.csv"
     code, out, err = ilsim(
@@ -154,6 +265,7 @@ def test_profiles_2d_and_3d(outputs, tmp_path, capsys):
     image(line)
     rows = table.read_text().splitlines()
     assert rows[0] == "time_s,distance_um,value,units" and len(rows) > 100
+    assert {tuple(row.split(",")[::3]) for row in rows[1:]} == {("0", "nM"), ("180", "nM")}
     radial = tmp_path / "radial.png"
     code, out, err = ilsim(
         capsys,
@@ -164,6 +276,8 @@ def test_profiles_2d_and_3d(outputs, tmp_path, capsys):
     reported = float(out.split("screening length ")[1].split()[0])
     assert reported == pytest.approx(LAMBDA, rel=0.05)  # a coarse 4 um grid, r < 40 um
     image(radial)
+    (fit,) = [line for line in saved[-1].axes[0].get_lines() if line.get_label().startswith("fit")]
+    assert fit.get_linestyle() == "--"  # the fit dashed over the profile
     plane = tmp_path / "plane.png"
     code, out, _ = ilsim(
         capsys,
@@ -196,6 +310,8 @@ def test_movie_gif(outputs, tmp_path, capsys, which, field):
     assert out.strip() == f"wrote {movie} ({3 if which == '3d' else 4} frames)"
     with Image.open(movie) as gif:
         assert gif.size == (320, 240)
+        # 125 ms per frame at the default 8 frames per second, in GIF's hundredths of a second
+        assert gif.info["duration"] == pytest.approx(125, abs=10)
         frames = []
         for k in range(gif.n_frames):
             gif.seek(k)
@@ -257,6 +373,10 @@ def test_info(outputs, capsys):
         (["plot", "{2d}", "--field", "IL2", "-o", "{tmp}/no/a.png"], "does not exist"),
         (["plot", "{tmp}/missing.h5", "--field", "IL2", "-o", "{tmp}/a.png"], "no such file"),
         (["plot", "{2d}", "--field", "IL2", "--size", "10x10", "-o", "{tmp}/a.png"], "--size"),
+        (["plot", "{2d}", "--field", "IL2", "--size", "20001x600", "-o", "{tmp}/a.png"],
+         "each side must be 50..20000 pixels"),
+        (["plot", "{2d}", "--field", "IL2", "--vmin", "1", "--vmax", "1", "-o", "{tmp}/a.png"],
+         "--vmin 1 is not below --vmax 1"),
         (["plot", "{2d}", "--field", "IL2"], "-o/--figure"),
         (["plot", "{2d}", "--field", "IL2", "--vmin", "5", "--vmax", "1", "-o", "{tmp}/a.png"],
          "--vmin 5 is not below --vmax 1"),

@@ -109,10 +109,11 @@ def ilsim(*args, **kwargs):
     )
 
 
-def test_run_writes_every_frame_and_matches_the_python_api(tmp_path):
+def test_run_writes_every_frame_and_matches_the_python_api(tmp_path, capsys):
     config = write_config(tmp_path)
     out = tmp_path / "out.h5"
     assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet
     with engine.open_output(out) as result:
         np.testing.assert_allclose(result.time, 120.0 * np.arange(11))
         assert set(result.fields) == {"IL2", "T"}
@@ -165,6 +166,20 @@ def test_run_with_the_fused_kernels_writes_the_xla_run(tmp_path):
             runs[kernels] = result.frame("IL2", -1), result.frame("T", -1)
     for fused, xla in zip(runs["pallas"], runs["xla"]):
         np.testing.assert_allclose(fused, xla, rtol=1e-5, atol=1e-7 * np.abs(xla).max())
+
+
+def test_the_output_defaults_to_the_config_name_with_h5_in_the_current_folder(
+    tmp_path, capsys, monkeypatch
+):
+    """Without -o, `ilsim run case.toml` writes ./case.h5: an existing one is refused, named."""
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "case.h5").write_bytes(b"precious")
+    assert main(["run", config.name, "--quiet"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "ilsim: error: case.h5 exists; pass --overwrite to replace it or --resume to continue\n"
+    )
 
 
 def test_existing_output_is_never_clobbered(tmp_path, capsys):
@@ -299,6 +314,7 @@ BAD_INPUT = pytest.mark.parametrize(
         (["validate", "{folder}"], "is a folder; give the config's .toml file"),
         (["run", "{config}", "--resume", "-o", "{config}"], "not a readable HDF5 file"),
         (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
+        (["run", "{config}", "--devices", "0"], "--devices 0: must be >= 1"),
         (["run", "{config}", *UNSTABLE], "time.dt"),
         (["validate", "{config}", *UNSTABLE], "stability limit, 0.2468 s"),  # sinks count
         # stable for the member with D = 10 um^2/s (limit 2.5 s), not for D = 100 (0.25 s)
@@ -372,12 +388,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
 
 
 def test_validate_reports_without_running(tmp_path, capsys):
-    config = write_config(tmp_path, stepper="explicit")
+    """dt = "auto" as its share of the explicit limit (time.safety, 0.9 by default) and the
+    state estimate (`Config.memory_bytes`) in MB (1e6 bytes)."""
+    config = write_config(tmp_path, n=64, stepper="explicit")
     assert main(["validate", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "explicit stability limit" in printed and "steps to 1200 s" in printed
     assert "memory estimate" in printed and "[grid]" in printed
     assert not list(tmp_path.glob("*.h5"))
+    assert re.search(r"^explicit stability limit: [\d.]+ s \(dt is 0\.90 of it\)$", printed, re.M)
+    megabytes = load_config(config).memory_bytes() / 1e6
+    assert megabytes > 0.1 and f"memory estimate: {megabytes:.1f} MB\n" in printed
 
 
 @pytest.mark.slow
