@@ -355,7 +355,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, pa
 
 def test_a_result_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """write_result writes beside the file and renames it: a write stopped halfway leaves the
-    earlier result whole."""
+    earlier result whole, and nothing beside it."""
     path = bench.write_result({"schema": bench.SCHEMA, "rows": []}, tmp_path / "bench.json")
     earlier = path.read_text()
 
@@ -368,6 +368,7 @@ def test_a_result_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bench.write_result({"schema": bench.SCHEMA, "rows": [{"grid": "8^3"}]}, path)
     assert path.read_text() == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
 
 
 CASE = dict(dt=60.0, seconds=2e-3, steps_per_call=10, compile_s=0.5, peak_bytes=8192)

@@ -95,13 +95,13 @@ def save(figure: Figure, path, dpi: float | None = None) -> Path:
     """`figure` written whole to `path` (its suffix names the format) at `dpi` (default the
     figure's), replacing it only once written."""
     path = Path(path)
-    with _replaced(path) as partial:
+    with replaced(path) as partial:
         figure.savefig(partial, dpi=dpi or figure.dpi, format=path.suffix.lstrip(".").lower())
     return path
 
 
 @contextlib.contextmanager
-def _replaced(path: Path):
+def replaced(path: Path):
     """A path beside `path`, with its suffix, to write to: renamed to `path` once the block
     ends, removed if it raises (an interrupted figure or movie leaves no half-written file
     and the earlier one, if any, whole)."""
@@ -548,7 +548,7 @@ def movie(
             images.append(image.quantize(colors=256, method=Image.Quantize.MEDIANCUT))
             if progress:
                 progress(index + 1, n)
-        with _replaced(path) as partial:
+        with replaced(path) as partial:
             images[0].save(
                 partial,
                 format="GIF",
@@ -561,7 +561,7 @@ def movie(
     from matplotlib import animation
 
     writer = animation.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"])
-    with _replaced(path) as partial, writer.saving(figure, str(partial), dpi):
+    with replaced(path) as partial, writer.saving(figure, str(partial), dpi):
         for index in frames():
             writer.grab_frame()
             if progress:

@@ -524,9 +524,8 @@ def write_result(result: dict, path) -> Path:
     """`result` as JSON at `path`, replaced whole (written beside it, then renamed): a reader
     or a stopped run never sees half a file."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(result, indent=1) + "\n")
-    partial.replace(path)
+    with plots.replaced(path) as partial:
+        partial.write_text(json.dumps(result, indent=1) + "\n")
     return path
 
 
