@@ -8,13 +8,19 @@ import datetime
 import io
 import json
 import math
+import os
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from engine.cli.main import main
+from engine.numerics import memory
 from engine.runs import bench
 
 GRIDS = ("8^3", "16^2")
@@ -254,11 +260,11 @@ def test_a_compare_file_that_is_not_a_bench_result_exits_2(tmp_path, text, why):
 def test_the_largest_grid_fits_the_memory_and_steps_there():
     """Within 20 MB (a stand-in for a device's memory), the predicted cube's compiled peak
     fits and one step runs on it."""
-    memory = 20e6
-    entry = bench.largest_grid("imex", memory, confirm=True)
+    budget = 20e6
+    entry = bench.largest_grid("imex", budget, confirm=True)
     n = entry["predicted_shape"][0]
-    assert 0.5 * memory < entry["peak_bytes"] <= memory
-    assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > memory
+    assert 0.5 * budget < entry["peak_bytes"] <= budget
+    assert (n + 2) ** 3 * 6 * entry["bytes_per_voxel_field"] > budget
     assert entry["confirmed"]["seconds"] > 0
     assert entry["confirmed"]["process_peak_bytes"] > entry["peak_bytes"]  # and the process's
 
@@ -306,13 +312,8 @@ def test_the_process_peak_is_the_process_own_when_started_from_a_larger_one():
     """`peak_process_bytes` in a child that this process starts while holding 256 MB more:
     the child's peak is its own (its Python and NumPy), less than this process's resident
     set, and it grows by what the child then allocates."""
-    import subprocess
-    import sys
-
-    from engine.numerics.memory import process_bytes
-
     ballast = np.ones(2**25)  # noqa: F841 (held, 256 MB resident)
-    here = process_bytes()
+    here = memory.process_bytes()
     script = (
         "import numpy as np; from engine.numerics.memory import peak_process_bytes as peak; "
         "before = peak(); block = np.ones(2**24); print(before, peak())"
@@ -501,3 +502,30 @@ def test_the_figure_styles_each_dtype_and_marks_the_copy_bandwidth():
     ) == ("--", "s")
     assert list(drawn["copy bandwidth, float32"].get_ydata()) == [1e9, 1e9]
     assert list(drawn["copy bandwidth, float64"].get_ydata()) == [5e8, 5e8]
+
+
+def test_the_memory_estimates_follow_their_documented_formulas(monkeypatch):
+    """The state estimate counts at least one field; the predicted peak is the process less
+    the state it holds now, plus the compiled loop's peak (which holds the state) and one
+    host frame; a device may plan on 80% of its limit, a CPU on 80% of what is available."""
+    assert memory.state_bytes(0, 1000, 4) == memory.state_bytes(1, 1000, 4) == 1000 * 4 * 8
+    assert memory.predicted_peak_bytes(500, 100, 300, 100) == 800
+    device = SimpleNamespace(memory_stats=lambda: {"bytes_limit": 10**9})
+    assert memory.device_memory(device) == pytest.approx(0.8e9)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**6)
+    assert memory.device_memory(object()) == pytest.approx(0.8e6)
+
+
+def test_the_process_memory_is_read_in_its_platforms_units(monkeypatch):
+    """/proc's kB are 1024 bytes (the resident set agrees with statm's pages); without /proc,
+    `ru_maxrss` is in KiB, but in bytes on macOS."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        resident = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        assert memory.process_bytes() == pytest.approx(resident, rel=3e-3)
+    monkeypatch.setattr(memory, "_status_bytes", lambda key: None)
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=1000))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert memory.peak_process_bytes() == 1000 * 1024
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert memory.peak_process_bytes() == 1000

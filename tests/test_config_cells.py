@@ -313,6 +313,10 @@ def test_memory_estimate_counts_the_cells():
     huge = load_config(raw, {"cells.Th.capacity": 10**9})
     with pytest.raises(ConfigError, match=r"^cells\.Th\.capacity: the run needs about .* GB"):
         check_memory(huge, 2**30)
+    # the type whose values need the most is named, not the one of the largest capacity
+    both = load_config(raw, {"cells.Th.capacity": 3 * 10**8, "cells.Treg.capacity": 4 * 10**8})
+    with pytest.raises(ConfigError, match=r"^cells\.Th\.capacity"):
+        check_memory(both, 2**30)
     big_grid = load_config(raw, {"grid.shape": [200, 300]})
     with pytest.raises(ConfigError, match=r"^grid\.shape: .*, plus 2.72e\+03 cell values"):
         check_memory(big_grid, 10**5)

@@ -306,6 +306,35 @@ def test_the_spectral_preconditioner_is_the_exact_inverse_for_constant_coefficie
     np.testing.assert_allclose(applied, r, atol=1e-12 * np.abs(r).max())
 
 
+def test_the_spectral_preconditioner_has_the_mean_d_and_neumann_for_robin_faces():
+    """Its operator takes D's mean and makes robin faces neumann; without a shift, its constant
+    mode (left undetermined) is scaled as the slowest decaying one, at D 4/h^2 sin^2(pi / 2n):
+    a uniform r comes back uniform, r / (scale x that rate)."""
+    grid = engine.Grid((8,), spacing=2.0)
+    D = np.linspace(1.0, 3.0, 8)  # mean 2
+    boundary = engine.Boundary(((engine.Robin(0.5), engine.Neumann()),))
+    slowest = 2.0 * 4 / 2.0**2 * np.sin(np.pi / 16) ** 2
+
+    @jax.jit  # compiled whole: op by op, its many small operations take a second
+    def inverse(r):
+        preconditioner = spectral.preconditioner(D, grid, boundary, "float64")
+        return spectral.apply_shifted_inverse(r, 0.0, 3.0, preconditioner)
+
+    x = inverse(jnp.ones(8))
+    np.testing.assert_allclose(np.asarray(x), 1 / (3.0 * slowest), rtol=1e-12)
+
+
+def test_ffts_transform_the_non_periodic_axes_from_fft_min_length_on(monkeypatch):
+    """Non-periodic axes at least `fft_min_length()` long (1024 on a CPU, 2048 on accelerators)
+    are transformed by FFTs, shorter ones by matrix products, periodic ones by FFTs always."""
+    faces = [(engine.Neumann(),) * 2, (engine.Dirichlet(), engine.Neumann())]
+    boundary = engine.Boundary((*faces, (engine.Periodic(),) * 2))
+    for backend, n in (("cpu", 1024), ("gpu", 2048)):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert spectral.fft_min_length() == n
+        assert spectral._axes(boundary, (n, n - 1, 4)) == ([1], [0], [2])
+
+
 @SLOW  # adaptive stepping runs by default in test_adaptive_stepping_rejects_and_counts_...
 def test_adaptive_stepping_keeps_the_error_near_the_tolerance(v5_reference):
     model, _, reference = v5_reference
@@ -438,6 +467,30 @@ def test_the_implicit_end_value_solves_its_system_at_any_step(faces, sink_steps)
     rhs += dt * phi1 @ excess @ c.ravel()
     expected = np.linalg.solve(np.eye(c.size) - dt * phi2 @ excess, rhs)
     np.testing.assert_allclose(np.ravel(change), expected, rtol=0, atol=1e-11 * c.max())
+
+
+def test_the_end_values_conjugate_gradients_converge_within_as_many_iterations_as_unknowns():
+    """Six voxels, half of them sinks, weakly coupled: within six iterations the end value is
+    the dense solution of its system to rounding (the search directions are conjugate), where
+    steepest descent (dropping the previous direction) is still off by 5% of the field."""
+    grid = engine.Grid((6,), spacing=10.0)
+    boundary = engine.Boundary.uniform(1, engine.Neumann())
+    c = 0.1 + np.random.default_rng(3).random(6)
+    sink = np.where(np.arange(6) % 2 == 0, 1e-2, 0.0)
+    D, decay, dt = 0.1, 1e-4, 3e5
+
+    @jax.jit  # compiled whole: op by op, its many small operations take seconds
+    def change(c):
+        p = spectral.propagation(D, decay, grid, boundary, np.float64)
+        return spectral.reaction_change(c, None, sink, dt, p, boundary, True, max_iterations=6)
+
+    laplacian = np.eye(6, k=1) + np.eye(6, k=-1) - np.diag([1, 2, 2, 2, 2, 1])  # neumann
+    k = np.sum(sink * c) / np.sum(c)  # `exact_sink_rate`
+    exact, phi1, phi2 = _phi(dt * ((decay + k) * np.eye(6) - D / 10.0**2 * laplacian))
+    excess = np.diag(k - sink)
+    rhs = (exact - np.eye(6)) @ c + dt * phi1 @ excess @ c
+    expected = np.linalg.solve(np.eye(6) - dt * phi2 @ excess, rhs)
+    np.testing.assert_allclose(change(c), expected, rtol=0, atol=1e-13 * c.max())
 
 
 @pytest.mark.parametrize("size", [1e-19, 1e-30, 1e15])

@@ -57,6 +57,7 @@ CASES = {
     "3D whole blocks": {"grid.shape": [8, 4, 32]},  # no clamp along z, no store mask
     "3D whole blocks periodic chemotaxis": {
         "grid.shape": [8, 4, 32],
+        "grid.spacing": ["12 um", "10 um", "8 um"],  # each axis' drift at its own spacing
         "grid.boundary": "periodic",
         "populations.T.chemotaxis": {"species": "IL2", "sensitivity": 2.0},
     },
@@ -315,3 +316,33 @@ def test_the_kernels_launch_as_kernel_launch_says(monkeypatch, config):
         ValueError, match='kernel_launch: only the Pallas kernels.*kernels="pallas"'
     ):
         engine.Simulation(cfg, kernels="xla", kernel_launch=launch)
+
+
+def test_a_tile_is_no_longer_than_its_axis_rounded_up_to_a_power_of_two():
+    """The default tiles, cut to each axis rounded up to a power of two (1 stays 1), so that a
+    small grid runs no programs of masked voxels only."""
+    launch = fused_kernels.DEFAULT_LAUNCH
+    assert launch.tile((1, 4, 20)) == (1, 4, 32)
+    assert launch.tile((3, 9, 200)) == (2, 8, 128)
+    assert launch.tile((9, 140)) == (8, 128)
+    assert launch.tile((5,)) == (8,)
+
+
+def test_the_fused_kernel_draws_each_fields_stream_as_the_xla_path():
+    """Fields named out of sorted order, which only decay (without diffusion the two paths
+    compute the same increments to the bit): the kernel adds them with the XLA path's
+    stochastic rounding to the bit, each field drawing its own stream (`rounding.streams`),
+    not that of its place in the model."""
+    grid = engine.Grid((64,), spacing=10.0)
+    initial = np.random.default_rng(2).uniform(0.5, 1.5, grid.shape)
+    species = tuple(
+        engine.Species(name, diffusion=0.0, decay=decay, initial=initial)
+        for name, decay in (("b", 1e-3), ("a", 3e-3))
+    )
+    model = engine.Model(grid, species=species)
+    ends = []
+    for kernels in ("pallas", "xla"):
+        sim = engine.Simulation(model, kernels=kernels, scheme="euler")
+        ends.append(sim.advance_steps(sim.initial_state().fields, 0.0, 1.0, 1))
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(np.asarray(ends[0][name]), np.asarray(ends[1][name]))

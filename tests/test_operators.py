@@ -744,3 +744,14 @@ def test_inhomogeneous_faces_are_those_that_drive_a_zero_field(faces):
     D_faces = operators.face_diffusivity(jnp.asarray(3.0), grid, boundary)
     drive = operators.diffusion(jnp.zeros(grid.shape), D_faces, grid, boundary)
     assert bool(jnp.any(drive != 0)) == boundary.inhomogeneous
+
+
+def test_faces_that_cannot_hold_are_refused_by_name():
+    """A robin transfer coefficient must be >= 0 (NaN is no number >= 0), and an axis is
+    periodic on both faces or on neither, whichever face alone is given as periodic."""
+    for h in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="robin.h: must be >= 0"):
+            Robin(h)
+    for pair in ((Periodic(), Neumann()), (Neumann(), Periodic())):
+        with pytest.raises(ValueError, match="boundary.y: periodic must be set on both y_min"):
+            Boundary((pair, (Neumann(), Neumann())))

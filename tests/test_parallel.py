@@ -122,6 +122,7 @@ def test_checkpoint_written_on_4_devices_resumes_on_1_and_8(child, tmp_path, cor
     "shape, devices, expected",
     [
         ((64, 64, 64), 8, (8,)),
+        ((32, 64, 64), 8, (8,)),  # slabs of exactly 4 voxels
         ((16, 64, 64), 8, (2, 4)),
         ((8, 8, 8), 4, (2, 2)),
         ((16, 64), 8, (8,)),
@@ -135,6 +136,8 @@ def test_auto_mesh_prefers_thick_slabs_then_even_blocks(shape, devices, expected
 def test_auto_mesh_refuses_a_grid_it_cannot_split():
     with pytest.raises(ValueError, match="parallel.mesh: cannot split a 5x7 grid evenly"):
         parallel.auto_mesh_shape((5, 7), 4)
+    with pytest.raises(ValueError, match="cannot split a 64 grid"):  # its last axis stays whole
+        parallel.auto_mesh_shape((64,), 2)
 
 
 @pytest.mark.parametrize(
@@ -152,8 +155,17 @@ def test_bad_meshes_name_the_key(mesh, message):
 
 def test_one_device_needs_no_mesh_and_too_many_is_an_error():
     assert parallel.device_mesh(None, (8, 8)) is None
+    assert parallel.device_mesh(None, (8, 8), devices=1) is None  # --devices 1: unsplit
     with pytest.raises(ValueError, match=f"--devices 99: only {len(jax.devices())}"):
         parallel.device_mesh("auto", (8, 8), devices=99)
+
+
+def test_a_mesh_must_divide_the_grid(monkeypatch):
+    """Blocks are equal: a mesh axis that does not divide its grid axis is refused by name."""
+    two = [jax.devices()[0]] * 2  # as if there were two devices
+    monkeypatch.setattr(jax, "devices", lambda: two)
+    with pytest.raises(ValueError, match="grid axis 0 has 5 voxels, not divisible into 2"):
+        parallel.device_mesh([2], (5, 8))
 
 
 def test_host_parts_of_an_unsharded_array_is_the_whole_array():
