@@ -493,6 +493,27 @@ def test_the_end_values_conjugate_gradients_converge_within_as_many_iterations_a
     np.testing.assert_allclose(change(c), expected, rtol=0, atol=1e-13 * c.max())
 
 
+def test_a_uniform_sink_decays_with_diffusion_exactly():
+    """A sink of one rate everywhere, given as a number or as a field of that number, is taken
+    with diffusion and decay in the eigenbasis: the change over dt is (exp(dt A) - 1) c with
+    A = D lap - decay - sink, exact at any step."""
+    grid = engine.Grid((6,), spacing=10.0)
+    boundary = engine.Boundary.uniform(1, engine.Neumann())
+    c = 0.1 + np.random.default_rng(4).random(6)
+    D, decay, sink, dt = 0.1, 1e-4, 2e-3, 600.0
+
+    @jax.jit  # compiled whole: op by op, its many small operations take a second
+    def change(c, sink):
+        p = spectral.propagation(D, decay, grid, boundary, np.float64)
+        return spectral.reaction_change(c, None, sink, dt, p, boundary, True)
+
+    laplacian = np.eye(6, k=1) + np.eye(6, k=-1) - np.diag([1, 2, 2, 2, 2, 1])  # neumann
+    exact, _, _ = _phi(dt * ((decay + sink) * np.eye(6) - D / 10.0**2 * laplacian))
+    for given in (sink, np.full(6, sink)):
+        got = change(jnp.asarray(c), jnp.asarray(given))
+        np.testing.assert_allclose(got, (exact - np.eye(6)) @ c, rtol=0, atol=1e-13)
+
+
 @pytest.mark.parametrize("size", [1e-19, 1e-30, 1e15])
 def test_the_implicit_end_value_scales_with_the_field_in_float32(size):
     """The step is linear in the field and its forcing: a float32 field of any size (IL-2
