@@ -682,6 +682,17 @@ def _get(cfg: Config, path: str):
         ("grid.origin", "-0.01 mm", "grid.origin", (-10.0, -10.0)),
         ("grid.depth", "20 um", "grid.depth", 20.0),
         ("regions.tumour.sphere.radius", "0.1 mm", "regions.tumour.sphere.radius", 100.0),
+        (  # 3.6e6 cells per mm^3 per hour: 3.6e6 / 1e9 / 3600 per um^3 per second
+            "terms[1]",
+            {
+                "type": "recruitment",
+                "population": "effector",
+                "region": "vessels",
+                "rate": "3.6e6 1/(mm^3*h)",
+            },
+            "terms.1.rate",
+            1e-6,
+        ),
     ],
 )
 def test_unit_conversion(key, value, attribute, expected):

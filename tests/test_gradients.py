@@ -183,6 +183,40 @@ def test_parameters_are_affine_in_config_values(float64, config):
             Parameters.of(cfg, [key])
 
 
+def test_parameter_keys_name_rates_once_and_each_moves_the_model():
+    """`numeric_keys` leaves out the numbers that place things (a point source's position, a
+    Gaussian's center); `Parameters` keeps keys in display form, refuses a key named twice
+    (with and without `.value`), and refuses a coefficient whose region a later region covers
+    (later entries win): it changes nothing, and a sweep over it would too."""
+    raw = {
+        "grid": {"shape": [10], "spacing": "10 um"},
+        "time": {"end": "1 min"},
+        "regions": {
+            "left": {"box": {"lower": [0], "upper": [40]}},
+            "wide": {"box": {"lower": [0], "upper": [60]}},
+        },
+        "species": {
+            "IL2": {
+                "diffusion": {"value": 20.0, "regions": {"left": 5.0, "wide": 10.0}},
+                "initial": {"gaussian": {"center": [50.0], "sigma": 20.0, "amplitude": 1.0}},
+            }
+        },
+        "sources": [{"type": "point", "species": "IL2", "position": [35.0], "rate": 100.0}],
+    }
+    cfg = load_config(raw)
+    keys = numeric_keys(cfg)
+    assert {"species.IL2.diffusion", "species.IL2.initial.sigma", "sources[0].rate"} <= set(keys)
+    assert not [k for k in keys if "position" in k or "center" in k], keys
+    assert Parameters.of(cfg, ["species.IL2.diffusion.value"]).keys == ("species.IL2.diffusion",)
+    with pytest.raises(ConfigError, match="names a key twice"):
+        Parameters.of(cfg, ["species.IL2.diffusion", "species.IL2.diffusion.value"])
+    assert Parameters.of(cfg, ["species.IL2.diffusion.regions.wide"]).values.tolist() == [10.0]
+    with pytest.raises(
+        ConfigError, match=r"^species\.IL2\.diffusion\.regions\.left: changes nothing"
+    ):
+        Parameters.of(cfg, ["species.IL2.diffusion.regions.left"])
+
+
 FIT_CONFIG = {
     "grid": {"shape": [40], "spacing": "10 um"},
     "time": {"end": "30 min", "output_every": "5 min", "dtype": "float64", "stepper": "imex"},

@@ -60,6 +60,16 @@ def test_niche_radius_finds_the_threshold_crossing_of_a_known_profile():
     assert np.isnan(niche_radius(field, centres, h, 1e-6, reach=25))
 
 
+def test_niche_radius_interpolates_log_linearly_between_shells():
+    """A field exp(-k h / L) on the voxels whose distance rounds to k voxels has shell means
+    exactly exp(-r / L), so the log-linear crossing of exp(-R / L) is R itself."""
+    h, L = 4.0, 8.0
+    index = np.indices((21, 21))
+    field = np.exp(-np.round(np.hypot(index[0] - 10, index[1] - 10)) * h / L)
+    threshold = np.exp(-9.2 / L)
+    assert niche_radius(field, [(10, 10)], h, threshold, reach=5) == pytest.approx(9.2, rel=1e-12)
+
+
 @pytest.mark.slow  # five steady states on a 160^2 grid, 15 s
 def test_niche_radius_scales_as_consumer_density_times_receptors_to_the_minus_half():
     """16 secreting cells held at the centres of 16 squares of a 1.6 mm slab, responders

@@ -12,7 +12,7 @@ from engine import Simulation
 from engine.cli.main import main
 from engine.model.terms import MOLECULES_PER_UM3_PER_NM
 from engine.numerics.analytic import point_source_steady_state
-from engine.runs.examples import point_source_model
+from engine.runs.examples import point_source_model, point_source_profile
 
 
 def _shell_averages(model, c: np.ndarray, q: float, radii):
@@ -83,3 +83,17 @@ def test_demo_prints_the_profile_against_the_analytic_solution(capsys):
     assert np.all(simulated > 0) and np.all(np.diff(simulated) < 0)
     # shell means, away from the source voxel and from the walls 16 voxels out:
     assert np.all(np.abs(error[:5]) < 0.02), error  # farther out, the walls reflect
+
+
+def test_the_profile_is_the_shell_means_of_the_run_to_t_end():
+    """`point_source_profile` (what `ilsim demo` prints): radii of whole voxels up to the
+    nearest wall (3 on 8 voxels from the source at voxel 4), and the shell means of the run to
+    t_end, simulated and analytic, as they are worked out independently here."""
+    model = point_source_model(ndim=2, size=8)
+    r, simulated, analytic = point_source_profile(model, 10.0)
+    np.testing.assert_array_equal(r, [10.0, 20.0, 30.0])
+    sim = Simulation(model)
+    c = np.asarray(sim.advance(sim.initial_state(), 10.0).fields["IL2"], dtype=np.float64)
+    expected = _shell_averages(model, c, 1e3, np.arange(1, 4))
+    np.testing.assert_allclose(simulated, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(analytic, expected[1], rtol=1e-12)

@@ -401,6 +401,36 @@ def test_validate_reports_without_running(tmp_path, capsys):
     assert megabytes > 0.1 and f"memory estimate: {megabytes:.1f} MB\n" in printed
 
 
+def test_validate_counts_the_steps_to_the_end(tmp_path):
+    """`Simulation.validate` of a config: ceil(end / dt) steps (20 min in steps of 0.07 s:
+    17142.9, so 17143), and one step when the stable step outlasts the run."""
+    cfg = engine.load_config(write_config(tmp_path, stepper="explicit", dt=0.07))
+    assert engine.Simulation(cfg).validate()["steps"] == 17143
+    cfg = engine.load_config(write_config(tmp_path, stepper="explicit", end="0.1 s"))
+    report = engine.Simulation(cfg).validate()
+    assert report["dt"] > 0.1 and report["steps"] == 1
+
+
+@pytest.mark.slow  # compiles the accuracy estimate
+def test_validate_tries_the_step_over_the_first_frame_interval(tmp_path):
+    """The step the accuracy target allows is tried over the first frame interval (10 s),
+    which the run's first step cannot outlast, not over the whole run."""
+    cfg = engine.load_config(write_config(tmp_path, n=8, every="10 s", il2_initial=1.0))
+    assert engine.Simulation(cfg).validate()["dt"] == 10.0
+
+
+def test_a_config_simulation_refuses_what_its_config_cannot_run(tmp_path, monkeypatch):
+    """A run that does not fit the memory, and a fixed explicit time.dt beyond the stability
+    limit (0.2468 s here), are the config's errors, naming the key, as the CLI reports them."""
+    config = write_config(tmp_path, stepper="explicit", dt=5.0)
+    sim = engine.Simulation(engine.load_config(config))
+    with pytest.raises(engine.ConfigError, match=r"^time\.dt: 5 s exceeds .* 0\.2468 s"):
+        sim.check_time_step(sim.initial_state())
+    monkeypatch.setattr("engine.runs.simulation.available_memory", lambda: 100)
+    with pytest.raises(engine.ConfigError, match=r"^grid\.shape: the run needs about"):
+        engine.Simulation(engine.load_config(config))
+
+
 @pytest.mark.slow
 def test_ilsim_validate_reports_without_running(tmp_path):
     config = write_config(tmp_path, stepper="explicit")

@@ -64,6 +64,20 @@ def _gaussian_error(ndim: int, n: int, dtype: str) -> float:
     return float(np.max(np.abs(_host(state.fields["c"]) - exact)) / np.max(exact))
 
 
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_the_heat_kernel_holds_its_mass_with_variance_2_d_t(ndim):
+    """The V1 reference: a Gaussian of total `mass` whose variance per axis is 2 D (t + t0),
+    summed over voxels of a quarter of the standard deviation (1 um) out to 8 of them (the
+    midpoint rule is spectrally accurate for it)."""
+    D, t, t0, mass = 0.5, 0.75, 0.25, 3.0
+    grid = Grid((64,) * ndim, spacing=0.25, origin=-8.0)
+    r2 = sum(x**2 for x in grid.centres())
+    c = heat_kernel(r2, t, D, ndim, mass=mass, t0=t0)
+    h = 0.25**ndim
+    assert np.sum(c) * h == pytest.approx(mass, rel=1e-12)
+    assert np.sum(r2 * c) * h / mass == pytest.approx(ndim * 2 * D * (t + t0), rel=1e-10)
+
+
 @pytest.mark.parametrize(
     "ndim, sizes",
     [(1, (32, 64, 128, 256)), (2, (16, 32, 64, 128)), (3, (16, 24, 32, 48))],
