@@ -15,6 +15,8 @@ from engine.cli.batch import parse_vary
 from engine.cli.main import main
 from engine.config.errors import ConfigError
 from engine.config.loading import load_config
+from engine.config.toml import dump_toml
+from engine.post import plots
 from engine.runs.driver import run
 from engine.runs.sweep import Ensemble, member_rows
 
@@ -179,8 +181,6 @@ def test_a_sweep_summary_plot_draws_every_member_thin_and_their_mean_thick(
     sweep_file, tmp_path, monkeypatch
 ):
     """Each summary of a sweep: a thin line per member and a thick one for their mean."""
-    from engine.post import plots
-
     figures = []
     monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure))
     with engine.open_output(sweep_file[1]) as out:
@@ -233,8 +233,6 @@ def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch, config):
 
 
 def test_ilsim_sweep_and_member_options(tmp_path, capsys, config):
-    from engine.config.toml import dump_toml
-
     table, config = config, tmp_path / "model.toml"
     config.write_text(dump_toml(load_config(table, {"time.end": "4 min"})))
     out = tmp_path / "s.h5"
@@ -330,8 +328,6 @@ def test_a_sweep_without_output_writes_config_sweep_h5_here(tmp_path, capsys, mo
     """Without -o, `ilsim sweep model.toml` writes ./model_sweep.h5, not the run's model.h5:
     an existing one is refused, named; and --sensitivity, at the config's values, refuses
     --vary."""
-    from engine.config.toml import dump_toml
-
     (tmp_path / "model.toml").write_text(dump_toml(load_config(config)))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model_sweep.h5").write_bytes(b"earlier")

@@ -440,8 +440,6 @@ def test_an_existing_figure_is_replaced_only_with_overwrite(
 def test_a_stopped_movie_leaves_the_earlier_file_whole(outputs, tmp_path, monkeypatch):
     """A movie stopped while it is written (Ctrl-C after half the file) leaves no partial
     file, and the movie it was to replace as it was."""
-    from engine.post import plots
-
     movie = tmp_path / "movie.gif"
     movie.write_bytes(b"earlier")
 
