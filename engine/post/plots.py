@@ -74,7 +74,7 @@ def check_figure_path(path) -> Path:
             f"{path}: unknown figure format {path.suffix or '(none)'!r}; use one of "
             f"{', '.join('.' + f for f in formats)}"
         )
-    _check_folder(path)
+    check_folder(path)
     return path
 
 
@@ -85,7 +85,8 @@ def check_replaceable(paths, overwrite: bool) -> None:
             raise AnalysisError(f"{path} exists; pass --overwrite to replace it")
 
 
-def _check_folder(path: Path) -> None:
+def check_folder(path: Path) -> None:
+    """Refuse an output whose folder does not exist, before any work."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise AnalysisError(f"{path}: folder {folder} does not exist")
@@ -103,8 +104,8 @@ def save(figure: Figure, path, dpi: float | None = None) -> Path:
 @contextlib.contextmanager
 def replaced(path: Path):
     """A path beside `path`, with its suffix, to write to: renamed to `path` once the block
-    ends, removed if it raises (an interrupted figure or movie leaves no half-written file
-    and the earlier one, if any, whole)."""
+    ends, removed if it raises (an interrupted figure, movie or bench result leaves no
+    half-written file and the earlier one, if any, whole)."""
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")
     try:
         yield partial
@@ -493,7 +494,7 @@ def movie(
         raise AnalysisError(
             f"{path}: a movie must be .gif or .mp4, not {path.suffix or '(none)'!r}"
         )
-    _check_folder(path)
+    check_folder(path)
     if suffix == ".mp4" and not ffmpeg_available():
         raise AnalysisError(
             f"{path}: writing mp4 needs ffmpeg, which is not on PATH; install ffmpeg or write "

@@ -513,11 +513,9 @@ def check_outputs(paths, overwrite: bool) -> None:
     """ValueError, one line, where an output path exists (without `overwrite`), its folder
     does not, or a figure's format is unknown: checked before a run, not after it."""
     json_path, figure_path = (Path(p) for p in paths)
-    plots.check_figure_path(figure_path)
-    for path in (json_path, figure_path):
-        plots.check_replaceable([path], overwrite)
-        if not (path.parent if str(path.parent) else Path(".")).is_dir():
-            raise ValueError(f"{path}: folder {path.parent} does not exist")
+    plots.check_figure_path(figure_path)  # its format and folder
+    plots.check_folder(json_path)
+    plots.check_replaceable([json_path, figure_path], overwrite)
 
 
 def write_result(result: dict, path) -> Path:
