@@ -443,9 +443,14 @@ def test_kernels_reach_the_cases_and_explicit_steps_are_null_without_their_row(
 
 
 def _result(name, created, bandwidth, rows, **more) -> dict:
-    device = dict(name=name)
-    return dict(schema=bench.SCHEMA, device=device, created=created, rows=rows, **more) | dict(
-        copy_bandwidth=bandwidth
+    """A bench result of device `name` with these rows and copy bandwidth (bytes/s)."""
+    return dict(
+        schema=bench.SCHEMA,
+        device=dict(name=name),
+        created=created,
+        rows=rows,
+        copy_bandwidth=bandwidth,
+        **more,
     )
 
 
