@@ -641,7 +641,7 @@ def _check_xdmf(h5_path: Path):
                 assert np.all(start + count <= f[dataset].shape)
                 assert np.prod(count) == np.prod(shape)
         assert referenced >= len(frames) * len(f["fields"])
-    assert not list(h5_path.parent.glob(".*.tmp"))  # the sidecar's temporary is renamed
+    assert not list(h5_path.parent.glob("*.partial*"))  # the sidecar's temporary is renamed
 
 
 def test_xdmf_sidecar(written, tmp_path):
@@ -656,6 +656,26 @@ def test_xdmf_sidecar(written, tmp_path):
     os.remove(moved / path.with_suffix(".xdmf").name)
     assert write_xdmf(moved / path.name) == moved / path.with_suffix(".xdmf").name
     _check_xdmf(moved / path.name)
+
+
+def test_an_interrupted_sidecar_write_leaves_the_earlier_sidecar_whole(written, monkeypatch):
+    """write_xdmf writes beside the sidecar and renames it: stopped halfway, it leaves the
+    earlier sidecar whole and nothing beside it."""
+    path, _ = written
+    sidecar = path.with_suffix(".xdmf")
+    earlier = sidecar.read_text()
+    before = sorted(path.parent.iterdir())
+
+    def stopped(self, text, *args, **kwargs):
+        with open(self, "w") as file:
+            file.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_xdmf(path)
+    assert sidecar.read_text() == earlier
+    assert sorted(path.parent.iterdir()) == before
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])

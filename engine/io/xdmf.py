@@ -21,7 +21,6 @@ between 1 and 1 keeps the live cells.
 
 from __future__ import annotations
 
-import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 
 from engine.io.layout import CELLS, check_format, open_read, read_cells, read_grid
+from engine.io.replacing import replaced
 
 VTK_COLUMNS = {3: (2, 1, 0), 2: (None, 1, 0), 1: (None, 0, None)}
 """Per grid dimension, the column of a cell position (stored z, y, x) that gives VTK's x, y
@@ -255,13 +255,12 @@ def _hdf_item(parent: ET.Element, source: str, data_shape, dtype) -> None:
 
 
 def write_sidecar(f: h5py.File, h5_path) -> Path:
-    """Write the sidecar of the open ilsim file `f` whose name is `h5_path` beside it (through
-    a temporary file, so that a reader never sees half of it); returns its path."""
+    """Write the sidecar of the open ilsim file `f` whose name is `h5_path` beside it, whole
+    or not at all; returns its path."""
     h5_path = Path(h5_path)
     target = h5_path.with_suffix(".xdmf")
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_text(xdmf_text(f, h5_path.name))
-    os.replace(temporary, target)
+    with replaced(target) as partial:
+        partial.write_text(xdmf_text(f, h5_path.name))
     return target
 
 

@@ -10,7 +10,6 @@ time series show plain tick values (no offset).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 from matplotlib.transforms import Bbox, blended_transform_factory
 
+from engine.io.replacing import replaced
 from engine.post import analysis
 from engine.post.analysis import AnalysisError
 
@@ -99,19 +99,6 @@ def save(figure: Figure, path, dpi: float | None = None) -> Path:
     with replaced(path) as partial:
         figure.savefig(partial, dpi=dpi or figure.dpi, format=path.suffix.lstrip(".").lower())
     return path
-
-
-@contextlib.contextmanager
-def replaced(path: Path):
-    """A path beside `path`, with its suffix, to write to: renamed to `path` once the block
-    ends, removed if it raises (an interrupted figure, movie or bench result leaves no
-    half-written file and the earlier one, if any, whole)."""
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        yield partial
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _label(name: str, units: str) -> str:

@@ -36,6 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import engine
+from engine.io.replacing import replaced
 from engine.model.model import Fields, Model, Species
 from engine.model.terms import Conversion
 from engine.numerics.grid import Grid
@@ -522,7 +523,7 @@ def write_result(result: dict, path) -> Path:
     """`result` as JSON at `path`, replaced whole (written beside it, then renamed): a reader
     or a stopped run never sees half a file."""
     path = Path(path)
-    with plots.replaced(path) as partial:
+    with replaced(path) as partial:
         partial.write_text(json.dumps(result, indent=1) + "\n")
     return path
 
