@@ -5,7 +5,7 @@ memory of plotting one frame of a 1 GB 3D output (slow; benchmarks/bench_plot_me
 from __future__ import annotations
 
 import importlib.util
-import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -322,15 +322,50 @@ def test_movie_gif(outputs, tmp_path, capsys, which, field):
     assert not np.array_equal(frames[0], frames[-1])
 
 
-def test_movie_mp4_needs_ffmpeg(outputs, tmp_path, capsys):
+def test_movie_mp4_holds_every_frame(outputs, tmp_path, capsys):
+    """An MP4 through ffmpeg (imageio-ffmpeg's, a test dependency, where none is on PATH):
+    decoded back, it has every frame, at the asked size rounded down to even, and the frames change."""
+    import imageio_ffmpeg
+
     movie = tmp_path / "movie.mp4"
-    code, _, err = ilsim(capsys, "movie", outputs["2d"], "--field", "IL2", "-o", movie)
-    if shutil.which("ffmpeg") is None:
-        assert code == 2
-        assert err.count("\n") == 1 and "needs ffmpeg" in err and "movie.gif" in err
-        assert not movie.exists()
-    else:
-        assert code == 0 and movie.stat().st_size > 0
+    code, out, err = ilsim(
+        capsys, "movie", outputs["2d"], "--field", "IL2", "--size", "321x240", "-o", movie
+    )
+    assert (code, err) == (0, "")
+    assert out.strip() == f"wrote {movie} (4 frames)"
+    assert [p.name for p in tmp_path.iterdir()] == ["movie.mp4"]
+    reader = imageio_ffmpeg.read_frames(str(movie))
+    meta = next(reader)
+    assert tuple(meta["size"]) == (320, 240) and meta["fps"] == pytest.approx(8)
+    frames = [np.frombuffer(frame, np.uint8).reshape(240, 320, 3) for frame in reader]
+    assert len(frames) == 4
+    assert all(len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20 for pixels in frames)
+    assert not np.array_equal(frames[0], frames[-1])
+
+
+def test_ffmpeg_is_found_on_path_first_then_in_imageio_ffmpeg(tmp_path, monkeypatch):
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setitem(plots.matplotlib.rcParams, "animation.ffmpeg_path", str(fake))
+    assert plots.ffmpeg_path() == str(fake)
+    monkeypatch.setitem(plots.matplotlib.rcParams, "animation.ffmpeg_path", "no-such-ffmpeg")
+    import imageio_ffmpeg
+
+    assert plots.ffmpeg_path() == imageio_ffmpeg.get_ffmpeg_exe()
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed
+    assert plots.ffmpeg_path() is None
+
+
+def test_movie_mp4_without_ffmpeg_is_refused(outputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(plots.matplotlib.rcParams, "animation.ffmpeg_path", "no-such-ffmpeg")
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    movie = tmp_path / "movie.mp4"
+    code, out, err = ilsim(capsys, "movie", outputs["2d"], "--field", "IL2", "-o", movie)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "needs ffmpeg" in err and "movie.gif" in err
+    assert "imageio-ffmpeg" in err
+    assert not any(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -447,9 +447,17 @@ def describe_profile(profile: analysis.Profile) -> str:
     )
 
 
-def ffmpeg_available() -> bool:
-    """Whether matplotlib finds ffmpeg (rcParams["animation.ffmpeg_path"], on PATH)."""
-    return shutil.which(matplotlib.rcParams["animation.ffmpeg_path"]) is not None
+def ffmpeg_path() -> str | None:
+    """The ffmpeg an MP4 is encoded with: matplotlib's (rcParams["animation.ffmpeg_path"], on
+    PATH), else the one the optional package imageio-ffmpeg ships; None if neither."""
+    found = shutil.which(matplotlib.rcParams["animation.ffmpeg_path"])
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def movie(
@@ -469,9 +477,9 @@ def movie(
     cells=(),
 ) -> Path:
     """Every frame of field `name` (a plane of a 3D output) with one colour scale for all
-    frames, as an animated GIF (pillow) or an MP4 (ffmpeg, when installed). Reads one plane at
-    a time; `progress(i, n)` is called after each frame if given. `cells` as in `field_map`,
-    each state variable on one colour scale for all frames."""
+    frames, as an animated GIF (pillow) or an MP4 (the ffmpeg `ffmpeg_path` finds). Reads one
+    plane at a time; `progress(i, n)` is called after each frame if given. `cells` as in
+    `field_map`, each state variable on one colour scale for all frames."""
     analysis.check_field(out, name)
     for spec in cells:
         analysis.cell_request(out, spec)
@@ -482,10 +490,11 @@ def movie(
             f"{path}: a movie must be .gif or .mp4, not {path.suffix or '(none)'!r}"
         )
     check_folder(path)
-    if suffix == ".mp4" and not ffmpeg_available():
+    ffmpeg = ffmpeg_path() if suffix == ".mp4" else None
+    if suffix == ".mp4" and ffmpeg is None:
         raise AnalysisError(
-            f"{path}: writing mp4 needs ffmpeg, which is not on PATH; install ffmpeg or write "
-            f"a .gif ({path.with_suffix('.gif').name})"
+            f"{path}: writing mp4 needs ffmpeg, which is not on PATH; install ffmpeg (or pip "
+            f"install imageio-ffmpeg) or write a .gif ({path.with_suffix('.gif').name})"
         )
     if not (math.isfinite(fps) and fps > 0):
         raise AnalysisError(f"fps {fps}: must be positive")
@@ -549,7 +558,11 @@ def movie(
     from matplotlib import animation
 
     writer = animation.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"])
-    with replaced(path) as partial, writer.saving(figure, str(partial), dpi):
+    with (
+        matplotlib.rc_context({"animation.ffmpeg_path": ffmpeg}),
+        replaced(path) as partial,
+        writer.saving(figure, str(partial), dpi),
+    ):
         for index in frames():
             writer.grab_frame()
             if progress:
