@@ -324,7 +324,8 @@ def test_movie_gif(outputs, tmp_path, capsys, which, field):
 
 def test_movie_mp4_holds_every_frame(outputs, tmp_path, capsys):
     """An MP4 through ffmpeg (imageio-ffmpeg's, a test dependency, where none is on PATH):
-    decoded back, it has every frame, at the asked size rounded down to even, and the frames change."""
+    decoded back, it has every frame, at the asked size rounded down to even, and the frames
+    change."""
     import imageio_ffmpeg
 
     movie = tmp_path / "movie.mp4"
