@@ -361,3 +361,55 @@ def test_auto_dt_resolves_short_doses(stepper):
     fine = engine.Simulation(model, stepper=stepper, dt=10.0, dtype="float64")
     reference = fine.advance(fine.initial_state(), 4500.0).numpy()["IL2"]
     assert coarse.max() == pytest.approx(reference.max(), rel=0.05)
+
+
+def _uniform_saturable_uptake(c, t, vmax, km, density):
+    """c (nM) at time t (s) of dc/dt = -a c / (km + c), a = vmax density / NA: the root of
+    km ln(c / c0) + c - c0 + a t = 0 (bisection in float64)."""
+    a = vmax * density / NA
+    low, high = 0.0, c
+    for _ in range(200):
+        mid = (low + high) / 2
+        residual = km * np.log(mid / c) + mid - c + a * t if mid > 0 else -np.inf
+        low, high = (mid, high) if residual < 0 else (low, mid)
+    return (low + high) / 2
+
+
+@pytest.mark.parametrize(
+    "uptake_by, scheme, error", [("population", "euler", 3e-3), ("cells", "ssprk3", 1e-7)]
+)
+def test_explicit_auto_dt_drains_a_saturable_sink_without_overshoot(
+    tmp_path, uptake_by, scheme, error
+):
+    """A uniform field taken up at vmax c / (km + c), km a hundredth of its start: explicit at
+    dt = "auto" follows the exact decline to 0 and never leaves [0, c0]. Its limit counts the
+    sink at vmax / km, where it ends; at the start's vmax / (km + c0) the field overshot below
+    0 and then grew without a source."""
+    vmax, km, c0, density = 100.0, 0.01, 1.0, 1e-3  # molecules/s, nM, nM, cells/um^3
+    cfg = {
+        "grid": {"shape": [4, 5], "spacing": "10 um"},
+        "time": {"end": "30 s", "stepper": "explicit", "scheme": scheme, "dtype": "float64"},
+        "species": {"IL2": {"diffusion": "10 um^2/s", "initial": c0}},
+    }
+    uptake = {"species": "IL2", "vmax": vmax, "km": km}
+    if uptake_by == "population":
+        cfg["populations"] = {"T": {"initial": density}}
+        cfg["terms"] = [{"type": "uptake", "by": "T", **uptake}]
+    else:  # one still cell at each voxel's centre: 1e-3 cells/um^3 in 10 um cubes
+        centres = [[(i + 0.5) * 10, (j + 0.5) * 10] for i in range(4) for j in range(5)]
+        np.save(tmp_path / "cells.npy", np.array(centres))
+        place = {"file": str(tmp_path / "cells.npy")}
+        cfg["cells"] = {"T": {"count": 20, "place": place, "uptake": [uptake]}}
+    sim = engine.Simulation(engine.load_config(cfg))
+    state = sim.initial_state()
+    sink = vmax * density / NA / km
+    diffusion = 2 * 2 * 10.0 / 10.0**2  # an inner voxel's self-coupling, 2D
+    assert sim.stable_dt(state) == pytest.approx(1 / (sink + diffusion), rel=1e-9)
+    report = sim.validate(state)
+    assert (report["stiffest_field"], report["stiffest_rate"]) == ("IL2", pytest.approx(sink))
+    for t in (2.0, 5.0, 6.0, 8.0, 30.0):
+        state = sim.advance(state, t)
+        c = np.asarray(state.fields["IL2"])
+        exact = _uniform_saturable_uptake(c0, t, vmax, km, density)
+        assert np.all((c >= 0) & (c <= c0))
+        np.testing.assert_allclose(c, exact, atol=error * c0)

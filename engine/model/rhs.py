@@ -97,13 +97,25 @@ def source_terms(model: Model, t, dt) -> Fields:
     return supply
 
 
+def draining_loss_rates(model: Model, fields: Mapping, t) -> Fields:
+    """Each field's reaction loss rate (1/s, decay included), the larger of its values at the
+    field's level and with that field alone set to 0."""
+    _, loss = reaction_terms(model, fields, t)
+    for name in loss:
+        _, emptied = reaction_terms(model, {**fields, name: jnp.zeros_like(fields[name])}, t)
+        loss[name] = jnp.maximum(loss[name], emptied[name])
+    return loss
+
+
 def positivity_rate(model: Model, fields: Mapping, t=0.0):
     """Largest rate (1/s) at which any voxel of any field loses its own content: its
     diffusive self-coupling (the operator's diagonal, which includes dirichlet and robin
     faces), for chemotactic populations the drift outflow, and its reaction loss rate (decay
     and sinks). A forward-Euler step of at most 1 / this rate keeps every field
-    non-negative."""
-    _, loss = reaction_terms(model, fields, t)
+    non-negative. A loss rate counts at the larger of its values at the field's level and
+    with the field emptied: a saturable sink (vmax / (km + c)) is fastest as its field runs
+    out, which it does within the steps that this rate sets."""
+    loss = draining_loss_rates(model, fields, t)
     faces = face_diffusivities(model)
     rate = 0.0
     for f in model.fields:

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.model.cells import Cells, cells_dt
 from engine.model.model import Fields, Model
-from engine.model.rhs import reaction_terms
+from engine.model.rhs import draining_loss_rates
 from engine.model.sources import model_edges
 from engine.model.terms import Custom, Uptake
 from engine.numerics import compilation, parallel
@@ -352,13 +352,13 @@ class Simulation:
 
     @in_precision
     def validate(self, state: State | None = None, span: float = math.inf) -> dict:
-        """What a run would do: the stiffest reaction (field and rate, 1/s), the explicit
-        stability limit (s) and the step this stepper takes (s) over the next `span` (s,
-        `time_step`); with cells, how many field steps a cell step spans and each type's
-        (count, capacity)."""
+        """What a run would do: the stiffest reaction (field and rate, 1/s, a saturable sink
+        at its emptied field's rate: `draining_loss_rates`), the explicit stability limit (s)
+        and the step this stepper takes (s) over the next `span` (s, `time_step`); with cells,
+        how many field steps a cell step spans and each type's (count, capacity)."""
         state = self.initial_state() if state is None else state
         model = self.model.coupled(state.cells, state.fields)
-        _, loss = reaction_terms(model, state.fields, state.t)
+        loss = draining_loss_rates(model, state.fields, state.t)
         rates = {name: float(jnp.max(rate)) for name, rate in loss.items()}
         stiffest = max(rates, key=rates.get, default=None)
         report = dict(
