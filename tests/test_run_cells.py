@@ -145,7 +145,9 @@ def test_validate_counts_the_cells_memory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cells Th: 4 at the start, capacity 16" in out
     assert "cells Tr: 30 at the start, capacity 120" in out
-    assert "cells step every 1 field steps (20 s)" in out and "memory estimate" in out
+    # the fixed 20 s step is 6.4 times Tr's limit: rms step half a voxel, 25 / (2 ndim M) s
+    assert "cells step every 1 field steps (20 s), in 7 parts within cells_dt\n" in out
+    assert "memory estimate" in out
     fields = 7 * 16 * 16 * 4
     cells = 7 * (16 * (2 * 4 + 9) + 120 * (4 * 4 + 9))  # Th: x, y; Tr: x, y, R, pSTAT5
     assert f"output: 7 frames of 1 fields and 2 cell types, {(fields + cells) / 1e6:.1f} MB" in out
@@ -191,20 +193,21 @@ def test_the_cells_legs_cover_the_run_and_step_within_the_cells_limit():
     legs = []
     advance = sim.advance_cells_and_fields
 
-    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
+    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1, cell_parts=1):
         limit = sim._steps(State(t=t0, fields=fields, cells=cells))[1]
-        legs.append((t0, dt, n_steps, first_step, cell_every, limit))
-        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
+        legs.append((t0, dt, n_steps, first_step, cell_every, cell_parts, limit))
+        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every, cell_parts)
 
     sim.advance_cells_and_fields = spy
     state = sim.initial_state()
     for t_end in (60.0, 67.0):  # the cells limit drops within the first call
         state = sim.advance(state, t_end)
     t, steps = 0.0, 0
-    for t0, dt, n_steps, first_step, every, limit in legs:
+    for t0, dt, n_steps, first_step, every, parts, limit in legs:
         assert t0 == pytest.approx(t, abs=1e-9) and first_step == steps
         assert dt <= 0.5 * (1 + 1e-12) and n_steps <= 16 * every
         assert every == 1 or every * dt <= sim.safety * limit * (1 + 1e-9)
+        assert parts == max(1, int(np.ceil(every * dt / limit - 1e-4)))  # each part within
         t, steps = t0 + n_steps * dt, steps + n_steps
     assert t == pytest.approx(67.0, rel=1e-12) and state.step == steps == 134
-    assert max(every for *_, every, _ in legs) > 1  # the cells step over several field steps
+    assert max(leg[4] for leg in legs) > 1  # the cells step over several field steps

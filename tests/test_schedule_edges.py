@@ -58,9 +58,9 @@ def spied(sim: Simulation) -> list:
     calls = []
     advance = sim.advance_cells_and_fields
 
-    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1):
+    def spy(fields, cells, t0, dt, n_steps, first_step, cell_every=1, cell_parts=1):
         calls.append((float(t0), float(dt), int(n_steps)))
-        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every)
+        return advance(fields, cells, t0, dt, n_steps, first_step, cell_every, cell_parts)
 
     sim.advance_cells_and_fields = spy
     return calls

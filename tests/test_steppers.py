@@ -578,6 +578,7 @@ def test_the_stepping_loop_captures_no_grid_sized_constant(stepper):
         jnp.int32(1),
         jnp.int32(0),
         jnp.int32(1),
+        jnp.int32(1),
     )
     text = sim._advance.lower(*args).as_text()
     constants = re.findall(r"stablehlo\.constant dense<(.)[^>]*> : tensor<([0-9x]+)x\w+>", text)
@@ -677,6 +678,7 @@ def test_the_explicit_loop_builds_its_face_couplings_once(scheme, accelerator, m
         jnp.float32(1),
         jnp.int32(5),
         jnp.int32(0),
+        jnp.int32(1),
         jnp.int32(1),
     )
     jaxpr = jax.make_jaxpr(sim._advance_traced)(*args).jaxpr

@@ -115,8 +115,9 @@ def _validate(args) -> int:
     for name, (count, capacity) in report.get("cells", {}).items():
         print(f"cells {name}: {count} at the start, capacity {capacity}")
     if "cell_every" in report:
-        every = report["cell_every"]
-        print(f"cells step every {every} field steps ({every * dt:.6g} s)")
+        every, parts = report["cell_every"], report["cell_parts"]
+        split = f", in {parts} parts within cells_dt" if parts > 1 else ""
+        print(f"cells step every {every} field steps ({every * dt:.6g} s){split}")
     print(f"memory estimate: {report['memory_bytes'] / 1e6:.1f} MB")
     _print_peak(sim, state)
     cells = ""

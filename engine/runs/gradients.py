@@ -116,17 +116,19 @@ class Trajectory:
         """The parameters' values in the config (engine units)."""
         return self.parameters.values
 
-    def _intervals(self) -> list[tuple[int, tuple[tuple[int, float, int], ...]]]:
+    def _intervals(self) -> list[tuple[int, tuple[tuple[int, float, int, int], ...]]]:
         """Runs of equal intervals between frames: (frames in the run, the interval's legs
-        as (steps, step size s, field steps per cell step)), the steps `Simulation.advance`
+        as (steps, step size s, field steps per cell step, parts of a cell step)), the steps
+        `Simulation.advance`
         takes at the config's values (recorded from such a run where the accuracy target
         sets them); no legs for a frame at t = 0."""
-        plan: list[tuple[int, tuple[tuple[int, float, int], ...]]] = []
+        plan: list[tuple[int, tuple[tuple[int, float, int, int], ...]]] = []
         starts = np.concatenate([[0.0], self.times])
         sim = self.sim
         state = sim.initial_state()
         dt = None if sim.error_controlled else sim.time_step(state)
         every = 1 if dt is None else sim.cell_every(state, dt)
+        parts = 1 if dt is None else sim.cell_parts(state, dt)
         for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
             legs: list = []
             if b > a and dt is None:
@@ -134,7 +136,7 @@ class Trajectory:
             elif b > a:
                 for start, end in stretches(sim.host_model.sources, a, b):
                     n = steps_within(end - start, dt)
-                    legs.append((n, (end - start) / n, every))
+                    legs.append((n, (end - start) / n, every, parts))
             segments = tuple(legs)
             if plan and plan[-1][1] == segments:
                 plan[-1] = (plan[-1][0] + 1, segments)
@@ -163,7 +165,7 @@ class Trajectory:
 
             def interval(carry, _, segments=segments):
                 state, time = carry
-                for n, dt, every in segments:
+                for n, dt, every, parts in segments:
                     if not model.cells:
 
                         def step(s, time, dt=dt):
@@ -174,8 +176,10 @@ class Trajectory:
                         every = min(every, n)
                         groups, rest = divmod(n, every)
 
-                        def group(s, time, dt=dt, g=every):
-                            return _cells_group(sim.stepper, model, ready, s, time, dt, g, key)
+                        def group(s, time, dt=dt, g=every, parts=parts):
+                            return _cells_group(
+                                sim.stepper, model, ready, s, time, dt, g, key, parts
+                            )
 
                         state = _checkpointed_steps(
                             group, state, time, every * dt, groups, self.segment
@@ -183,7 +187,7 @@ class Trajectory:
                         if rest:
                             later = time + groups * every * dt
                             state = _cells_group(
-                                sim.stepper, model, ready, state, later, dt, rest, key
+                                sim.stepper, model, ready, state, later, dt, rest, key, parts
                             )
                     time = time + n * dt
                 return (state, time), state[0]
@@ -192,13 +196,14 @@ class Trajectory:
                 interval, (state, jnp.asarray(t, sim.dtype)), None, length=count
             )
             frames.append(block)
-            t += count * sum(n * dt for n, dt, _ in segments)
+            t += count * sum(n * dt for n, dt, *_ in segments)
         return {name: jnp.concatenate([f[name] for f in frames]) for name in model.names}
 
 
-def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key):
+def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key, parts: int):
     """`steps` (static) field steps of `dt` with the cells' exchange fixed at their start,
-    then one cell step over them: one stretch of `steppers.advance_state`, as a scan."""
+    then one cell step over them in `parts` (static) parts: one stretch of
+    `steppers.advance_state`, as a scan."""
     fields, population, number = state
     coupled = model.coupled(population, fields)
 
@@ -206,7 +211,7 @@ def _cells_group(stepper, model, ready, state, t0, dt, steps: int, key):
         return stepper.step(coupled, ready, u, t0 + i * dt, dt), None
 
     fields = lax.scan(one, fields, jnp.arange(steps))[0]
-    population = cells_after(model, population, fields, steps, dt, key, number + steps)
+    population = cells_after(model, population, fields, steps, dt, key, number + steps, parts)
     return fields, population, number + steps
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.model.cells import Cells, cells_dt
+from engine.model.cells import Cells, cell_parts, cells_dt
 from engine.model.model import Fields, Model
 from engine.model.rhs import draining_loss_rates
 from engine.model.sources import model_edges
@@ -314,7 +314,9 @@ class Simulation:
         motion = cells_dt(model.cells, cells, fields, model.grid, periodic)
         return jnp.minimum(dt, motion), motion
 
-    def _advance_traced(self, model, fields, cells, t0, dt, n_steps, first_step, cell_every):
+    def _advance_traced(
+        self, model, fields, cells, t0, dt, n_steps, first_step, cell_every, cell_parts
+    ):
         self.trace_count += 1  # runs only while tracing: counts compilations
         key = jax.random.key(self.seed)
         with parallel.layout(self.mesh):
@@ -330,6 +332,7 @@ class Simulation:
                 key,
                 cell_every,
                 self.compensated,
+                cell_parts,
             )
         return self._keep_layout(fields), cells
 
@@ -355,7 +358,8 @@ class Simulation:
         """What a run would do: the stiffest reaction (field and rate, 1/s, a saturable sink
         at its emptied field's rate: `draining_loss_rates`), the explicit stability limit (s)
         and the step this stepper takes (s) over the next `span` (s, `time_step`); with cells,
-        how many field steps a cell step spans and each type's (count, capacity)."""
+        how many field steps a cell step spans, in how many parts it is taken (`cell_parts`)
+        and each type's (count, capacity)."""
         state = self.initial_state() if state is None else state
         model = self.model.coupled(state.cells, state.fields)
         loss = draining_loss_rates(model, state.fields, state.t)
@@ -370,6 +374,7 @@ class Simulation:
         )
         if self.model.cells:
             report["cell_every"] = self.cell_every(state, report["dt"])
+            report["cell_parts"] = self.cell_parts(state, report["dt"])
             report["cells"] = {k: (int(c.count), c.alive.shape[0]) for k, c in state.cells.items()}
         return report
 
@@ -407,6 +412,16 @@ class Simulation:
         if not self.model.cells:
             return 1
         return self._cell_every(self._steps(state)[1], dt)
+
+    @in_precision
+    def cell_parts(self, state: State, dt: float) -> int:
+        """How many equal parts each cell step (`cell_every` field steps of `dt`, s) is taken
+        in: one, unless a fixed dt is longer than the cells' limit `cells_dt`; then as many
+        as bring each within it."""
+        if not self.model.cells:
+            return 1
+        limit = self._steps(state)[1]
+        return cell_parts(self._cell_every(limit, dt) * dt, limit)
 
     def _cell_every(self, cells_limit: float, dt: float) -> int:
         """Field steps of `dt` (s) per cell step: as many as fit in `cells_limit` (s); one
@@ -498,7 +513,8 @@ class Simulation:
         or with error control equal within each leg of at most `STEPS_PER_ESTIMATE` steps
         on one estimate of the step, which holds across calls (`State.held`). With cells, in
         legs of `_cell_steps_per_leg` cell steps, each setting the steps afresh.
-        `legs`, where given, gets each leg's (steps, dt, cell_every) appended: the run's steps,
+        `legs`, where given, gets each leg's (steps, dt, cell_every, cell_parts) appended: the
+        run's steps,
         to be replayed (`runs.gradients.Trajectory`).
 
         `state` is left as it is, unless `donate`: then its buffers are given to the
@@ -540,14 +556,15 @@ class Simulation:
                 refuse_uncountable_steps(n_steps, stop - t, self.stepper.name)
                 dt = (stop - t) / n_steps
                 every = self._cell_every(cells_limit, dt) if self.model.cells else 1
+                parts = cell_parts(every * dt, cells_limit) if self.model.cells else 1
                 if cell_steps and every * cell_steps < n_steps:
                     n_steps = every * cell_steps
                     stop = t + n_steps * dt
                 fields, cells = self.advance_cells_and_fields(
-                    fields, cells, t, dt, n_steps, steps, every
+                    fields, cells, t, dt, n_steps, steps, every, parts
                 )
                 if legs is not None:
-                    legs.append((n_steps, dt, every))
+                    legs.append((n_steps, dt, every, parts))
                 steps, t = steps + n_steps, stop
         held = None if math.isnan(held[0]) else tuple(float(x) for x in held)
         return State(
@@ -607,6 +624,7 @@ class Simulation:
             jnp.int32(n_steps),
             jnp.int32(state.step),
             jnp.int32(1),
+            jnp.int32(1),
         ).compile()
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
@@ -625,14 +643,16 @@ class Simulation:
         """`n_steps` steps of `dt` (s) from time t0, in one device loop (donates `fields`),
         of a model without cells (`advance` steps cells too)."""
         zero, one = self._step_numbers  # on the device already: no transfer per call
-        return self.advance_cells_and_fields(fields, {}, t0, dt, n_steps, zero, one)[0]
+        return self.advance_cells_and_fields(fields, {}, t0, dt, n_steps, zero, one, one)[0]
 
     @in_precision
-    def advance_cells_and_fields(self, fields, cells, t0, dt, n_steps, first_step, cell_every=1):
+    def advance_cells_and_fields(
+        self, fields, cells, t0, dt, n_steps, first_step, cell_every=1, cell_parts=1
+    ):
         """`n_steps` steps of `dt` (s) from time t0 of fields and cells in one device loop
         (donates both), numbered from `first_step` (the cells' random numbers); the cells
-        step every `cell_every` field steps and after the last (`steppers.advance_state`).
-        Returns (fields, cells)."""
+        step every `cell_every` field steps and after the last, each step in `cell_parts`
+        parts (`steppers.advance_state`). Returns (fields, cells)."""
         return self._advance(
             self.model,
             fields,
@@ -642,6 +662,7 @@ class Simulation:
             jnp.asarray(n_steps, jnp.int32),
             jnp.asarray(first_step, jnp.int32),
             jnp.asarray(cell_every, jnp.int32),
+            jnp.asarray(cell_parts, jnp.int32),
         )
 
 

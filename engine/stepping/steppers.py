@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from engine.model.cells import Cells, step_population
+from engine.model.cells import Cells, step_population_over
 from engine.model.model import Fields, Model
 from engine.model.rhs import (
     chemotaxis_terms,
@@ -686,6 +686,7 @@ def advance_state(
     key,
     cell_every=1,
     compensated: bool = True,
+    cell_parts=1,
 ) -> tuple[Fields, dict[str, Cells]]:
     """`n_steps` steps of `dt` from t0, the whole loop on the device (`lax.fori_loop`),
     numbered from `first_step` (the run's step count).
@@ -693,8 +694,9 @@ def advance_state(
     With cells, the steps run in stretches of `cell_every` (the last one shorter): the
     fields step with the cells' secretion and uptake as they are at the stretch's start
     (`Model.coupled`, loop-invariant within it), then the cells step over the stretch on the
-    fields at its end (`cells_after`). A cell step ending at step n draws from
-    `fold_in(key, n)`: the same numbers however a run is cut into loops or resumed.
+    fields at its end, in `cell_parts` parts (`cells_after`). A cell step ending at step n
+    draws from `fold_in(key, n)`: the same numbers however a run is cut into loops or
+    resumed.
 
     In float32, a stepper that forms its step as an increment has it added with stochastic
     rounding (`rounding.add_stochastically`, its random numbers drawn by t0 and i) unless
@@ -731,7 +733,9 @@ def advance_state(
         start = j * cell_every
         stop = jnp.minimum(start + cell_every, n_steps)
         u = lax.fori_loop(start, stop, lambda i, u: field_step(i, u, coupled), u)
-        population = cells_after(model, population, u, stop - start, dt, key, first_step + stop)
+        population = cells_after(
+            model, population, u, stop - start, dt, key, first_step + stop, cell_parts
+        )
         return u, population
 
     stretches = (n_steps + cell_every - 1) // cell_every
@@ -739,12 +743,20 @@ def advance_state(
     return fields, population
 
 
-def cells_after(model: Model, population, fields: Fields, steps, dt, key, end) -> dict:
+def cells_after(model: Model, population, fields: Fields, steps, dt, key, end, parts=1) -> dict:
     """The cells' step over the `steps` field steps of `dt` (s) that end the run's step
-    number `end` (exclusive), on `fields`, with the key `fold_in(key, end - 1)`."""
+    number `end` (exclusive), on `fields`, with the key `fold_in(key, end - 1)`, in `parts`
+    equal parts (`step_population_over`)."""
     step_key = jax.random.fold_in(key, end - 1)
-    return step_population(
-        model.cells, population, fields, model.grid, model.periodic_axes, steps * dt, step_key
+    return step_population_over(
+        model.cells,
+        population,
+        fields,
+        model.grid,
+        model.periodic_axes,
+        steps * dt,
+        step_key,
+        parts,
     )
 
 
