@@ -31,6 +31,8 @@ _PUBLIC = {
     "point_source": "engine.model.sources",
     "region_source": "engine.model.sources",
     "State": "engine.stepping.simulation",
+    "CapacityExceeded": "engine.stepping.simulation",
+    "check_capacity": "engine.stepping.simulation",
     "Config": "engine.config.schema",
     "ConfigError": "engine.config.errors",
     "load_config": "engine.config.loading",

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import engine
 from engine.model.cells import (
     CellSecretion,
     CellType,
@@ -502,12 +503,15 @@ def test_the_cell_step_bounds_each_move_and_fate_per_step():
 
 
 def test_a_run_beyond_capacity_stops_with_the_key_to_raise():
+    """advance counts the refused daughters; check_capacity (public, as `run` uses it) raises
+    on them naming the key."""
     grid = Grid((4, 4), spacing=10.0)
     cell = one_type(grid, [[5.0, 5.0]] * 4, capacity=8, division=Fate(1e-2))
     model = Model(grid, species=(Species("IL2"),), cells=(cell,))
     sim = Simulation(model, stepper="imex", dt=10.0)
     state = sim.advance(sim.initial_state(), 1000.0)
-    assert int(state.cells["T"].count) == 8
+    assert int(state.cells["T"].count) == 8 and int(state.cells["T"].overflow) > 0
+    assert (engine.check_capacity, engine.CapacityExceeded) == (check_capacity, CapacityExceeded)
     with pytest.raises(CapacityExceeded, match=r"cells\.T\.capacity: .*raise cells\.T\.capacity"):
         check_capacity(state)
 

@@ -520,7 +520,9 @@ class Simulation:
         `state` is left as it is, unless `donate`: then its buffers are given to the
         computation (no copy: the least memory) and only the returned state may be used.
         A fixed dt is taken as given, stable or not (`check_time_step` refuses one beyond
-        the explicit stability limit, as `run` does before it starts).
+        the explicit stability limit, as `run` does before it starts). Daughters that find
+        no free slot are counted in each type's `Cells.overflow`, not raised (that would wait
+        on the device): `check_capacity` raises on them, as `run` does at every frame.
         """
         span = float(t_end) - state.t
         if span < 0:
