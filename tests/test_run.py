@@ -530,6 +530,44 @@ def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
                 np.testing.assert_allclose(a.frame(name, -1), b.frame(name, -1), rtol=1e-6, atol=0)
 
 
+def test_a_new_file_takes_its_name_with_its_first_checkpoint_and_sidecar(tmp_path, monkeypatch):
+    """A run killed just as OUT.h5 appears resumes: the file is renamed from OUT.h5.partial
+    once its first frame and checkpoint are in (renamed with the frame alone, neither
+    --resume nor a rerun took it), and the sidecar, written with the rename, shows the new
+    run (a replaced run's sidecar of 11 frames stayed beside it)."""
+    import shutil
+
+    from engine.io.writer import OutputWriter
+
+    config = write_config(tmp_path, n=12, stepper="explicit")
+    out, killed = tmp_path / "out.h5", tmp_path / "killed.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0  # replaced below
+    move_to, sidecar_frames = OutputWriter.move_to, []
+
+    def then_copy(writer, path):
+        move_to(writer, path)
+        shutil.copy(out, killed)  # what a kill right after the rename leaves
+        sidecar_frames.append(out.with_suffix(".xdmf").read_text().count("<Time "))
+
+    monkeypatch.setattr(OutputWriter, "move_to", then_copy)
+    assert main(["run", str(config), "-o", str(out), "--overwrite", "--quiet"]) == 0
+    monkeypatch.undo()
+    assert sidecar_frames == [1]
+    with h5py.File(killed, "r") as f:
+        assert f["time"].shape == (1,) and "checkpoint" in f
+    assert main(["run", str(config), "-o", str(killed), "--resume", "--quiet"]) == 0
+    with engine.open_output(killed) as a, engine.open_output(out) as b:
+        np.testing.assert_array_equal(a.time, b.time)
+        for name in ("IL2", "T"):
+            np.testing.assert_array_equal(a.frame(name, -1), b.frame(name, -1))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".toml") == [
+        "killed.h5",
+        "killed.xdmf",
+        "out.h5",
+        "out.xdmf",
+    ]
+
+
 @pytest.mark.parametrize(
     "every, expected",
     [

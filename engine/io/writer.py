@@ -47,13 +47,18 @@ from engine.io.turns import Turns
 from engine.io.xdmf import LZF_WARNING, write_sidecar
 from engine.numerics.grid import Grid
 
+PARTIAL = ".partial"
+"""The suffix of a run's file before its first frame and checkpoint are in (OUT.h5.partial):
+such a file gets no sidecar; `move_to` gives it its name, and then its sidecar."""
+
 
 class OutputWriter:
     """Writes one run's HDF5 file.
 
     Arguments:
         path: the file to create (or, with `resume`, to append to). The caller handles
-            temporary names and refusing to clobber; this writes where told.
+            temporary names (`PARTIAL`, `move_to`) and refusing to clobber; this writes
+            where told.
         grid: the simulation grid.
         fields: the output fields, in the order they are stored.
         dtype: the run's dtype ("float32" or "float64"), used for /fields.
@@ -375,7 +380,7 @@ class OutputWriter:
 
         def finish(f):
             commit_checkpoint(f, t, step, dt, held, scale)
-            write_sidecar(f, self.current_path())
+            self._write_sidecar(f)
 
         self._each(blocks)
         self._first_only(finish)
@@ -383,13 +388,22 @@ class OutputWriter:
     # -- closing --------------------------------------------------------------------------
 
     def move_to(self, path) -> None:
-        """Rename the file (replacing what is at `path`) and write there from now on."""
+        """Rename the file (replacing what is at `path`), write there from now on, and write
+        its sidecar there at once (not to leave a replaced file's beside it)."""
         path = Path(path)
         if self._turns is None or self._turns.first:
             os.replace(self.path, path)
         if self._turns is not None:
             self._turns.barrier()
         self.path = path
+        self._first_only(self._write_sidecar)
+
+    def _write_sidecar(self, f) -> None:
+        """The XDMF sidecar of the open file `f` under its present name; none while that is
+        a `PARTIAL` name."""
+        path = self.current_path()
+        if path.suffix != PARTIAL:
+            write_sidecar(f, path)
 
     def current_path(self) -> Path:
         """The file's present name: the path given, or where it was renamed to while open
@@ -415,11 +429,11 @@ class OutputWriter:
             return
         self._closed = True
         if self._turns is not None:
-            self._first_only(lambda f: write_sidecar(f, self.path))
+            self._first_only(self._write_sidecar)
             return
         try:
             self._file.flush()
-            write_sidecar(self._file, self.current_path())
+            self._write_sidecar(self._file)
         finally:
             self._file.close()
             self._file = None

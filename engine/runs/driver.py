@@ -2,9 +2,10 @@
 checkpoints written to HDF5 while the device computes, with safe failure and resume.
 
 Safety: a new file is written under a temporary name and renamed into place once its first
-frame is on disk; an existing file is never replaced without `overwrite`; SIGINT and SIGTERM
-finish the frame in hand, write a checkpoint, close the file and raise `Interrupted` (the CLI
-exits 130); `resume` continues from the checkpoint, dropping frames written after it.
+frame and checkpoint are on disk (so a file under its name always resumes); an existing file
+is never replaced without `overwrite`; SIGINT and SIGTERM finish the frame in hand, write a
+checkpoint, close the file and raise `Interrupted` (the CLI exits 130); `resume` continues
+from the checkpoint, dropping frames written after it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from engine.io.checkpoint import (
     truncate_frames,
 )
 from engine.io.layout import CellInfo, FieldInfo, open_read, unreadable
-from engine.io.writer import OutputWriter
+from engine.io.writer import PARTIAL, OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
 from engine.stepping.simulation import Simulation, State, check_capacity
@@ -239,7 +240,7 @@ def run(
     else:
         state = sim.initial_state()
         sim.check_time_step(state)
-        path = output.with_name(output.name + ".partial")
+        path = output.with_name(output.name + PARTIAL)
     device = jax.devices()[0]
     attrs = dict(
         ilsim_version=engine.__version__,
@@ -287,9 +288,6 @@ def run(
                 if write_current:
                     _check_finite(host, state.t, team)
                     writer.write_frame(state.t, {n: host[n] for n in names}, cells)
-                    if path != output:  # the run has started: move the file into place
-                        writer.move_to(output)
-                        path = output
                 write_current = True
                 if bar is not None:
                     bar.update(state.t - bar.n)
@@ -309,6 +307,9 @@ def run(
                         state.t, state.step, dt, host, cells, state.held, state.scale
                     )
                     last_checkpoint, last_checkpoint_wall = state.t, time.perf_counter()
+                if path != output:  # first frame and checkpoint in: move the file into place
+                    writer.move_to(output)
+                    path = output
                 if stop:
                     raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")
                 if following is None:
@@ -318,9 +319,8 @@ def run(
         writer.close()
         if bar is not None:
             bar.close()
-        if path != output and first:  # stopped before its first frame: leave nothing
-            for made in (path, path.with_suffix(".xdmf")):
-                made.unlink(missing_ok=True)
+        if path != output and first:  # stopped before its first checkpoint: leave nothing
+            path.unlink(missing_ok=True)
 
 
 def _region_masks(sim: Simulation) -> dict[str, np.ndarray]:
