@@ -270,6 +270,7 @@ def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
         jnp.int32(5),
         jnp.int32(0),
         jnp.int32(1),
+        jnp.int32(1),
     )
     exported = export.export(sim._advance, platforms=["cuda"], disabled_checks=[triton])(*args)
     text = exported.mlir_module()
@@ -301,7 +302,7 @@ def test_the_kernels_launch_as_kernel_launch_says(monkeypatch, config):
     sim = engine.Simulation(cfg, kernels="pallas", kernel_launch=launch)
     triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
     state = sim.initial_state()
-    numbers = (jnp.float32(0), jnp.float32(1), jnp.int32(1), jnp.int32(0), jnp.int32(1))
+    numbers = (jnp.float32(0), jnp.float32(1), *map(jnp.int32, (1, 0, 1, 1)))
     exported = export.export(sim._advance, platforms=["cuda"], disabled_checks=[triton])(
         sim.model, state.fields, {}, *numbers
     )

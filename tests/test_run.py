@@ -231,6 +231,29 @@ def test_resume_refuses_a_config_that_differs_from_the_run(tmp_path, capsys, ove
         np.testing.assert_allclose(done.time, 120.0 * np.arange(5))
 
 
+def test_resume_refuses_a_region_whose_mask_file_changed(tmp_path, capsys):
+    """The config's text is the same, but a mask file it names is not: the frames were made
+    with the mask the file stores (resume overwrote it with the new one)."""
+    config, out, mask = write_config(tmp_path, end="4 min"), tmp_path / "out.h5", tmp_path / "v.npy"
+    config.write_text(config.read_text() + f'\n[regions.vessels]\nfile = "{mask}"\n')
+    used = np.zeros((24, 24), bool)
+    used[2:5, 3:7] = True
+    np.save(mask, used)
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    before = out.read_bytes()
+    np.save(mask, np.roll(used, 1, axis=0))
+    later = ["--set", "time.end=6 min"]
+    assert main(["run", str(config), "-o", str(out), "--resume", "--quiet", *later]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "regions.vessels: its mask differs" in err, err
+    assert out.read_bytes() == before
+    np.save(mask, used)
+    assert main(["run", str(config), "-o", str(out), "--resume", "--quiet", *later]) == 0
+    with engine.open_output(out) as done:
+        np.testing.assert_allclose(done.time, 120.0 * np.arange(4))
+        np.testing.assert_array_equal(done.regions["vessels"], used)
+
+
 SECRETION_ONLY = [{"type": "secretion", "species": "IL2", "by": "T", "rate": 10}]
 
 

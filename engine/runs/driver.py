@@ -127,6 +127,19 @@ def refuse_changed_config(output: Path, cfg) -> None:
             )
 
 
+def refuse_changed_regions(output: Path, masks: dict[str, np.ndarray]) -> None:
+    """RunError naming the first region whose mask, as the config now builds it (a mask file
+    changed), differs from the one stored in `output`: its frames were made with that."""
+    with open_read(output) as f:
+        stored = f.get("regions", {})
+        for name, mask in masks.items():
+            if name in stored and not np.array_equal(stored[name][()] != 0, mask != 0):
+                raise RunError(
+                    f"regions.{name}: its mask differs from the one the run {output} was made "
+                    f"with (/regions/{name} there); restore the mask or start a new output"
+                )
+
+
 def _flat(tree, prefix: str = "") -> dict:
     """A parsed TOML document as {dotted path ([i] for array entries): value}."""
     if isinstance(tree, dict):
@@ -215,6 +228,7 @@ def run(
 
     if resume:
         refuse_changed_config(output, cfg)
+        refuse_changed_regions(output, _region_masks(sim))
         saved = read_checkpoint(output, load=sim.load_fields)
         if saved.time > cfg.time.end * (1 + 1e-12):
             raise RunError(
@@ -311,7 +325,10 @@ def run(
                     writer.move_to(output)
                     path = output
                 if stop:
-                    raise Interrupted(f"interrupted at t = {state.t:g} s; continue with --resume")
+                    raise Interrupted(
+                        f"interrupted at t = {state.t:g} s; continue with the same command "
+                        "and --resume"
+                    )
                 if following is None:
                     return output
                 state = following
