@@ -5,6 +5,8 @@ memory of plotting one frame of a 1 GB 3D output (slow; benchmarks/bench_plot_me
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -367,6 +369,64 @@ def test_movie_mp4_without_ffmpeg_is_refused(outputs, tmp_path, capsys, monkeypa
     assert err.count("\n") == 1 and "needs ffmpeg" in err and "movie.gif" in err
     assert "imageio-ffmpeg" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("live, tries", [(True, 2), (True, 6), (True, 7), (False, 1)])
+def test_a_read_that_fails_while_a_run_writes_the_file_is_tried_again(
+    outputs, capsys, monkeypatch, live, tries
+):
+    """Without SWMR a reader can meet what a live run has not flushed yet ("addr overflow":
+    2 of 30 `ilsim info` of a live file failed): the file commands try again after a pause,
+    printing once, at most LIVE_TRIES times; a file no run writes fails at once."""
+    from engine.cli import files
+
+    calls, pauses = [], []
+    print_fields = files._print_fields
+
+    def flaky(out):
+        calls.append(1)
+        if len(calls) < tries or not live:
+            raise OSError("Can't synchronously read data (addr overflow, addr = 8928371)")
+        print_fields(out)
+
+    monkeypatch.setattr(files, "_print_fields", flaky)
+    monkeypatch.setattr(files, "being_written", lambda path: live)
+    monkeypatch.setattr(files.time, "sleep", pauses.append)
+    code, out, err = ilsim(capsys, "info", outputs["2d"])
+    if live and tries <= files.LIVE_TRIES:
+        assert (code, err, len(calls)) == (0, "", tries)
+        assert out.count("file: ") == 1 and "fields:" in out  # printed once, whole
+        assert pauses == [0.1 * k for k in range(1, tries)]
+    else:
+        assert (code, out) == (2, "") and "addr overflow" in err and err.count("\n") == 1
+        assert len(calls) == (files.LIVE_TRIES if live else 1)
+
+
+def test_being_written_sees_another_process_hold_the_file(outputs, tmp_path):
+    """The HDF5 file lock of a writer in another process (the fallback of open_read)."""
+    from engine.io.layout import being_written
+
+    path = tmp_path / "live.h5"
+    shutil.copy(outputs["2d"], path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import h5py, sys; f = h5py.File({str(path)!r}, 'a'); "
+            "print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "open\n"
+        assert being_written(path)
+        with engine.open_output(path) as out:  # open_read falls back to no locking
+            assert out.n_frames == 4
+    finally:
+        holder.communicate("")
+    assert not being_written(path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,14 +5,17 @@ handlers read files through `engine.io` and draw with `engine.post`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 import engine
-from engine.io.layout import MEMBER_STATISTICS, unreadable
+from engine.io.layout import LIVE_TRIES, MEMBER_STATISTICS, being_written, unreadable
 from engine.post import analysis
 from engine.post.quantities import UnitError, read_quantity
 
@@ -36,6 +39,30 @@ _MEMBER_HELP = (
     "of a sweep: member K (0-based), or mean|std|min|max|median across the members; a plot "
     "of the summaries without --field shows every member"
 )
+
+
+def _reading_live(handler):
+    """`handler`, tried again after a pause (at most `LIVE_TRIES` in all, what it prints
+    held back until it succeeds) when reading its file fails while a run writes it."""
+
+    def tried(args) -> int:
+        attempt = 1
+        while True:
+            printed = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(printed):
+                    status = handler(args)
+            except (OSError, analysis.AnalysisError) as error:
+                unread = isinstance(error, OSError) or isinstance(error.__context__, OSError)
+                if not unread or attempt == LIVE_TRIES or not being_written(args.output):
+                    raise
+                time.sleep(0.1 * attempt)
+                attempt += 1
+                continue
+            sys.stdout.write(printed.getvalue())
+            return status
+
+    return tried
 
 
 def _open_output(path, member=None, whole_sweep: bool = False):
@@ -158,7 +185,7 @@ def _register_info(commands) -> None:
     info = commands.add_parser("info", help="what an output file holds")
     info.add_argument("output", metavar="OUT.h5")
     info.add_argument("--member", help=_MEMBER_HELP)
-    info.set_defaults(handler=_info)
+    info.set_defaults(handler=_reading_live(_info))
 
 
 def _info(args) -> int:
@@ -303,7 +330,7 @@ def _register_plot(commands) -> None:
     plot.add_argument("--member", help=_MEMBER_HELP)
     plot.add_argument("-o", "--figure", required=True, metavar="FIG.png", help="figure to write")
     _add_figure_options(plot)
-    plot.set_defaults(handler=_plot)
+    plot.set_defaults(handler=_reading_live(_plot))
 
 
 def _plot(args) -> int:
@@ -371,7 +398,7 @@ def _register_profile(commands) -> None:
     profile.add_argument("-o", "--figure", required=True, metavar="FIG.png")
     _add_figure_options(profile, colours=False)
     profile.add_argument("--log", action="store_true", help="logarithmic value axis")
-    profile.set_defaults(handler=_profile)
+    profile.set_defaults(handler=_reading_live(_profile))
 
 
 def _profile(args) -> int:
@@ -484,7 +511,7 @@ def _register_movie(commands) -> None:
     movie.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     movie.add_argument("-o", "--movie", required=True, metavar="MOVIE.gif|mp4")
     _add_figure_options(movie)
-    movie.set_defaults(handler=_movie)
+    movie.set_defaults(handler=_reading_live(_movie))
 
 
 def _movie(args) -> int:

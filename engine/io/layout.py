@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,15 +223,38 @@ def frame_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(chunk)
 
 
+LIVE_TRIES = 6
+"""Tries at reading a file that a run is still writing. Without SWMR a reader can meet
+metadata the writer has not flushed yet (HDF5's "truncated file", "addr overflow": 2 of 30
+`ilsim info` of a live file failed so); a fresh open a moment later reads it whole."""
+
+
 def open_read(path) -> h5py.File:
     """Open read-only; if another process holds the file open for writing (HDF5 file lock),
-    open without locking, which reads what that process has flushed."""
+    open without locking, which reads what that process has flushed, trying again after a
+    pause (`LIVE_TRIES`) where it meets what is not flushed yet."""
     try:
         return h5py.File(path, "r")
     except OSError as error:
         if "lock" not in str(error).lower():
             raise
-        return h5py.File(path, "r", locking=False)
+    for attempt in range(1, LIVE_TRIES + 1):
+        try:
+            return h5py.File(path, "r", locking=False)
+        except OSError:
+            if attempt == LIVE_TRIES:
+                raise
+            time.sleep(0.1 * attempt)
+
+
+def being_written(path) -> bool:
+    """Whether another process holds `path` open for writing (its HDF5 file lock; a writer
+    run with HDF5_USE_FILE_LOCKING=FALSE holds none and is not seen)."""
+    try:
+        h5py.File(path, "r").close()
+    except OSError as error:
+        return "lock" in str(error).lower()
+    return False
 
 
 def unreadable(path, error: OSError) -> str:
