@@ -334,6 +334,10 @@ BAD_INPUT = pytest.mark.parametrize(
         (["run", "{broken}"], "broken.toml"),
         (["run", "{config}", "-o", "/nonexistent-folder/out.h5"], "cannot write"),
         (["run", "{config}", "-o", "{folder}", "--overwrite"], "is a folder"),
+        # the sidecar's own path: the run wrote the file, then its sidecar over it (exit 0)
+        (["run", "{config}", "-o", "{xdmf}"], "x.xdmf: .xdmf is the suffix of the run's"),
+        (["sweep", "{config}", "--vary", "terms[0].rate=1,2", "-o", "{xdmf}"], ".xdmf is the"),
+        (["run", "{config}", "-o", "{y}", "--overwrite"], "y.xdmf (the run's sidecar) is a"),
         (["validate", "{folder}"], "is a folder; give the config's .toml file"),
         (["run", "{config}", "--resume", "-o", "{config}"], "not a readable HDF5 file"),
         (["run", "{config}", "--kernels", "pallas"], "explicit steps only"),
@@ -368,7 +372,10 @@ def bad_input(tmp_path, args) -> tuple[Path, list[str]]:
         broken=broken,
         out=tmp_path / "x.h5",
         folder=tmp_path,
+        xdmf=tmp_path / "x.xdmf",
+        y=tmp_path / "y.h5",
     )
+    (tmp_path / "y.xdmf").mkdir()
     args = [a.format(**names) for a in args]
     if args[0] == "run" and "-o" not in args:
         args += ["-o", str(tmp_path / "x.h5")]
@@ -394,7 +401,8 @@ def test_bad_input_returns_2_with_one_line(tmp_path, capsys, args, fragment):
     assert status == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err
-    assert not (tmp_path / "x.h5").exists()
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.xdmf").exists()
+    assert not (tmp_path / "y.h5").exists()
 
 
 @pytest.mark.slow

@@ -207,9 +207,16 @@ def run(
         raise RunError("--resume and --overwrite exclude each other")
     if output.is_dir():
         raise RunError(f"{output} is a folder; give a file path, such as {output / 'run.h5'}")
+    sidecar = output.with_suffix(".xdmf")
+    if sidecar == output:
+        raise RunError(
+            f"{output}: .xdmf is the suffix of the run's ParaView sidecar, written beside "
+            f"the HDF5 file; give the HDF5 path, such as {output.with_suffix('.h5')}"
+        )
+    if sidecar.is_dir():
+        raise RunError(f"{sidecar} (the run's sidecar) is a folder; choose another -o path")
     if output.exists() and not (resume or overwrite):
         raise RunError(f"{output} exists; pass --overwrite to replace it or --resume to continue")
-    sidecar = output.with_suffix(".xdmf")
     if sidecar.exists() and not output.exists() and not overwrite:
         raise RunError(
             f"{sidecar} exists (the sidecar of {output}); pass --overwrite to replace it "
