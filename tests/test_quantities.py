@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config.units import UnitError as ConfigUnitError
 from engine.config.units import to_engine
 from engine.post.quantities import ALIASES, SCALES, UnitError, read_quantity
 
@@ -56,3 +57,13 @@ def test_config_examples_signs_fractions_and_spaced_units_agree_with_pint(text, 
 
 def test_numbers_are_engine_units():
     assert read_quantity(7, "time") == 7.0 and read_quantity(0.5, "concentration") == 0.5
+
+
+@pytest.mark.parametrize("text, kind", [("1,5 h", "time"), ("5,5 um^2/s", "diffusivity")])
+def test_a_decimal_comma_is_refused_by_the_config_and_the_commands(text, kind):
+    """pint read "1,5 h" as 15 h and "5,5 um^2/s" as 55: a tenfold error, silently."""
+    with pytest.raises(ConfigUnitError, match=r"write decimals with a point, '\d\.5 "):
+        to_engine(text, kind)
+    if kind in SCALES:
+        with pytest.raises(UnitError):
+            read_quantity(text, kind)

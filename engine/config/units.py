@@ -45,6 +45,11 @@ def to_engine(value, kind: str) -> float:
     if isinstance(value, int | float):
         number = float(value)
     elif isinstance(value, str):
+        if "," in value:  # pint reads "1,5 h" as 15 h
+            raise UnitError(
+                f"cannot read {value!r} as a quantity: write decimals with a point, "
+                f"{value.replace(',', '.')!r}"
+            )
         try:
             quantity = registry.Quantity(value)
         except (
