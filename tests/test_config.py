@@ -291,6 +291,12 @@ MALFORMED = [
         "sources[0].schedule.count",
         "repeated doses only",
     ),
+    (  # each dose's edges cut the steps: validate counted 5e12 steps, a run never ended
+        "schedule_doses_beyond_counting",
+        {"sources[0].schedule": {"every": "1e-9 s", "duration": "1e-10 s"}},
+        "sources[0].schedule.every",
+        "1e-09 s gives 3.6e+12 doses by time.end, more than 1e+06",
+    ),
     (
         "output_field_unknown",
         {"output.fields": ["IL2", "IL99"]},

@@ -15,6 +15,9 @@ from engine.model.regions import read_mask
 if TYPE_CHECKING:
     from engine.config.schema import CellTypeConfig, Coefficient, Config, Initial
 
+MOST_DOSES = 10**6
+"""Most doses one source's schedule may give before time.end (`_Checker.doses`)."""
+
 CELL_ARRAYS = ("position", "alive", "id", "next_id", "overflow", "cell", "axis")
 """Every cell type's own arrays: no state variable may take these names."""
 
@@ -293,6 +296,24 @@ class _Checker:
                         "excluded); give a position inside it",
                         at=f"{here}.position",
                     )
+            self.doses(source.schedule, f"{here}.schedule")
+
+    def doses(self, schedule, at: str) -> None:
+        """At most `MOST_DOSES` doses before time.end: each dose's start and end cut the
+        steps, so that a dose every nanosecond made validate count 5e12 steps and the run
+        step through its doses without end."""
+        if schedule.every is None or schedule.start >= self.cfg.time.end:
+            return
+        doses = math.floor((self.cfg.time.end - schedule.start) / schedule.every) + 1
+        if schedule.count is not None:
+            doses = min(doses, schedule.count)
+        if doses > MOST_DOSES:
+            raise fail(
+                f"{schedule.every:g} s gives {doses:.3g} doses by time.end, more than "
+                f"{MOST_DOSES:g} (each dose's start and end cut the steps); lengthen every "
+                "or set count",
+                at=f"{at}.every",
+            )
 
     # cells --------------------------------------------------------------------------------
     def cells(self) -> None:
