@@ -4,6 +4,8 @@ command raises as its exit status and one line."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +57,48 @@ def test_what_a_command_raises_is_one_line_and_its_exit_status(
     assert main(["info", "out.h5"]) == status
     assert capsys.readouterr().err == line + "\n"
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_the_command_module_loads_no_command_before_console_runs():
+    """The console script imports engine.cli.main, then calls console: the command groups
+    (and NumPy, h5py) load inside it, where an interrupt exits 130 in one line (one that
+    came while they loaded printed a traceback and ended the process by SIGINT)."""
+    code = "import sys, engine.cli.main; print(sorted(m for m in sys.modules if m in NAMES))"
+    names = ["numpy", "h5py", "jax", "engine.cli.files", "engine.cli.simulate"]
+    shown = subprocess.run(
+        [sys.executable, "-c", f"NAMES = {names!r}; {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (None, 0), (None, 2)])
+def test_console_exits_with_main_s_status_and_ignores_sigint_once_done(
+    monkeypatch, capsys, raised, status
+):
+    from engine.cli import main as cli
+
+    def run():
+        if raised:
+            raise raised
+        return status
+
+    handlers, exits = [], []
+
+    def leave(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", run)
+    monkeypatch.setattr(cli.signal, "signal", lambda sig, handler: handlers.append((sig, handler)))
+    monkeypatch.setattr(cli.os, "_exit", leave)
+    monkeypatch.setattr(cli.sys, "exit", leave)
+    with pytest.raises(SystemExit):
+        cli.console()
+    assert exits == [status]
+    if raised:
+        assert capsys.readouterr().err == "ilsim: interrupted\n" and handlers == []
+    else:
+        assert handlers == [(signal.SIGINT, signal.SIG_IGN)]

@@ -17,7 +17,6 @@ import sys
 import warnings
 
 import engine
-from engine.cli import batch, bench, files, simulate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ilsim` parser with every command; each sets `handler`, its function of the
-    parsed arguments returning the exit status."""
+    parsed arguments returning the exit status. The command groups are imported here, not
+    with this module, so that `console` catches an interrupt while they load."""
+    from engine.cli import batch, bench, files, simulate
+
     parser = _Parser(prog="ilsim", description=engine.__doc__)
     parser.add_argument("--version", action="version", version=f"ilsim {engine.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -115,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> None:
     """The `ilsim` command: `main`'s status as the process's. An interrupt exits 130 at
-    once: where the KeyboardInterrupt passed through a library's start-up code, Python
-    would otherwise end the process by SIGINT after `main` returned (status -2 to a
-    parent that waits on it)."""
-    status = main()
+    once, also one while the commands load: where the KeyboardInterrupt passed through a
+    library's start-up code, Python would otherwise end the process by SIGINT after `main`
+    returned (status -2 to a parent that waits on it). Once `main` has returned, SIGINT is
+    ignored: one during the libraries' exit handlers (JAX's) printed a traceback."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("ilsim: interrupted", file=sys.stderr)
+        status = 130
     if status == 130:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(status)
