@@ -744,6 +744,12 @@ def test_only_ilsim_files_of_a_version_it_knows_are_read(tmp_path):
         f["grid"] = 0
     with pytest.raises(ValueError, match="not an ilsim output file"):
         open_output(tmp_path / "other.h5")
+    for name in ("grid", "time", "fields"):  # each was a KeyError: an internal error, status 1
+        whole = write_file(tmp_path / f"no-{name}.h5", grid, times=(0.0,))
+        with h5py.File(whole, "r+") as f:
+            del f[name]
+        with pytest.raises(ValueError, match=f"an ilsim file without /{name}; it was not"):
+            open_output(whole)
 
 
 def test_a_field_named_like_a_root_entry_gets_no_root_link(tmp_path):

@@ -254,6 +254,50 @@ def test_resume_refuses_a_region_whose_mask_file_changed(tmp_path, capsys):
         np.testing.assert_array_equal(done.regions["vessels"], used)
 
 
+def _drop_checkpoint_field(f):
+    del f["checkpoint/IL2"]
+
+
+def _shrink_checkpoint_field(f):
+    del f["checkpoint/IL2"]
+    f["checkpoint/IL2"] = np.zeros((4, 4), np.float32)
+
+
+def _drop_time(f):
+    del f["time"]
+
+
+def _set_config(value):
+    def damage(f):
+        f.attrs["config"] = value
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_drop_checkpoint_field, "the checkpoint holds no field 'IL2'; not this run's"),
+        (_shrink_checkpoint_field, "the checkpoint's 'IL2' has shape (4, 4), not the grid's"),
+        (_drop_time, "an ilsim file without /time"),
+        (_set_config(7), "holds no config text"),
+        (_set_config("[grid\nshape = 1"), "its config is not valid TOML"),
+    ],
+)
+def test_resume_refuses_a_damaged_file_in_one_line_naming_it(tmp_path, capsys, damage, message):
+    """Each was an internal error (KeyError, AttributeError: status 1) or a raw JAX or TOML
+    message naming no file."""
+    config, out = write_config(tmp_path, end="4 min"), tmp_path / "out.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    with h5py.File(out, "r+") as f:
+        damage(f)
+    capsys.readouterr()
+    later = ["--set", "time.end=6 min"]
+    assert main(["run", str(config), "-o", str(out), "--resume", "--quiet", *later]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and message in err, err
+
+
 SECRETION_ONLY = [{"type": "secretion", "species": "IL2", "by": "T", "rate": 10}]
 
 

@@ -150,7 +150,7 @@ def read_checkpoint(path, load=None) -> Checkpoint:
     before any process truncates the file). `load` turns the checkpoint's datasets
     ({name: h5py.Dataset}) into the arrays, reading only what it needs (`Simulation.load_fields`
     reads each process's own blocks); by default all of them. ValueError when the file holds
-    no complete checkpoint."""
+    no complete checkpoint, or naming the file where `load` refuses what it holds."""
     with open_read(path) as f:
         group = latest_checkpoint(f)
         if group is None:
@@ -158,11 +158,18 @@ def read_checkpoint(path, load=None) -> Checkpoint:
                 raise ValueError(f"{path}: the checkpoint was being written when the run stopped")
             raise ValueError(f"{path}: holds no checkpoint")
         datasets = {k: d for k, d in group.items() if isinstance(d, h5py.Dataset)}
+        if load is not None:
+            try:
+                fields = load(datasets)
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None
+        else:
+            fields = {k: d[()] for k, d in datasets.items()}
         return Checkpoint(
             time=float(group.attrs["time"]),
             step=int(group.attrs["step"]),
             dt=_none_for_nan(group.attrs["dt"]),
-            fields={k: d[()] for k, d in datasets.items()} if load is None else load(datasets),
+            fields=fields,
             held=_held(group.attrs),
             scale=_scale(group.attrs),
             cells=_cells(group),

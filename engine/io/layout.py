@@ -299,3 +299,8 @@ def check_format(f: h5py.File, path) -> None:
         raise ValueError(
             f"{path}: format_version {version} is newer than this ilsim reads ({FORMAT_VERSION})"
         )
+    missing = [name for name in ("grid", "time", "fields") if name not in f]
+    if missing:
+        raise ValueError(
+            f"{path}: an ilsim file without /{missing[0]}; it was not written whole by ilsim"
+        )

@@ -31,7 +31,7 @@ from engine.io.checkpoint import (
     read_checkpoint,
     truncate_frames,
 )
-from engine.io.layout import CellInfo, FieldInfo, open_read, unreadable
+from engine.io.layout import CellInfo, FieldInfo, check_format, open_read, unreadable
 from engine.io.writer import PARTIAL, OutputWriter
 from engine.model.model import Species
 from engine.numerics.parallel import Processes, host_parts, processes
@@ -112,9 +112,14 @@ def refuse_changed_config(output: Path, cfg) -> None:
             text = f.attrs.get("config")
     except OSError as error:
         raise RunError(f"{unreadable(output, error)}; nothing to resume") from None
-    if text is None:
-        raise RunError(f"{output}: holds no config; it is not an ilsim run to resume")
-    stored = _flat(tomllib.loads(text if isinstance(text, str) else text.decode()))
+    if not isinstance(text, str | bytes):
+        raise RunError(f"{output}: holds no config text; it is not an ilsim run to resume")
+    try:
+        stored = _flat(tomllib.loads(text if isinstance(text, str) else text.decode()))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RunError(
+            f"{output}: its config is not valid TOML ({error}); it is not an ilsim run to resume"
+        ) from None
     given = _flat(tomllib.loads(dump_toml(cfg)))
     for key in sorted(set(stored) | set(given)):
         old, new = stored.get(key), given.get(key)
@@ -235,6 +240,8 @@ def run(
 
     if resume:
         refuse_changed_config(output, cfg)
+        with open_read(output) as f:
+            check_format(f, output)
         refuse_changed_regions(output, _region_masks(sim))
         saved = read_checkpoint(output, load=sim.load_fields)
         if saved.time > cfg.time.end * (1 + 1e-12):
