@@ -102,3 +102,55 @@ def test_console_exits_with_main_s_status_and_ignores_sigint_once_done(
         assert capsys.readouterr().err == "ilsim: interrupted\n" and handlers == []
     else:
         assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
+
+
+CONFIG = """
+[grid]
+shape = [8, 8]
+spacing = "10 um"
+
+[time]
+end = "1 min"
+output_every = "30 s"
+
+[regions.spot]
+sphere = { center = [40, 40], radius = 15 }
+
+[species.IL6]
+diffusion = 50
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "start"),
+    [
+        (["run", "--set", "species.IL6.diffusion=1e39"], "species.IL6.diffusion: 1e+39 does not"),
+        (["validate", "--set", "grid.spacing=1e300"], "grid.spacing[0]: 1e+300 does not fit"),
+        (["run", "--set", 'time.end="1e30 s"'], "time.output_every: the run needs about"),
+        (
+            ["run", "--set", "regions.spot={spots={count=100000000000,radius=5,seed=1}}"],
+            "regions.spot.spots.count: 100000000000 spots on a grid of 64 voxels",
+        ),
+        (
+            ["run", "--set", 'species.IL6.initial={file="empty.npy"}'],
+            "species.IL6.initial.file: cannot read",
+        ),
+        (["demo", "--size", "100000"], "--size 100000: the run needs about"),
+    ],
+    ids=["beyond_float32", "huge_spacing", "frames", "spots", "empty_initial", "demo_size"],
+)
+def test_bad_input_is_one_line_naming_the_key_and_leaves_no_file(
+    monkeypatch, capsys, tmp_path, argv, start
+):
+    """Values beyond the run's dtype, more frames or spots than fit, an unreadable initial
+    file and a demo grid beyond memory: exit 2, one line naming the key, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ILSIM_DEBUG", raising=False)
+    (tmp_path / "cfg.toml").write_text(CONFIG)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    if argv[0] != "demo":
+        argv = [argv[0], "cfg.toml", *argv[1:], *(["-o", "out.h5"] if argv[0] == "run" else [])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ilsim: error: {start}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.toml", "empty.npy"]

@@ -517,6 +517,43 @@ MALFORMED = [
         'unknown region "tumor"; defined: tumour, vessels',
     ),
     ("adaptive_string", {"time.adaptive": "yes"}, "time.adaptive", "expected true or false"),
+    (  # K of a name that is both is read neither way: the names are refused first
+        "duplicate_name_with_a_modulator",
+        lambda raw: {
+            **raw,
+            "species": {**raw["species"], "cancer": {"diffusion": 1}},
+            "terms": [
+                {**raw["terms"][0], "inhibitors": [{"of": "cancer", "K": "1e4 1/mm^3"}]},
+            ],
+        },
+        "populations.cancer",
+        '"cancer" is also a species; give every species and population its own name',
+    ),
+    (
+        "beyond_float32",
+        {"species.IL6.diffusion": 1e39},
+        "species.IL6.diffusion",
+        "1e+39 does not fit the run's float32 (largest 3.4e+38)",
+    ),
+    (
+        "beyond_float32_in_a_region",
+        {"species.IL6.diffusion": {"value": 1, "regions": {"tumour": "1e39 um^2/s"}}},
+        "species.IL6.diffusion.regions.tumour",
+        "does not fit the run's float32",
+    ),
+    ("huge_spacing", {"grid.spacing": 1e300}, "grid.spacing[0]", "does not fit"),
+    (
+        "huge_spacing_float64",
+        {"grid.spacing": 1e300, "time.dtype": "float64"},
+        "regions.tumour.sphere.radius",
+        "contains no voxel centre",
+    ),
+    (
+        "more_spots_than_voxels",
+        {"regions.vessels.spots.count": 10**11},
+        "regions.vessels.spots.count",
+        "100000000000 spots on a grid of 4096 voxels, more than one a voxel; use at most 4096",
+    ),
 ]
 
 
@@ -1185,6 +1222,18 @@ def test_memory_check_against_available_memory():
     with pytest.raises(ConfigError, match=r"^grid\.shape: the run needs about .* GB"):
         check_memory(huge, 2**40)  # a TiB machine
     check_memory(huge, None)  # unknown memory: not checked
+
+
+def test_memory_check_counts_the_output_times():
+    """A run holds the times of its frames: 1e30 s in frames of 30 min (5.6e26 frames) fits no
+    machine and is refused naming time.output_every; without output_every there are two."""
+    frames = {"time.end": "1e30 s", "time.output_every": "30 min"}
+    with pytest.raises(ConfigError) as info:
+        check_memory(load_config(base(), overrides=frames), 2**40)
+    message = str(info.value)
+    assert message.startswith("time.output_every: the run needs about 2.67e+19 GB (5.56e+26 fr")
+    assert message.endswith("; use a larger output_every or a shorter time.end")
+    check_memory(load_config(base(), overrides={"time.end": "1e30 s"}), 2**40)
 
 
 def test_available_memory_is_positive():

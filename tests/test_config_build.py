@@ -1,7 +1,8 @@
 """The model a config builds (`engine.config.build`, and `Parameters` on top of it): every
 configured number lands in the model leaf it names, on the field, face and voxels the config
 says (DESIGN.md sections 1 and 2), and a key the model depends on non-linearly is refused as a
-parameter (section 5)."""
+parameter (section 5). A mask or initial file that holds no mask or field is refused in one
+line naming the key and the file."""
 
 from __future__ import annotations
 
@@ -180,3 +181,114 @@ def test_an_initial_file_of_an_ilsim_output_gives_its_last_frame(tmp_path):
         f["fields/IL2"] = frames
     cfg = load_config(RAW, {"species.IL2.initial": {"file": str(path)}})
     np.testing.assert_array_equal(build_model(cfg).species[0].initial, frames[-1])
+
+
+def _bytes(data: bytes):
+    return lambda path: path.write_bytes(data)
+
+
+def _npy(array, **options):
+    def write(path):
+        with open(path, "wb") as file:  # np.save would append .npy to another suffix
+            np.save(file, array, **options)
+
+    return write
+
+
+def _fields(value):
+    """An HDF5 file whose fields/IL2 is `value`, or a group where `value` is None."""
+
+    def write(path):
+        with h5py.File(path, "w") as f:
+            if value is None:
+                f.create_group("fields/IL2/frames")
+            else:
+                f["fields/IL2"] = value
+
+    return write
+
+
+# (id, file name, writer, the reason the error gives): neither a mask nor an initial field
+UNREADABLE = [
+    ("text", "a.npy", _npy(np.full((6, 10), "a")), "holds <U1 values, not booleans or real"),
+    (
+        "records",
+        "a.npy",
+        _npy(np.zeros((6, 10), dtype=[("a", "f4"), ("b", "f4")])),
+        "holds [('a', '<f4'), ('b', '<f4')] values",
+    ),
+    ("complex", "a.npy", _npy(np.ones((6, 10), dtype=complex)), "holds complex128 values"),
+    ("nan", "a.npy", _npy(np.full((6, 10), np.nan)), "holds NaN or infinite values"),
+    ("empty", "a.npy", _bytes(b""), "empty (0 bytes)"),
+    ("objects", "a.npy", _npy(np.full((6, 10), None), allow_pickle=True), "holds Python objects"),
+    ("junk", "a.npy", _bytes(b"not an array\n" * 9), "not a .npy file"),
+    ("junk_hdf5", "a.h5", _bytes(b"not an array\n" * 9), "not a readable HDF5 file"),
+]
+NOT_A_FIELD = [
+    ("scalar", "a.h5", _fields(1.0), "dataset fields/IL2 has shape (), not frames of shape"),
+    ("one_axis", "a.h5", _fields(np.ones(10)), "dataset fields/IL2 has shape (10,), not frames"),
+    ("group", "a.hdf5", _fields(None), "has no dataset fields/IL2"),
+]
+
+
+def _one_line(info) -> str:
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "reason"), [c[1:] for c in UNREADABLE], ids=[c[0] for c in UNREADABLE]
+)
+def test_a_mask_file_that_holds_no_mask_is_refused_naming_key_and_file(
+    tmp_path, name, write, reason
+):
+    """A mask is booleans or finite real numbers (nonzero = inside); anything else, or a file
+    that holds no array, is refused when the config loads, naming the key and the file."""
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ConfigError) as info:
+        load_config(RAW, {"regions.left": {"file": str(path)}})
+    message = _one_line(info)
+    assert message.startswith(f"regions.left.file: cannot read {str(path)!r} as a mask: {reason}")
+    assert message.endswith("of booleans or finite numbers (nonzero = inside)")
+
+
+def test_a_mask_group_is_not_a_mask(tmp_path):
+    """regions/NAME that is a group is not the mask: the file's only dataset is."""
+    with h5py.File(tmp_path / "masks.h5", "w") as f:
+        f["regions/left/a"] = np.ones((6, 10))
+        f["regions/left/b"] = np.ones((6, 10))
+    with pytest.raises(ConfigError, match="holds no dataset regions/left and 2 datasets; give"):
+        load_config(RAW, {"regions.left": {"file": str(tmp_path / "masks.h5")}})
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "reason"),
+    [c[1:] for c in UNREADABLE + NOT_A_FIELD],
+    ids=[c[0] for c in UNREADABLE + NOT_A_FIELD],
+)
+def test_an_initial_file_that_holds_no_field_is_refused_naming_key_and_file(
+    tmp_path, name, write, reason
+):
+    """An initial field is a .npy array or an output's last frame of the grid's shape, real
+    and finite; anything else is refused naming the key and the file, before any step."""
+    path = tmp_path / name
+    write(path)
+    cfg = load_config(RAW, {"species.IL2.initial": {"file": str(path)}})
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg)
+    message = _one_line(info)
+    assert message.startswith(
+        f"species.IL2.initial.file: cannot read {path} as an initial field: {reason}"
+    )
+    assert "; give a .npy array of shape (6, 10) or an ilsim output of this grid" in message
+
+
+def test_an_initial_file_is_a_npy_array_by_its_suffix_in_any_case(tmp_path):
+    """up.NPY is read as the .npy array it is (loading accepts the suffix in any case), not
+    opened as HDF5."""
+    values = np.arange(60.0).reshape(6, 10)
+    _npy(values)(tmp_path / "up.NPY")
+    cfg = load_config(RAW, {"species.IL2.initial": {"file": str(tmp_path / "up.NPY")}})
+    np.testing.assert_array_equal(build_model(cfg).species[0].initial, values)

@@ -370,6 +370,12 @@ def _file(tmp_path, array) -> str:
     return str(path)
 
 
+def _empty(tmp_path) -> str:
+    path = tmp_path / "pos.npy"
+    path.write_bytes(b"")
+    return str(path)
+
+
 BAD = [
     ("unknown_key", {"cells.Th.counts": 5}, "cells.Th.counts", "unknown key; valid keys: count"),
     (
@@ -434,6 +440,12 @@ BAD = [
         lambda tmp: {"cells.Treg.place": {"file": _file(tmp, np.full((20, 2), np.nan))}},
         "cells.Treg.place.file",
         "the file holds non-finite positions; give finite positions (um)",
+    ),
+    (
+        "file_empty",
+        lambda tmp: {"cells.Treg.place": {"file": _empty(tmp)}},
+        "cells.Treg.place.file",
+        "as a .npy array: empty (0 bytes); give a .npy array of positions",
     ),
     (
         "file_missing",

@@ -170,8 +170,18 @@ def _register_demo(commands) -> None:
 
 
 def _demo(args) -> int:
+    from engine.config.memory import check_fits
+    from engine.numerics.memory import STATE_COPIES, available_memory, state_bytes
     from engine.runs.examples import point_source_model, point_source_profile
 
+    voxels, per_value = args.size**args.ndim, 8 if args.dtype == "float64" else 4
+    check_fits(
+        state_bytes(1, voxels, per_value),
+        available_memory(),
+        f"--size {args.size}",
+        f"1 field x {voxels:.3g} voxels x {per_value} bytes x {STATE_COPIES} copies",
+        "use a smaller --size",
+    )
     model = point_source_model(ndim=args.ndim, size=args.size)
     species = model.species[0]
     t_end = 12 / species.decay

@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
-from engine.model import cells, regions, terms
+from engine.model import array_files, cells, regions, terms
 from engine.model.model import Model, Population, Species
 from engine.model.sources import Schedule, point_source, region_source
 from engine.numerics.boundary import Boundary, Dirichlet, Neumann, Periodic, Robin
@@ -100,29 +100,44 @@ def _initial(initial, grid: Grid, masks: dict, name: str, key: str):
 
 
 def _initial_from_file(path: Path, grid: Grid, name: str, key: str) -> np.ndarray:
-    """A .npy array, or the last frame of field `name` in an ilsim .h5 output."""
-    if path.suffix == ".npy":
-        value = np.load(path, allow_pickle=False)
-    else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if f"fields/{name}" not in f:
-                raise ConfigError(
-                    f"{key}.initial.file: {path} has no dataset fields/{name}; give an ilsim "
-                    f"output that holds field {name}, or a .npy array"
-                )
-            value = f[f"fields/{name}"][-1]
+    """A .npy array of the grid's shape, or the last frame of field `name` in an ilsim .h5
+    output; finite numbers >= 0. ConfigError naming `key`.initial.file otherwise."""
+    at = f"{key}.initial.file"
+    try:
+        if array_files.is_npy(path):
+            value = array_files.check_real(array_files.load_npy(path))
+        else:
+            value = array_files.check_real(_last_frame(path, name, grid.shape))
+    except ValueError as error:
+        raise ConfigError(
+            f"{at}: cannot read {path} as an initial field: {error}; give a .npy array of "
+            f"shape {grid.shape} or an ilsim output of this grid holding field {name}, of finite "
+            "numbers >= 0"
+        ) from None
     if value.shape != grid.shape:
         raise ConfigError(
-            f"{key}.initial.file: {path} holds shape {value.shape}, the grid is {grid.shape}; "
+            f"{at}: {path} holds shape {value.shape}, the grid is {grid.shape}; "
             f"save an array of shape {grid.shape}"
         )
-    if not np.all(np.isfinite(value)) or value.min() < 0:
-        raise ConfigError(
-            f"{key}.initial.file: {path} has negative or non-finite values; save finite values >= 0"
-        )
+    if value.min() < 0:
+        raise ConfigError(f"{at}: {path} has negative values; save values >= 0")
     return value.astype(float)
+
+
+def _last_frame(path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The last frame of dataset fields/`name` (frames x `shape`) of an HDF5 file; ValueError
+    saying why where it holds none."""
+    import h5py
+
+    with array_files.open_hdf5(path) as f:
+        frames = f.get(f"fields/{name}")
+        if not isinstance(frames, h5py.Dataset):
+            raise ValueError(f"has no dataset fields/{name}")
+        if frames.shape[1:] != shape or len(frames) == 0:
+            raise ValueError(
+                f"dataset fields/{name} has shape {frames.shape}, not frames of shape {shape}"
+            )
+        return frames[-1]
 
 
 def _modulators(term) -> tuple[terms.Hill, ...]:
@@ -188,7 +203,7 @@ def cell_positions(cfg: Config, index: int, grid: Grid, masks: dict) -> np.ndarr
     name, cell_type = list(cfg.cells.items())[index]
     count, place = cell_type.count, cell_type.place
     if place is not None and place.kind == "file":
-        return np.asarray(np.load(place.file, allow_pickle=False), dtype=np.float64)
+        return np.asarray(array_files.load_npy(place.file), dtype=np.float64)
     rng = np.random.default_rng([cfg.time.seed, index])
     lower = np.asarray(grid.lower, dtype=np.float64)
     if place is None:

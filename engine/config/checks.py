@@ -1,6 +1,7 @@
 """Checks of a config as a whole, run by `Config`'s validator once every table is valid:
-names, references between tables, faces, and geometry against the grid (coordinates per axis,
-regions and point sources inside it, each region holding a voxel centre). Lengths in um."""
+names, numbers that fit the run's dtype, references between tables, faces, and geometry
+against the grid (coordinates per axis, regions and point sources inside it, each region
+holding a voxel centre, no more spots than voxels, mask and position files). Lengths in um."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import BaseModel
 
-from engine.config.errors import fail, key_part, listing
+from engine.config.errors import fail, key_part, key_path, listing
+from engine.model.array_files import load_npy
 from engine.model.regions import read_mask
 
 if TYPE_CHECKING:
@@ -28,8 +31,26 @@ def check_config(cfg: Config) -> None:
     _Checker(cfg).run()
 
 
+def _numbers(node, parts: tuple = ()):
+    """(key path parts, number) of every float in `node`, a config table; a `value` (of a
+    coefficient, initial condition or face, often in short form: `diffusion = 50`) at the key
+    of its table."""
+    if isinstance(node, BaseModel):
+        for name, field in type(node).model_fields.items():
+            below = parts if name == "value" else (*parts, field.alias or name)
+            yield from _numbers(getattr(node, name), below)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, (*parts, key))
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            yield from _numbers(value, (*parts, index))
+    elif isinstance(node, float):
+        yield parts, node
+
+
 class _Checker:
-    """Whole-config checks: names, references, faces, geometry."""
+    """Whole-config checks: names, numbers, references, faces, geometry."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -37,6 +58,7 @@ class _Checker:
 
     def run(self) -> None:
         self.names()
+        self.numbers()
         self.faces()
         self.regions()
         self.fields()
@@ -67,11 +89,17 @@ class _Checker:
                         "not starting with a digit",
                         at=f"{table}.{key_part(name)}",
                     )
-        for name in self.cfg.populations:
-            if name in self.cfg.species:
+
+    def numbers(self) -> None:
+        """Every number fits the run's dtype (a float32 run holds none beyond 3.4e38)."""
+        dtype = self.cfg.time.dtype
+        largest = float(np.finfo(dtype).max)
+        for parts, number in _numbers(self.cfg):
+            if abs(number) > largest:
                 raise fail(
-                    f'"{name}" is also a species; give every species and population its own name',
-                    at=f"populations.{name}",
+                    f"{number:g} does not fit the run's {dtype} (largest {largest:.3g}); use a "
+                    'smaller value, or time.dtype = "float64"',
+                    at=key_path(parts),
                 )
 
     def ref(self, name: str, want: str, at: str) -> None:
@@ -150,17 +178,16 @@ class _Checker:
 
     def ball(self, name: str, shape: str, center, radius: float, axes) -> None:
         lower, upper = self.grid.lower, self.grid.upper
-        box_distance = math.sqrt(
-            sum(max(lower[a] - center[a], 0.0, center[a] - upper[a]) ** 2 for a in axes)
-        )
-        if box_distance > radius:
+        # squares as d * d, not d ** 2: a huge (float64) length squares to inf, not an error
+        gaps = [max(lower[a] - center[a], 0.0, center[a] - upper[a]) for a in axes]
+        if math.sqrt(sum(gap * gap for gap in gaps)) > radius:
             raise fail(
                 f"the {shape} lies outside the grid {self.grid.extent()}; move its center "
                 "inside or enlarge the grid",
                 at=f"regions.{name}",
             )
-        nearest = sum((self.nearest_centre(a, center[a]) - center[a]) ** 2 for a in axes)
-        if nearest > radius**2:
+        offsets = [self.nearest_centre(a, center[a]) - center[a] for a in axes]
+        if sum(d * d for d in offsets) > radius * radius:
             raise fail(
                 f"the {shape} (radius {radius:g} um) contains no voxel centre; enlarge its radius "
                 f"(spacing {', '.join(f'{h:g}' for h in self.grid.spacing)} um)",
@@ -186,6 +213,14 @@ class _Checker:
                 along = self.grid.axes.index(shape.axis)
                 across = [a for a in range(self.grid.ndim) if a != along]
                 self.ball(name, "cylinder", shape.center, shape.radius, across)
+            elif region.spots is not None:
+                voxels = math.prod(self.grid.shape)
+                if region.spots.count > voxels:
+                    raise fail(
+                        f"{region.spots.count} spots on a grid of {voxels} voxels, more than "
+                        f"one a voxel; use at most {voxels}",
+                        at=f"{here}.spots.count",
+                    )
             elif region.box is not None:
                 box = region.box
                 self.coordinates(box.lower, f"{here}.box.lower")
@@ -216,11 +251,11 @@ class _Checker:
             elif region.file is not None:
                 try:
                     shape = read_mask(region.file, name).shape
-                except (OSError, ValueError) as error:
-                    reason = str(error).splitlines()[0]
+                except ValueError as error:
                     raise fail(
-                        f"cannot read {region.file!r} as a mask ({reason}); give a .npy array "
-                        "or an HDF5 file with the mask as regions/NAME or its only dataset",
+                        f"cannot read {region.file!r} as a mask: {error}; give a .npy array or "
+                        f"an HDF5 file with the mask as regions/{name} or its only dataset, of "
+                        "booleans or finite numbers (nonzero = inside)",
                         at=f"{here}.file",
                     ) from None
                 if tuple(shape) != tuple(self.grid.shape):
@@ -407,10 +442,10 @@ class _Checker:
         excluded)."""
         path = cell_type.place.file
         try:
-            positions = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
+            positions = load_npy(path)
+        except ValueError as error:
             raise fail(
-                f"cannot read {path!r} as a .npy array ({error}); give a .npy array of positions",
+                f"cannot read {path!r} as a .npy array: {error}; give a .npy array of positions",
                 at=at,
             ) from None
         want = (cell_type.count, self.grid.ndim)

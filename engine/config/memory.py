@@ -7,20 +7,26 @@ import math
 
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
-from engine.numerics.memory import PLANNING_FRACTION, STATE_COPIES, cells_bytes
+from engine.numerics.memory import FRAME_BYTES, PLANNING_FRACTION, STATE_COPIES, cells_bytes
 
 
 def check_memory(cfg: Config, available: int | None) -> None:
-    """ConfigError if the run's state estimate (`Config.memory_bytes`: fields and cells)
-    exceeds PLANNING_FRACTION of `available` bytes (None: unknown, not checked). The error
-    names grid.shape, or the largest cell type's capacity when the cells need more than the
-    fields."""
-    if available is None:
-        return
+    """ConfigError if the run's output times (FRAME_BYTES a frame) or its state estimate
+    (`Config.memory_bytes`: fields and cells) exceed PLANNING_FRACTION of `available` bytes
+    (None: unknown, not checked). The error names time.output_every, grid.shape, or the
+    largest cell type's capacity when the cells need more than the fields."""
+    t = cfg.time
+    if t.output_every is not None:
+        frames = t.end / t.output_every + 2  # at most; a float, as it may pass any integer
+        check_fits(
+            frames * FRAME_BYTES,
+            available,
+            "time.output_every",
+            f"{frames:.3g} frames, time.end {t.end:g} s / output_every {t.output_every:g} s, "
+            f"x {FRAME_BYTES} bytes for their times alone",
+            "use a larger output_every or a shorter time.end",
+        )
     need = cfg.memory_bytes()
-    limit = PLANNING_FRACTION * available
-    if need <= limit:
-        return
     fields = max(len(cfg.field_names), 1)
     voxels = math.prod(cfg.grid.shape)
     per_value = cfg.bytes_per_value
@@ -35,6 +41,16 @@ def check_memory(cfg: Config, available: int | None) -> None:
                 cfg.cells, key=lambda n: cfg.cells[n].capacity * cfg.cells[n].values_per_cell(ndim)
             )
             key, fix = f"cells.{name}.capacity", "lower the cell types' capacities"
+    check_fits(need, available, key, what, fix)
+
+
+def check_fits(need: float, available: int | None, key: str, what: str, fix: str) -> None:
+    """ConfigError `key: the run needs about N GB (what), more than 80% of the available
+    memory (...); fix` if `need` bytes exceed PLANNING_FRACTION of `available` (None: unknown,
+    not checked)."""
+    if available is None or need <= PLANNING_FRACTION * available:
+        return
+    limit = PLANNING_FRACTION * available
     raise ConfigError(
         f"{key}: the run needs about {need / 1e9:.3g} GB ({what}), more than "
         f"{PLANNING_FRACTION:.0%} of the available memory ({limit / 1e9:.3g} GB of "

@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 from engine.config.checks import check_config
 from engine.config.errors import fail, key_part, listing, moved, show
 from engine.config.units import ENGINE_UNITS, UnitError, to_engine
-from engine.model.regions import MASK_SUFFIXES
+from engine.model.array_files import SUFFIXES
 from engine.numerics.grid import AXIS_NAMES
 from engine.numerics.memory import cells_bytes, state_bytes
 
@@ -381,7 +381,7 @@ class Initial(_Model):
     @field_validator("path", mode="before")
     @classmethod
     def _file(cls, value, info: ValidationInfo):
-        return None if value is None else _resolve_file(value, info, (".npy", ".h5", ".hdf5"))
+        return None if value is None else _resolve_file(value, info, SUFFIXES)
 
     @model_validator(mode="after")
     def _complete(self):
@@ -610,7 +610,7 @@ class RegionConfig(_Model):
     @field_validator("file", mode="before")
     @classmethod
     def _file(cls, value, info: ValidationInfo):
-        return None if value is None else _resolve_file(value, info, MASK_SUFFIXES)
+        return None if value is None else _resolve_file(value, info, SUFFIXES)
 
     @model_validator(mode="after")
     def _one_shape(self):
@@ -1182,13 +1182,19 @@ class Config(_Model):
         """Hill constants K given with a unit, in [[terms]] and in the tables of [cells]:
         converted in the units of `of` (concentration for a species, density for a
         population or a cell type's local density), which needs the names of species,
-        populations and cell types. A cell's state variables are plain numbers: their K must
-        be one too."""
+        populations and cell types, so a name that is both a species and a population is
+        refused first. A cell's state variables are plain numbers: their K must be one too."""
         if not isinstance(data, dict):
             return data
         data = copy.deepcopy(data)
         species = data.get("species") if isinstance(data.get("species"), dict) else {}
         populations = data.get("populations") if isinstance(data.get("populations"), dict) else {}
+        for name in populations:
+            if name in species:
+                raise fail(
+                    f'"{name}" is also a species; give every species and population its own name',
+                    at=f"populations.{key_part(str(name))}",
+                )
         types = list(data["cells"]) if isinstance(data.get("cells"), dict) else []
         for here, modulator, state in _modulator_tables(data):
             if isinstance(modulator.get("K"), str):

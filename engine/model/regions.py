@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.model import array_files
 from engine.numerics.grid import Grid, per_axis
 
 
@@ -73,38 +74,35 @@ def spots(grid: Grid, count: int, radius: float, seed: int) -> np.ndarray:
     return mask
 
 
-MASK_SUFFIXES = (".npy", ".h5", ".hdf5")
-
-
 def read_mask(path: str | Path, name: str) -> np.ndarray:
     """The array of a mask file: a .npy array, or from an HDF5 file its dataset
-    `regions/<name>` (an ilsim output's mask of that name) or else its only dataset.
-    ValueError naming the file where it holds neither."""
+    `regions/<name>` (an ilsim output's mask of that name) or else its only dataset; booleans
+    or finite real numbers. ValueError saying why (not naming the file) where it holds none."""
     path = Path(path)
-    if path.suffix.lower() not in MASK_SUFFIXES:
-        raise ValueError(f"file {path}: region masks are .npy or HDF5 (.h5, .hdf5) files")
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
+    if path.suffix.lower() not in array_files.SUFFIXES:
+        raise ValueError("region masks are .npy or HDF5 (.h5, .hdf5) files")
+    if array_files.is_npy(path):
+        return array_files.check_real(array_files.load_npy(path))
     import h5py
 
-    with h5py.File(path, "r") as f:
-        if f"regions/{name}" in f:
-            return f[f"regions/{name}"][()]
+    with array_files.open_hdf5(path) as f:
+        if isinstance(f.get(f"regions/{name}"), h5py.Dataset):
+            return array_files.check_real(f[f"regions/{name}"][()])
         datasets = []
         f.visititems(
             lambda key, item: datasets.append(key) if isinstance(item, h5py.Dataset) else None
         )
         if len(datasets) != 1:
-            raise ValueError(
-                f"file {path}: holds no dataset regions/{name} and {len(datasets)} datasets; "
-                f"store the mask as regions/{name} or as the file's only dataset"
-            )
-        return f[datasets[0]][()]
+            raise ValueError(f"holds no dataset regions/{name} and {len(datasets)} datasets")
+        return array_files.check_real(f[datasets[0]][()])
 
 
 def from_file(grid: Grid, path: str | Path, name: str = "") -> np.ndarray:
     """A mask read from a file of the grid's shape (nonzero = inside; `read_mask`)."""
-    mask = read_mask(path, name)
+    try:
+        mask = read_mask(path, name)
+    except ValueError as error:
+        raise ValueError(f"file {path}: {error}") from None
     if mask.shape != grid.shape:
         raise ValueError(
             f"file {path}: mask shape {mask.shape} differs from grid shape {grid.shape}"

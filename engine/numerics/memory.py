@@ -8,6 +8,10 @@ import sys
 STATE_COPIES = 8
 """Copies of the state a step holds at once (state, stages, temporaries): the memory estimate."""
 
+FRAME_BYTES = 48
+"""Bytes a run holds for each output frame besides its fields: the frame's time in the array
+of output times (8) and in the list of the times still to come (a float and its pointer, 40)."""
+
 PLANNING_FRACTION = 0.8
 """Share of a device's (or the host's available) memory a run may plan to use."""
 
