@@ -486,6 +486,17 @@ def test_info(outputs, capsys):
          "outside the grid, 0..200 x 0..250 um"),
         (["profile", "{2d}", "--field", "IL2", "--from", "1,1", "-o", "{tmp}/a.png"], "--to"),
         (["profile", "{2d}", "--field", "IL2", "-o", "{tmp}/a.png"], "--center"),
+        (["profile", "{2d}", "--field", "IL2", "--from", "1,1", "--to", "9,9", "--samples",
+          "1000001", "-o", "{tmp}/a.png"], "argument --samples: '1000001': give 2..1000000 points"),
+        (["profile", "{2d}", "--field", "IL2", "--center", "1,1", "--samples", "9", "-o",
+          "{tmp}/a.png"], "--samples is for a line (--from/--to) profile; drop it"),
+        (["profile", "{2d}", "--field", "IL2", "--from", "1,1", "--to", "9,9", "--bin", "2",
+          "-o", "{tmp}/a.png"], "--bin is for a radial (--center) profile; drop it"),
+        (["profile", "{2d}", "--field", "IL2", "--center", "1,1", "--csv", "{tmp}/no/p.csv",
+          "-o", "{tmp}/a.png"], "{tmp}/no/p.csv: folder {tmp}/no does not exist; create it"),
+        (["profile", "{2d}", "--field", "IL2", "--center", "1,1", "--csv", "{tmp}/a.png",
+          "-o", "{tmp}/./a.png"],
+         "--csv {tmp}/a.png: the same file as -o {tmp}/./a.png; give each output its own path"),
         (["movie", "{2d}", "--field", "X", "-o", "{tmp}/a.gif"], "fields: IL2, T"),
         (["movie", "{2d}", "--field", "IL2", "-o", "{tmp}/a.avi"], ".gif or .mp4"),
         (["info", "{tmp}/missing.h5"], "no such file"),
@@ -496,9 +507,9 @@ def test_bad_input_exits_2_with_one_line(outputs, tmp_path, capsys, args, messag
     code, out, err = ilsim(capsys, *args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("ilsim: error: ")
-    assert message in err
+    assert message.format(tmp=tmp_path) in err
     assert "Traceback" not in err
-    assert not (tmp_path / "a.png").exists()
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize(
@@ -531,6 +542,31 @@ def test_an_existing_figure_is_replaced_only_with_overwrite(
     if suffix != ".csv":
         assert Image.open(figure).size == (800, 600)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({figure.name, existing.name})
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("plot", ["--field", "IL2", "-o", "{folder}"]),
+        ("plot", ["-o", "{folder}"]),
+        ("profile", ["--field", "IL2", "--center", "100,100", "-o", "{folder}"]),
+        ("profile", ["--field", "IL2", "--center", "100,100", "-o", "{tmp}/a.png", "--csv",
+                     "{folder}"]),
+        ("movie", ["--field", "IL2", "-o", "{folder}"]),
+    ],
+)  # fmt: skip
+def test_a_folder_is_refused_as_an_output_even_with_overwrite(
+    outputs, tmp_path, capsys, command, args
+):
+    """A folder named as the figure, movie or CSV is refused before any drawing, as ilsim run
+    -o FOLDER is, and nothing is written."""
+    folder = tmp_path / ("taken.gif" if command == "movie" else "taken.png")
+    folder.mkdir()
+    args = [a.format(tmp=tmp_path, folder=folder) for a in args]
+    code, out, err = ilsim(capsys, command, outputs["2d"], *args, "--overwrite")
+    assert (code, out) == (2, "")
+    assert err == f"ilsim: error: {folder} is a folder; give a file path\n"
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name] and not any(folder.iterdir())
 
 
 def test_a_stopped_movie_leaves_the_earlier_file_whole(outputs, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import numpy as np
 
 import engine
 from engine.io.layout import LIVE_TRIES, MEMBER_STATISTICS, being_written, unreadable
+from engine.io.replacing import replaced
 from engine.post import analysis
 from engine.post.quantities import UnitError, read_quantity
 
@@ -27,6 +28,10 @@ def register(commands) -> None:
     _register_profile(commands)
     _register_movie(commands)
 
+
+MAX_SAMPLES = 1_000_000
+"""Most points of a line profile (--samples): far more than a figure has pixels, and read in
+seconds."""
 
 _SLICE_HELP = (
     "plane of a 3D output: AXIS=INDEX (z=12) or AXIS=POSITION (z=30um); default the middle z plane"
@@ -93,6 +98,16 @@ def _size(text: str) -> tuple[int, int]:
     if width < 50 or height < 50 or width > 20000 or height > 20000:
         raise argparse.ArgumentTypeError(f"{text!r}: each side must be 50..20000 pixels")
     return width, height
+
+
+def _samples(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
+    if not 2 <= count <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 2..{MAX_SAMPLES} points")
+    return count
 
 
 def _point(text: str, out, option: str) -> tuple[float, ...]:
@@ -380,7 +395,9 @@ def _register_profile(commands) -> None:
     profile.add_argument("--center", metavar="X,Y[,Z]", help="center of a radial profile (um)")
     profile.add_argument("--radius", type=float, help="largest radius (um; default: whole grid)")
     profile.add_argument("--bin", type=float, metavar="WIDTH", help="radial bin width (um)")
-    profile.add_argument("--samples", type=int, help="points along a line (default 2 per voxel)")
+    profile.add_argument(
+        "--samples", type=_samples, help="points along a line (default 2 per voxel)"
+    )
     profile.add_argument(
         "--time", action="append", help="time of the frame (repeat for several; default last)"
     )
@@ -405,6 +422,9 @@ def _profile(args) -> int:
     from engine.post import plots
 
     plots.check_replaceable([args.figure, args.csv], args.overwrite)
+    plots.check_apart({"-o": args.figure, "--csv": args.csv})
+    if args.csv:
+        plots.check_folder(Path(args.csv))
     with _open_output(args.output, args.member) as out:
         analysis.check_field(out, args.field)
         line = _profile_kind(args)
@@ -438,6 +458,11 @@ def _profile_kind(args) -> bool:
         raise analysis.AnalysisError(
             "give --from X,Y --to X,Y for a line profile or --center X,Y[,Z] for a radial one"
         )
+    others = {"--radius": args.radius, "--bin": args.bin} if line else {"--samples": args.samples}
+    for option, value in others.items():
+        if value is not None:
+            kind = "radial (--center)" if line else "line (--from/--to)"
+            raise analysis.AnalysisError(f"{option} is for a {kind} profile; drop it")
     return line
 
 
@@ -488,12 +513,13 @@ def _fit_profile(profile, args, geometry: str):
 
 
 def _write_profiles_csv(path, profiles) -> None:
-    """The profiles' values as CSV: time (s), distance (um), value, units."""
+    """The profiles' values as CSV: time (s), distance (um), value, units; written whole."""
     lines = ["time_s,distance_um,value,units"]
     for profile in profiles:
         for d, v in zip(profile.distance, profile.values):
             lines.append(f"{profile.time:.9g},{d:.9g},{v:.9g},{profile.units}")
-    Path(path).write_text("\n".join(lines) + "\n")
+    with replaced(Path(path)) as partial:
+        partial.write_text("\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -79,17 +79,37 @@ def check_figure_path(path) -> Path:
 
 
 def check_replaceable(paths, overwrite: bool) -> None:
-    """Refuse, before any work, to replace an existing output without --overwrite."""
-    for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
+    """Refuse, before any work, an output that is a folder, or that exists without
+    --overwrite."""
+    for path in (Path(p) for p in paths if p is not None):
+        if path.is_dir():
+            raise AnalysisError(f"{path} is a folder; give a file path")
+        if path.exists() and not overwrite:
             raise AnalysisError(f"{path} exists; pass --overwrite to replace it")
+
+
+def check_apart(outputs: dict) -> None:
+    """Refuse, before any work, two outputs of one command at one path (the second would
+    replace the first): `outputs` is {option: path or None}."""
+    seen = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise AnalysisError(
+                f"{option} {path}: the same file as {seen[where]}; give each output its own path"
+            )
+        seen[where] = f"{option} {path}"
 
 
 def check_folder(path: Path) -> None:
     """Refuse an output whose folder does not exist, before any work."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise AnalysisError(f"{path}: folder {folder} does not exist")
+        raise AnalysisError(
+            f"{path}: folder {folder} does not exist; create it or give another path"
+        )
 
 
 def save(figure: Figure, path, dpi: float | None = None) -> Path:
