@@ -239,22 +239,46 @@ def test_existing_outputs_are_kept_without_overwrite(tmp_path):
     assert status == 2 and f"{figure} exists" in errors and len(errors.splitlines()) == 1
 
 
+OLD = dict(
+    schema=bench.SCHEMA,
+    device=dict(name="cpu-old"),
+    created="2025-01-01T00:00:00+00:00",
+    copy_bandwidth=1e9,
+    rows=[dict(grid="8^2", fields=1, dtype="float32", stepper="explicit", seconds_per_step=1e-3)],
+)
+"""What --compare reads of an earlier result."""
+
+
 @pytest.mark.parametrize(
     "text, why",
     [
         ('{"rows": []}', 'no "schema": "ilsim-bench/1"'),
         ("not json", "not an ilsim"),
         (None, "no such file"),
+        (json.dumps({"schema": bench.SCHEMA}), 'no "device" name'),
+        (json.dumps({**OLD, "created": None}), 'no "created" date'),
+        (json.dumps({**OLD, "copy_bandwidth": 0}), "copy_bandwidth 0: not a positive number"),
+        (json.dumps({**OLD, "rows": None}), 'no "rows" list'),
+        (json.dumps({**OLD, "rows": [{"grid": "8^2"}]}), "rows[0]: not a case"),
+        (
+            json.dumps({**OLD, "rows": [{**OLD["rows"][0], "seconds_per_step": 0}]}),
+            "rows[0]: not a case (grid, fields, dtype, stepper) with a positive seconds_per_step",
+        ),
     ],
 )
 def test_a_compare_file_that_is_not_a_bench_result_exits_2(tmp_path, text, why):
+    """Refused before the run when it lacks what the comparison reads (a run and its files,
+    then KeyError or ZeroDivisionError, before); `OLD` is read."""
     old = tmp_path / "old.json"
     if text is not None:
         old.write_text(text)
-    status, printed, errors = ilsim("bench", "-o", str(tmp_path / "b.json"), "--compare", str(old))
+    argv = ["--quick", "--grids", "8^2", "--fields", "1", "-o", str(tmp_path / "b.json")]
+    status, printed, errors = ilsim("bench", *argv, "--compare", str(old))
     assert status == 2 and printed == "" and len(errors.splitlines()) == 1
     assert why in errors and f"--compare {old}" in errors and "earlier ilsim bench" in errors
-    assert not (tmp_path / "b.json").exists()
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "b.png").exists()
+    old.write_text(json.dumps(OLD))
+    assert bench.load_result(old) == OLD
 
 
 def test_the_largest_grid_fits_the_memory_and_steps_there():
@@ -343,6 +367,8 @@ def test_the_default_outputs_are_named_after_the_device(tmp_path, monkeypatch):
         (["--figure={tmp}/bench.xyz"], "unknown figure format '.xyz'"),
         (["--output={tmp}/no/bench.json"], "folder {tmp}/no does not exist"),
         (["--output={tmp}/no/bench.json", "--figure={tmp}/b.png"], "folder {tmp}/no does not"),
+        (["-o{tmp}/b.png", "--figure={tmp}/b.png"], "--figure {tmp}/b.png: the same file as -o"),
+        (["--output={tmp}/b.png"], "--figure {tmp}/b.png: the same file as -o {tmp}/b.png"),
     ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, paths, message):
@@ -351,6 +377,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, pa
     status, printed, errors = ilsim("bench", *argv, *(p.format(tmp=tmp_path) for p in paths))
     assert (status, printed) == (2, "") and len(errors.splitlines()) == 1
     assert message.format(tmp=tmp_path) in errors
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fields", [["0"], ["1", "-1"]])
+def test_fewer_than_one_field_is_refused_before_the_run(tmp_path, fields):
+    """--fields 0 ran into ZeroDivisionError and --fields -1 measured nothing, exit 0."""
+    argv = ["--quick", "--grids", "8^2", "--fields", *fields, "-o", str(tmp_path / "b.json")]
+    status, printed, errors = ilsim("bench", *argv)
+    assert (status, printed) == (2, "")
+    assert errors == f"ilsim: error: --fields {fields[-1]}: give a number of fields, at least 1\n"
     assert not any(tmp_path.iterdir())
 
 

@@ -58,6 +58,8 @@ def _bench(args) -> int:
     except ValueError as error:
         raise ValueError(f"--compare {error}; give the JSON an earlier ilsim bench wrote") from None
     grids = [bench.parse_grid(text) for text in args.grids] if args.grids else None
+    if args.fields and min(args.fields) < 1:
+        raise ValueError(f"--fields {min(args.fields)}: give a number of fields, at least 1")
     platform = jax.devices()[0].platform
     matrix = bench.standard_matrix(platform, args.quick, grids, args.fields)
     echo = functools.partial(print, flush=True)

@@ -511,12 +511,14 @@ def largest_lines(result: dict) -> list[str]:
 
 
 def check_outputs(paths, overwrite: bool) -> None:
-    """ValueError, one line, where an output path exists (without `overwrite`), its folder
-    does not, or a figure's format is unknown: checked before a run, not after it."""
+    """ValueError, one line, where an output path exists (without `overwrite`) or is a
+    folder, its folder does not exist, a figure's format is unknown, or the JSON and the
+    figure are one file: checked before a run, not after it."""
     json_path, figure_path = (Path(p) for p in paths)
     plots.check_figure_path(figure_path)  # its format and folder
     plots.check_folder(json_path)
     plots.check_replaceable([json_path, figure_path], overwrite)
+    plots.check_apart({"-o": json_path, "--figure": figure_path})
 
 
 def write_result(result: dict, path) -> Path:
@@ -539,7 +541,39 @@ def load_result(path) -> dict:
         raise ValueError(f"{path}: not an ilsim bench JSON ({error})") from None
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
         raise ValueError(f'{path}: not an ilsim bench JSON (no "schema": "{SCHEMA}")')
+    problem = _comparison_problem(result)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     return result
+
+
+def _comparison_problem(result: dict) -> str | None:
+    """What `comparison_lines` reads of `result` and finds missing or unusable, None where
+    nothing: the device's name, the date, a positive copy bandwidth, and each row's case
+    with positive seconds per step."""
+    device = result.get("device")
+    if not (isinstance(device, dict) and isinstance(device.get("name"), str)):
+        return 'no "device" name'
+    if not isinstance(result.get("created"), str):
+        return 'no "created" date'
+    if not _positive(result.get("copy_bandwidth")):
+        return f"copy_bandwidth {result.get('copy_bandwidth')!r}: not a positive number"
+    rows = result.get("rows")
+    if not isinstance(rows, list):
+        return 'no "rows" list'
+    for i, row in enumerate(rows):
+        case = isinstance(row, dict) and all(isinstance(row.get(k), t) for k, t in _CASE.items())
+        if not (case and _positive(row.get("seconds_per_step"))):
+            return f"rows[{i}]: not a case ({', '.join(_CASE)}) with a positive seconds_per_step"
+    return None
+
+
+_CASE = {"grid": str, "fields": int, "dtype": str, "stepper": str}
+"""The keys of a row that name its case, with their types."""
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 def comparison(new: dict, old: dict) -> list[dict]:
