@@ -16,9 +16,10 @@ from engine.cli.main import main
 from engine.config.errors import ConfigError
 from engine.config.loading import load_config
 from engine.config.toml import dump_toml
+from engine.numerics.memory import PLANNING_FRACTION
 from engine.post import plots
 from engine.runs.driver import run
-from engine.runs.sweep import Ensemble, member_rows
+from engine.runs.sweep import MAX_MEMBERS, Ensemble, member_rows
 
 # the shared IL-2/T-cell config (tests/conftest.py) on a 20 x 16 grid, its core moved along
 CHANGES = {
@@ -141,6 +142,52 @@ def test_vary_syntax():
         parse_vary("k=log:0:1:3")
     with pytest.raises(ConfigError, match="lin:1:2: write lin:A:B:N or log:A:B:N"):
         parse_vary("k=lin:1:2")
+    for empty in ("1,,2", "1,2,", ",1"):  # an empty value was dropped
+        with pytest.raises(ConfigError, match=f"^--vary k={empty}: an empty value in the list"):
+            parse_vary(f"k={empty}")
+    assert len(parse_vary(f"k=lin:1:2:{MAX_MEMBERS}")[1]) == MAX_MEMBERS
+    with pytest.raises(ConfigError, match=f"N is more than the {MAX_MEMBERS} members"):
+        parse_vary(f"k=log:1:2:{MAX_MEMBERS + 1}")  # 10^8 took minutes and 20 GB
+
+
+def test_a_sweep_has_at_most_max_members_and_their_fields_fit_the_memory(monkeypatch, config):
+    """Refused before any member is made: more members than MAX_MEMBERS (their combinations
+    were listed first, without end), or more than the memory holds."""
+    assert len(member_rows({"a": [1] * 1000, "b": [1] * 100})[1]) == MAX_MEMBERS
+    with pytest.raises(ConfigError, match=r"^sweep: 101000 members \(1000 x 101\), more than"):
+        member_rows({"a": [1] * 1000, "b": [1] * 101})
+    with pytest.raises(ConfigError, match=r"^sweep: 100001 members, more than the 100000"):
+        member_rows({"a": [1] * (MAX_MEMBERS + 1), "b": [2] * (MAX_MEMBERS + 1)}, product=False)
+    cfg = load_config(config)
+    member = len(cfg.field_names) * np.prod(cfg.grid.shape) * cfg.bytes_per_value
+    available = 2.5 * member / PLANNING_FRACTION
+    monkeypatch.setattr("engine.runs.sweep.available_memory", lambda: available)
+    assert Ensemble(cfg, {"terms[1].k_on": [0.001, 0.01]}).size == 2
+    with pytest.raises(ConfigError, match="^sweep: the fields of 3 members need about .* GB"):
+        Ensemble(cfg, {"terms[1].k_on": [0.001, 0.01, 0.1]})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--vary", "terms[1].k_on=1,2", "--vary", "terms[1].k_on=3,4"],
+         "--vary: terms[1].k_on, terms[1].k_on names a key twice; name each once"),
+        (["--vary", "terms[1].k_on=1,,2"], "--vary terms[1].k_on=1,,2: an empty value in the list"),
+        (["--vary", "terms[1].k_on=1,2", "--param", "terms[1].k_on"],
+         "--param: only with --sensitivity; add --sensitivity or drop --param"),
+        (["--vary", "terms[1].k_on=1,2", "--summary", "IL2"], "--summary: only with --sensitivity"),
+    ],
+)  # fmt: skip
+def test_ilsim_sweep_refuses_what_it_would_drop_before_running(
+    tmp_path, capsys, config, argv, message
+):
+    """A key varied twice (only its last values ran), an empty value (dropped), and the
+    options of --sensitivity without it (ignored): one line, exit 2, nothing written."""
+    (tmp_path / "model.toml").write_text(dump_toml(load_config(config)))
+    assert main(["sweep", str(tmp_path / "model.toml"), *argv, "-o", str(tmp_path / "s.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert [p.name for p in tmp_path.iterdir()] == ["model.toml"]
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,7 @@ def parse_vary(text: str) -> tuple[str, list]:
     `KEY=lin:A:B:N` / `KEY=log:A:B:N` (N values evenly or log-evenly spaced from A to B)."""
     from engine.config.errors import ConfigError
     from engine.config.loading import parse_override
+    from engine.runs.sweep import MAX_MEMBERS
 
     key, value = parse_override(text)
     text = str(value).strip()
@@ -80,16 +81,37 @@ def parse_vary(text: str) -> tuple[str, list]:
             raise ConfigError(f"--vary {key}: {text}: A and B must be numbers") from None
         if kind == "log" and (lo <= 0 or hi <= 0):
             raise ConfigError(f"--vary {key}: {text}: log spacing needs A, B > 0")
+        if int(count) > MAX_MEMBERS:
+            raise ConfigError(
+                f"--vary {key}: {text}: N is more than the {MAX_MEMBERS} members a sweep "
+                "takes; give fewer values or split the sweep"
+            )
         space = np.geomspace if kind == "log" else np.linspace
         return key, space(lo, hi, int(count)).tolist()
     if re.match(r"(lin|log):", text):
         raise ConfigError(f"--vary {key}: {text}: write lin:A:B:N or log:A:B:N (N values)")
-    values = [parse_override(f"v={part}")[1] for part in text.split(",") if part.strip()]
     if isinstance(value, list):  # written as a TOML array
         values = value
+    else:
+        parts = text.split(",") if text else []
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"--vary {key}={text}: an empty value in the list; write V1,V2,...")
+        values = [parse_override(f"v={part}")[1] for part in parts]
     if not values:
         raise ConfigError(f"--vary {key}: no values; write KEY=V1,V2,... or KEY=log:A:B:N")
     return key, values
+
+
+def _vary_table(texts: list[str]) -> dict:
+    """The --vary options as {key: values}; a key given twice is refused (as fit --param)."""
+    from engine.config.errors import ConfigError
+    from engine.config.parameters import display_key
+
+    pairs = [parse_vary(text) for text in texts]
+    keys = [display_key(key) for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--vary: {', '.join(keys)} names a key twice; name each once")
+    return dict(pairs)
 
 
 def _sweep(args) -> int:
@@ -98,6 +120,10 @@ def _sweep(args) -> int:
     from engine.runs.gradients import sensitivity
     from engine.runs.sweep import Ensemble
 
+    given = [option for option in ("param", "summary") if getattr(args, option)]
+    if given and not args.sensitivity:
+        named = " and ".join(f"--{option}" for option in given)
+        raise ConfigError(f"{named}: only with --sensitivity; add --sensitivity or drop {named}")
     options.select_backend(args.backend)
     options.select_devices(args.devices)
     cfg = options.load(args)
@@ -109,7 +135,7 @@ def _sweep(args) -> int:
         return 0
     if not args.vary:
         raise ConfigError("ilsim sweep: give --vary KEY=V1,V2,... (or --sensitivity)")
-    vary = dict(parse_vary(text) for text in args.vary)
+    vary = _vary_table(args.vary)
     output = Path(args.output) if args.output else Path(Path(args.config).stem + "_sweep.h5")
     ensemble = Ensemble(cfg, vary, product=not args.zip, chunk=args.chunk, devices=args.devices)
     if not args.quiet:

@@ -8,6 +8,7 @@ the single run of its config to rounding.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +18,19 @@ from engine.config.errors import ConfigError
 from engine.config.loading import load_config
 from engine.config.parameters import Parameters, config_value, display_key
 from engine.config.schema import Config
+from engine.numerics.memory import PLANNING_FRACTION, available_memory
 from engine.runs.driver import output_times, run
 from engine.runs.simulation import Simulation, unstable_step_as_config_error
 from engine.stepping import ensemble
 
+MAX_MEMBERS = 100_000
+"""Most members of one sweep: each member's config is validated on its own (about a
+millisecond each), and its file holds every member's frames."""
+
 
 def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list[tuple]]:
     """The keys and, per member, their values: every combination (`product`) or the lists
-    zipped (all of one length)."""
+    zipped (all of one length); at most MAX_MEMBERS members."""
     if not vary:
         raise ConfigError("sweep: nothing to vary; give at least one KEY=V1,V2,...")
     keys = tuple(display_key(k) for k in vary)
@@ -32,16 +38,35 @@ def member_rows(vary: dict, product: bool = True) -> tuple[tuple[str, ...], list
     for key, values in zip(keys, lists):
         if not values:
             raise ConfigError(f"{key}: no values to vary over; give at least one")
-    if product:
-        return keys, list(itertools.product(*lists))
-    lengths = {len(v) for v in lists}
-    if len(lengths) > 1:
+    lengths = [len(v) for v in lists]
+    if not product and len(set(lengths)) > 1:
         raise ConfigError(
             "sweep: paired values (--zip, product = False) need as many of each key; got "
-            + ", ".join(f"{k} ({len(v)})" for k, v in zip(keys, lists))
+            + ", ".join(f"{k} ({n})" for k, n in zip(keys, lengths))
             + "; give each the same number, or combine them (no --zip)"
         )
-    return keys, list(zip(*lists))
+    count = math.prod(lengths) if product else lengths[0]
+    if count > MAX_MEMBERS:
+        combined = f" ({' x '.join(map(str, lengths))})" if product and len(lengths) > 1 else ""
+        raise ConfigError(
+            f"sweep: {count} members{combined}, more than the {MAX_MEMBERS} a sweep takes; "
+            "vary fewer values or split the sweep"
+        )
+    return keys, list(itertools.product(*lists) if product else zip(*lists))
+
+
+def check_members_memory(cfg: Config, count: int, available: int | None) -> None:
+    """ConfigError where the fields of `count` members of `cfg` (a sweep holds them all
+    between its batches) exceed PLANNING_FRACTION of `available` bytes (None: unknown, not
+    checked)."""
+    need = count * len(cfg.field_names) * math.prod(cfg.grid.shape) * cfg.bytes_per_value
+    if available is None or need <= PLANNING_FRACTION * available:
+        return
+    raise ConfigError(
+        f"sweep: the fields of {count} members need about {need / 1e9:.3g} GB, more than "
+        f"{PLANNING_FRACTION:.0%} of the available memory ({available / 1e9:.3g} GB); vary "
+        "fewer values or use a smaller grid.shape"
+    )
 
 
 class Ensemble(ensemble.Ensemble):
@@ -69,6 +94,7 @@ class Ensemble(ensemble.Ensemble):
             )
         self.config = cfg
         keys, rows = member_rows(vary, product)
+        check_members_memory(cfg, len(rows), available_memory())
         parameters = Parameters.of(cfg, keys)
         # each member's config, validated as its single run's would be, gives its values
         configs = [load_config(cfg, dict(zip(keys, row))) for row in rows]
