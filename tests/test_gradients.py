@@ -4,6 +4,9 @@ error bars, and sensitivities rank the parameters."""
 
 from __future__ import annotations
 
+import shutil
+
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -274,6 +277,15 @@ def test_ilsim_fit_reads_an_output_file(tmp_path, capsys, float64):
     for bad in (tmp_path / "none.h5", config):
         assert main(["fit", str(config), "--data", str(bad), "--param", FIT_KEYS[0]]) == 2
         assert str(bad) in capsys.readouterr().err
+    holed = tmp_path / "holed.h5"  # fitted, then "SVD did not converge"
+    shutil.copy(data, holed)
+    with h5py.File(holed, "r+") as file:
+        file["fields/IL2"][2, 5] = np.nan
+    assert main(["fit", str(config), "--data", str(holed), "--param", FIT_KEYS[0]]) == 2
+    assert capsys.readouterr().err == (
+        "ilsim: error: data: field IL2, frame 3/6 (t = 4 min) holds NaN or inf; fit "
+        "observations of finite values\n"
+    )
 
 
 @pytest.mark.slow  # a forward-mode program per parameter; value_and_gradient runs by default

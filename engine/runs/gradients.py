@@ -43,7 +43,7 @@ from engine.config.schema import Config
 from engine.model.model import Fields
 from engine.numerics import compilation
 from engine.numerics.constants import MOLECULES_PER_UM3_PER_NM
-from engine.post.analysis import text_table
+from engine.post.analysis import format_time, text_table
 from engine.runs.simulation import Simulation
 from engine.stepping.simulation import in_precision, precision, steps_within, stretches
 from engine.stepping.steppers import cells_after
@@ -402,6 +402,25 @@ class FitResult:
         )
 
 
+def _check_observed(data: Observed, names, grid_shape) -> None:
+    """ValueError, naming the field and frame, where an observed field to fit is not the
+    run's frames, (n_times, *grid), or holds a value that is not finite."""
+    expected = (len(data.times), *grid_shape)
+    for n in names:
+        values = data.fields[n]
+        if values.shape != expected:
+            raise ValueError(
+                f"data: field {n} has shape {values.shape}, the run's frames are {expected}"
+            )
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            raise ValueError(
+                f"data: field {n}, frame {k + 1}/{len(values)} (t = {format_time(data.times[k])}) "
+                "holds NaN or inf; fit observations of finite values"
+            )
+
+
 @in_config_precision
 def fit(
     cfg: Config,
@@ -430,6 +449,7 @@ def fit(
             f"data: none of the observed fields ({', '.join(data.fields)}) is a field of the "
             f"model ({', '.join(cfg.field_names)})"
         )
+    _check_observed(data, names, cfg.grid.shape)
     trajectory = Trajectory(cfg, params, data.times, segment)
     _check_mode(trajectory, "reverse", forward=False)
     start = trajectory.values
@@ -439,12 +459,6 @@ def fit(
     dtype = trajectory.sim.dtype
     scales = {n: max(float(np.max(np.abs(data.fields[n]))), 1e-300) for n in names}
     targets = {n: jnp.asarray(data.fields[n] / scales[n], dtype) for n in names}
-    for n in names:
-        expected = (len(data.times), *cfg.grid.shape)
-        if data.fields[n].shape != expected:
-            raise ValueError(
-                f"data: field {n} has shape {data.fields[n].shape}, the run's frames are {expected}"
-            )
 
     def residuals(log_values):
         frames = trajectory(jnp.exp(log_values))
