@@ -11,21 +11,10 @@ from engine.numerics.memory import FRAME_BYTES, PLANNING_FRACTION, STATE_COPIES,
 
 
 def check_memory(cfg: Config, available: int | None) -> None:
-    """ConfigError if the run's output times (FRAME_BYTES a frame) or its state estimate
-    (`Config.memory_bytes`: fields and cells) exceed PLANNING_FRACTION of `available` bytes
-    (None: unknown, not checked). The error names time.output_every, grid.shape, or the
-    largest cell type's capacity when the cells need more than the fields."""
-    t = cfg.time
-    if t.output_every is not None:
-        frames = t.end / t.output_every + 2  # at most; a float, as it may pass any integer
-        check_fits(
-            frames * FRAME_BYTES,
-            available,
-            "time.output_every",
-            f"{frames:.3g} frames, time.end {t.end:g} s / output_every {t.output_every:g} s, "
-            f"x {FRAME_BYTES} bytes for their times alone",
-            "use a larger output_every or a shorter time.end",
-        )
+    """ConfigError if the run's state estimate (`Config.memory_bytes`: fields and cells) or its
+    output times (FRAME_BYTES a frame) exceed PLANNING_FRACTION of `available` bytes (None:
+    unknown, not checked). The error names grid.shape, or the largest cell type's capacity
+    when the cells need more than the fields, or time.output_every."""
     need = cfg.memory_bytes()
     fields = max(len(cfg.field_names), 1)
     voxels = math.prod(cfg.grid.shape)
@@ -42,6 +31,17 @@ def check_memory(cfg: Config, available: int | None) -> None:
             )
             key, fix = f"cells.{name}.capacity", "lower the cell types' capacities"
     check_fits(need, available, key, what, fix)
+    t = cfg.time
+    if t.output_every is not None:
+        frames = t.end / t.output_every + 2  # at most; a float, as it may pass any integer
+        check_fits(
+            frames * FRAME_BYTES,
+            available,
+            "time.output_every",
+            f"{frames:.3g} frames, time.end {t.end:g} s / output_every {t.output_every:g} s, "
+            f"x {FRAME_BYTES} bytes for their times alone",
+            "use a larger output_every or a shorter time.end",
+        )
 
 
 def check_fits(need: float, available: int | None, key: str, what: str, fix: str) -> None:
