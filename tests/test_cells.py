@@ -259,7 +259,11 @@ def receptor_growth_model() -> Model:
 
 @pytest.mark.parametrize(
     "stepper, dt",
-    [pytest.param("explicit", "auto", marks=pytest.mark.slow), ("imex", "auto"), ("imex", 0.3)],
+    [
+        pytest.param("explicit", "auto", marks=pytest.mark.slow),
+        ("imex", "auto"),
+        pytest.param("imex", 0.3, marks=pytest.mark.slow),
+    ],
 )
 def test_a_growing_cell_state_reaches_the_field_however_the_run_is_cut(stepper, dt, monkeypatch):
     """The fields see a cell's state as it was at the cell step's start, so the cell step

@@ -278,6 +278,7 @@ def test_the_fused_step_lowers_to_triton_for_a_gpu(monkeypatch, config):
     assert "num_warps = 8" in text
 
 
+@SLOW  # two kernel programs and a GPU lowering, 5 s; the fused step's results run by default
 def test_the_kernels_launch_as_kernel_launch_says(monkeypatch, config):
     """`kernel_launch` sets the tile and warps the kernels are built with (what
     bench_kernel_tiles.py varies, on this Simulation only): the lowered kernel has its

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,6 +255,15 @@ def test_resume_refuses_a_region_whose_mask_file_changed(tmp_path, capsys):
         np.testing.assert_array_equal(done.regions["vessels"], used)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, output) of a 4-minute run, to copy."""
+    folder = tmp_path_factory.mktemp("finished")
+    config, out = write_config(folder, end="4 min"), folder / "out.h5"
+    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    return config, out
+
+
 def _drop_checkpoint_field(f):
     del f["checkpoint/IL2"]
 
@@ -284,11 +294,13 @@ def _set_config(value):
         (_set_config("[grid\nshape = 1"), "its config is not valid TOML"),
     ],
 )
-def test_resume_refuses_a_damaged_file_in_one_line_naming_it(tmp_path, capsys, damage, message):
+def test_resume_refuses_a_damaged_file_in_one_line_naming_it(
+    finished_run, tmp_path, capsys, damage, message
+):
     """Each was an internal error (KeyError, AttributeError: status 1) or a raw JAX or TOML
     message naming no file."""
-    config, out = write_config(tmp_path, end="4 min"), tmp_path / "out.h5"
-    assert main(["run", str(config), "-o", str(out), "--quiet"]) == 0
+    config, out = finished_run[0], tmp_path / "out.h5"
+    shutil.copy(finished_run[1], out)
     with h5py.File(out, "r+") as f:
         damage(f)
     capsys.readouterr()
@@ -350,8 +362,6 @@ def test_a_step_too_short_to_count_is_refused_and_leaves_no_file(tmp_path, capsy
 def test_frames_that_outgrow_the_disk_are_announced(tmp_path, capsys, monkeypatch):
     """A run whose frames, uncompressed, take more than the disk has free says so in one
     note before it starts (compression may still fit them)."""
-    import shutil
-
     from engine.runs import driver
 
     usage = shutil.disk_usage(tmp_path)
@@ -570,8 +580,6 @@ def test_an_interrupted_or_killed_run_resumes_like_an_uninterrupted_run(
     leaves) opens with every frame; both resume to the frames of an uninterrupted run. Also
     without output.checkpoint_every: a run checkpoints its first frame, so that a kill
     before its first timed checkpoint leaves a file to resume."""
-    import shutil
-
     from engine.io.writer import OutputWriter
 
     config = write_config(tmp_path, n=12, stepper="explicit", checkpoint=checkpoint)
@@ -610,8 +618,6 @@ def test_a_new_file_takes_its_name_with_its_first_checkpoint_and_sidecar(tmp_pat
     once its first frame and checkpoint are in (renamed with the frame alone, neither
     --resume nor a rerun took it), and the sidecar, written with the rename, shows the new
     run (a replaced run's sidecar of 11 frames stayed beside it)."""
-    import shutil
-
     from engine.io.writer import OutputWriter
 
     config = write_config(tmp_path, n=12, stepper="explicit")
