@@ -170,3 +170,16 @@ def child():
         return [sys.executable, str(CHILDREN / f"{name}.py"), *map(str, args)]
 
     return command
+
+
+@pytest.fixture
+def write_text_stops_halfway(monkeypatch):
+    """Path.write_text writes half its text, then raises KeyboardInterrupt: a write stopped
+    midway (Ctrl-C), for checking what a file that is replaced whole is left as."""
+
+    def stopped(self, text, *args, **kwargs):
+        with open(self, "w") as file:
+            file.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", stopped)

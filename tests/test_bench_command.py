@@ -390,18 +390,13 @@ def test_fewer_than_one_field_is_refused_before_the_run(tmp_path, fields):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_result_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+def test_a_result_is_replaced_whole_or_not_at_all(tmp_path, request):
     """write_result writes beside the file and renames it: a write stopped halfway leaves the
     earlier result whole, and nothing beside it."""
     path = bench.write_result({"schema": bench.SCHEMA, "rows": []}, tmp_path / "bench.json")
     earlier = path.read_text()
 
-    def stopped(self, text, *args, **kwargs):
-        with open(self, "w") as file:
-            file.write(text[: len(text) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", stopped)
+    request.getfixturevalue("write_text_stops_halfway")  # after the earlier file is written
     with pytest.raises(KeyboardInterrupt):
         bench.write_result({"schema": bench.SCHEMA, "rows": [{"grid": "8^3"}]}, path)
     assert path.read_text() == earlier

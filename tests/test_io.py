@@ -658,7 +658,7 @@ def test_xdmf_sidecar(written, tmp_path):
     _check_xdmf(moved / path.name)
 
 
-def test_an_interrupted_sidecar_write_leaves_the_earlier_sidecar_whole(written, monkeypatch):
+def test_an_interrupted_sidecar_write_leaves_the_earlier_sidecar_whole(written, request):
     """write_xdmf writes beside the sidecar and renames it: stopped halfway, it leaves the
     earlier sidecar whole and nothing beside it."""
     path, _ = written
@@ -666,12 +666,7 @@ def test_an_interrupted_sidecar_write_leaves_the_earlier_sidecar_whole(written, 
     earlier = sidecar.read_text()
     before = sorted(path.parent.iterdir())
 
-    def stopped(self, text, *args, **kwargs):
-        with open(self, "w") as file:
-            file.write(text[: len(text) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", stopped)
+    request.getfixturevalue("write_text_stops_halfway")  # after the earlier file is written
     with pytest.raises(KeyboardInterrupt):
         write_xdmf(path)
     assert sidecar.read_text() == earlier
