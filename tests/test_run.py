@@ -288,7 +288,7 @@ def _set_config(value):
     "damage, message",
     [
         (_drop_checkpoint_field, "the checkpoint holds no field 'IL2'; not this run's"),
-        (_shrink_checkpoint_field, "the checkpoint's 'IL2' has shape (4, 4), not the grid's"),
+        (_shrink_checkpoint_field, "'IL2' has shape (4, 4), not the grid's (24, 24)"),
         (_drop_time, "an ilsim file without /time"),
         (_set_config(7), "holds no config text"),
         (_set_config("[grid\nshape = 1"), "its config is not valid TOML"),

@@ -244,6 +244,10 @@ def run(
             check_format(f, output)
         refuse_changed_regions(output, _region_masks(sim))
         saved = read_checkpoint(output, load=sim.load_fields)
+        missing = [name for name in sim.model.names if name not in saved.fields]
+        if missing:
+            field = missing[0]
+            raise RunError(f"{output}: the checkpoint holds no field {field!r}; not this run's")
         if saved.time > cfg.time.end * (1 + 1e-12):
             raise RunError(
                 f"time.end: {cfg.time.end:g} s is before {output}'s checkpoint at "

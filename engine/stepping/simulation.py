@@ -290,14 +290,11 @@ class Simulation:
     def load_fields(self, datasets) -> Fields:
         """Fields read from arrays or HDF5 datasets ({name: dataset}, a checkpoint) onto this
         simulation's devices: each process reads only its own devices' blocks."""
-        missing = [name for name in self.model.names if name not in datasets]
-        if missing:
-            raise ValueError(f"the checkpoint holds no field {missing[0]!r}; not this run's")
         for name, data in datasets.items():
             if tuple(data.shape[-len(self._grid_shape) :]) != tuple(self._grid_shape):
                 raise ValueError(
-                    f"the checkpoint's {name!r} has shape {tuple(data.shape)}, not the "
-                    f"grid's {tuple(self._grid_shape)}; not this run's"
+                    f"{name!r} has shape {tuple(data.shape)}, not the grid's "
+                    f"{tuple(self._grid_shape)}; not this run's"
                 )
         sharding = None
         if self.mesh is not None:
