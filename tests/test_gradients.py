@@ -124,7 +124,7 @@ def test_checkpointed_segments_give_one_gradient_and_bound_memory(float64, confi
 
     def temporary_bytes(segment):
         trajectory = Trajectory(cfg, KEYS[:2], segment=segment)
-        steps = sum(n for n, _, _ in trajectory._plan[-1][1])
+        steps = sum(n for n, *_ in trajectory._plan[-1][1])
         grad = jax.jit(jax.grad(lambda v: loss(trajectory(v))))
         compiled = grad.lower(jnp.asarray(trajectory.values)).compile()
         return steps, compiled.memory_analysis().temp_size_in_bytes
