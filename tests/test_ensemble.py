@@ -267,6 +267,11 @@ def test_a_sweep_resumes_from_its_checkpoint_like_a_straight_run(tmp_path, confi
             np.testing.assert_allclose(a.field("IL2")[()], b.field("IL2")[()], rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="members differ"):
         run(Ensemble(longer, {"terms[1].k_on": [1.0, 2.0]}), tmp_path / "straight.h5", resume=True)
+    with pytest.raises(ValueError, match="holds a sweep; resume it with ilsim sweep --resume"):
+        run(engine.Simulation(longer), tmp_path / "straight.h5", resume=True)
+    run(engine.Simulation(cfg), tmp_path / "single.h5", quiet=True)
+    with pytest.raises(ValueError, match="holds a single run; resume it with ilsim run --resume"):
+        run(Ensemble(longer, vary), tmp_path / "single.h5", resume=True, quiet=True)
 
 
 def test_a_multi_process_run_refuses_a_sweep(tmp_path, monkeypatch, config):

@@ -250,7 +250,11 @@ def resume_problems(
     same = set(stored_members) == set(members) and all(
         np.array_equal(stored_members[k], v) for k, v in members.items()
     )
-    if not same:
+    if stored_members and not members:
+        problems.append("the file holds a sweep; resume it with ilsim sweep --resume")
+    elif members and not stored_members:
+        problems.append("the file holds a single run; resume it with ilsim run --resume")
+    elif not same:
         problems.append("the sweep's members differ from the file's /members")
     problems += _cell_problems(read_cells(f), cells)
     return problems
