@@ -51,7 +51,7 @@ def test_the_trajectory_with_cells_is_the_run(float64, stepper):
     trajectory = Trajectory(cfg, KEYS)
     frames = trajectory(trajectory.values)
     sim = engine.Simulation(cfg)
-    every = sim.cell_every(sim.initial_state(), sim.time_step(sim.initial_state()))
+    every, _ = sim.cell_steps(sim.initial_state(), sim.time_step(sim.initial_state()))
     assert {leg[2] for _, legs in trajectory._plan for leg in legs} == {every}
     state = sim.initial_state()
     for index, t in enumerate(trajectory.times):

@@ -119,16 +119,14 @@ class Trajectory:
     def _intervals(self) -> list[tuple[int, tuple[tuple[int, float, int, int], ...]]]:
         """Runs of equal intervals between frames: (frames in the run, the interval's legs
         as (steps, step size s, field steps per cell step, parts of a cell step)), the steps
-        `Simulation.advance`
-        takes at the config's values (recorded from such a run where the accuracy target
-        sets them); no legs for a frame at t = 0."""
+        `Simulation.advance` takes at the config's values (recorded from such a run where the
+        accuracy target sets them); no legs for a frame at t = 0."""
         plan: list[tuple[int, tuple[tuple[int, float, int, int], ...]]] = []
         starts = np.concatenate([[0.0], self.times])
         sim = self.sim
         state = sim.initial_state()
         dt = None if sim.error_controlled else sim.time_step(state)
-        every = 1 if dt is None else sim.cell_every(state, dt)
-        parts = 1 if dt is None else sim.cell_parts(state, dt)
+        every, parts = (1, 1) if dt is None else sim.cell_steps(state, dt)
         for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
             legs: list = []
             if b > a and dt is None:

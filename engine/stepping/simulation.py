@@ -364,7 +364,7 @@ class Simulation:
         """What a run would do: the stiffest reaction (field and rate, 1/s, a saturable sink
         at its emptied field's rate: `draining_loss_rates`), the explicit stability limit (s)
         and the step this stepper takes (s) over the next `span` (s, `time_step`); with cells,
-        how many field steps a cell step spans, in how many parts it is taken (`cell_parts`)
+        how many field steps a cell step spans, in how many parts it is taken (`cell_steps`)
         and each type's (count, capacity)."""
         state = self.initial_state() if state is None else state
         model = self.model.coupled(state.cells, state.fields)
@@ -379,8 +379,7 @@ class Simulation:
             stepper=self.stepper.name,
         )
         if self.model.cells:
-            report["cell_every"] = self.cell_every(state, report["dt"])
-            report["cell_parts"] = self.cell_parts(state, report["dt"])
+            report["cell_every"], report["cell_parts"] = self.cell_steps(state, report["dt"])
             report["cells"] = {k: (int(c.count), c.alive.shape[0]) for k, c in state.cells.items()}
         return report
 
@@ -411,23 +410,20 @@ class Simulation:
         return float(self._stable_dt(self.model, state.fields, state.cells)[0])
 
     @in_precision
-    def cell_every(self, state: State, dt: float) -> int:
-        """How many field steps of `dt` (s) the cells take one step over: as many as fit in
-        `cells_dt` (at least 1), so that cells cost little where a stability limit holds the
-        fields' step far below theirs."""
+    def cell_steps(self, state: State, dt: float) -> tuple[int, int]:
+        """(field steps of `dt` (s) per cell step, equal parts each cell step is taken in)
+        from `state`: as many field steps as fit in `cells_dt` (at least 1), so that cells
+        cost little where a stability limit holds the fields' step far below theirs; one
+        part, unless a fixed dt is longer than `cells_dt`, then as many as bring each within
+        it (`model.cells.cell_parts`)."""
         if not self.model.cells:
-            return 1
-        return self._cell_every(self._steps(state)[1], dt)
+            return 1, 1
+        return self._cell_steps(self._steps(state)[1], dt)
 
-    @in_precision
-    def cell_parts(self, state: State, dt: float) -> int:
-        """How many equal parts each cell step (`cell_every` field steps of `dt`, s) is taken
-        in: one, unless a fixed dt is longer than the cells' limit `cells_dt`; then as many
-        as bring each within it."""
-        if not self.model.cells:
-            return 1
-        limit = self._steps(state)[1]
-        return cell_parts(self._cell_every(limit, dt) * dt, limit)
+    def _cell_steps(self, cells_limit: float, dt: float) -> tuple[int, int]:
+        """`cell_steps` for the cells' limit `cells_limit` (s)."""
+        every = self._cell_every(cells_limit, dt)
+        return every, cell_parts(every * dt, cells_limit)
 
     def _cell_every(self, cells_limit: float, dt: float) -> int:
         """Field steps of `dt` (s) per cell step: as many as fit in `cells_limit` (s); one
@@ -563,8 +559,7 @@ class Simulation:
                 n_steps = steps_within(stop - t, dt_max)
                 refuse_uncountable_steps(n_steps, stop - t, self.stepper.name)
                 dt = (stop - t) / n_steps
-                every = self._cell_every(cells_limit, dt) if self.model.cells else 1
-                parts = cell_parts(every * dt, cells_limit) if self.model.cells else 1
+                every, parts = self._cell_steps(cells_limit, dt) if self.model.cells else (1, 1)
                 if cell_steps and every * cell_steps < n_steps:
                     n_steps = every * cell_steps
                     stop = t + n_steps * dt
