@@ -379,6 +379,7 @@ def test_a_read_that_fails_while_a_run_writes_the_file_is_tried_again(
     2 of 30 `ilsim info` of a live file failed): the file commands try again after a pause,
     printing once, at most LIVE_TRIES times; a file no run writes fails at once."""
     from engine.cli import files
+    from engine.io import layout
 
     calls, pauses = [], []
     print_fields = files._print_fields
@@ -390,16 +391,16 @@ def test_a_read_that_fails_while_a_run_writes_the_file_is_tried_again(
         print_fields(out)
 
     monkeypatch.setattr(files, "_print_fields", flaky)
-    monkeypatch.setattr(files, "being_written", lambda path: live)
-    monkeypatch.setattr(files.time, "sleep", pauses.append)
+    monkeypatch.setattr(layout, "being_written", lambda path: live)
+    monkeypatch.setattr(layout.time, "sleep", pauses.append)
     code, out, err = ilsim(capsys, "info", outputs["2d"])
-    if live and tries <= files.LIVE_TRIES:
+    if live and tries <= layout.LIVE_TRIES:
         assert (code, err, len(calls)) == (0, "", tries)
         assert out.count("file: ") == 1 and "fields:" in out  # printed once, whole
         assert pauses == [0.1 * k for k in range(1, tries)]
     else:
         assert (code, out) == (2, "") and "addr overflow" in err and err.count("\n") == 1
-        assert len(calls) == (files.LIVE_TRIES if live else 1)
+        assert len(calls) == (layout.LIVE_TRIES if live else 1)
 
 
 def test_being_written_sees_another_process_hold_the_file(outputs, tmp_path):

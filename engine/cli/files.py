@@ -9,13 +9,12 @@ import contextlib
 import io
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import engine
-from engine.io.layout import LIVE_TRIES, MEMBER_STATISTICS, being_written, unreadable
+from engine.io.layout import MEMBER_STATISTICS, unreadable, while_written
 from engine.io.replacing import replaced
 from engine.post import analysis
 from engine.post.quantities import UnitError, read_quantity
@@ -47,25 +46,23 @@ _MEMBER_HELP = (
 
 
 def _reading_live(handler):
-    """`handler`, tried again after a pause (at most `LIVE_TRIES` in all, what it prints
-    held back until it succeeds) when reading its file fails while a run writes it."""
+    """`handler`, tried again while a run writes its file and reading it fails
+    (`io.layout.while_written`), what it prints held back until it succeeds."""
+
+    def attempt(args) -> tuple[int, str]:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            return handler(args), printed.getvalue()
+
+    def unread(error) -> bool:
+        return isinstance(error, OSError) or (
+            isinstance(error, analysis.AnalysisError) and isinstance(error.__context__, OSError)
+        )
 
     def tried(args) -> int:
-        attempt = 1
-        while True:
-            printed = io.StringIO()
-            try:
-                with contextlib.redirect_stdout(printed):
-                    status = handler(args)
-            except (OSError, analysis.AnalysisError) as error:
-                unread = isinstance(error, OSError) or isinstance(error.__context__, OSError)
-                if not unread or attempt == LIVE_TRIES or not being_written(args.output):
-                    raise
-                time.sleep(0.1 * attempt)
-                attempt += 1
-                continue
-            sys.stdout.write(printed.getvalue())
-            return status
+        status, printed = while_written(lambda: attempt(args), args.output, unread)
+        sys.stdout.write(printed)
+        return status
 
     return tried
 

@@ -231,20 +231,29 @@ metadata the writer has not flushed yet (HDF5's "truncated file", "addr overflow
 
 def open_read(path) -> h5py.File:
     """Open read-only; if another process holds the file open for writing (HDF5 file lock),
-    open without locking, which reads what that process has flushed, trying again after a
-    pause (`LIVE_TRIES`) where it meets what is not flushed yet."""
+    open without locking, which reads what that process has flushed, trying again where it
+    meets what is not flushed yet (`while_written`)."""
     try:
         return h5py.File(path, "r")
     except OSError as error:
         if "lock" not in str(error).lower():
             raise
-    for attempt in range(1, LIVE_TRIES + 1):
+    return while_written(lambda: h5py.File(path, "r", locking=False), path)
+
+
+def while_written(read, path, unread=lambda error: isinstance(error, OSError)):
+    """`read()`, tried again after a pause (`LIVE_TRIES` tries in all) where it raises an
+    error that `unread` takes for a read of what is not flushed yet while another process
+    writes `path` (`being_written`); any other error at once."""
+    attempt = 1
+    while True:
         try:
-            return h5py.File(path, "r", locking=False)
-        except OSError:
-            if attempt == LIVE_TRIES:
+            return read()
+        except Exception as error:
+            if not unread(error) or attempt == LIVE_TRIES or not being_written(path):
                 raise
-            time.sleep(0.1 * attempt)
+        time.sleep(0.1 * attempt)
+        attempt += 1
 
 
 def being_written(path) -> bool:
